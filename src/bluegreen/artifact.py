@@ -1,0 +1,131 @@
+"""The local side of a release: version, build command, and a checked artifact."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from bluegreen.config import Config, check_version, render
+from bluegreen.errors import ArtifactError, BlueGreenError, ConfigError
+from bluegreen.plan.release import release_id
+
+
+@dataclass(frozen=True)
+class Artifact:
+    path: Path
+    version: str
+    sha256: str
+
+    @property
+    def release_id(self) -> str:
+        return release_id(self.version, self.sha256)
+
+
+def resolve_version(cfg: Config, override: str | None) -> str:
+    """The version to deploy: --version, else release.version, else release.version_command."""
+    if override is not None:
+        version = override
+    elif cfg.release.version is not None:
+        version = cfg.release.version
+    elif cfg.release.version_command is not None:
+        command = render(cfg.release.version_command, app=cfg.app)
+        proc = subprocess.run(command, shell=True, cwd=cfg.base_dir, capture_output=True,
+                              text=True, timeout=120)
+        if proc.returncode != 0:
+            raise ConfigError(
+                f"release.version_command `{command}` failed (exit {proc.returncode}): "
+                f"{proc.stderr.strip()[-500:]}"
+            )
+        version = proc.stdout.strip()
+    else:
+        raise ConfigError("no version: set release.version or release.version_command, "
+                          "or pass --version")
+    try:
+        return check_version(version)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def artifact_path(cfg: Config, version: str, override: str | None) -> Path:
+    if override is not None:
+        return Path(override).expanduser().resolve()
+    if cfg.release.artifact is None:
+        raise ConfigError("release.artifact is not set; set it or pass --artifact PATH")
+    return cfg.local_path(render(cfg.release.artifact, app=cfg.app, version=version))
+
+
+def build(cfg: Config, version: str) -> None:
+    """Run ``release.build`` locally, in the config file's directory."""
+    if not cfg.release.build:
+        return
+    command = render(cfg.release.build, app=cfg.app, version=version)
+    proc = subprocess.run(command, shell=True, cwd=cfg.base_dir, capture_output=True, text=True,
+                          env=None)
+    if proc.returncode != 0:
+        output = (proc.stdout + proc.stderr).strip()[-3000:]
+        raise BlueGreenError(f"build command `{command}` failed (exit {proc.returncode}):\n"
+                             f"{output}", detail=output)
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_members(path: Path) -> None:
+    """Refuse a tarball that is not gzip'd tar, or whose members could land outside the
+    release dir (absolute paths, ``..``, links pointing out, devices)."""
+    try:
+        with tarfile.open(path, "r:gz") as tar:
+            for member in tar:
+                _check_member(member)
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise ArtifactError(f"{path} is not a readable .tar.gz: {exc}") from None
+
+
+def _check_member(member: tarfile.TarInfo) -> None:
+    name = PurePosixPath(member.name)
+    if name.is_absolute() or ".." in name.parts:
+        raise ArtifactError(f"unsafe artifact: member {member.name!r} escapes the release dir")
+    if member.isdev() or member.isfifo():
+        raise ArtifactError(f"unsafe artifact: member {member.name!r} is a device or fifo")
+    if member.issym() or member.islnk():
+        target = PurePosixPath(member.linkname)
+        base = name.parent if member.issym() else PurePosixPath()
+        if target.is_absolute() or _escapes(base / target):
+            raise ArtifactError(
+                f"unsafe artifact: link {member.name!r} -> {member.linkname!r} points outside "
+                "the release dir"
+            )
+
+
+def _escapes(path: PurePosixPath) -> bool:
+    depth = 0
+    for part in path.parts:
+        if part == "..":
+            depth -= 1
+            if depth < 0:
+                return True
+        elif part not in (".", ""):
+            depth += 1
+    return False
+
+
+def prepare(cfg: Config, *, version: str | None, artifact: str | None,
+            skip_build: bool) -> Artifact:
+    """Build (unless skipped or an artifact is given) and check the artifact to deploy."""
+    ver = resolve_version(cfg, version)
+    if artifact is None and not skip_build:
+        build(cfg, ver)
+    path = artifact_path(cfg, ver, artifact)
+    if not path.is_file():
+        raise ArtifactError(f"artifact {path} does not exist"
+                            + ("" if cfg.release.build else " (release.build is not set)"))
+    check_members(path)
+    return Artifact(path, ver, sha256_of(path))

@@ -1,0 +1,291 @@
+"""Command line: parse arguments, call the workflow, render output, map errors to exit codes.
+
+No SSH and no nginx here."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, Callable, Coroutine, TypeVar
+
+import click
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from bluegreen import __version__, artifact, presets, workflow
+from bluegreen.config import Colour, load_config
+from bluegreen.errors import BlueGreenError
+from bluegreen.output import Reporter
+
+T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_CODES_HELP = """
+Exit codes: 0 done; 1 failed, live traffic left as it was; 2 usage or config error;
+3 cannot connect (or host key unknown/changed); 4 lock held by another run;
+5 the new release did not become healthy and was not promoted.
+"""
+
+COLOURS = click.Choice([c.value for c in Colour])
+
+
+class State:
+    def __init__(self, config: str | None, hosts: tuple[str, ...], verbose: bool,
+                 json_out: bool = False) -> None:
+        self.config_path = config
+        self.host_names = hosts
+        self.verbose = verbose
+        self.out = Reporter(verbose=verbose)
+        self.json = json_out
+
+    def context(self) -> workflow.Context:
+        cfg = load_config(self.config_path)
+        return workflow.make_context(cfg, self.out, self.host_names)
+
+
+def common(fn: F) -> F:
+    """The options every command takes: -c/--config, --host, -v."""
+
+    @click.option("-c", "--config", "config", metavar="PATH",
+                  help="Config file (default: ./bluegreen.toml).")
+    @click.option("--host", "hosts", multiple=True, metavar="NAME",
+                  help="Only this host (hosts[].name); repeatable.")
+    @click.option("-v", "--verbose", is_flag=True, help="Show each remote command and tracebacks.")
+    @functools.wraps(fn)
+    def wrapper(config: str | None, hosts: tuple[str, ...], verbose: bool, **kw: Any) -> Any:
+        state = State(config, hosts, verbose, kw.get("json_out", False))
+        return fn(state, **kw)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def run(state: State, coro_fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run a workflow coroutine; turn bluegreen errors into ``error: ...`` and exit codes."""
+    try:
+        return asyncio.run(coro_fn())
+    except BlueGreenError as exc:
+        if state.verbose:
+            traceback.print_exc()
+        state.out.error(exc.message)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        state.out.error("interrupted; if a lock was left behind, `bluegreen unlock` clears it")
+        sys.exit(130)
+
+
+def emit_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2))
+
+
+@click.group(help="Zero-downtime blue-green deploys to one or many Linux servers, switched "
+                  "with nginx.\n\nOptions go after the command name: "
+                  "`bluegreen deploy -c prod.toml`.\n" + EXIT_CODES_HELP)
+@click.version_option(__version__, prog_name="bluegreen")
+def main() -> None:
+    pass
+
+
+@main.command(help="Write a commented bluegreen.toml for a kind of app.")
+@click.option("--preset", type=click.Choice(presets.NAMES), default="generic", show_default=True)
+@click.option("--app", "app_name", help="App name (default: from the current directory).")
+@click.option("-c", "--config", "config", default="bluegreen.toml", show_default=True,
+              metavar="PATH", help="Where to write the file.")
+@click.option("--force", is_flag=True, help="Overwrite an existing file.")
+def init(preset: str, app_name: str | None, config: str, force: bool) -> None:
+    path = Path(config)
+    if path.exists() and not force:
+        click.echo(f"error: {path} exists; pass --force to overwrite it", err=True)
+        sys.exit(2)
+    name = app_name or presets.app_name_from(Path.cwd().name)
+    path.write_text(presets.render(preset, name))
+    click.echo(f"wrote {path} ({preset} preset, app {name!r}); edit it, then run "
+               "`bluegreen check`")
+
+
+@main.command(help="Validate the config, connect to every host, verify the proxy and paths, "
+                   "and say what `setup` would create. Changes nothing.")
+@common
+def check(state: State) -> None:
+    ctx = run(state, lambda: _load(state))
+    items = run(state, lambda: workflow.check(ctx))
+    table = Table("host", "check", "result", box=None, pad_edge=False)
+    for item in items:
+        mark = "[green]ok[/]" if item.ok else "[red]FAIL[/]"
+        table.add_row(escape(item.host), escape(item.item), f"{mark} {escape(item.detail)}")
+    Console(highlight=False).print(table)
+    failed = [i for i in items if not i.ok]
+    if any(i.item == "connect" for i in failed):
+        sys.exit(3)
+    if failed:
+        sys.exit(1)
+    click.echo("config is valid and every host is ready for `bluegreen setup`")
+
+
+async def _load(state: State) -> workflow.Context:
+    return state.context()
+
+
+@main.command(help="Create the layout under deploy_to, write both site files, link blue if no "
+                   "link exists, test and reload the proxy.")
+@common
+def setup(state: State) -> None:
+    ctx = run(state, lambda: _load(state))
+    run(state, lambda: workflow.setup(ctx))
+
+
+@main.command(help="Run release.build locally and report the artifact and its sha256.")
+@click.option("--version", "version", help="Version to build (default: from the config).")
+@common
+def build(state: State, version: str | None) -> None:
+    ctx = run(state, lambda: _load(state))
+
+    async def go() -> artifact.Artifact:
+        return artifact.prepare(ctx.cfg, version=version, artifact=None, skip_build=False)
+
+    art = run(state, go)
+    click.echo(f"{art.path}\nversion {art.version}\nsha256 {art.sha256}\nrelease {art.release_id}")
+
+
+@main.command(help="Lock, upload (skipped if already there), unpack, drain and stop the idle "
+                   "slot, start the release there, wait for health, run migrate if set, "
+                   "promote (unless --no-promote), record history, unlock.")
+@click.option("--artifact", "artifact_path", metavar="PATH",
+              help="Deploy this .tar.gz instead of building.")
+@click.option("--version", "version", help="Release version (default: from the config).")
+@click.option("--no-promote", is_flag=True, help="Start and health-check, but do not switch.")
+@click.option("--skip-build", is_flag=True, help="Do not run release.build.")
+@common
+def deploy(state: State, artifact_path: str | None, version: str | None, no_promote: bool,
+           skip_build: bool) -> None:
+    ctx = run(state, lambda: _load(state))
+
+    async def go() -> workflow.DeployResult:
+        art = artifact.prepare(ctx.cfg, version=version, artifact=artifact_path,
+                               skip_build=skip_build)
+        ctx.out.step(None, f"release {art.release_id} ({art.path.name})")
+        return await workflow.deploy(ctx, art, promote=not no_promote)
+
+    result = run(state, go)
+    for host, colour in result.targets.items():
+        what = "live" if result.promoted else "started, not promoted (run `bluegreen promote`)"
+        click.echo(f"{host}: {result.release} on {colour}: {what}")
+
+
+@main.command(help="Health-check the target colour (default: the idle one) on every host, "
+                   "switch the proxy to it, and verify through the proxy.")
+@click.argument("colour", type=COLOURS, required=False)
+@common
+def promote(state: State, colour: str | None) -> None:
+    ctx = run(state, lambda: _load(state))
+    targets = run(state, lambda: workflow.promote(ctx, Colour(colour) if colour else None))
+    for host, c in targets.items():
+        click.echo(f"{host}: live is {c}")
+
+
+@main.command(help="Promote the previously live colour (it must still be running and healthy).")
+@common
+def rollback(state: State) -> None:
+    ctx = run(state, lambda: _load(state))
+    targets = run(state, lambda: workflow.rollback(ctx))
+    for host, c in targets.items():
+        click.echo(f"{host}: rolled back; live is {c}")
+
+
+@main.command(help="Per host: the live colour, what the proxy answers, and each slot's "
+                   "release, version, port, pid, running and healthy.")
+@click.option("--json", "json_out", is_flag=True, help="One JSON document on stdout.")
+@common
+def status(state: State, json_out: bool) -> None:
+    state.out.quiet = json_out
+    ctx = run(state, lambda: _load(state))
+    data = run(state, lambda: workflow.status(ctx))
+    if json_out:
+        emit_json(data)
+        return
+    console = Console(highlight=False)
+    for h in data["hosts"]:
+        if not h["reachable"]:
+            console.print(f"[bold]{escape(h['host'])}[/]: [red]unreachable[/] ({escape(h['error'])})")
+            continue
+        agree = "" if h["proxy_answer"] == h["live"] else " [red](proxy disagrees!)[/]"
+        console.print(f"[bold]{escape(h['host'])}[/]: live [bold]{h['live']}[/], proxy answers "
+                      f"{escape(str(h['proxy_answer']))}{agree}")
+        table = Table("slot", "release", "port", "pid", "running", "healthy", "conns", box=None)
+        for colour, s in h["slots"].items():
+            mark = " (live)" if colour == h["live"] else ""
+            table.add_row(colour + mark, str(s["release"] or "-"), str(s["port"]),
+                          str(s["pid"] or "-"), _yes(s["running"]), _yes(s["healthy"]),
+                          str(s["connections"]))
+        console.print(table)
+    if any(not h["reachable"] for h in data["hosts"]):
+        sys.exit(3)
+
+
+def _yes(value: bool) -> str:
+    return "yes" if value else "no"
+
+
+@main.command(help="Drain and stop an idle slot (the live one is refused).")
+@click.argument("colour", type=COLOURS)
+@common
+def stop(state: State, colour: str) -> None:
+    ctx = run(state, lambda: _load(state))
+    run(state, lambda: workflow.stop(ctx, Colour(colour)))
+    click.echo(f"{colour} stopped")
+
+
+@main.command(help="Deploy, promote, rollback, stop, prune and failure events, newest first.")
+@click.option("--json", "json_out", is_flag=True, help="One JSON document on stdout.")
+@click.option("-n", "limit", type=click.IntRange(min=1), help="Show at most N events.")
+@common
+def history(state: State, json_out: bool, limit: int | None) -> None:
+    state.out.quiet = json_out
+    ctx = run(state, lambda: _load(state))
+    events = run(state, lambda: workflow.read_history(ctx, limit))
+    if json_out:
+        emit_json(events)
+        return
+    table = Table("time", "host", "event", "color", "release", "user", "detail", box=None)
+    for e in events:
+        table.add_row(*(escape(str(e.get(k) or "-")) for k in
+                        ("time", "host", "event", "color", "release", "user", "detail")))
+    Console(highlight=False).print(table)
+
+
+@main.command(help="Keep the N newest releases plus the blue and green slots' releases; delete "
+                   "the rest.")
+@click.option("--keep", type=click.IntRange(min=1), help="How many to keep (default: release.keep).")
+@common
+def prune(state: State, keep: int | None) -> None:
+    ctx = run(state, lambda: _load(state))
+    removed = run(state, lambda: workflow.prune(ctx, keep or ctx.cfg.release.keep))
+    for host, rids in removed.items():
+        click.echo(f"{host}: removed {len(rids)} release(s)" + (": " + " ".join(rids) if rids else ""))
+
+
+@main.command(help="Remove a lock left by a run that died (prints who held it, since when).")
+@common
+def unlock(state: State) -> None:
+    ctx = run(state, lambda: _load(state))
+    for host, what in run(state, lambda: workflow.unlock(ctx)):
+        click.echo(f"{host}: {what}")
+
+
+@main.command(help="No config needed: deploy a bundled sample app to this machine behind a "
+                   "private nginx, under load (v1 to blue, v2 to green, promote, rollback), "
+                   "print what happened, and clean up.")
+@click.option("--keep", is_flag=True, help="Leave nginx and the app running; print the URL.")
+@click.option("--duration", type=click.FloatRange(min=0.5), default=2.0, show_default=True,
+              help="Seconds of load before and after each switch.")
+@click.option("-v", "--verbose", is_flag=True, help="Show each command run.")
+def demo(keep: bool, duration: float, verbose: bool) -> None:
+    from bluegreen.demo.runner import run_demo
+
+    state = State(None, (), verbose)
+    run(state, lambda: run_demo(state.out, keep=keep, duration=duration))
+

@@ -1,0 +1,1 @@
+"""The bundled sample app and the `bluegreen demo` command."""

@@ -1,0 +1,147 @@
+"""`bluegreen demo`: the whole cycle on this machine, with a private nginx, under load."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Awaitable, Callable
+
+from rich.console import Console
+from rich.table import Table
+
+from bluegreen import artifact, workflow
+from bluegreen.config import Colour, Config, parse_config
+from bluegreen.demo.load import Counts, Load, exchange
+from bluegreen.demo.nginx import PrivateNginx, build_sample, free_port
+from bluegreen.hosts.local import LocalHost
+from bluegreen.output import Reporter
+from bluegreen.session import HostSession
+
+SERVER_NAME = "demo.bluegreen.test"
+
+
+@dataclass
+class Step:
+    name: str
+    seconds: float
+    live: str
+    answer: str
+    counts: Counts
+
+
+def demo_config(base: Path, nginx: PrivateNginx, blue: int, green: int) -> Config:
+    """The config a user would write for this demo (printed with --keep)."""
+    return parse_config({
+        "app": "demo",
+        "run": {"command": "exec python3 app.py", "health_timeout": 20, "stop_timeout": 10,
+                "drain_timeout": 5},
+        "slots": {"blue": blue, "green": green},
+        "proxy": {"server_name": SERVER_NAME, "listen": f"127.0.0.1:{nginx.port}",
+                  "sites_available": str(nginx.sites_available),
+                  "sites_enabled": str(nginx.sites_enabled),
+                  "test": nginx.test_command, "reload": nginx.reload_command},
+        "hosts": [{"address": "local", "name": "this-machine", "deploy_to": str(base / "srv")}],
+    }, base)
+
+
+async def run_demo(out: Reporter, *, keep: bool = False, duration: float = 2.0) -> None:
+    base = Path(tempfile.mkdtemp(prefix="bluegreen-demo-"))
+    base.chmod(0o755)
+    nginx = PrivateNginx(base / "nginx", free_port())
+    nginx.write_config()
+    cfg = demo_config(base, nginx, free_port(), free_port())
+    ctx = workflow.make_context(cfg, out)
+    ctx.command = "bluegreen demo"
+    art_dir = base / "artifacts"
+    art_dir.mkdir()
+    arts = {v: build_sample(art_dir, v) for v in ("1.0.0", "2.0.0")}
+    out.step(None, f"private nginx on 127.0.0.1:{nginx.port} (prefix {nginx.prefix})")
+    nginx.start()
+    load = Load(nginx.port, SERVER_NAME, connections=4)
+    steps: list[Step] = []
+    session = HostSession(cfg, cfg.hosts[0], LocalHost("this-machine"), out)
+    cleaned = False
+
+    async def step(name: str, action: Callable[[], Awaitable[object]]) -> None:
+        before = load.counts.copy()
+        started = time.monotonic()
+        await action()
+        await asyncio.sleep(duration)  # traffic after the step, on the colour it left live
+        seconds = time.monotonic() - started
+        live = await session.live_colour()
+        answer = await _answer(nginx.port)
+        steps.append(Step(name, seconds, live.value if live else "-", answer,
+                          load.counts.since(before)))
+
+    def deploy(version: str, promote: bool) -> Callable[[], Awaitable[object]]:
+        async def go() -> object:
+            art = artifact.prepare(cfg, version=version, artifact=str(arts[version]),
+                                   skip_build=True)
+            return await workflow.deploy(ctx, art, promote=promote)
+        return go
+
+    try:
+        await step("setup (link blue, reload)", lambda: workflow.setup(ctx))
+        await step("deploy 1.0.0 (first: to blue)", deploy("1.0.0", True))
+        load.start()
+        await step("load starts (4 clients)", lambda: asyncio.sleep(0))
+        await step("deploy 2.0.0 --no-promote (green)", deploy("2.0.0", False))
+        await step("promote green", lambda: workflow.promote(ctx, Colour.GREEN))
+        await step("rollback (to blue)", lambda: workflow.rollback(ctx))
+        total = await load.stop()
+        _print(steps, total, nginx.port)
+        if keep:
+            Console().print(
+                f"\nLeft running (--keep). Try:\n"
+                f"  curl -H 'Host: {SERVER_NAME}' http://127.0.0.1:{nginx.port}/\n"
+                f"Files: {base}   nginx: {nginx.reload_command.replace('reload', 'quit')}\n"
+                f"To clean up: stop the slots' processes (pids in {base}/srv/slots/*/pid), "
+                f"quit nginx, remove {base}")
+            cleaned = True
+    finally:
+        if not load._stop.is_set():
+            await load.stop()
+        if not cleaned:
+            out.step(None, "cleaning up: stopping both slots and nginx, removing files")
+            for colour in Colour:
+                try:
+                    await session.stop_slot(colour)
+                except Exception as exc:  # cleanup must go on whatever failed
+                    out.warn(None, f"could not stop {colour}: {exc}")
+            nginx.stop()
+            shutil.rmtree(base, ignore_errors=True)
+
+
+async def _answer(port: int) -> str:
+    """What a client gets on / through the proxy right now."""
+    request = f"GET / HTTP/1.1\r\nHost: {SERVER_NAME}\r\nConnection: close\r\n\r\n".encode()
+    try:
+        conn = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            status, answer, _ = await asyncio.wait_for(exchange(conn, request), 5)
+        finally:
+            conn[1].close()
+    except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, ValueError):
+        return "no answer"
+    return answer if 200 <= status < 300 else f"HTTP {status}"
+
+
+def _print(steps: list[Step], total: Counts, port: int) -> None:
+    table = Table(title=f"bluegreen demo: nginx on 127.0.0.1:{port}, 4 keep-alive clients",
+                  title_justify="left")
+    for col in ("step", "seconds", "live", "answered by", "requests", "failed", "retried"):
+        table.add_column(col, justify="right" if col in ("seconds", "requests", "failed",
+                                                          "retried") else "left")
+    for s in steps:
+        table.add_row(s.name, f"{s.seconds:.2f}", s.live, ", ".join(
+            f"{k} x{v}" for k, v in s.counts.answers.most_common()) or s.answer,
+            str(s.counts.sent), str(s.counts.failed), str(s.counts.retried))
+    console = Console(width=max(Console().width, 110))
+    console.print(table)
+    console.print(f"total: {total.sent} requests, {total.failed} failed, {total.retried} retried "
+                  "once on a fresh connection after nginx closed an idle keep-alive connection "
+                  "during a reload")

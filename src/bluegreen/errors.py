@@ -1,0 +1,60 @@
+"""The one exception tree of bluegreen and the exit codes it maps to.
+
+    BlueGreenError            1  the operation failed; live traffic was left as it was
+    ├── CommandFailed         1  a command on a host exited non-zero or timed out
+    ├── ProxyError            1  the proxy rejected the switch or never answered the new colour
+    ├── ArtifactError         1  the artifact is missing, corrupt or unsafe
+    ├── ConfigError           2  bad config or arguments; nothing was touched
+    ├── ConnectError          3  a host could not be reached, or its host key is unknown/changed
+    ├── LockHeld              4  another run holds the host's lock
+    └── Unhealthy             5  the new release never became healthy and was not promoted
+
+The CLI prints ``error: <message>``; every message says what failed, where, and what
+to do next.
+"""
+
+from __future__ import annotations
+
+
+class BlueGreenError(Exception):
+    """Base of every error bluegreen raises on purpose."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, host: str | None = None, detail: str = "") -> None:
+        self.host = host
+        self.detail = detail
+        prefix = f"[{host}] " if host else ""
+        super().__init__(prefix + message)
+
+    @property
+    def message(self) -> str:
+        return str(self)
+
+
+class CommandFailed(BlueGreenError):
+    """A command on a host failed; ``detail`` holds the tail of its output."""
+
+
+class ProxyError(BlueGreenError):
+    """The proxy refused a change or did not answer as expected."""
+
+
+class ArtifactError(BlueGreenError):
+    """The release artifact is missing, corrupt or unsafe to unpack."""
+
+
+class ConfigError(BlueGreenError):
+    exit_code = 2
+
+
+class ConnectError(BlueGreenError):
+    exit_code = 3
+
+
+class LockHeld(BlueGreenError):
+    exit_code = 4
+
+
+class Unhealthy(BlueGreenError):
+    exit_code = 5

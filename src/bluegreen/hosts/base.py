@@ -1,0 +1,85 @@
+"""The Host seam: run a command, copy a file, open a TCP stream, close."""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Protocol, Sequence
+
+from bluegreen.errors import CommandFailed
+
+if TYPE_CHECKING:
+    from bluegreen.config import HostConfig
+
+
+@dataclass(frozen=True)
+class Result:
+    argv: tuple[str, ...]
+    exit_status: int
+    stdout: str
+    stderr: str
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_status == 0
+
+
+class Stream(Protocol):
+    """A byte stream to a TCP port as seen from the host."""
+
+    async def read(self, n: int) -> bytes: ...
+    async def write(self, data: bytes) -> None: ...
+    async def close(self) -> None: ...
+
+
+class Host(Protocol):
+    name: str
+
+    async def run(self, argv: Sequence[str], *, input: str | None = None,
+                  timeout: float = 60, check: bool = True) -> Result:
+        """Run ``argv`` on the host; raise CommandFailed if ``check`` and it fails."""
+        ...
+
+    async def put(self, local: Path, remote: PurePosixPath) -> None:
+        """Copy a local file to the host."""
+        ...
+
+    async def open_connection(self, address: str, port: int) -> Stream:
+        """A TCP stream to address:port as seen from the host (an SSH tunnel if remote)."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+def describe(argv: Sequence[str]) -> str:
+    """A short, readable form of a command for error messages."""
+    if len(argv) >= 3 and argv[0] == "sh" and argv[1] == "-c":
+        text = argv[2] if len(argv) == 3 else shlex.join(argv[4:]) or argv[2]
+        if len(argv) == 3:
+            return text
+        return f"{argv[2].splitlines()[0][:60]}... {shlex.join(argv[4:])}"
+    return shlex.join(argv)
+
+
+def check_result(host: str, result: Result, what: str | None = None) -> Result:
+    if result.ok:
+        return result
+    output = (result.stderr.strip() or result.stdout.strip())[-2000:]
+    raise CommandFailed(
+        f"{what or describe(result.argv)} failed (exit {result.exit_status})"
+        + (f":\n{output}" if output else ""),
+        host=host,
+        detail=output,
+    )
+
+
+async def connect(cfg: HostConfig) -> Host:
+    """An open Host for one ``[[hosts]]`` entry."""
+    if cfg.is_local:
+        from bluegreen.hosts.local import LocalHost
+
+        return LocalHost(cfg.label)
+    from bluegreen.hosts.ssh import SSHHost
+
+    return await SSHHost.open(cfg)

@@ -1,0 +1,149 @@
+"""SSHHost: a server over one asyncssh connection per command. The only asyncssh import.
+
+Host keys are always verified against ``known_hosts`` (the host's own setting, else
+``~/.ssh/known_hosts``); an unknown or changed key is exit 3, never accepted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shlex
+from pathlib import Path, PurePosixPath
+from typing import Any, Sequence
+
+import asyncssh
+
+from bluegreen.config import HostConfig
+from bluegreen.errors import CommandFailed, ConnectError
+from bluegreen.hosts.base import Result, check_result, describe
+
+CONNECT_TIMEOUT = 15.0
+
+
+class _SSHStream:
+    def __init__(self, reader: Any, writer: Any) -> None:
+        self._reader, self._writer = reader, writer
+
+    async def read(self, n: int) -> bytes:
+        try:
+            data: bytes = await self._reader.read(n)
+        except asyncssh.Error as exc:
+            raise OSError(str(exc)) from None
+        return data
+
+    async def write(self, data: bytes) -> None:
+        try:
+            self._writer.write(data)
+            await self._writer.drain()
+        except asyncssh.Error as exc:
+            raise OSError(str(exc)) from None
+
+    async def close(self) -> None:
+        self._writer.close()
+
+
+class SSHHost:
+    def __init__(self, cfg: HostConfig, conn: Any) -> None:
+        self.name = cfg.label
+        self._cfg = cfg
+        self._conn = conn
+
+    @classmethod
+    async def open(cls, cfg: HostConfig) -> SSHHost:
+        user, _, hostname = cfg.address.rpartition("@")
+        known_hosts = Path(cfg.known_hosts or "~/.ssh/known_hosts").expanduser()
+        where = f"{cfg.address} port {cfg.port}"
+        if not known_hosts.is_file():
+            raise ConnectError(
+                f"cannot verify {where}: no known_hosts file at {known_hosts}. Add the host's "
+                f"key after checking its fingerprint, e.g. `ssh -p {cfg.port} {cfg.address}` "
+                f"once, or set hosts[].known_hosts",
+                host=cfg.label,
+            )
+        options: dict[str, Any] = {
+            "port": cfg.port,
+            "known_hosts": str(known_hosts),
+            "connect_timeout": CONNECT_TIMEOUT,
+            "keepalive_interval": 15,
+        }
+        if user:
+            options["username"] = user
+        if cfg.identity_file:
+            options["client_keys"] = [str(Path(cfg.identity_file).expanduser())]
+        try:
+            conn = await asyncssh.connect(hostname, **options)
+        except asyncssh.HostKeyNotVerifiable as exc:
+            raise ConnectError(
+                f"host key of {where} is unknown or has changed ({exc.reason}); it was not "
+                f"accepted. If the server was re-installed, check its fingerprint and update "
+                f"{known_hosts} (ssh-keygen -R '[{hostname}]:{cfg.port}', then connect once "
+                f"with ssh)",
+                host=cfg.label,
+            ) from None
+        except asyncssh.PermissionDenied:
+            raise ConnectError(
+                f"authentication to {where} was refused: check the user, identity_file or "
+                f"ssh-agent",
+                host=cfg.label,
+            ) from None
+        except (OSError, asyncssh.Error, asyncio.TimeoutError) as exc:
+            reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or str(exc)
+            raise ConnectError(
+                f"cannot connect to {where}: {reason or type(exc).__name__}", host=cfg.label
+            ) from None
+        return cls(cfg, conn)
+
+    def _lost(self, exc: BaseException) -> ConnectError:
+        reason = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
+        return ConnectError(f"lost the SSH connection to {self._cfg.address}: {reason}",
+                            host=self.name)
+
+    async def run(self, argv: Sequence[str], *, input: str | None = None,
+                  timeout: float = 60, check: bool = True) -> Result:
+        command = shlex.join(argv)
+        try:
+            proc = await self._conn.run(command, input=input, check=False, timeout=timeout)
+        except asyncssh.TimeoutError:
+            raise CommandFailed(f"{describe(argv)} timed out after {timeout:g}s",
+                                host=self.name) from None
+        except (asyncssh.Error, OSError) as exc:
+            raise self._lost(exc) from None
+        status = proc.exit_status
+        if status is None:
+            status = 128 + 9 if proc.exit_signal else 255
+        result = Result(tuple(argv), status, _text(proc.stdout), _text(proc.stderr))
+        return check_result(self.name, result) if check else result
+
+    async def put(self, local: Path, remote: PurePosixPath) -> None:
+        try:
+            async with self._conn.start_sftp_client() as sftp:
+                await sftp.put(str(local), str(remote))
+        except asyncssh.SFTPError as exc:
+            raise CommandFailed(f"upload of {local.name} to {remote} failed: {exc.reason}",
+                                host=self.name) from None
+        except (asyncssh.Error, OSError) as exc:
+            raise self._lost(exc) from None
+
+    async def open_connection(self, address: str, port: int) -> _SSHStream:
+        try:
+            reader, writer = await self._conn.open_connection(address, port)
+        except asyncssh.ChannelOpenError as exc:
+            raise ConnectionRefusedError(f"{address}:{port}: {exc.reason}") from None
+        except asyncssh.Error as exc:
+            raise self._lost(exc) from None
+        return _SSHStream(reader, writer)
+
+    async def close(self) -> None:
+        self._conn.close()
+        try:
+            await asyncio.wait_for(self._conn.wait_closed(), 5)
+        except (asyncio.TimeoutError, asyncssh.Error, OSError):
+            pass
+
+
+def _text(data: Any) -> str:
+    if data is None:
+        return ""
+    if isinstance(data, bytes):
+        return data.decode(errors="replace")
+    return str(data)

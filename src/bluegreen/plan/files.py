@@ -1,0 +1,43 @@
+"""Builders for reading and writing files on a host (content always goes over stdin)."""
+
+from __future__ import annotations
+
+from pathlib import PurePosixPath
+
+Argv = list[str]
+
+
+def sh(script: str, *args: str | PurePosixPath) -> Argv:
+    """A POSIX shell script with positional arguments: values never touch the script text."""
+    return ["sh", "-c", script, "sh", *[str(a) for a in args]]
+
+
+def sudo(argv: Argv, use_sudo: bool) -> Argv:
+    return ["sudo", "-n", *argv] if use_sudo else argv
+
+
+def write_file(path: PurePosixPath, mode: str = "0644") -> Argv:
+    """Atomically replace ``path`` with stdin (temp file in the same dir, then rename)."""
+    return sh(
+        'umask 077; tmp="$1.bluegreen-tmp"; cat > "$tmp" && chmod "$2" "$tmp" && mv -f "$tmp" "$1"',
+        path,
+        mode,
+    )
+
+
+def append_file(path: PurePosixPath) -> Argv:
+    """Append stdin to ``path``."""
+    return sh('cat >> "$1"', path)
+
+
+def read_file(path: PurePosixPath) -> Argv:
+    """Print ``path``; prints nothing (exit 0) when it does not exist."""
+    return sh('if [ -f "$1" ]; then cat "$1"; fi', path)
+
+
+def make_dirs(paths: list[PurePosixPath]) -> Argv:
+    return ["mkdir", "-p", "--", *[str(p) for p in paths]]
+
+
+def tail(path: PurePosixPath, lines: int) -> Argv:
+    return sh('if [ -f "$1" ]; then tail -n "$2" "$1"; fi', path, str(lines))

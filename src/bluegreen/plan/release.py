@@ -1,0 +1,53 @@
+"""Builders for uploading, unpacking and pruning releases."""
+
+from __future__ import annotations
+
+from pathlib import PurePosixPath
+
+from bluegreen.plan.files import Argv, sh
+from bluegreen.plan.layout import Layout
+
+
+def release_id(version: str, sha256: str) -> str:
+    return f"{version}-{sha256[:12]}"
+
+
+def upload_path(layout: Layout, rid: str) -> PurePosixPath:
+    """Where the tarball lands; a dot name so a half upload is never taken for a release."""
+    return layout.releases / f".{rid}.tar.gz.upload"
+
+
+def exists(layout: Layout, rid: str) -> Argv:
+    """Exit 0 when the release is fully unpacked on the host."""
+    return ["test", "-d", str(layout.release(rid))]
+
+
+def checksum(path: PurePosixPath) -> Argv:
+    return ["sha256sum", "--", str(path)]
+
+
+def unpack(layout: Layout, rid: str) -> Argv:
+    """Unpack into a temp dir and rename it into place, so a release dir is always whole."""
+    return sh(
+        'set -e; tmp="$1.unpack"; rm -rf "$tmp"; mkdir -p "$tmp"; '
+        'tar -xzf "$2" -C "$tmp" --no-same-owner --no-overwrite-dir; '
+        'chmod go-w "$tmp"; mv -T "$tmp" "$1"; rm -f "$2"',
+        layout.release(rid),
+        upload_path(layout, rid),
+    )
+
+
+def list_releases(layout: Layout) -> Argv:
+    """Release dirs, oldest first (by modification time)."""
+    return sh('cd "$1" 2>/dev/null || exit 0; ls -1tr --indicator-style=none', layout.releases)
+
+
+def remove(layout: Layout, rids: list[str]) -> Argv:
+    return ["rm", "-rf", "--", *[str(layout.release(r)) for r in rids]]
+
+
+def to_prune(releases_oldest_first: list[str], keep: int, protected: set[str]) -> list[str]:
+    """The releases to delete: all but the ``keep`` newest and the protected ones."""
+    names = [r for r in releases_oldest_first if not r.startswith(".")]
+    newest = set(names[-keep:]) if keep > 0 else set()
+    return [r for r in names if r not in newest and r not in protected]

@@ -1,0 +1,165 @@
+"""Builders for starting, stopping and probing a slot's process."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+
+from bluegreen.config import Colour, Config, render
+from bluegreen.plan.files import Argv, sh
+from bluegreen.plan.layout import Layout
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One colour on one host, with the release it runs (or is about to run)."""
+
+    colour: Colour
+    port: int
+    layout: Layout
+    release_id: str
+    version: str
+
+    @property
+    def release_dir(self) -> PurePosixPath:
+        return self.layout.release(self.release_id)
+
+    @property
+    def dir(self) -> PurePosixPath:
+        return self.layout.slot(self.colour)
+
+    def placeholders(self, cfg: Config) -> dict[str, object]:
+        return {
+            "app": cfg.app,
+            "color": self.colour.value,
+            "port": self.port,
+            "version": self.version,
+            "release_dir": str(self.release_dir),
+            "slot_dir": str(self.dir),
+            "deploy_to": str(self.layout.root),
+        }
+
+    def render(self, cfg: Config, value: str) -> str:
+        return render(value, **self.placeholders(cfg))
+
+    def cwd(self, cfg: Config) -> str:
+        return self.render(cfg, cfg.run.cwd)
+
+
+def slot_env(cfg: Config, slot: Slot, secrets: dict[str, str]) -> dict[str, str]:
+    """Every variable a slot command gets, in SPEC order (later wins)."""
+    env = {
+        "PORT": str(slot.port),
+        "BLUEGREEN_COLOR": slot.colour.value,
+        "BLUEGREEN_VERSION": slot.version,
+        "BLUEGREEN_RELEASE_DIR": str(slot.release_dir),
+    }
+    env.update(secrets)
+    env.update({k: slot.render(cfg, v) for k, v in cfg.run.env.items()})
+    return env
+
+
+def env_script(env: dict[str, str]) -> str:
+    """The slot's env file: one ``export KEY='value'`` per line, every value quoted,
+    so sourcing it never runs anything that a value contains."""
+    return "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())
+
+
+def run_in_slot(cwd: str, env_file: PurePosixPath, command: str, log: PurePosixPath) -> Argv:
+    """Run a slot command (start, stop, migrate) in the slot's env; output goes to its log."""
+    return sh(
+        'cd "$1" && . "$2" && exec sh -c "$3" >> "$4" 2>&1 < /dev/null',
+        cwd,
+        env_file,
+        command,
+        log,
+    )
+
+
+def spawn(cwd: str, env_file: PurePosixPath, command: str, log: PurePosixPath,
+          pid_file: PurePosixPath) -> Argv:
+    """Start a foreground command detached, in a session of its own; prints its pid.
+
+    In a non-interactive sh a background job shares the shell's process group, so
+    setsid(1) need not fork: ``$!`` is the session leader, and so the process group
+    every child of the app inherits."""
+    return sh(
+        'cd "$1" && . "$2" && { setsid sh -c "$3" >> "$4" 2>&1 < /dev/null & '
+        'echo "$!" > "$5"; echo "$!"; }',
+        cwd,
+        env_file,
+        command,
+        log,
+        pid_file,
+    )
+
+
+def signal_session(sig: str, sid: int) -> Argv:
+    """Send ``sig`` to every process of the session (= process group) ``sid``."""
+    return sh('kill -"$1" -"$2" 2>/dev/null; exit 0', sig, str(sid))
+
+
+def signal_pids(sig: str, pids: list[int]) -> Argv:
+    return sh('s="$1"; shift; kill -"$s" "$@" 2>/dev/null; exit 0', sig, *[str(p) for p in pids])
+
+
+def probe(port: int, sid: int | None, pids: list[int] | None = None) -> Argv:
+    """Who listens on ``port`` (pid and session), how many connections are established
+    to it, whether session ``sid`` still has a live (non-zombie) process, and which of
+    ``pids`` are still alive."""
+    return sh(
+        'port="$1"; sid="$2"; shift 2\n'
+        'for p in $(ss -Htlnp "sport = :$port" | grep -o "pid=[0-9]*" | cut -d= -f2 | sort -u); do\n'
+        '  echo "listen $p $(ps -o sid= -p "$p" | tr -d " ")"\n'
+        "done\n"
+        'echo "established $(ss -Htn state established "( sport = :$port )" | wc -l)"\n'
+        'if [ -n "$sid" ] && ps -o stat= --sid "$sid" | grep -qv "^Z"; then echo "session alive"; fi\n'
+        'for p in "$@"; do\n'
+        '  if ps -o stat= -p "$p" | grep -qv "^Z"; then echo "pid $p"; fi\n'
+        "done\n",
+        str(port),
+        "" if sid is None else str(sid),
+        *[str(p) for p in pids or []],
+    )
+
+
+@dataclass(frozen=True)
+class Probe:
+    listeners: dict[int, int | None] = field(default_factory=dict)  # pid -> session id
+    established: int = 0
+    session_alive: bool = False
+    alive_pids: frozenset[int] = frozenset()
+
+    @property
+    def listening(self) -> bool:
+        return bool(self.listeners)
+
+
+def parse_probe(output: str) -> Probe:
+    listeners: dict[int, int | None] = {}
+    established = 0
+    alive = False
+    pids: set[int] = set()
+    for line in output.splitlines():
+        parts = line.split()
+        if not parts:
+            continue
+        if parts[0] == "listen" and len(parts) >= 2 and parts[1].isdigit():
+            sid = int(parts[2]) if len(parts) > 2 and parts[2].isdigit() else None
+            listeners[int(parts[1])] = sid
+        elif parts[0] == "established" and len(parts) == 2 and parts[1].isdigit():
+            established = int(parts[1])
+        elif line.strip() == "session alive":
+            alive = True
+        elif parts[0] == "pid" and len(parts) == 2 and parts[1].isdigit():
+            pids.add(int(parts[1]))
+    return Probe(listeners, established, alive, frozenset(pids))
+
+
+def parse_pid(output: str) -> int:
+    match = re.search(r"^(\d+)\s*$", output.strip(), re.M)
+    if not match:
+        raise ValueError(f"no pid in {output!r}")
+    return int(match.group(1))

@@ -1,0 +1,22 @@
+"""The commented configs `bluegreen init --preset NAME` writes (files in presets/)."""
+
+from __future__ import annotations
+
+import re
+from importlib import resources
+
+NAMES = ["generic", "python", "elixir"]
+
+
+def app_name_from(text: str) -> str:
+    """A valid app name derived from a directory name."""
+    name = re.sub(r"[^a-z0-9_-]+", "-", text.lower()).strip("-_")
+    if not name or not name[0].isalpha():
+        name = "app" + ("-" + name if name else "")
+    return name[:40]
+
+
+def render(preset: str, app: str) -> str:
+    text = resources.files("bluegreen").joinpath(f"presets/{preset}.toml").read_text()
+    module = "".join(part.capitalize() for part in re.split(r"[-_]", app) if part)
+    return text.replace("MODULE", module).replace("APP", app)

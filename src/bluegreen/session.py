@@ -1,0 +1,447 @@
+"""One connected host for the length of one command: reads its state and runs the
+plan's steps on it. Every wait here has a deadline."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from dotenv import dotenv_values
+
+from bluegreen import health
+from bluegreen.config import Colour, Config, HostConfig, parse_listen
+from bluegreen.errors import BlueGreenError, CommandFailed, ConfigError, LockHeld, ProxyError, Unhealthy
+from bluegreen.hosts.base import Host
+from bluegreen.output import Reporter
+from bluegreen.plan import files, history, lock, nginx, slot as slotplan
+from bluegreen.plan.layout import Layout
+from bluegreen.plan.slot import Probe, Slot
+
+LOG_TAIL = 20
+VERIFY_TIMEOUT = 10.0
+VERIFY_STREAK = 3  # old nginx workers answer the previous colour for ~100 ms after a reload
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).astimezone().isoformat(timespec="milliseconds")
+
+
+@dataclass(frozen=True)
+class SlotState:
+    """What ``slots/<colour>/state.json`` records about the release a slot runs."""
+
+    release: str
+    version: str
+    mode: str  # "command" (bluegreen's own detached process) or "start" (start/stop commands)
+    pid: int | None  # command: the session id; start: the listener pid once healthy
+    sid: int | None  # session id of the listener, to recognise the slot's own processes
+    cwd: str
+    status: str  # starting | running | failed | stopped
+    started: str
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__, indent=1) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> SlotState | None:
+        try:
+            data = json.loads(text)
+            return cls(**{k: data[k] for k in cls.__dataclass_fields__})
+        except (ValueError, KeyError, TypeError):
+            return None
+
+    def replace(self, **changes: Any) -> SlotState:
+        return SlotState(**{**self.__dict__, **changes})
+
+
+def load_secrets(cfg: Config) -> dict[str, str]:
+    """The env_file's variables (parsed locally, never by a shell)."""
+    if not cfg.run.env_file:
+        return {}
+    path = cfg.local_path(cfg.run.env_file)
+    if not path.is_file():
+        raise ConfigError(f"run.env_file: {path} does not exist")
+    values = dotenv_values(path, interpolate=False)
+    bad = [k for k in values if not k.replace("_", "a").isalnum() or k[0].isdigit()]
+    if bad:
+        raise ConfigError(f"run.env_file: {bad[0]!r} is not a valid variable name")
+    return {k: v or "" for k, v in values.items()}
+
+
+class HostSession:
+    def __init__(self, cfg: Config, hc: HostConfig, host: Host, reporter: Reporter) -> None:
+        self.cfg = cfg
+        self.hc = hc
+        self.host = host
+        self.layout = Layout.of(cfg, hc)
+        self.out = reporter
+
+    @property
+    def name(self) -> str:
+        return self.hc.label
+
+    def say(self, message: str) -> None:
+        self.out.step(self.name, message)
+
+    async def run(self, argv: list[str], **kw: Any) -> Any:
+        self.out.debug(self.name, "$ " + " ".join(argv)[:300])
+        return await self.host.run(argv, **kw)
+
+    # ---- reading state -------------------------------------------------------------
+
+    async def live_colour(self) -> Colour | None:
+        """The colour the proxy's link points at (None before setup)."""
+        result = await self.run(nginx.read_link(self.cfg))
+        target = result.stdout.strip()
+        if not target:
+            return None
+        colour = nginx.colour_of_target(self.cfg, target)
+        if colour is None:
+            raise ProxyError(f"{nginx.link(self.cfg)} points at {target}, which is neither "
+                             "site file; fix the link or run `bluegreen setup`", host=self.name)
+        return colour
+
+    async def require_live(self) -> Colour:
+        live = await self.live_colour()
+        if live is None:
+            raise BlueGreenError(f"no live link at {nginx.link(self.cfg)}: run `bluegreen setup` "
+                                 "first", host=self.name)
+        return live
+
+    async def state(self, colour: Colour) -> SlotState | None:
+        result = await self.run(files.read_file(self.layout.state(colour)))
+        return SlotState.from_json(result.stdout) if result.stdout.strip() else None
+
+    async def write_state(self, colour: Colour, state: SlotState) -> None:
+        await self.run(files.write_file(self.layout.state(colour)), input=state.to_json())
+
+    async def probe(self, colour: Colour, sid: int | None = None,
+                    pids: list[int] | None = None) -> Probe:
+        result = await self.run(slotplan.probe(self.cfg.slots.port(colour), sid, pids))
+        return slotplan.parse_probe(result.stdout)
+
+    async def health(self, colour: Colour) -> health.Response | None:
+        """GET the slot's health path; None when nothing answers."""
+        port = self.cfg.slots.port(colour)
+        try:
+            return await health.get(self.host, "127.0.0.1", port, self.cfg.run.health_path,
+                                    timeout=3)
+        except (OSError, asyncio.TimeoutError):
+            return None
+
+    async def proxy_answer(self) -> str | None:
+        """What the proxy answers on /deployment_id, asked from the host itself."""
+        address, port = parse_listen(self.cfg.proxy.listen)
+        path, host_header = nginx.deployment_id_request(self.cfg)
+        try:
+            resp = await health.get(self.host, address, port, path, host_header=host_header,
+                                    timeout=3)
+        except (OSError, asyncio.TimeoutError):
+            return None
+        return resp.body.strip() if resp.ok else f"HTTP {resp.status}"
+
+    async def log_tail(self, colour: Colour, lines: int = LOG_TAIL) -> str:
+        result = await self.run(files.tail(self.layout.log(colour), lines), check=False)
+        return self.out.mask(result.stdout.rstrip())
+
+    def owns(self, state: SlotState | None, probe: Probe) -> bool:
+        """Whether every process listening on the port belongs to the slot's release."""
+        if state is None or not probe.listening:
+            return False
+        own_ids = {i for i in (state.pid, state.sid) if i is not None}
+        return all(pid in own_ids or sid in own_ids for pid, sid in probe.listeners.items())
+
+    # ---- lock and history ----------------------------------------------------------
+
+    async def acquire_lock(self, info: lock.LockInfo) -> None:
+        result = await self.run(lock.acquire(self.layout), input=info.to_json(), check=False)
+        if result.exit_status == lock.HELD:
+            holder = await self.lock_holder()
+            raise LockHeld(self.describe_holder(holder) + "; wait for it, or if it is gone, run "
+                           "`bluegreen unlock`", host=self.name)
+        if result.exit_status == lock.NOT_SET_UP:
+            raise BlueGreenError(f"{self.layout.root} does not exist: run `bluegreen setup` first",
+                                 host=self.name)
+        if not result.ok:
+            raise CommandFailed(f"cannot take the lock {self.layout.lock}: {result.stderr.strip()}",
+                                host=self.name)
+
+    async def lock_holder(self) -> lock.LockInfo | None | bool:
+        """The holder's info; False when there is no lock; None when it is unreadable."""
+        result = await self.run(lock.read(self.layout))
+        if not result.stdout.startswith("held"):
+            return False
+        return lock.LockInfo.from_json(result.stdout.removeprefix("held"))
+
+    def describe_holder(self, holder: lock.LockInfo | None | bool) -> str:
+        if not isinstance(holder, lock.LockInfo):
+            return f"{self.layout.lock} is held (no readable holder info)"
+        text = f"locked by {holder.describe()}"
+        if holder.host == _hostname() and not _pid_alive(holder.pid):
+            text += f" (pid {holder.pid} is gone: that run died)"
+        return text
+
+    async def release_lock(self) -> None:
+        await self.run(lock.release(self.layout), check=False)
+
+    async def record(self, event: str, colour: Colour | None, state: SlotState | None,
+                     user: str, detail: str = "") -> None:
+        entry = history.entry(
+            time=now_iso(), event=event, host=self.name, color=colour.value if colour else None,
+            release=state.release if state else None, version=state.version if state else None,
+            user=user, detail=self.out.mask(detail)[:2000],
+        )
+        await self.run(history.append(self.layout), input=history.line(entry), check=False)
+
+    # ---- slots ---------------------------------------------------------------------
+
+    async def drain(self, colour: Colour, sid: int | None) -> int:
+        """Wait up to drain_timeout until the slot's port has no established connection;
+        returns how many were still open when the wait ended."""
+        last = Probe()
+
+        async def idle() -> bool | None:
+            nonlocal last
+            last = await self.probe(colour, sid)
+            return True if last.established == 0 else None
+
+        if await health.poll(idle, timeout=self.cfg.run.drain_timeout, interval=0.2):
+            return 0
+        self.out.warn(self.name, f"{colour}: {last.established} connection(s) still open after "
+                      f"drain_timeout={self.cfg.run.drain_timeout:g}s; stopping anyway")
+        return last.established
+
+    async def stop_slot(self, colour: Colour) -> SlotState | None:
+        """Drain the slot, stop its process and wait until it has exited and the port is free.
+        A listener that is not the slot's own is left alone and reported (exit 5)."""
+        state = await self.state(colour)
+        sid = state.pid if state and state.mode == "command" else None
+        probe = await self.probe(colour, sid)
+        running = probe.session_alive or self.owns(state, probe)
+        if probe.listening and not self.owns(state, probe):
+            self._foreign(colour, probe)
+        if state is None or not running:
+            if state is not None and state.status != "stopped":
+                await self.write_state(colour, state.replace(status="stopped"))
+            return state
+        self.say(f"draining {colour} ({state.release})")
+        await self.drain(colour, sid)
+        self.say(f"stopping {colour} ({state.release})")
+        timeout = self.cfg.run.stop_timeout
+        if state.mode == "command" and sid is not None:
+            await self.run(slotplan.signal_session("TERM", sid))
+            if not await self._wait_stopped(colour, sid, [], timeout):
+                self.out.warn(self.name, f"{colour} did not exit {timeout:g}s after SIGTERM; "
+                              "sending SIGKILL")
+                await self.run(slotplan.signal_session("KILL", sid))
+        else:
+            pids = list(probe.listeners)
+            if self.cfg.run.stop:
+                stop = Slot(colour, self.cfg.slots.port(colour), self.layout, state.release,
+                            state.version)
+                cmd = stop.render(self.cfg, self.cfg.run.stop)
+                result = await self.run(
+                    slotplan.run_in_slot(state.cwd, self.layout.slot_env(colour), cmd,
+                                         self.layout.log(colour)),
+                    timeout=timeout, check=False)
+                if not result.ok:
+                    self.out.warn(self.name, f"stop command exited {result.exit_status}; "
+                                  "signalling the slot's processes")
+                    await self.run(slotplan.signal_pids("TERM", pids))
+            else:
+                await self.run(slotplan.signal_pids("TERM", pids))
+            if not await self._wait_stopped(colour, None, pids, timeout):
+                self.out.warn(self.name, f"{colour} still running {timeout:g}s after stop; "
+                              "sending SIGKILL")
+                await self.run(slotplan.signal_pids("KILL", pids))
+        if not await self._wait_stopped(colour, sid, list(probe.listeners), 10):
+            raise CommandFailed(f"{colour} slot's processes did not exit even after SIGKILL",
+                                host=self.name)
+        stopped = state.replace(status="stopped")
+        await self.write_state(colour, stopped)
+        self.say(f"{colour} stopped; port {self.cfg.slots.port(colour)} is free")
+        return stopped
+
+    async def _wait_stopped(self, colour: Colour, sid: int | None, pids: list[int],
+                            timeout: float) -> bool:
+        async def gone() -> bool | None:
+            p = await self.probe(colour, sid, pids)
+            return True if not (p.session_alive or p.alive_pids or p.listening) else None
+
+        return bool(await health.poll(gone, timeout=timeout, interval=0.1))
+
+    def _foreign(self, colour: Colour, probe: Probe) -> None:
+        pids = ", ".join(str(p) for p in probe.listeners)
+        raise Unhealthy(
+            f"port {self.cfg.slots.port(colour)} of the {colour} slot is held by a process that "
+            f"is not the slot's own (pid {pids}); stop it or change slots.{colour}",
+            host=self.name,
+        )
+
+    async def start_slot(self, slot: Slot, secrets: dict[str, str]) -> SlotState:
+        """Start ``slot``'s release on its port and wait until the new process answers
+        its health path with 2xx. On failure the new process is stopped (exit 5)."""
+        colour = slot.colour
+        probe = await self.probe(colour)
+        if probe.listening:
+            self._foreign(colour, probe)
+        env_text = slotplan.env_script(slotplan.slot_env(self.cfg, slot, secrets))
+        await self.run(files.make_dirs([slot.dir, slot.dir / "tmp"]))
+        await self.run(files.write_file(self.layout.slot_env(colour), "0600"), input=env_text)
+        mode = "command" if self.cfg.run.command else "start"
+        state = SlotState(release=slot.release_id, version=slot.version, mode=mode, pid=None,
+                          sid=None, cwd=slot.cwd(self.cfg), status="starting", started=now_iso())
+        await self.write_state(colour, state)
+        await self.run(["sh", "-c", 'echo "--- bluegreen: starting $1 ($2) ---" >> "$3"', "sh",
+                        slot.release_id, now_iso(), str(self.layout.log(colour))])
+        self.say(f"starting {slot.release_id} on {colour} (port {slot.port})")
+        started = time.monotonic()
+        sid: int | None = None
+        if self.cfg.run.command:
+            result = await self.run(slotplan.spawn(
+                state.cwd, self.layout.slot_env(colour), slot.render(self.cfg, self.cfg.run.command),
+                self.layout.log(colour), self.layout.pid(colour)))
+            sid = slotplan.parse_pid(result.stdout)
+            state = state.replace(pid=sid, sid=sid)
+            await self.write_state(colour, state)
+        else:
+            assert self.cfg.run.start is not None
+            result = await self.run(
+                slotplan.run_in_slot(state.cwd, self.layout.slot_env(colour),
+                                     slot.render(self.cfg, self.cfg.run.start),
+                                     self.layout.log(colour)),
+                timeout=self.cfg.run.health_timeout, check=False)
+            if not result.ok:
+                await self._fail_start(slot, state, f"start command exited {result.exit_status}")
+        listener = await self._wait_healthy(slot, state, sid)
+        state = state.replace(pid=sid or listener[0], sid=sid or listener[1], status="running")
+        await self.write_state(colour, state)
+        self.say(f"{colour} is healthy ({time.monotonic() - started:.2f}s after start)")
+        return state
+
+    async def _wait_healthy(self, slot: Slot, state: SlotState,
+                            sid: int | None) -> tuple[int, int | None]:
+        colour = slot.colour
+        deadline = time.monotonic() + self.cfg.run.health_timeout
+        last = "it never answered"
+        while True:
+            probe = await self.probe(colour, sid)
+            if sid is not None and not probe.session_alive:
+                await self._fail_start(slot, state, "the process exited")
+            if probe.listening:
+                pid, lsid = next(iter(probe.listeners.items()))
+                if sid is not None and any(s != sid for s in probe.listeners.values()):
+                    await self._fail_start(slot, state, f"port {slot.port} is held by pid {pid}, "
+                                           "which is not the slot's own process")
+                resp = await self.health(colour)
+                if resp is not None and resp.ok:
+                    return pid, lsid
+                if resp is not None:
+                    last = f"{self.cfg.run.health_path} answered HTTP {resp.status}"
+            if time.monotonic() >= deadline:
+                await self._fail_start(slot, state, f"not healthy within health_timeout="
+                                       f"{self.cfg.run.health_timeout:g}s ({last})")
+            await asyncio.sleep(0.1)
+
+    async def _fail_start(self, slot: Slot, state: SlotState, why: str) -> None:
+        colour = slot.colour
+        tail = await self.log_tail(colour)
+        # Stop whatever the failed start left behind, so the idle port is free again.
+        probe = await self.probe(colour, state.pid)
+        if state.pid is not None:
+            await self.run(slotplan.signal_session("KILL", state.pid))
+        elif probe.listening and self.cfg.run.stop:
+            await self.run(slotplan.run_in_slot(state.cwd, self.layout.slot_env(colour),
+                                                slot.render(self.cfg, self.cfg.run.stop),
+                                                self.layout.log(colour)),
+                           timeout=self.cfg.run.stop_timeout, check=False)
+        if probe.listening:
+            await self.run(slotplan.signal_pids("KILL", list(probe.listeners)))
+        await self.write_state(colour, state.replace(status="failed"))
+        raise Unhealthy(
+            f"{slot.release_id} on {colour} did not become healthy: {why}; it was not promoted "
+            f"and live traffic was not touched.\n--- last lines of {self.layout.log(colour)} ---\n"
+            f"{tail or '(empty)'}",
+            host=self.name, detail=tail,
+        )
+
+    # ---- proxy -------------------------------------------------------------------
+
+    async def write_site(self, colour: Colour) -> bool:
+        """Write the colour's site file if its content differs; True when it changed."""
+        text = nginx.render_site(self.cfg, colour)
+        current = await self.run(files.read_file(nginx.available(self.cfg, colour)))
+        if current.stdout == text:
+            return False
+        await self.run(nginx.write_site(self.cfg, colour), input=text)
+        return True
+
+    async def proxy_test(self) -> None:
+        result = await self.run(nginx.test(self.cfg), check=False, timeout=60)
+        if not result.ok:
+            output = (result.stderr.strip() or result.stdout.strip())[-2000:]
+            raise ProxyError(f"`{self.cfg.proxy.test}` rejected the site:\n{output}",
+                             host=self.name, detail=output)
+
+    async def proxy_reload(self) -> None:
+        result = await self.run(nginx.reload(self.cfg), check=False, timeout=60)
+        if not result.ok:
+            output = (result.stderr.strip() or result.stdout.strip())[-2000:]
+            raise ProxyError(f"`{self.cfg.proxy.reload}` failed (is nginx running?):\n{output}",
+                             host=self.name, detail=output)
+
+    async def switch(self, target: Colour, previous: Colour | None) -> None:
+        """Point the link at ``target``, test, reload. If ``test`` fails the previous link is
+        put back and nothing is reloaded."""
+        await self.run(nginx.switch(self.cfg, target))
+        try:
+            await self.proxy_test()
+        except ProxyError:
+            await self.restore_link(previous)
+            self.say(f"link put back to {previous}; nginx not reloaded")
+            raise
+        await self.proxy_reload()
+
+    async def restore_link(self, previous: Colour | None) -> None:
+        if previous is None:
+            await self.run(nginx.remove_link(self.cfg))
+        else:
+            await self.run(nginx.switch(self.cfg, previous))
+
+    async def verify(self, target: Colour, timeout: float = VERIFY_TIMEOUT) -> None:
+        """Poll /deployment_id until it answers ``target`` VERIFY_STREAK times in a row."""
+        streak = 0
+        last: str | None = None
+
+        async def answered() -> bool | None:
+            nonlocal streak, last
+            last = await self.proxy_answer()
+            streak = streak + 1 if last == target.value else 0
+            return True if streak >= VERIFY_STREAK else None
+
+        if not await health.poll(answered, timeout=timeout, interval=0.05):
+            raise ProxyError(f"the proxy did not answer {target} within {timeout:g}s "
+                             f"(last answer: {last!r})", host=self.name)
+
+
+def _hostname() -> str:
+    import socket
+
+    return socket.gethostname()
+
+
+def _pid_alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+

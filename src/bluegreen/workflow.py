@@ -1,0 +1,508 @@
+"""The steps of each command across hosts: connect, lock, act, record, unlock."""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import os
+import socket
+import sys
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
+
+from bluegreen.artifact import Artifact
+from bluegreen.config import Colour, Config, HostConfig
+from bluegreen.errors import ArtifactError, BlueGreenError, ConnectError, ProxyError
+from bluegreen.hosts.base import connect
+from bluegreen.output import Reporter
+from bluegreen.plan import files, history, lock, nginx, release as releaseplan
+from bluegreen.plan.slot import Slot, env_script, run_in_slot
+from bluegreen.session import HostSession, SlotState, load_secrets, now_iso
+
+T = TypeVar("T")
+
+
+@dataclass
+class Context:
+    """Everything a command needs; passed down, never global."""
+
+    cfg: Config
+    out: Reporter
+    hosts: list[HostConfig]
+    command: str = field(default_factory=lambda: " ".join(["bluegreen", *sys.argv[1:]]))
+    user: str = field(default_factory=lambda: _user())
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return str(os.getuid())
+
+
+def make_context(cfg: Config, out: Reporter, host_names: tuple[str, ...] = ()) -> Context:
+    return Context(cfg, out, cfg.select_hosts(host_names))
+
+
+# ---- plumbing -------------------------------------------------------------------------
+
+@asynccontextmanager
+async def connected(ctx: Context) -> AsyncIterator[list[HostSession]]:
+    """Open one connection per host, in parallel; close them all at the end."""
+    hosts = await _gather_all([connect(h) for h in ctx.hosts], ctx.out)
+    try:
+        yield [HostSession(ctx.cfg, hc, h, ctx.out) for hc, h in zip(ctx.hosts, hosts)]
+    finally:
+        await asyncio.gather(*(h.close() for h in hosts), return_exceptions=True)
+
+
+async def _gather_all(aws: list[Awaitable[T]], out: Reporter) -> list[T]:
+    """Await all; if any failed, report every failure and raise the first."""
+    results = await asyncio.gather(*aws, return_exceptions=True)
+    errors = [r for r in results if isinstance(r, BaseException)]
+    if errors:
+        for extra in errors[1:]:
+            if isinstance(extra, BlueGreenError):
+                out.error(extra.message)
+        for err in errors:
+            if not isinstance(err, Exception):
+                raise err
+        raise errors[0]
+    return list(results)  # type: ignore[arg-type]
+
+
+async def each(sessions: list[HostSession], fn: Callable[[HostSession], Awaitable[T]],
+               out: Reporter) -> list[T]:
+    return await _gather_all([fn(s) for s in sessions], out)
+
+
+@asynccontextmanager
+async def locked(ctx: Context, sessions: list[HostSession]) -> AsyncIterator[None]:
+    """Hold every host's lock for the body; a held lock is exit 4 and nothing is done."""
+    info = lock.LockInfo(user=ctx.user, host=socket.gethostname(), pid=os.getpid(),
+                         command=ctx.command, started=now_iso())
+    results = await asyncio.gather(*(s.acquire_lock(info) for s in sessions),
+                                   return_exceptions=True)
+    taken = [s for s, r in zip(sessions, results) if not isinstance(r, BaseException)]
+    failures = [r for r in results if isinstance(r, BaseException)]
+    if failures:
+        await asyncio.gather(*(s.release_lock() for s in taken), return_exceptions=True)
+        raise failures[0]
+    try:
+        yield
+    finally:
+        await asyncio.gather(*(s.release_lock() for s in sessions), return_exceptions=True)
+
+
+async def _record_failure(ctx: Context, sessions: list[HostSession], err: BlueGreenError,
+                          colour: Colour | None = None) -> None:
+    targets = [s for s in sessions if err.host in (None, s.name)]
+    await asyncio.gather(
+        *(s.record("failed", colour, None, ctx.user, err.message.split("\n")[0]) for s in targets),
+        return_exceptions=True,
+    )
+
+
+# ---- setup and check ------------------------------------------------------------------
+
+async def setup(ctx: Context) -> None:
+    """Create the layout, write both site files, link blue if no link exists, test, reload."""
+    async with connected(ctx) as sessions:
+        await each(sessions, _setup_host, ctx.out)
+
+
+async def _setup_host(s: HostSession) -> None:
+    s.say(f"creating {s.layout.root}")
+    await s.run(files.make_dirs(s.layout.directories()))
+    async with locked_one(s):
+        live = await s.live_colour()
+        previous = {c: (await s.run(files.read_file(nginx.available(s.cfg, c)))).stdout
+                    for c in Colour}
+        changed = [c for c in Colour if await s.write_site(c)]
+        for c in changed:
+            s.say(f"wrote {nginx.available(s.cfg, c)}")
+        if live is None:
+            s.say(f"linking {nginx.link(s.cfg)} -> blue")
+            await s.run(nginx.switch(s.cfg, Colour.BLUE))
+        try:
+            await s.proxy_test()
+        except ProxyError:
+            for c in changed:
+                if previous[c]:
+                    await s.run(nginx.write_site(s.cfg, c), input=previous[c])
+            if live is None:
+                await s.restore_link(None)
+            s.say("site files and link put back; nginx not reloaded")
+            raise
+        await s.proxy_reload()
+        await s.verify(live or Colour.BLUE)
+        s.say(f"ready; live colour is {live or Colour.BLUE}")
+
+
+@asynccontextmanager
+async def locked_one(s: HostSession) -> AsyncIterator[None]:
+    info = lock.LockInfo(user=_user(), host=socket.gethostname(), pid=os.getpid(),
+                         command=" ".join(["bluegreen", *sys.argv[1:]]), started=now_iso())
+    await s.acquire_lock(info)
+    try:
+        yield
+    finally:
+        await s.release_lock()
+
+
+@dataclass
+class CheckItem:
+    host: str
+    item: str
+    ok: bool
+    detail: str
+
+
+async def check(ctx: Context) -> list[CheckItem]:
+    """Connect to every host and verify tools, proxy and paths; changes nothing."""
+    items: list[CheckItem] = []
+    for hc in ctx.hosts:
+        try:
+            host = await connect(hc)
+        except ConnectError as exc:
+            items.append(CheckItem(hc.label, "connect", False, exc.message))
+            continue
+        s = HostSession(ctx.cfg, hc, host, ctx.out)
+        try:
+            items.extend(await _check_host(s))
+        finally:
+            await host.close()
+    return items
+
+
+_CHECK_SCRIPT = """
+for tool in sh tar sha256sum ss setsid ps kill mkdir mv ln readlink tail; do
+  if command -v "$tool" >/dev/null 2>&1; then echo "tool $tool ok"; else echo "tool $tool missing"; fi
+done
+for d in "$1" "$2"; do
+  if [ -d "$d" ] && [ -w "$d" ]; then echo "dir $d ok"; elif [ -d "$d" ]; then echo "dir $d not-writable"; else echo "dir $d missing"; fi
+done
+d="$3"
+while [ ! -e "$d" ]; do d=$(dirname "$d"); done
+if [ -d "$3" ]; then echo "deploy_to exists"; elif [ -w "$d" ]; then echo "deploy_to creatable $d"; else echo "deploy_to blocked $d"; fi
+"""
+
+
+async def _check_host(s: HostSession) -> list[CheckItem]:
+    cfg = s.cfg
+    out: list[CheckItem] = [CheckItem(s.name, "connect", True, "connected")]
+    avail = str(nginx.available(cfg, Colour.BLUE).parent)
+    enabled = str(nginx.link(cfg).parent)
+    result = await s.run(["sh", "-c", _CHECK_SCRIPT, "sh", avail, enabled, str(s.layout.root)])
+    for line in result.stdout.splitlines():
+        parts = line.split()
+        if parts[0] == "tool":
+            if parts[2] != "ok":
+                out.append(CheckItem(s.name, f"tool {parts[1]}", False, "not found on PATH"))
+        elif parts[0] == "dir":
+            ok = parts[2] == "ok" or (parts[2] == "not-writable" and cfg.proxy.sudo)
+            out.append(CheckItem(s.name, f"directory {parts[1]}", ok,
+                                 "present" if ok else parts[2].replace("-", " ")))
+        elif parts[0] == "deploy_to":
+            state = parts[1]
+            detail = {"exists": "present", "creatable": "setup will create it",
+                      "blocked": f"cannot create it ({parts[-1]} is not writable)"}[state]
+            out.append(CheckItem(s.name, f"deploy_to {s.layout.root}", state != "blocked", detail))
+    tools_ok = all(i.ok for i in out if i.item.startswith("tool"))
+    if tools_ok:
+        out.append(CheckItem(s.name, "tools", True, "sh tar sha256sum ss setsid ps found"))
+    test = await s.run(nginx.test(cfg), check=False)
+    out.append(CheckItem(s.name, f"proxy test `{cfg.proxy.test}`", test.ok,
+                         "passes" if test.ok else (test.stderr.strip() or test.stdout.strip())[-300:]))
+    try:
+        live = await s.live_colour()
+        out.append(CheckItem(s.name, f"link {nginx.link(cfg)}", True,
+                             f"live is {live}" if live else "setup will link blue"))
+    except ProxyError as exc:
+        out.append(CheckItem(s.name, f"link {nginx.link(cfg)}", False, exc.message))
+    for c in Colour:
+        exists = (await s.run(["test", "-f", str(nginx.available(cfg, c))], check=False)).ok
+        out.append(CheckItem(s.name, f"site file {nginx.available(cfg, c)}", True,
+                             "present" if exists else "setup will write it"))
+    return [i for i in out if i.item != "tools" or tools_ok]
+
+
+# ---- deploy ---------------------------------------------------------------------------
+
+@dataclass
+class DeployResult:
+    release: str
+    version: str
+    targets: dict[str, Colour]
+    promoted: bool
+
+
+async def deploy(ctx: Context, art: Artifact, *, promote: bool = True) -> DeployResult:
+    """Upload, start and health-check the release on each host's idle slot, then switch."""
+    secrets = load_secrets(ctx.cfg)
+    ctx.out.add_secrets(list(secrets.values()))
+    async with connected(ctx) as sessions, locked(ctx, sessions):
+        try:
+            started = await each(sessions, lambda s: _deploy_host(s, art, secrets), ctx.out)
+        except BlueGreenError as err:
+            await _record_failure(ctx, sessions, err)
+            raise
+        targets = {s.name: colour for s, (colour, _) in zip(sessions, started)}
+        states = {s.name: state for s, (_, state) in zip(sessions, started)}
+        for s in sessions:
+            await s.record("deploy", targets[s.name], states[s.name], ctx.user,
+                           f"started on {targets[s.name]}")
+        if ctx.cfg.run.migrate:
+            first = sessions[0]
+            try:
+                await _migrate(first, targets[first.name], states[first.name])
+            except BlueGreenError as err:
+                await _record_failure(ctx, sessions, err, targets[first.name])
+                raise
+        if promote:
+            try:
+                await _switch_all(ctx, sessions, targets, "promote")
+            except BlueGreenError as err:
+                await _record_failure(ctx, sessions, err)
+                raise
+        await each(sessions, lambda s: _prune_host(s, ctx.cfg.release.keep, ctx.user), ctx.out)
+    return DeployResult(art.release_id, art.version, targets, promote)
+
+
+async def _deploy_host(s: HostSession, art: Artifact,
+                       secrets: dict[str, str]) -> tuple[Colour, SlotState]:
+    live = await s.require_live()
+    live_state = await s.state(live)
+    first = live_state is None or live_state.status in ("starting", "failed")
+    target = live if first else live.other
+    s.say(f"live is {live}; deploying {art.release_id} to {target}"
+          + (" (first deploy: nothing live to protect)" if first else ""))
+    await _upload(s, art)
+    if s.cfg.run.env_file:
+        await s.run(files.make_dirs([s.layout.shared_env.parent]))
+        await s.run(files.write_file(s.layout.shared_env, "0600"), input=env_script(secrets))
+    if target is not live:
+        await s.stop_slot(target)
+    slot = Slot(target, s.cfg.slots.port(target), s.layout, art.release_id, art.version)
+    state = await s.start_slot(slot, secrets)
+    return target, state
+
+
+async def _upload(s: HostSession, art: Artifact) -> None:
+    rid = art.release_id
+    if (await s.run(releaseplan.exists(s.layout, rid), check=False)).ok:
+        s.say(f"release {rid} already on the host; upload skipped")
+        return
+    dest = releaseplan.upload_path(s.layout, rid)
+    size = art.path.stat().st_size
+    s.say(f"uploading {art.path.name} ({size / 1e6:.1f} MB)")
+    await s.run(files.make_dirs([s.layout.releases]))
+    await s.host.put(art.path, dest)
+    result = await s.run(releaseplan.checksum(dest))
+    remote_sha = result.stdout.split()[0] if result.stdout.split() else ""
+    if remote_sha != art.sha256:
+        await s.run(["rm", "-f", "--", str(dest)])
+        raise ArtifactError(
+            f"upload corrupted: sha256 on the host is {remote_sha[:12]}, expected "
+            f"{art.sha256[:12]}; run deploy again", host=s.name)
+    s.say(f"unpacking into {s.layout.release(rid)}")
+    await s.run(releaseplan.unpack(s.layout, rid), timeout=600)
+
+
+async def _migrate(s: HostSession, colour: Colour, state: SlotState) -> None:
+    assert s.cfg.run.migrate is not None
+    slot = Slot(colour, s.cfg.slots.port(colour), s.layout, state.release, state.version)
+    s.say(f"running migrate with {state.release}")
+    result = await s.run(run_in_slot(state.cwd, s.layout.slot_env(colour),
+                                     slot.render(s.cfg, s.cfg.run.migrate), s.layout.log(colour)),
+                         timeout=3600, check=False)
+    if not result.ok:
+        tail = await s.log_tail(colour)
+        raise BlueGreenError(f"migrate failed (exit {result.exit_status}); not promoted, live "
+                             f"traffic untouched.\n--- last lines of {s.layout.log(colour)} ---\n"
+                             f"{tail}", host=s.name, detail=tail)
+
+
+# ---- promote and rollback -------------------------------------------------------------
+
+async def _switch_all(ctx: Context, sessions: list[HostSession], targets: dict[str, Colour],
+                      event: str) -> None:
+    """Two phases: (1) every target slot healthy and its site file current; (2) switch,
+    reload and verify each host; if any host fails, the hosts already switched go back."""
+    lives = dict(zip([s.name for s in sessions],
+                     await each(sessions, lambda s: s.require_live(), ctx.out)))
+
+    async def ready(s: HostSession) -> None:
+        target = targets[s.name]
+        resp = await s.health(target)
+        if resp is None or not resp.ok:
+            state = await s.state(target)
+            what = f"its release {state.release} is {state.status}" if state else "it is empty"
+            raise BlueGreenError(
+                f"{target} is not healthy ({'no answer' if resp is None else resp.status} on "
+                f"{ctx.cfg.run.health_path}; {what}); nothing was switched", host=s.name)
+        if await s.write_site(target):
+            s.say(f"rewrote {nginx.available(ctx.cfg, target)}")
+
+    await each(sessions, ready, ctx.out)
+    switched: list[HostSession] = []
+
+    async def flip(s: HostSession) -> None:
+        target, live = targets[s.name], lives[s.name]
+        if target is live:
+            s.say(f"{target} is already live")
+        else:
+            s.say(f"switching {live} -> {target}")
+            await s.switch(target, live)
+            switched.append(s)
+        await s.verify(target)
+        state = await s.state(target)
+        await s.record(event, target, state, ctx.user, f"{live} -> {target}")
+        s.say(f"live is {target} ({state.release if state else '?'}); proxy answers {target}")
+
+    try:
+        await each(sessions, flip, ctx.out)
+    except BlueGreenError:
+        for s in switched:
+            live = lives[s.name]
+            ctx.out.warn(s.name, f"switching back to {live}")
+            try:
+                await s.switch(live, targets[s.name])
+                await s.verify(live)
+            except BlueGreenError as back:
+                ctx.out.error(f"could not switch back: {back.message}")
+        raise
+
+
+async def promote(ctx: Context, colour: Colour | None, *, event: str = "promote") -> dict[str, Colour]:
+    """Switch every host to ``colour`` (default: the idle one) after checking it is healthy."""
+    async with connected(ctx) as sessions, locked(ctx, sessions):
+        lives = await each(sessions, lambda s: s.require_live(), ctx.out)
+        targets = {s.name: colour or live.other for s, live in zip(sessions, lives)}
+        if event == "rollback":
+            await each(sessions, lambda s: _can_roll_back(s, targets[s.name]), ctx.out)
+        try:
+            await _switch_all(ctx, sessions, targets, event)
+        except BlueGreenError as err:
+            await _record_failure(ctx, sessions, err)
+            raise
+        return targets
+
+
+async def _can_roll_back(s: HostSession, target: Colour) -> None:
+    state = await s.state(target)
+    if state is None or state.status != "running":
+        raise BlueGreenError(
+            f"nothing to roll back to: the {target} slot "
+            + ("has never run a release" if state is None else
+               f"is {state.status} ({state.release})")
+            + "; deploy again instead", host=s.name)
+
+
+async def rollback(ctx: Context) -> dict[str, Colour]:
+    """Promote the previously live colour (it must still be running and healthy)."""
+    return await promote(ctx, None, event="rollback")
+
+
+# ---- stop, prune, unlock --------------------------------------------------------------
+
+async def stop(ctx: Context, colour: Colour) -> None:
+    """Drain and stop an idle slot; the live one is refused."""
+    async with connected(ctx) as sessions, locked(ctx, sessions):
+        lives = await each(sessions, lambda s: s.live_colour(), ctx.out)
+        for s, live in zip(sessions, lives):
+            if live is colour:
+                raise BlueGreenError(f"{colour} is live; promote the other colour first",
+                                     host=s.name)
+
+        async def stop_one(s: HostSession) -> None:
+            state = await s.stop_slot(colour)
+            await s.record("stop", colour, state, ctx.user)
+
+        await each(sessions, stop_one, ctx.out)
+
+
+async def prune(ctx: Context, keep: int) -> dict[str, list[str]]:
+    async with connected(ctx) as sessions, locked(ctx, sessions):
+        removed = await each(sessions, lambda s: _prune_host(s, keep, ctx.user), ctx.out)
+    return {s.name: r for s, r in zip(ctx.hosts, removed)}  # type: ignore[misc]
+
+
+async def _prune_host(s: HostSession, keep: int, user: str) -> list[str]:
+    """Delete all but the ``keep`` newest releases, never the blue or green slot's."""
+    result = await s.run(releaseplan.list_releases(s.layout))
+    protected = {st.release for c in Colour if (st := await s.state(c)) is not None}
+    doomed = releaseplan.to_prune(result.stdout.split(), keep, protected)
+    if doomed:
+        s.say(f"pruning {len(doomed)} old release(s): {', '.join(doomed)}")
+        await s.run(releaseplan.remove(s.layout, doomed))
+        await s.record("prune", None, None, user, "removed " + " ".join(doomed))
+    return doomed
+
+
+async def unlock(ctx: Context) -> list[tuple[str, str]]:
+    """Remove each host's lock; returns (host, what was removed)."""
+    out: list[tuple[str, str]] = []
+    async with connected(ctx) as sessions:
+        for s in sessions:
+            holder = await s.lock_holder()
+            if holder is False:
+                out.append((s.name, "no lock"))
+                continue
+            await s.release_lock()
+            out.append((s.name, "removed: " + s.describe_holder(holder)))
+    return out
+
+
+# ---- status and history ---------------------------------------------------------------
+
+async def status(ctx: Context) -> dict[str, Any]:
+    """Per host: live colour, proxy answer, and each slot's release, pid and health."""
+
+    async def one(hc: HostConfig) -> dict[str, Any]:
+        try:
+            host = await connect(hc)
+        except ConnectError as exc:
+            return {"host": hc.label, "reachable": False, "error": exc.message}
+        s = HostSession(ctx.cfg, hc, host, ctx.out)
+        try:
+            return await _status_host(s)
+        finally:
+            await host.close()
+
+    hosts = await asyncio.gather(*(one(h) for h in ctx.hosts))
+    return {"app": ctx.cfg.app, "hosts": list(hosts)}
+
+
+async def _status_host(s: HostSession) -> dict[str, Any]:
+    live = await s.live_colour()
+    answer = await s.proxy_answer()
+    slots: dict[str, Any] = {}
+    for c in Colour:
+        state = await s.state(c)
+        probe = await s.probe(c)
+        pid = next(iter(probe.listeners), None)
+        resp = await s.health(c) if probe.listening else None
+        slots[c.value] = {
+            "release": state.release if state else None,
+            "version": state.version if state else None,
+            "port": s.cfg.slots.port(c),
+            "pid": pid,
+            "running": probe.listening,
+            "healthy": bool(resp and resp.ok),
+            "connections": probe.established,
+            "own": s.owns(state, probe) if probe.listening else None,
+        }
+    return {"host": s.name, "reachable": True, "live": live.value if live else None,
+            "proxy_answer": answer, "slots": slots}
+
+
+async def read_history(ctx: Context, limit: int | None) -> list[dict[str, Any]]:
+    async with connected(ctx) as sessions:
+        texts = await each(sessions, lambda s: s.run(history.read(s.layout)), ctx.out)
+    indexed = [(str(e.get("time", "")), i, e)
+               for r in texts for i, e in enumerate(history.parse(r.stdout))]
+    indexed.sort(key=lambda t: (t[0], t[1]), reverse=True)
+    events = [e for _, _, e in indexed]
+    return events[:limit] if limit else events
