@@ -2,7 +2,8 @@
 
 GET /health -> 200 "ok"; GET / -> "hello from <version> (<colour>)". The version comes
 from the VERSION file next to this script. A MODE file, if present, makes a deliberately
-broken release: "exit" (exits at start), "unhealthy" (/health answers 500).
+broken release: "exit" (exits at start), "unhealthy" (/health answers 500), "slow-stop"
+(keeps serving for 1.5 s after SIGTERM, like a node that takes its time to shut down).
 SIGTERM stops accepting, finishes requests in flight, then exits.
 """
 
@@ -12,6 +13,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -65,8 +67,13 @@ def main() -> None:
     server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
     server.daemon_threads = True
 
+    def shutdown() -> None:
+        if MODE == "slow-stop":
+            time.sleep(1.5)
+        server.shutdown()
+
     def stop(signum: int, frame: object) -> None:
-        threading.Thread(target=server.shutdown, daemon=True).start()
+        threading.Thread(target=shutdown, daemon=True).start()
 
     signal.signal(signal.SIGTERM, stop)
     print(f"sample app {VERSION} ({COLOUR}) listening on 127.0.0.1:{port}", flush=True)

@@ -1,0 +1,311 @@
+"""Real parts for the tests: a private nginx, a real sshd on 127.0.0.1, real app processes
+from real tarballs, and the `bluegreen` command run as a user would run it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from bluegreen.demo.nginx import PrivateNginx, build_sample, free_port
+
+BLUEGREEN = [sys.executable, "-m", "bluegreen"]
+SERVER_NAME = "testapp.test"
+
+
+def wait_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.02)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
+
+
+@dataclass
+class Sshd:
+    port: int
+    dir: Path
+    client_key: Path
+    known_hosts: Path
+    proc: subprocess.Popen[bytes]
+    host_pub: str
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def start_sshd(base: Path) -> Sshd:
+    """sshd with its own config, host key and authorized key, on a free loopback port."""
+    base.mkdir(parents=True, exist_ok=True)
+    host_key = base / "ssh_host_ed25519_key"
+    client_key = base / "id_ed25519"
+    for key in (host_key, client_key):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    authorized = base / "authorized_keys"
+    authorized.write_text((base / "id_ed25519.pub").read_text())
+    authorized.chmod(0o644)
+    port = free_port()
+    conf = base / "sshd_config"
+    conf.write_text(textwrap.dedent(f"""\
+        Port {port}
+        ListenAddress 127.0.0.1
+        HostKey {host_key}
+        PidFile {base}/sshd.pid
+        AuthorizedKeysFile {authorized}
+        PasswordAuthentication no
+        KbdInteractiveAuthentication no
+        PubkeyAuthentication yes
+        PermitRootLogin prohibit-password
+        UsePAM no
+        StrictModes no
+        AllowTcpForwarding yes
+        MaxSessions 100
+        MaxStartups 100
+        Subsystem sftp internal-sftp
+        """))
+    Path("/run/sshd").mkdir(exist_ok=True)  # privilege separation dir; never removed
+    proc = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(conf)],
+                            stdout=subprocess.DEVNULL, stderr=open(base / "sshd.log", "wb"))
+    wait_port(port)
+    host_pub = (base / "ssh_host_ed25519_key.pub").read_text().split()
+    known_hosts = base / "known_hosts"
+    known_hosts.write_text(f"[127.0.0.1]:{port} {host_pub[0]} {host_pub[1]}\n")
+    return Sshd(port, base, client_key, known_hosts, proc, f"{host_pub[0]} {host_pub[1]}")
+
+
+@pytest.fixture(scope="session")
+def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
+    server = start_sshd(tmp_path_factory.mktemp("sshd"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def nginx(tmp_path: Path) -> Iterator[PrivateNginx]:
+    server = PrivateNginx(tmp_path / "nginx", free_port())
+    server.write_config(workers=1)
+    server.start()
+    yield server
+    server.stop()
+
+
+@dataclass
+class Answer:
+    status: int
+    body: str
+    colour: str | None
+    version: str | None
+
+
+def get(port: int, path: str = "/", host: str = SERVER_NAME, timeout: float = 5) -> Answer:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers={"Host": host})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return Answer(resp.status, resp.read().decode(), resp.headers.get("X-Deployment-Id"),
+                          resp.headers.get("X-App-Version"))
+    except urllib.error.HTTPError as exc:
+        return Answer(exc.code, exc.read().decode(errors="replace"),
+                      exc.headers.get("X-Deployment-Id"), exc.headers.get("X-App-Version"))
+    except (urllib.error.URLError, OSError) as exc:
+        return Answer(0, str(exc), None, None)
+
+
+@dataclass
+class Project:
+    """A user's project dir: bluegreen.toml, artifacts, and a HOME of its own."""
+
+    dir: Path
+    nginx: PrivateNginx
+    kind: str  # "local" or "ssh"
+    blue: int
+    green: int
+    sshd: Sshd | None
+    home: Path
+    extra_run: dict[str, Any] = field(default_factory=dict)
+    extra_proxy: dict[str, Any] = field(default_factory=dict)
+    host_override: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def deploy_to(self) -> Path:
+        return self.dir / "srv"
+
+    def host_entry(self) -> dict[str, Any]:
+        entry: dict[str, Any] = {"name": "web1", "deploy_to": str(self.deploy_to)}
+        if self.kind == "local":
+            entry["address"] = "local"
+        else:
+            assert self.sshd is not None
+            entry.update(address="root@127.0.0.1", port=self.sshd.port,
+                         identity_file=str(self.sshd.client_key),
+                         known_hosts=str(self.sshd.known_hosts))
+        entry.update(self.host_override)
+        return entry
+
+    def write_config(self, **sections: Any) -> Path:
+        run = {"command": "exec python3 app.py", "health_timeout": 8, "stop_timeout": 5,
+               "drain_timeout": 2}
+        for key, value in self.extra_run.items():
+            if value is None:
+                run.pop(key, None)
+            else:
+                run[key] = value
+        proxy = {"server_name": SERVER_NAME, "listen": f"127.0.0.1:{self.nginx.port}",
+                 "sites_available": str(self.nginx.sites_available),
+                 "sites_enabled": str(self.nginx.sites_enabled),
+                 "test": self.nginx.test_command, "reload": self.nginx.reload_command}
+        proxy.update(self.extra_proxy)
+        data: dict[str, Any] = {
+            "app": "testapp",
+            "release": {"version": "1.0.0", "artifact": "artifacts/sample-{version}.tar.gz"},
+            "run": run,
+            "slots": {"blue": self.blue, "green": self.green},
+            "proxy": proxy,
+            "hosts": [self.host_entry()],
+        }
+        data.update(sections)
+        path = self.dir / "bluegreen.toml"
+        path.write_text(to_toml(data))
+        return path
+
+    def artifact(self, version: str, mode: str | None = None) -> Path:
+        """Build the sample app at ``version`` (a broken one with ``mode``)."""
+        built = build_sample(self.dir / "build", version, mode)
+        dest = self.dir / "artifacts" / f"sample-{version}.tar.gz"
+        dest.parent.mkdir(exist_ok=True)
+        shutil.copyfile(built, dest)
+        return dest
+
+    def bg(self, *args: str, check: bool | int = True, timeout: float = 120,
+           input: str | None = None) -> subprocess.CompletedProcess[str]:
+        """Run `bluegreen ARGS` in the project dir, as a user would."""
+        env = {**os.environ, "HOME": str(self.home), "COLUMNS": "200", "NO_COLOR": "1"}
+        proc = subprocess.run([*BLUEGREEN, *args], cwd=self.dir, env=env, capture_output=True,
+                              text=True, timeout=timeout, input=input)
+        expected = 0 if check is True else check
+        if check is not False and proc.returncode != expected:
+            raise AssertionError(
+                f"bluegreen {' '.join(args)} exited {proc.returncode}, expected {expected}\n"
+                f"--- stdout ---\n{proc.stdout}\n--- stderr ---\n{proc.stderr}")
+        return proc
+
+    def deploy(self, version: str, *extra: str, check: bool | int = True,
+               mode: str | None = None) -> subprocess.CompletedProcess[str]:
+        self.artifact(version, mode)
+        return self.bg("deploy", "--version", version, *extra, check=check)
+
+    def answer(self) -> Answer:
+        return get(self.nginx.port)
+
+    def status(self) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads(self.bg("status", "--json").stdout)
+        return data["hosts"][0]
+
+    def history(self) -> list[dict[str, Any]]:
+        data: list[dict[str, Any]] = json.loads(self.bg("history", "--json").stdout)
+        return data
+
+    def link_target(self) -> str:
+        return os.readlink(self.nginx.sites_enabled / "testapp")
+
+    def cleanup(self) -> None:
+        """Kill every process the slots started (by session id, then by port)."""
+        for colour in ("blue", "green"):
+            pid_file = self.deploy_to / "slots" / colour / "pid"
+            if pid_file.exists():
+                try:
+                    os.killpg(int(pid_file.read_text().strip()), signal.SIGKILL)
+                except (ProcessLookupError, ValueError, PermissionError):
+                    pass
+        for port in (self.blue, self.green):
+            kill_listeners(port)
+
+
+def kill_listeners(port: int) -> None:
+    out = subprocess.run(["ss", "-Htlnp", f"sport = :{port}"], capture_output=True,
+                         text=True).stdout
+    import re
+
+    for pid in set(re.findall(r"pid=(\d+)", out)):
+        try:
+            os.kill(int(pid), signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def to_toml(data: dict[str, Any]) -> str:
+    """A tiny TOML writer for the shapes tests use (tables, arrays of tables, scalars)."""
+    lines: list[str] = []
+    scalars = {k: v for k, v in data.items() if not isinstance(v, (dict, list))}
+    for k, v in scalars.items():
+        lines.append(f"{k} = {toml_value(v)}")
+    for k, v in data.items():
+        if isinstance(v, dict):
+            lines.append(f"\n[{k}]")
+            sub = {kk: vv for kk, vv in v.items() if not isinstance(vv, dict)}
+            for kk, vv in sub.items():
+                lines.append(f"{kk} = {toml_value(vv)}")
+            for kk, vv in v.items():
+                if isinstance(vv, dict):
+                    lines.append(f"\n[{k}.{kk}]")
+                    for k3, v3 in vv.items():
+                        lines.append(f"{toml_value(k3)} = {toml_value(v3)}")
+        elif isinstance(v, list):
+            for item in v:
+                lines.append(f"\n[[{k}]]")
+                for kk, vv in item.items():
+                    lines.append(f"{kk} = {toml_value(vv)}")
+    return "\n".join(lines) + "\n"
+
+
+def toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return str(v)
+    return json.dumps(str(v))
+
+
+@pytest.fixture(params=["local", "ssh"])
+def project(request: pytest.FixtureRequest, tmp_path: Path, nginx: PrivateNginx) -> Iterator[Project]:
+    kind = request.param
+    server = request.getfixturevalue("sshd") if kind == "ssh" else None
+    home = tmp_path / "home"
+    home.mkdir()
+    proj_dir = tmp_path / "project"
+    proj_dir.mkdir()
+    proj = Project(proj_dir, nginx, kind, free_port(), free_port(), server, home)
+    proj.write_config()
+    yield proj
+    proj.cleanup()
+
+
+@pytest.fixture
+def local_project(tmp_path: Path, nginx: PrivateNginx) -> Iterator[Project]:
+    home = tmp_path / "home"
+    home.mkdir()
+    proj_dir = tmp_path / "project"
+    proj_dir.mkdir()
+    proj = Project(proj_dir, nginx, "local", free_port(), free_port(), None, home)
+    proj.write_config()
+    yield proj
+    proj.cleanup()

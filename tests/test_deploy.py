@@ -1,0 +1,239 @@
+"""End to end on one host, both `local` and over a real sshd: what answers through nginx."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+from conftest import Project, get
+
+
+def setup(p: Project) -> None:
+    p.bg("setup")
+
+
+def test_setup_links_blue_and_nginx_answers_blue(project: Project) -> None:
+    out = project.bg("setup")
+    assert "live colour is blue" in out.stderr
+    assert project.link_target().endswith("testapp-blue")
+    assert get(project.nginx.port, "/deployment_id").body == "blue"
+    # Nothing runs yet: the proxy answers 502 on /, and status says so.
+    assert project.answer().status == 502
+    st = project.status()
+    assert st["live"] == "blue" and st["proxy_answer"] == "blue"
+    assert st["slots"]["blue"]["release"] is None and st["slots"]["blue"]["running"] is False
+    # Re-running setup is harmless.
+    project.bg("setup")
+    assert project.link_target().endswith("testapp-blue")
+
+
+def test_three_deploys_alternate_and_rollback(project: Project) -> None:
+    setup(project)
+    project.deploy("1.0.0")
+    a = project.answer()
+    assert (a.status, a.colour, a.version) == (200, "blue", "1.0.0")
+    assert a.body == "hello from 1.0.0 (blue)\n"
+
+    project.deploy("2.0.0")
+    a = project.answer()
+    assert (a.colour, a.version) == ("green", "2.0.0")
+    st = project.status()
+    assert st["live"] == "green" and st["proxy_answer"] == "green"
+    # The previous colour keeps running, ready for a rollback.
+    assert st["slots"]["blue"]["running"] and st["slots"]["blue"]["healthy"]
+    assert st["slots"]["blue"]["version"] == "1.0.0"
+    blue_pid = st["slots"]["blue"]["pid"]
+
+    # Third deploy goes to blue: the old blue copy must be stopped first (it answers slowly
+    # to SIGTERM), and the health check must see the new process, not the dying one.
+    project.deploy("3.0.0")
+    a = project.answer()
+    assert (a.colour, a.version) == ("blue", "3.0.0")
+    st = project.status()
+    assert st["slots"]["blue"]["pid"] != blue_pid
+    assert not _alive(blue_pid)
+    assert st["slots"]["green"]["version"] == "2.0.0" and st["slots"]["green"]["healthy"]
+
+    out = project.bg("rollback")
+    assert "live is green" in out.stdout
+    a = project.answer()
+    assert (a.colour, a.version) == ("green", "2.0.0")
+    events = [(e["event"], e["color"], e["version"]) for e in project.history()]
+    assert events[0] == ("rollback", "green", "2.0.0")
+    assert ("deploy", "blue", "3.0.0") in events and ("deploy", "green", "2.0.0") in events
+
+
+def test_third_deploy_waits_for_slow_old_copy(project: Project) -> None:
+    """The seed's collision: the old copy on the target port exits slowly after SIGTERM."""
+    setup(project)
+    project.deploy("1.0.0", mode="slow-stop")
+    project.deploy("2.0.0")
+    out = project.deploy("3.0.0")
+    assert "stopping blue (1.0.0-" in out.stderr
+    a = project.answer()
+    assert (a.colour, a.version) == ("blue", "3.0.0")
+    log = (project.deploy_to / "slots" / "blue" / "log").read_text()
+    assert "Address already in use" not in log
+    assert "sample app 3.0.0 (blue) listening" in log
+
+
+def test_promote_already_live_and_explicit_promote(project: Project) -> None:
+    setup(project)
+    project.deploy("1.0.0")
+    out = project.bg("promote", "blue")
+    assert "blue is already live" in out.stderr
+    project.deploy("2.0.0", "--no-promote")
+    a = project.answer()
+    assert (a.colour, a.version) == ("blue", "1.0.0")
+    assert project.status()["slots"]["green"]["healthy"]
+    project.bg("promote")
+    a = project.answer()
+    assert (a.colour, a.version) == ("green", "2.0.0")
+
+
+def test_app_that_exits_at_start_is_not_promoted(project: Project) -> None:
+    setup(project)
+    project.deploy("1.0.0")
+    out = project.deploy("2.0.0", mode="exit", check=5)
+    assert "the process exited" in out.stderr
+    assert "exiting at start on purpose" in out.stderr  # the log tail
+    a = project.answer()
+    assert (a.colour, a.version) == ("blue", "1.0.0")
+    assert project.link_target().endswith("testapp-blue")
+    assert project.history()[0]["event"] == "failed"
+    # The fault removed, a re-run finishes the job.
+    project.deploy("2.0.1")
+    assert project.answer().version == "2.0.1"
+
+
+def test_never_healthy_release_is_not_promoted(project: Project) -> None:
+    project.extra_run = {"health_timeout": 2}
+    project.write_config()
+    setup(project)
+    project.deploy("1.0.0")
+    out = project.deploy("2.0.0", mode="unhealthy", check=5)
+    assert "answered HTTP 500" in out.stderr
+    assert "listening on 127.0.0.1" in out.stderr  # log tail shown
+    a = project.answer()
+    assert (a.colour, a.version) == ("blue", "1.0.0")
+    st = project.status()
+    assert st["slots"]["green"]["running"] is False  # the broken release was stopped
+
+
+def test_foreign_process_on_idle_port(project: Project) -> None:
+    setup(project)
+    project.deploy("1.0.0")
+    squatter = subprocess.Popen(["python3", "-m", "http.server", "--bind", "127.0.0.1",
+                                 str(project.green)], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+    try:
+        from conftest import wait_port
+
+        wait_port(project.green)
+        out = project.deploy("2.0.0", check=5)
+        assert "not the slot's own" in out.stderr
+        assert squatter.poll() is None  # not ours: left alone
+        a = project.answer()
+        assert (a.colour, a.version) == ("blue", "1.0.0")
+    finally:
+        squatter.kill()
+        squatter.wait()
+
+
+def test_rejected_site_template_puts_link_back(project: Project) -> None:
+    setup(project)
+    project.deploy("1.0.0")
+    project.deploy("2.0.0", "--no-promote")
+    template = project.dir / "broken.conf.j2"
+    template.write_text("server { listen {{ listen }}; this_is_not_a_directive on; }\n")
+    project.extra_proxy = {"template": "broken.conf.j2"}
+    project.write_config()
+    master_before = project.nginx.pid()
+    out = project.bg("promote", check=1)
+    assert "rejected the site" in out.stderr
+    assert "link put back to blue" in out.stderr
+    assert project.link_target().endswith("testapp-blue")
+    a = project.answer()
+    assert (a.colour, a.version) == ("blue", "1.0.0")
+    assert project.nginx.pid() == master_before
+
+
+def test_lock_held_exits_4_and_unlock_clears_it(project: Project) -> None:
+    setup(project)
+    lock = project.deploy_to / "lock"
+    lock.mkdir()
+    (lock / "info.json").write_text(json.dumps({
+        "user": "alice", "host": "laptop", "pid": 4242, "command": "bluegreen deploy",
+        "started": "2026-11-26T10:00:00+00:00"}))
+    out = project.deploy("1.0.0", check=4)
+    assert "alice@laptop pid 4242" in out.stderr
+    assert project.answer().status == 502  # nothing was deployed
+    out = project.bg("unlock")
+    assert "removed: locked by alice@laptop" in out.stdout
+    assert not lock.exists()
+    assert "no lock" in project.bg("unlock").stdout
+    project.deploy("1.0.0")
+    assert project.answer().version == "1.0.0"
+
+
+def test_stop_refuses_live_and_stops_idle(project: Project) -> None:
+    setup(project)
+    project.deploy("1.0.0")
+    project.deploy("2.0.0")
+    out = project.bg("stop", "green", check=1)
+    assert "green is live" in out.stderr
+    green_pid = project.status()["slots"]["green"]["pid"]
+    project.bg("stop", "blue")
+    st = project.status()
+    assert st["slots"]["blue"]["running"] is False and st["slots"]["blue"]["pid"] is None
+    assert st["slots"]["green"]["pid"] == green_pid
+    assert project.answer().version == "2.0.0"
+    assert project.history()[0]["event"] == "stop"
+    # Nothing to roll back to now.
+    out = project.bg("rollback", check=1)
+    assert "nothing to roll back to" in out.stderr
+    assert project.answer().version == "2.0.0"
+
+
+def test_status_json_contract(project: Project) -> None:
+    setup(project)
+    project.deploy("1.0.0")
+    data = json.loads(project.bg("status", "--json").stdout)
+    assert data["app"] == "testapp"
+    host = data["hosts"][0]
+    assert set(host) >= {"host", "reachable", "live", "proxy_answer", "slots"}
+    blue = host["slots"]["blue"]
+    assert set(blue) >= {"release", "version", "port", "pid", "running", "healthy"}
+    assert blue["release"].startswith("1.0.0-") and len(blue["release"]) == len("1.0.0-") + 12
+    assert blue["port"] == project.blue and isinstance(blue["pid"], int)
+    green = host["slots"]["green"]
+    assert green == {**green, "release": None, "version": None, "pid": None, "running": False,
+                     "healthy": False}
+
+
+def test_start_stop_daemon_mode(project: Project) -> None:
+    """An app started by a command that daemonizes and returns, stopped by its stop command."""
+    project.extra_run = {
+        "command": None,
+        "start": "nohup python3 app.py > {slot_dir}/daemon.out 2>&1 & echo $! > {slot_dir}/daemon.pid",
+        "stop": "kill $(cat {slot_dir}/daemon.pid)",
+    }
+    project.write_config()
+    setup(project)
+    project.deploy("1.0.0")
+    project.deploy("2.0.0")
+    blue_pid = project.status()["slots"]["blue"]["pid"]
+    project.deploy("3.0.0")
+    assert not _alive(blue_pid)
+    a = project.answer()
+    assert (a.colour, a.version) == ("blue", "3.0.0")
+    project.bg("rollback")
+    assert project.answer().version == "2.0.0"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
