@@ -84,8 +84,18 @@ def start_sshd(base: Path) -> Sshd:
         Subsystem sftp internal-sftp
         """))
     Path("/run/sshd").mkdir(exist_ok=True)  # privilege separation dir; never removed
-    proc = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(conf)],
-                            stdout=subprocess.DEVNULL, stderr=open(base / "sshd.log", "wb"))
+    # The test user is root; this machine's /root/.bashrc runs `pyenv init`, which costs
+    # ~100 ms per SSH command. A server's login user has no such rc file, so sshd runs in
+    # a private mount namespace with an empty dir over /root.
+    fake_root = base / "root-home"
+    fake_root.mkdir(exist_ok=True)
+    command = ["/usr/sbin/sshd", "-D", "-e", "-f", str(conf)]
+    if shutil.which("unshare"):
+        command = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                   'home="$1"; shift; mount --bind "$home" /root && exec "$@"', "sh",
+                   str(fake_root), *command]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL,
+                            stderr=open(base / "sshd.log", "wb"))
     wait_port(port)
     host_pub = (base / "ssh_host_ed25519_key.pub").read_text().split()
     known_hosts = base / "known_hosts"
