@@ -1,0 +1,154 @@
+"""Config validation: every bad file is exit 2 with the key path named; nothing touched."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from bluegreen import presets
+from bluegreen.config import Colour, load_config, parse_config, parse_listen
+from bluegreen.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+GOOD = {
+    "app": "myapp",
+    "release": {"version": "0.1.0", "artifact": "dist/myapp-{version}.tar.gz"},
+    "run": {"command": "python3 app.py --port {port}", "env": {"NODE": "{app}_{color}"}},
+    "hosts": [{"address": "local"}],
+}
+
+
+def with_(path: str, value: object) -> dict[str, object]:
+    import copy
+
+    data = copy.deepcopy(GOOD)
+    node: dict[str, object] = data
+    keys = path.split(".")
+    for key in keys[:-1]:
+        if key.isdigit():
+            node = node[int(key)]  # type: ignore[index]
+        else:
+            node = node.setdefault(key, {})  # type: ignore[assignment]
+    node[keys[-1]] = value
+    return data
+
+
+def error_of(data: dict[str, object]) -> str:
+    with pytest.raises(ConfigError) as exc:
+        parse_config(data, Path("/tmp"))
+    assert exc.value.exit_code == 2
+    return exc.value.message
+
+
+def test_good_config_loads_with_defaults() -> None:
+    cfg = parse_config(GOOD, Path("/tmp"))
+    assert cfg.slots.port(Colour.BLUE) == 4000 and cfg.slots.port(Colour.GREEN) == 5000
+    assert cfg.proxy.reload == "nginx -s reload" and cfg.run.health_path == "/health"
+    assert cfg.hosts[0].label == "local" and cfg.hosts[0].port == 22
+    assert Colour.BLUE.other is Colour.GREEN and Colour.GREEN.other is Colour.BLUE
+
+
+@pytest.mark.parametrize("path,value,expected", [
+    ("hosts", [{"address": "local"}, {"address": "web2", "port": 70000}],
+     "hosts[1].port: Input should be less than or equal to 65535"),
+    ("hosts", [{"address": "local", "colour": "x"}], "hosts[0].colour: unknown key"),
+    ("proxy.bogus", 1, "proxy.bogus: unknown key"),
+    ("slots.green", 4000, "slots: blue and green must use different ports"),
+    ("app", "MyApp", "app: String should match pattern"),
+    ("run.health_timeout", "soon", "run.health_timeout: Input should be a valid number"),
+    ("release.version", "1.0; rm -rf /", "release.version: version '1.0; rm -rf /' must match"),
+    ("hosts", [{"address": "a b"}], "hosts[0].address: must be 'local' or '[user@]host'"),
+    ("hosts", [], "hosts: List should have at least 1 item"),
+    ("proxy.listen", "nowhere", "proxy.listen: 'nowhere' has no port"),
+    ("run.env", {"BAD-NAME": "x"}, "run.env: 'BAD-NAME' is not a valid environment variable"),
+])
+def test_bad_values_name_the_key_path(path: str, value: object, expected: str) -> None:
+    assert expected in error_of(with_(path, value))
+
+
+def test_missing_required_keys() -> None:
+    assert "app: required key is missing" in error_of({k: v for k, v in GOOD.items() if k != "app"})
+    assert "run: required key is missing" in error_of({k: v for k, v in GOOD.items() if k != "run"})
+
+
+def test_unknown_and_malformed_placeholders() -> None:
+    assert ("run.command: unknown placeholder {colour}" in
+            error_of(with_("run.command", "app --colour {colour}")))
+    assert ("release.artifact: unknown placeholder {port}" in
+            error_of(with_("release.artifact", "x-{port}.tar.gz")))
+    assert "run.env.X: unknown placeholder {nope}" in error_of(with_("run.env", {"X": "{nope}"}))
+    assert "malformed placeholder" in error_of(with_("run.command", "echo {app.__class__}"))
+    # Doubled braces are literal.
+    cfg = parse_config(with_("run.command", "echo {{not a placeholder}} {port}"), Path("/tmp"))
+    assert cfg.run.command == "echo {{not a placeholder}} {port}"
+
+
+def test_start_or_command_exactly_one() -> None:
+    assert "exactly one of run.start" in error_of(with_("run", {"start": "a", "command": "b"}))
+    assert "exactly one of run.start" in error_of(with_("run", {"stop": "a"}))
+
+
+def test_parse_listen() -> None:
+    assert parse_listen("80") == ("127.0.0.1", 80)
+    assert parse_listen("127.0.0.2:8080 reuseport") == ("127.0.0.2", 8080)
+    assert parse_listen("[::1]:8443 ssl") == ("::1", 8443)
+    assert parse_listen("*:80") == ("127.0.0.1", 80)
+
+
+@pytest.mark.parametrize("preset", presets.NAMES)
+def test_presets_are_valid_configs(preset: str, tmp_path: Path) -> None:
+    text = presets.render(preset, "shop-api")
+    cfg = parse_config(tomllib.loads(text), tmp_path)
+    assert cfg.app == "shop-api"
+    if preset == "elixir":
+        assert cfg.run.start == "bin/shop-api daemon" and cfg.run.stop == "bin/shop-api stop"
+        assert cfg.run.env["RELEASE_NODE"] == "{app}_{color}"
+        assert cfg.run.env["RELEASE_TMP"] == "{slot_dir}/tmp"
+        assert cfg.run.migrate == "bin/shop-api eval 'ShopApi.Release.migrate()'"
+
+
+def test_documented_example_config_loads() -> None:
+    """docs/bluegreen.example.toml is the reference; it must stay valid."""
+    cfg = load_config(ROOT / "docs" / "bluegreen.example.toml")
+    assert cfg.app == "myapp" and cfg.run.start == "bin/myapp daemon"
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "bluegreen", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_cli_bad_config_exit_2(tmp_path: Path) -> None:
+    (tmp_path / "bluegreen.toml").write_text(
+        'app = "x"\n[run]\ncommand = "a"\n[[hosts]]\naddress = "local"\nport = "ssh"\n')
+    proc = run_cli("status", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "hosts[0].port" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run_cli("deploy", cwd=tmp_path / "..")
+    assert proc.returncode == 2 and "bluegreen.toml not found" in proc.stderr
+    (tmp_path / "bad.toml").write_text("app = \n")
+    proc = run_cli("check", "-c", str(tmp_path / "bad.toml"), cwd=tmp_path)
+    assert proc.returncode == 2 and "not valid TOML" in proc.stderr
+
+
+def test_cli_bad_version_exit_2(tmp_path: Path) -> None:
+    (tmp_path / "bluegreen.toml").write_text(
+        'app = "x"\n[release]\nartifact = "a.tar.gz"\n[run]\ncommand = "a"\n'
+        '[[hosts]]\naddress = "local"\n')
+    proc = run_cli("deploy", "--version", "1.0$(touch pwned)", cwd=tmp_path)
+    assert proc.returncode == 2 and "must match" in proc.stderr
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_init_writes_a_config_that_loads(tmp_path: Path) -> None:
+    proc = run_cli("init", "--preset", "python", "--app", "web", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    cfg = load_config(tmp_path / "bluegreen.toml")
+    assert cfg.app == "web" and "gunicorn" in (cfg.run.command or "")
+    proc = run_cli("init", cwd=tmp_path)
+    assert proc.returncode == 2 and "--force" in proc.stderr
