@@ -206,7 +206,13 @@ def status(state: State, json_out: bool) -> None:
     data = run(state, lambda: workflow.status(ctx))
     if json_out:
         emit_json(data)
-        return
+    else:
+        _print_status(data)
+    if any(not h["reachable"] for h in data["hosts"]):
+        sys.exit(3)
+
+
+def _print_status(data: dict[str, Any]) -> None:
     console = Console(highlight=False)
     for h in data["hosts"]:
         if not h["reachable"]:
@@ -222,8 +228,6 @@ def status(state: State, json_out: bool) -> None:
                           str(s["pid"] or "-"), _yes(s["running"]), _yes(s["healthy"]),
                           str(s["connections"]))
         console.print(table)
-    if any(not h["reachable"] for h in data["hosts"]):
-        sys.exit(3)
 
 
 def _yes(value: bool) -> str:

@@ -1,0 +1,106 @@
+"""Connecting: host keys verified (never accepted), unreachable hosts, `check`, secrets,
+and shell metacharacters in values that reach a host."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+from conftest import Project, free_port
+
+
+def test_wrong_host_key_is_refused(project: Project, tmp_path: Path) -> None:
+    if project.kind != "ssh":
+        return _local_has_no_host_key(project)
+    other = tmp_path / "other_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    bad = tmp_path / "known_hosts_bad"
+    pub = (tmp_path / "other_key.pub").read_text().split()
+    assert project.sshd is not None
+    bad.write_text(f"[127.0.0.1]:{project.sshd.port} {pub[0]} {pub[1]}\n")
+    project.host_override = {"known_hosts": str(bad)}
+    project.write_config()
+    out = project.bg("status", check=3)
+    assert "unreachable" in out.stdout and "host key" in out.stdout
+    out = project.bg("setup", check=3)
+    assert "host key" in out.stderr and "not accepted" in out.stderr
+    assert not project.deploy_to.exists()  # nothing was touched
+    assert bad.read_text().count("\n") == 1  # and the key was not added
+
+    project.host_override = {"known_hosts": str(tmp_path / "missing_known_hosts")}
+    project.write_config()
+    out = project.deploy("1.0.0", check=3)
+    assert "no known_hosts file" in out.stderr
+
+
+def _local_has_no_host_key(project: Project) -> None:
+    # `local` never uses SSH: status works without any known_hosts file.
+    project.bg("setup")
+    assert project.status()["reachable"] is True
+
+
+def test_unreachable_host_exit_3(project: Project) -> None:
+    if project.kind == "local":
+        project.host_override = {"address": "root@127.0.0.1", "port": free_port(),
+                                 "known_hosts": "/dev/null"}
+    else:
+        project.host_override = {"port": free_port()}
+    project.write_config()
+    out = project.bg("setup", check=3)
+    assert "cannot connect to root@127.0.0.1" in out.stderr or "cannot verify" in out.stderr
+    out = project.bg("status", "--json", check=3)
+    import json
+
+    data = json.loads(out.stdout)
+    assert data["hosts"][0]["reachable"] is False
+
+
+def test_check_reports_what_setup_would_do(project: Project) -> None:
+    out = project.bg("check")
+    assert "setup will create it" in out.stdout
+    assert "setup will link blue" in out.stdout
+    assert "passes" in out.stdout  # nginx -t
+    assert not project.deploy_to.exists()  # check changes nothing
+    project.bg("setup")
+    out = project.bg("check")
+    assert "live is blue" in out.stdout
+    project.extra_proxy = {"sites_available": str(project.dir / "nope")}
+    project.write_config()
+    out = project.bg("check", check=1)
+    assert "FAIL" in out.stdout and "missing" in out.stdout
+
+
+def test_secrets_never_printed_and_metacharacters_stay_text(project: Project) -> None:
+    secret = "s3cr3t-Value-42"
+    (project.dir / ".env.production").write_text(
+        f"DATABASE_PASSWORD={secret}\nQUOTED=\"a b $(touch {project.dir}/pwned1)\"\n")
+    # The app itself prints the secret to its log; bluegreen must mask it in the log tail.
+    project.extra_run = {"command": 'echo "db password is $DATABASE_PASSWORD"; exec python3 app.py',
+                         "env_file": ".env.production",
+                         "env": {"ODD": f"x; touch {project.dir}/pwned2 `touch {project.dir}/pwned3`"}}
+    project.write_config()
+    project.bg("setup")
+    out1 = project.deploy("1.0.0")
+    out2 = project.deploy("2.0.0", mode="unhealthy", check=5)
+    hist = project.bg("history", "--json").stdout
+    status = project.bg("status", "--json").stdout
+    for text in (out1.stdout, out1.stderr, out2.stdout, out2.stderr, hist, status,
+                 (project.deploy_to / "history.jsonl").read_text()):
+        assert secret not in text
+    assert "db password is ********" in out2.stderr  # the log tail, masked
+    for marker in ("pwned1", "pwned2", "pwned3"):
+        assert not (project.dir / marker).exists()
+    shared = project.deploy_to / "shared" / ".env"
+    assert oct(shared.stat().st_mode & 0o777) == "0o600"
+    assert oct((project.deploy_to / "slots" / "blue" / "env").stat().st_mode & 0o777) == "0o600"
+    # The app got the values as plain text.
+    pid = project.status()["slots"]["blue"]["pid"]
+    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    assert f"DATABASE_PASSWORD={secret}".encode() in environ
+    assert f"QUOTED=a b $(touch {project.dir}/pwned1)".encode() in environ
+    assert any(e.startswith(b"ODD=x; touch ") for e in environ)
+    for path in project.deploy_to.rglob("*"):
+        if not path.is_symlink():
+            assert not path.stat().st_mode & 0o002, f"{path} is world-writable"
+    assert os.environ.get("DATABASE_PASSWORD") is None

@@ -1,0 +1,137 @@
+"""The pure builders: exact argv and rendered text, and that quoting holds against a real sh."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import tarfile
+from pathlib import Path, PurePosixPath
+
+import pytest
+
+from bluegreen.artifact import check_members
+from bluegreen.config import Colour, parse_config
+from bluegreen.errors import ArtifactError
+from bluegreen.plan import nginx, release, slot
+from bluegreen.plan.layout import Layout
+
+CFG = parse_config({
+    "app": "shop",
+    "run": {"command": "python3 app.py", "env": {"NODE": "{app}_{color}", "TMP": "{slot_dir}/tmp"}},
+    "slots": {"blue": 4100, "green": 5100},
+    "proxy": {"server_name": "shop.example.com www.shop.example.com", "listen": "8080",
+              "sites_available": "/etc/nginx/sites-available",
+              "sites_enabled": "/etc/nginx/sites-enabled", "reload": "systemctl reload nginx"},
+    "hosts": [{"address": "deploy@web1", "deploy_to": "/srv/{app}"}],
+}, Path("/tmp"))
+LAYOUT = Layout.of(CFG, CFG.hosts[0])
+
+
+def test_layout() -> None:
+    assert LAYOUT.root == PurePosixPath("/srv/shop")
+    assert LAYOUT.state(Colour.GREEN) == PurePosixPath("/srv/shop/slots/green/state.json")
+    assert LAYOUT.shared_env == PurePosixPath("/srv/shop/shared/.env")
+    assert LAYOUT.lock == PurePosixPath("/srv/shop/lock")
+
+
+def test_switch_is_atomic_rename_of_a_dot_link() -> None:
+    argv = nginx.switch(CFG, Colour.GREEN)
+    assert argv == ["sh", "-c", 'ln -sfn "$1" "$2" && mv -Tf "$2" "$3"', "sh",
+                    "/etc/nginx/sites-available/shop-green",
+                    "/etc/nginx/sites-enabled/.shop.bluegreen-tmp",
+                    "/etc/nginx/sites-enabled/shop"]
+    assert nginx.reload(CFG) == ["sh", "-c", "systemctl reload nginx"]
+    sudo_cfg = CFG.model_copy(update={"proxy": CFG.proxy.model_copy(update={"sudo": True})})
+    assert nginx.test(sudo_cfg) == ["sudo", "-n", "sh", "-c", "nginx -t"]
+
+
+def test_rendered_site_file() -> None:
+    text = nginx.render_site(CFG, Colour.BLUE)
+    assert "server 127.0.0.1:4100" in text
+    assert "listen 8080;" in text
+    assert "server_name shop.example.com www.shop.example.com;" in text
+    assert 'return 200 "blue";' in text
+    assert 'add_header X-Deployment-Id "blue" always;' in text
+    for header in ("Upgrade $http_upgrade", "Connection $bluegreen_shop_connection",
+                   "Host $http_host", "X-Forwarded-For $proxy_add_x_forwarded_for",
+                   "X-Forwarded-Proto $scheme"):
+        assert f"proxy_set_header {header};" in text
+    assert "proxy_http_version 1.1;" in text
+    assert "4100" not in nginx.render_site(CFG, Colour.GREEN)
+    assert nginx.colour_of_target(CFG, "/etc/nginx/sites-available/shop-green") is Colour.GREEN
+    assert nginx.colour_of_target(CFG, "/etc/nginx/sites-available/other") is None
+    assert nginx.deployment_id_request(CFG) == ("/deployment_id", "shop.example.com")
+
+
+def test_slot_env_order_and_quoting(tmp_path: Path) -> None:
+    s = slot.Slot(Colour.GREEN, 5100, LAYOUT, "1.2.3-abcdefabcdef", "1.2.3")
+    env = slot.slot_env(CFG, s, {"SECRET": "it's $(touch pwned) `x`", "NODE": "overridden"})
+    assert list(env)[:4] == ["PORT", "BLUEGREEN_COLOR", "BLUEGREEN_VERSION", "BLUEGREEN_RELEASE_DIR"]
+    assert env["PORT"] == "5100" and env["NODE"] == "shop_green"  # run.env wins over env_file
+    assert env["TMP"] == "/srv/shop/slots/green/tmp"
+    script = tmp_path / "env"
+    script.write_text(slot.env_script(env))
+    out = subprocess.run(["sh", "-c", '. "$1" && printf %s "$SECRET"', "sh", str(script)],
+                         cwd=tmp_path, capture_output=True, text=True)
+    assert out.stdout == "it's $(touch pwned) `x`"
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_run_in_slot_passes_values_as_arguments(tmp_path: Path) -> None:
+    (tmp_path / "env").write_text("export A='1'\n")
+    argv = slot.run_in_slot(str(tmp_path), PurePosixPath(tmp_path / "env"),
+                            'echo "A=$A"', PurePosixPath(tmp_path / "log"))
+    assert argv[:2] == ["sh", "-c"] and argv[4:] == [str(tmp_path), str(tmp_path / "env"),
+                                                     'echo "A=$A"', str(tmp_path / "log")]
+    subprocess.run(argv, check=True)
+    assert (tmp_path / "log").read_text() == "A=1\n"
+
+
+def test_parse_probe() -> None:
+    p = slot.parse_probe("listen 123 120\nlisten 124 120\nestablished 3\nsession alive\npid 9\n")
+    assert p.listeners == {123: 120, 124: 120} and p.established == 3
+    assert p.session_alive and p.alive_pids == frozenset({9})
+    assert slot.parse_probe("established 0\n") == slot.Probe()
+
+
+def test_release_builders() -> None:
+    assert release.release_id("1.0.0", "3f2a9c1b0d4e" + "0" * 52) == "1.0.0-3f2a9c1b0d4e"
+    assert release.upload_path(LAYOUT, "r1") == PurePosixPath("/srv/shop/releases/.r1.tar.gz.upload")
+    assert release.to_prune(["a", "b", "c", "d", ".x.unpack"], 2, {"a"}) == ["b"]
+    assert release.to_prune(["a", "b"], 5, set()) == []
+
+
+def _tar(tmp_path: Path, members: list[tarfile.TarInfo]) -> Path:
+    path = tmp_path / "a.tar.gz"
+    with tarfile.open(path, "w:gz") as tar:
+        for m in members:
+            tar.addfile(m, io.BytesIO(b"x" * m.size) if m.isfile() else None)
+    return path
+
+
+def _member(name: str, kind: bytes = tarfile.REGTYPE, link: str = "") -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.linkname = link
+    info.size = 1 if kind == tarfile.REGTYPE else 0
+    return info
+
+
+@pytest.mark.parametrize("member", [
+    _member("/etc/passwd"),
+    _member("../../evil"),
+    _member("bin/../../evil"),
+    _member("link", tarfile.SYMTYPE, "/etc/shadow"),
+    _member("bin/link", tarfile.SYMTYPE, "../../outside"),
+    _member("dev", tarfile.CHRTYPE),
+])
+def test_unsafe_artifacts_are_refused(tmp_path: Path, member: tarfile.TarInfo) -> None:
+    with pytest.raises(ArtifactError, match="unsafe artifact"):
+        check_members(_tar(tmp_path, [_member("ok"), member]))
+
+
+def test_safe_artifact_with_inner_links(tmp_path: Path) -> None:
+    check_members(_tar(tmp_path, [_member("bin/app"), _member("lib/x", tarfile.SYMTYPE, "../bin/app")]))
+    (tmp_path / "junk.tar.gz").write_bytes(b"not a tarball")
+    with pytest.raises(ArtifactError, match="not a readable .tar.gz"):
+        check_members(tmp_path / "junk.tar.gz")
