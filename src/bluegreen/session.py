@@ -396,7 +396,7 @@ class HostSession:
 
     async def switch(self, target: Colour, previous: Colour | None) -> None:
         """Point the link at ``target``, test, reload. If ``test`` fails the previous link is
-        put back and nothing is reloaded."""
+        put back and nothing is reloaded; if ``reload`` fails the link is put back too."""
         await self.run(nginx.switch(self.cfg, target))
         try:
             await self.proxy_test()
@@ -404,7 +404,13 @@ class HostSession:
             await self.restore_link(previous)
             self.say(f"link put back to {previous}; nginx not reloaded")
             raise
-        await self.proxy_reload()
+        try:
+            await self.proxy_reload()
+        except ProxyError:
+            # A failed reload never reached nginx: it still serves ``previous``.
+            await self.restore_link(previous)
+            self.say(f"link put back to {previous}")
+            raise
 
     async def restore_link(self, previous: Colour | None) -> None:
         if previous is None:

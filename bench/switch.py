@@ -1,0 +1,131 @@
+"""Benchmark: how long `bluegreen promote` takes, against the floor of a bare link swap +
+`nginx -s reload` + polling until the new colour answers, measured in the same run; and
+bluegreen's own overhead in a deploy (wall time minus the app's boot-to-healthy time).
+
+    .venv/bin/python bench/switch.py [--rounds 10] [--json OUT]
+
+Runs a private nginx, a private sshd on 127.0.0.1 (so the SSH numbers include a real SSH
+handshake, over loopback) and the bundled sample app. Needs root for the sshd.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from conftest import Project, start_sshd  # noqa: E402
+
+from bluegreen.demo.nginx import PrivateNginx, free_port  # noqa: E402
+
+
+def answer(port: int) -> str:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/deployment_id",
+                                 headers={"Host": "testapp.test"})
+    try:
+        with urllib.request.urlopen(req, timeout=2) as resp:
+            return str(resp.read().decode())
+    except OSError:
+        return ""
+
+
+def bare_switch(nginx: PrivateNginx, colour: str) -> float:
+    """The floor: what a hand-written script must do at least, timed."""
+    start = time.perf_counter()
+    link = nginx.sites_enabled / "testapp"
+    tmp = nginx.sites_enabled / ".testapp.tmp"
+    os.symlink(nginx.sites_available / f"testapp-{colour}", tmp)
+    os.replace(tmp, link)
+    subprocess.run(nginx.command("-s", "reload"), check=True, capture_output=True)
+    streak = 0
+    while streak < 3:
+        streak = streak + 1 if answer(nginx.port) == colour else 0
+        if streak < 3:
+            time.sleep(0.005)
+    return time.perf_counter() - start
+
+
+def measure(kind: str, base: Path, rounds: int, sshd: object) -> dict[str, object]:
+    nginx = PrivateNginx(base / kind / "nginx", free_port())
+    nginx.write_config(workers=2)
+    nginx.start()
+    home = base / kind / "home"
+    home.mkdir(parents=True)
+    proj_dir = base / kind / "project"
+    proj_dir.mkdir()
+    project = Project(proj_dir, nginx, kind, free_port(), free_port(), sshd, home)  # type: ignore[arg-type]
+    project.write_config()
+    try:
+        project.bg("setup")
+        overheads, deploy_walls, boots = [], [], []
+        for i, version in enumerate(("1.0.0", "2.0.0", "3.0.0", "4.0.0")):
+            t0 = time.perf_counter()
+            out = project.deploy(version)
+            wall = time.perf_counter() - t0
+            boot = float(re.search(r"is healthy \(([\d.]+)s after start\)", out.stderr).group(1))  # type: ignore[union-attr]
+            if i >= 1:  # the first deploy has nothing to drain/stop; keep like with like
+                deploy_walls.append(wall)
+                boots.append(boot)
+                overheads.append(wall - boot)
+        promote_times, floor_times = [], []
+        colour = answer(nginx.port)
+        for _ in range(rounds):
+            colour = "green" if colour == "blue" else "blue"
+            t0 = time.perf_counter()
+            project.bg("promote", colour)
+            promote_times.append(time.perf_counter() - t0)
+        for _ in range(rounds):
+            colour = "green" if colour == "blue" else "blue"
+            floor_times.append(bare_switch(nginx, colour))
+        # The floor left the link where bluegreen expects it to be (same colour as answers).
+        return {
+            "kind": kind,
+            "promote_median_s": statistics.median(promote_times),
+            "floor_median_s": statistics.median(floor_times),
+            "promote_over_floor": statistics.median(promote_times) / statistics.median(floor_times),
+            "deploy_median_s": statistics.median(deploy_walls),
+            "app_boot_to_healthy_median_s": statistics.median(boots),
+            "deploy_overhead_median_s": statistics.median(overheads),
+            "rounds": rounds,
+        }
+    finally:
+        project.cleanup()
+        nginx.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bluegreen-bench-") as tmp:
+        base = Path(tmp)
+        sshd = start_sshd(base / "sshd")
+        try:
+            results = [measure("local", base, args.rounds, None),
+                       measure("ssh", base, args.rounds, sshd)]
+        finally:
+            sshd.stop()
+    print("| host | promote (CLI, median) | floor: swap+reload+poll | ratio | deploy | app boot→healthy | bluegreen overhead |")
+    print("|---|---|---|---|---|---|---|")
+    for r in results:
+        print(f"| {r['kind']} | {r['promote_median_s']:.3f} s | {r['floor_median_s']:.3f} s | "
+              f"{r['promote_over_floor']:.1f}x | {r['deploy_median_s']:.2f} s | "
+              f"{r['app_boot_to_healthy_median_s']:.2f} s | {r['deploy_overhead_median_s']:.2f} s |")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
