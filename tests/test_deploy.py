@@ -237,3 +237,83 @@ def _alive(pid: int) -> bool:
             return fh.read().split(")")[-1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_reload_failure_puts_link_back(project: Project) -> None:
+    setup(project)
+    project.deploy("1.0.0")
+    project.deploy("2.0.0", "--no-promote")
+    project.extra_proxy = {"reload": "echo 'reload is broken' >&2; exit 1"}
+    project.write_config()
+    out = project.bg("promote", check=1)
+    assert "reload is broken" in out.stderr and "link put back to blue" in out.stderr
+    assert project.link_target().endswith("testapp-blue")
+    a = project.answer()
+    assert (a.colour, a.version) == ("blue", "1.0.0")
+
+
+def test_concurrent_deploys_one_gets_exit_4(project: Project) -> None:
+    setup(project)
+    project.deploy("1.0.0")
+    project.artifact("2.0.0", "slow-stop")
+    project.artifact("3.0.0")
+    import os
+    import sys
+
+    env = {**os.environ, "HOME": str(project.home)}
+    procs = [subprocess.Popen([sys.executable, "-m", "bluegreen", "deploy", "--version", v],
+                              cwd=project.dir, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for v in ("2.0.0", "3.0.0")]
+    results = [(p.wait(120), p.stderr.read() if p.stderr else "") for p in procs]
+    codes = sorted(code for code, _ in results)
+    assert codes == [0, 4], results
+    loser = next(err for code, err in results if code == 4)
+    assert "locked by" in loser and "bluegreen deploy --version" in loser
+    assert project.answer().version in ("2.0.0", "3.0.0")
+    assert not (project.deploy_to / "lock").exists()
+
+
+def test_stale_lock_names_the_dead_holder(local_project: Project) -> None:
+    import socket
+
+    p = local_project
+    setup(p)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (p.deploy_to / "lock").mkdir()
+    (p.deploy_to / "lock" / "info.json").write_text(json.dumps({
+        "user": "root", "host": socket.gethostname(), "pid": dead.pid,
+        "command": "bluegreen deploy", "started": "2026-11-26T10:00:00+00:00"}))
+    out = p.deploy("1.0.0", check=4)
+    assert f"pid {dead.pid} is gone: that run died" in out.stderr
+    assert "bluegreen unlock" in out.stderr
+
+
+def test_build_version_command_and_prune(local_project: Project) -> None:
+    p = local_project
+    src = p.dir / "src"
+    src.mkdir()
+    (src / "app.py").write_text((p.artifact("0.0.0").parent.parent / "build" /
+                                 "sample-0.0.0-ok" / "app.py").read_text())
+    (p.dir / "VERSION").write_text("5.0.0\n")
+    p.write_config(release={
+        "version_command": "cat VERSION",
+        "build": "cp VERSION src/VERSION && mkdir -p dist && tar -czf dist/app-{version}.tar.gz -C src .",
+        "artifact": "dist/app-{version}.tar.gz",
+        "keep": 2,
+    })
+    out = p.bg("build")
+    assert "release 5.0.0-" in out.stdout and "sha256 " in out.stdout
+    setup(p)
+    for version in ("5.0.0", "5.0.1", "5.0.2", "5.0.3"):
+        (p.dir / "VERSION").write_text(version + "\n")
+        p.bg("deploy")
+        assert p.answer().version == version
+    releases = sorted(d.name for d in (p.deploy_to / "releases").iterdir())
+    # keep=2: the two newest, which are also the live (5.0.3) and idle (5.0.2) slots' releases.
+    assert [r.split("-")[0] for r in releases] == ["5.0.2", "5.0.3"]
+    assert any(e["event"] == "prune" for e in p.history())
+    p.bg("rollback")
+    assert p.answer().version == "5.0.2"
+    out = p.bg("prune", "--keep", "1")
+    assert "removed 0 release(s)" in out.stdout  # both remaining releases are in slots

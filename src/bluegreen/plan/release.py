@@ -31,14 +31,14 @@ def unpack(layout: Layout, rid: str) -> Argv:
     return sh(
         'set -e; tmp="$1.unpack"; rm -rf "$tmp"; mkdir -p "$tmp"; '
         'tar -xzf "$2" -C "$tmp" --no-same-owner --no-overwrite-dir; '
-        'chmod go-w "$tmp"; mv -T "$tmp" "$1"; rm -f "$2"',
+        'chmod go-w "$tmp"; touch "$tmp"; mv -T "$tmp" "$1"; rm -f "$2"',
         layout.release(rid),
         upload_path(layout, rid),
     )
 
 
 def list_releases(layout: Layout) -> Argv:
-    """Release dirs, oldest first (by modification time)."""
+    """Release dirs, oldest first (unpack time: a release dir is touched when unpacked)."""
     return sh('cd "$1" 2>/dev/null || exit 0; ls -1tr --indicator-style=none', layout.releases)
 
 
