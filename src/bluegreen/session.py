@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import socket
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -181,7 +183,7 @@ class HostSession:
         if not isinstance(holder, lock.LockInfo):
             return f"{self.layout.lock} is held (no readable holder info)"
         text = f"locked by {holder.describe()}"
-        if holder.host == _hostname() and not _pid_alive(holder.pid):
+        if holder.host == socket.gethostname() and not _pid_alive(holder.pid):
             text += f" (pid {holder.pid} is gone: that run died)"
         return text
 
@@ -434,15 +436,7 @@ class HostSession:
                              f"(last answer: {last!r})", host=self.name)
 
 
-def _hostname() -> str:
-    import socket
-
-    return socket.gethostname()
-
-
 def _pid_alive(pid: int) -> bool:
-    import os
-
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -109,46 +109,36 @@ async def _record_failure(ctx: Context, sessions: list[HostSession], err: BlueGr
 async def setup(ctx: Context) -> None:
     """Create the layout, write both site files, link blue if no link exists, test, reload."""
     async with connected(ctx) as sessions:
-        await each(sessions, _setup_host, ctx.out)
+        for s in sessions:
+            s.say(f"creating {s.layout.root}")
+        await each(sessions, lambda s: s.run(files.make_dirs(s.layout.directories())), ctx.out)
+        async with locked(ctx, sessions):
+            await each(sessions, _setup_host, ctx.out)
 
 
 async def _setup_host(s: HostSession) -> None:
-    s.say(f"creating {s.layout.root}")
-    await s.run(files.make_dirs(s.layout.directories()))
-    async with locked_one(s):
-        live = await s.live_colour()
-        previous = {c: (await s.run(files.read_file(nginx.available(s.cfg, c)))).stdout
-                    for c in Colour}
-        changed = [c for c in Colour if await s.write_site(c)]
-        for c in changed:
-            s.say(f"wrote {nginx.available(s.cfg, c)}")
-        if live is None:
-            s.say(f"linking {nginx.link(s.cfg)} -> blue")
-            await s.run(nginx.switch(s.cfg, Colour.BLUE))
-        try:
-            await s.proxy_test()
-        except ProxyError:
-            for c in changed:
-                if previous[c]:
-                    await s.run(nginx.write_site(s.cfg, c), input=previous[c])
-            if live is None:
-                await s.restore_link(None)
-            s.say("site files and link put back; nginx not reloaded")
-            raise
-        await s.proxy_reload()
-        await s.verify(live or Colour.BLUE)
-        s.say(f"ready; live colour is {live or Colour.BLUE}")
-
-
-@asynccontextmanager
-async def locked_one(s: HostSession) -> AsyncIterator[None]:
-    info = lock.LockInfo(user=_user(), host=socket.gethostname(), pid=os.getpid(),
-                         command=" ".join(["bluegreen", *sys.argv[1:]]), started=now_iso())
-    await s.acquire_lock(info)
+    live = await s.live_colour()
+    previous = {c: (await s.run(files.read_file(nginx.available(s.cfg, c)))).stdout
+                for c in Colour}
+    changed = [c for c in Colour if await s.write_site(c)]
+    for c in changed:
+        s.say(f"wrote {nginx.available(s.cfg, c)}")
+    if live is None:
+        s.say(f"linking {nginx.link(s.cfg)} -> blue")
+        await s.run(nginx.switch(s.cfg, Colour.BLUE))
     try:
-        yield
-    finally:
-        await s.release_lock()
+        await s.proxy_test()
+    except ProxyError:
+        for c in changed:
+            if previous[c]:
+                await s.run(nginx.write_site(s.cfg, c), input=previous[c])
+        if live is None:
+            await s.restore_link(None)
+        s.say("site files and link put back; nginx not reloaded")
+        raise
+    await s.proxy_reload()
+    await s.verify(live or Colour.BLUE)
+    s.say(f"ready; live colour is {live or Colour.BLUE}")
 
 
 @dataclass
@@ -161,19 +151,19 @@ class CheckItem:
 
 async def check(ctx: Context) -> list[CheckItem]:
     """Connect to every host and verify tools, proxy and paths; changes nothing."""
-    items: list[CheckItem] = []
-    for hc in ctx.hosts:
+
+    async def one(hc: HostConfig) -> list[CheckItem]:
         try:
             host = await connect(hc)
         except ConnectError as exc:
-            items.append(CheckItem(hc.label, "connect", False, exc.message))
-            continue
-        s = HostSession(ctx.cfg, hc, host, ctx.out)
+            return [CheckItem(hc.label, "connect", False, exc.message)]
         try:
-            items.extend(await _check_host(s))
+            return await _check_host(HostSession(ctx.cfg, hc, host, ctx.out))
         finally:
             await host.close()
-    return items
+
+    return [item for items in await asyncio.gather(*(one(h) for h in ctx.hosts))
+            for item in items]
 
 
 _CHECK_SCRIPT = """
