@@ -31,8 +31,9 @@ install_venv() {
     fi
     if [ ! -f "$stamp" ]; then
         echo ">> installing Python dependencies into .venv"
-        .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-        .venv/bin/python -m pip install -q -e '.[test]'
+        # (pip's warnings about this machine's extra index paths are noise: filtered)
+        .venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v "is ignored" || true
+        .venv/bin/python -m pip install -q -e '.[test]' 2> >(grep -v "is ignored" >&2)
         rm -f .venv/.installed-*
         touch "$stamp"
     fi

@@ -17,7 +17,7 @@ from dotenv import dotenv_values
 from bluegreen import health
 from bluegreen.config import Colour, Config, HostConfig, parse_listen
 from bluegreen.errors import BlueGreenError, CommandFailed, ConfigError, LockHeld, ProxyError, Unhealthy
-from bluegreen.hosts.base import Host
+from bluegreen.hosts.base import Host, describe
 from bluegreen.output import Reporter
 from bluegreen.plan import files, history, lock, nginx, slot as slotplan
 from bluegreen.plan.layout import Layout
@@ -90,7 +90,7 @@ class HostSession:
         self.out.step(self.name, message)
 
     async def run(self, argv: list[str], **kw: Any) -> Any:
-        self.out.debug(self.name, "$ " + " ".join(argv)[:300])
+        self.out.debug(self.name, "$ " + describe(argv)[:300])
         return await self.host.run(argv, **kw)
 
     # ---- reading state -------------------------------------------------------------

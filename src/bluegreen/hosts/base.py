@@ -53,12 +53,12 @@ class Host(Protocol):
 
 
 def describe(argv: Sequence[str]) -> str:
-    """A short, readable form of a command for error messages."""
+    """A short, readable form of a command: for ``sh -c SCRIPT sh ARGS``, the script's
+    first line and the arguments."""
     if len(argv) >= 3 and argv[0] == "sh" and argv[1] == "-c":
-        text = argv[2] if len(argv) == 3 else shlex.join(argv[4:]) or argv[2]
-        if len(argv) == 3:
-            return text
-        return f"{argv[2].splitlines()[0][:60]}... {shlex.join(argv[4:])}"
+        first = argv[2].strip().splitlines()[0] if argv[2].strip() else ""
+        more = " ..." if "\n" in argv[2].strip() or len(first) > 60 else ""
+        return f"sh -c {shlex.quote(first[:60] + more)} {shlex.join(argv[4:])}".rstrip()
     return shlex.join(argv)
 
 
