@@ -272,6 +272,37 @@ def prune(state: State, keep: int | None) -> None:
         click.echo(f"{host}: removed {len(rids)} release(s)" + (": " + " ".join(rids) if rids else ""))
 
 
+@main.command(help="Run run.migrate with a slot's release, env and env_file (default: the idle "
+                   "slot, where a deploy --no-promote left the new release).")
+@click.option("--color", "colour", type=COLOURS, help="The slot (default: idle).")
+@common
+def migrate(state: State, colour: str | None) -> None:
+    ctx = run(state, lambda: _load(state))
+    run(state, lambda: workflow.migrate(ctx, Colour(colour) if colour else None))
+
+
+@main.command(help="An interactive run.console (e.g. `bin/app remote`) in a pty, in a slot's "
+                   "env (default: the live slot). Over SSH the pty is on the server.")
+@click.option("--color", "colour", type=COLOURS, help="The slot (default: live).")
+@common
+def console(state: State, colour: str | None) -> None:
+    ctx = run(state, lambda: _load(state))
+    sys.exit(run(state, lambda: workflow.console(ctx, Colour(colour) if colour else None)))
+
+
+@main.command(help="Show a slot's log (default: the live slot): bluegreen's log of a run.command "
+                   "app, plus the release's own log ($RELEASE_TMP/log) for a run.start app.")
+@click.option("--color", "colour", type=COLOURS, help="The slot (default: live).")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines (Ctrl-C stops).")
+@click.option("-n", "lines", type=click.IntRange(min=0), default=100, show_default=True,
+              help="How many lines to show.")
+@common
+def logs(state: State, colour: str | None, follow: bool, lines: int) -> None:
+    state.out.quiet = True
+    ctx = run(state, lambda: _load(state))
+    run(state, lambda: workflow.logs(ctx, Colour(colour) if colour else None, lines, follow))
+
+
 @main.command(help="Remove a lock left by a run that died (prints who held it, since when).")
 @common
 def unlock(state: State) -> None:

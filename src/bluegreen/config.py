@@ -187,12 +187,24 @@ class HostConfig(_Model):
         return self.address == "local"
 
 
+class Hooks(_Model):
+    """Local shell commands run around deploy, promote and rollback (like Kamal's hooks).
+    A failing pre_* hook aborts before anything changes; a failing post_* hook is reported."""
+
+    pre_deploy: str | None = None
+    post_deploy: str | None = None
+    pre_promote: str | None = None
+    post_promote: str | None = None
+    post_rollback: str | None = None
+
+
 class Config(_Model):
     app: Annotated[str, Field(pattern=APP_RE)]
     release: Release = Field(default_factory=lambda: Release())
     run: Run
     slots: Slots = Field(default_factory=lambda: Slots())
     proxy: Proxy = Field(default_factory=lambda: Proxy())
+    hooks: Hooks = Field(default_factory=lambda: Hooks())
     hosts: list[HostConfig] = Field(min_length=1)
     # Directory of the config file; relative local paths are resolved against it.
     base_dir: Path = Field(default=Path("."), exclude=True)
@@ -296,6 +308,9 @@ def _check_all_placeholders(cfg: Config) -> None:
         _check_placeholders(f"proxy.{key}", getattr(proxy, key), APP_PLACEHOLDERS)
     for i, host in enumerate(cfg.hosts):
         _check_placeholders(f"hosts[{i}].deploy_to", host.deploy_to, APP_PLACEHOLDERS)
+    for key, val in cfg.hooks.model_dump().items():
+        if val is not None:
+            _check_placeholders(f"hooks.{key}", val, APP_PLACEHOLDERS)
 
 
 def _key_path(loc: tuple[int | str, ...]) -> str:

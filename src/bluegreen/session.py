@@ -146,8 +146,27 @@ class HostSession:
             return None
         return resp.body.strip() if resp.ok else f"HTTP {resp.status}"
 
-    async def log_tail(self, colour: Colour, lines: int = LOG_TAIL) -> str:
-        result = await self.run(files.tail(self.layout.log(colour), lines), check=False)
+    def release_tmp(self, colour: Colour, state: SlotState | None) -> str | None:
+        """Where a ``run.start`` (daemon) release writes its own logs: $RELEASE_TMP, by
+        default <release_dir>/tmp, as Elixir releases do. None for ``run.command`` apps,
+        whose output bluegreen itself writes to the slot log."""
+        if state is None or state.mode != "start":
+            return None
+        slot = Slot(colour, self.cfg.slots.port(colour), self.layout, state.release,
+                    state.version)
+        value = self.cfg.run.env.get("RELEASE_TMP")
+        return slot.render(self.cfg, value) if value else str(slot.release_dir / "tmp")
+
+    def logs_argv(self, colour: Colour, state: SlotState | None, lines: int,
+                  follow: bool) -> list[str]:
+        return slotplan.logs([self.layout.log(colour)], self.release_tmp(colour, state),
+                             lines, follow)
+
+    async def log_tail(self, colour: Colour, lines: int = LOG_TAIL,
+                       state: SlotState | None = None) -> str:
+        """The last lines of the slot's logs, secrets masked."""
+        state = state or await self.state(colour)
+        result = await self.run(self.logs_argv(colour, state, lines, False), check=False)
         return self.out.mask(result.stdout.rstrip())
 
     def owns(self, state: SlotState | None, probe: Probe) -> bool:
@@ -351,7 +370,7 @@ class HostSession:
 
     async def _fail_start(self, slot: Slot, state: SlotState, why: str) -> None:
         colour = slot.colour
-        tail = await self.log_tail(colour)
+        tail = await self.log_tail(colour, state=state)
         # Stop whatever the failed start left behind, so the idle port is free again.
         probe = await self.probe(colour, state.pid)
         if state.pid is not None:
@@ -364,10 +383,15 @@ class HostSession:
         if probe.listening:
             await self.run(slotplan.signal_pids("KILL", list(probe.listeners)))
         await self.write_state(colour, state.replace(status="failed"))
+        hint = ""
+        if "seems to be in use by another Erlang node" in tail:
+            hint = ("\nhint: both colours use the same Erlang node name. Set in bluegreen.toml:\n"
+                    '  [run.env]\n  RELEASE_NODE = "{app}_{color}"\n'
+                    '  RELEASE_TMP = "{slot_dir}/tmp"')
         raise Unhealthy(
             f"{slot.release_id} on {colour} did not become healthy: {why}; it was not promoted "
-            f"and live traffic was not touched.\n--- last lines of {self.layout.log(colour)} ---\n"
-            f"{tail or '(empty)'}",
+            f"and live traffic was not touched.\n--- last lines of the {colour} slot's logs ---\n"
+            f"{tail or '(empty)'}{hint}",
             host=self.name, detail=tail,
         )
 

@@ -13,11 +13,12 @@ from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 
 from bluegreen.artifact import Artifact
 from bluegreen.config import Colour, Config, HostConfig
-from bluegreen.errors import ArtifactError, BlueGreenError, ConnectError, ProxyError
+from bluegreen.errors import ArtifactError, BlueGreenError, ConfigError, ConnectError, ProxyError
 from bluegreen.hosts.base import connect
 from bluegreen.output import Reporter
 from bluegreen.plan import files, history, lock, nginx, release as releaseplan
-from bluegreen.plan.slot import Slot, env_script, run_in_slot
+from bluegreen.plan.slot import Slot, env_script, slot_command
+from bluegreen.hooks import run_hook
 from bluegreen.session import HostSession, SlotState, load_secrets, now_iso
 
 T = TypeVar("T")
@@ -233,13 +234,18 @@ async def deploy(ctx: Context, art: Artifact, *, promote: bool = True) -> Deploy
     secrets = load_secrets(ctx.cfg)
     ctx.out.add_secrets(list(secrets.values()))
     async with connected(ctx) as sessions, locked(ctx, sessions):
+        targets = dict(zip([s.name for s in sessions],
+                           await each(sessions, lambda s: _deploy_target(s, art), ctx.out)))
+        names = [s.name for s in sessions]
+        first_target = targets[names[0]].value
+        await run_hook(ctx.cfg, "pre_deploy", ctx.out, colour=first_target,
+                       version=art.version, hosts=names)
         try:
-            started = await each(sessions, lambda s: _deploy_host(s, art, secrets), ctx.out)
+            states = dict(zip(names, await each(
+                sessions, lambda s: _deploy_host(s, art, targets[s.name], secrets), ctx.out)))
         except BlueGreenError as err:
             await _record_failure(ctx, sessions, err)
             raise
-        targets = {s.name: colour for s, (colour, _) in zip(sessions, started)}
-        states = {s.name: state for s, (_, state) in zip(sessions, started)}
         for s in sessions:
             await s.record("deploy", targets[s.name], states[s.name], ctx.user,
                            f"started on {targets[s.name]}")
@@ -251,32 +257,44 @@ async def deploy(ctx: Context, art: Artifact, *, promote: bool = True) -> Deploy
                 await _record_failure(ctx, sessions, err, targets[first.name])
                 raise
         if promote:
+            await run_hook(ctx.cfg, "pre_promote", ctx.out, colour=first_target,
+                           version=art.version, hosts=names)
             try:
                 await _switch_all(ctx, sessions, targets, "promote")
             except BlueGreenError as err:
                 await _record_failure(ctx, sessions, err)
                 raise
         await each(sessions, lambda s: _prune_host(s, ctx.cfg.release.keep, ctx.user), ctx.out)
+    if promote:
+        await run_hook(ctx.cfg, "post_promote", ctx.out, colour=first_target,
+                       version=art.version, hosts=names)
+    await run_hook(ctx.cfg, "post_deploy", ctx.out, colour=first_target, version=art.version,
+                   hosts=names)
     return DeployResult(art.release_id, art.version, targets, promote)
 
 
-async def _deploy_host(s: HostSession, art: Artifact,
-                       secrets: dict[str, str]) -> tuple[Colour, SlotState]:
+async def _deploy_target(s: HostSession, art: Artifact) -> Colour:
+    """The colour this deploy starts the release on: the idle one, except on the first
+    deploy (the live slot has never run a release), when there is nothing to protect."""
     live = await s.require_live()
     live_state = await s.state(live)
     first = live_state is None or live_state.status in ("starting", "failed")
     target = live if first else live.other
     s.say(f"live is {live}; deploying {art.release_id} to {target}"
           + (" (first deploy: nothing live to protect)" if first else ""))
+    return target
+
+
+async def _deploy_host(s: HostSession, art: Artifact, target: Colour,
+                       secrets: dict[str, str]) -> SlotState:
     await _upload(s, art)
     if s.cfg.run.env_file:
         await s.run(files.make_dirs([s.layout.shared_env.parent]))
         await s.run(files.write_file(s.layout.shared_env, "0600"), input=env_script(secrets))
-    if target is not live:
+    if target is not await s.require_live():
         await s.stop_slot(target)
     slot = Slot(target, s.cfg.slots.port(target), s.layout, art.release_id, art.version)
-    state = await s.start_slot(slot, secrets)
-    return target, state
+    return await s.start_slot(slot, secrets)
 
 
 async def _upload(s: HostSession, art: Artifact) -> None:
@@ -301,17 +319,19 @@ async def _upload(s: HostSession, art: Artifact) -> None:
 
 
 async def _migrate(s: HostSession, colour: Colour, state: SlotState) -> None:
+    """Run ``run.migrate`` with the slot's release and env; its output is shown."""
     assert s.cfg.run.migrate is not None
     slot = Slot(colour, s.cfg.slots.port(colour), s.layout, state.release, state.version)
-    s.say(f"running migrate with {state.release}")
-    result = await s.run(run_in_slot(state.cwd, s.layout.slot_env(colour),
-                                     slot.render(s.cfg, s.cfg.run.migrate), s.layout.log(colour)),
+    s.say(f"migrate with {state.release} ({colour}): {s.cfg.run.migrate}")
+    result = await s.run(slot_command(state.cwd, s.layout.slot_env(colour),
+                                      slot.render(s.cfg, s.cfg.run.migrate)),
                          timeout=3600, check=False)
+    output = s.out.mask((result.stdout + result.stderr).rstrip())
+    for line in output.splitlines()[-50:]:
+        s.say(f"  {line}")
     if not result.ok:
-        tail = await s.log_tail(colour)
-        raise BlueGreenError(f"migrate failed (exit {result.exit_status}); not promoted, live "
-                             f"traffic untouched.\n--- last lines of {s.layout.log(colour)} ---\n"
-                             f"{tail}", host=s.name, detail=tail)
+        raise BlueGreenError(f"migrate failed (exit {result.exit_status}); nothing was switched "
+                             f"and live traffic was not touched", host=s.name, detail=output)
 
 
 # ---- promote and rollback -------------------------------------------------------------
@@ -370,14 +390,24 @@ async def promote(ctx: Context, colour: Colour | None, *, event: str = "promote"
     async with connected(ctx) as sessions, locked(ctx, sessions):
         lives = await each(sessions, lambda s: s.require_live(), ctx.out)
         targets = {s.name: colour or live.other for s, live in zip(sessions, lives)}
+        names = [s.name for s in sessions]
+        first = sessions[0]
+        state = await first.state(targets[first.name])
+        hook_args: dict[str, Any] = {"colour": targets[first.name].value,
+                                     "version": state.version if state else None,
+                                     "hosts": names}
         if event == "rollback":
             await each(sessions, lambda s: _can_roll_back(s, targets[s.name]), ctx.out)
+        elif any(targets[s.name] is not live for s, live in zip(sessions, lives)):
+            await run_hook(ctx.cfg, "pre_promote", ctx.out, **hook_args)
         try:
             await _switch_all(ctx, sessions, targets, event)
         except BlueGreenError as err:
             await _record_failure(ctx, sessions, err)
             raise
-        return targets
+    await run_hook(ctx.cfg, "post_rollback" if event == "rollback" else "post_promote", ctx.out,
+                   **hook_args)
+    return targets
 
 
 async def _can_roll_back(s: HostSession, target: Colour) -> None:
@@ -429,6 +459,65 @@ async def _prune_host(s: HostSession, keep: int, user: str) -> list[str]:
         await s.run(releaseplan.remove(s.layout, doomed))
         await s.record("prune", None, None, user, "removed " + " ".join(doomed))
     return doomed
+
+
+async def _slot_state(s: HostSession, colour: Colour) -> SlotState:
+    state = await s.state(colour)
+    if state is None:
+        raise BlueGreenError(f"the {colour} slot has never run a release", host=s.name)
+    return state
+
+
+def _one_host(ctx: Context, sessions: list[HostSession], what: str) -> HostSession:
+    if len(sessions) > 1:
+        ctx.out.warn(None, f"{what} runs on one host: {sessions[0].name} (choose with --host)")
+    return sessions[0]
+
+
+async def migrate(ctx: Context, colour: Colour | None) -> None:
+    """Run ``run.migrate`` in a slot (default: the idle one) with its release and env."""
+    if not ctx.cfg.run.migrate:
+        raise ConfigError("run.migrate is not set")
+    ctx.out.add_secrets(list(load_secrets(ctx.cfg).values()))
+    async with connected(ctx) as sessions, locked(ctx, sessions):
+        s = _one_host(ctx, sessions, "migrate")
+        target = colour or (await s.require_live()).other
+        await _migrate(s, target, await _slot_state(s, target))
+
+
+async def console(ctx: Context, colour: Colour | None) -> int:
+    """Run ``run.console`` in a pty on the host, in a slot (default: the live one)."""
+    if not ctx.cfg.run.console:
+        raise ConfigError("run.console is not set")
+    async with connected(ctx) as sessions:
+        s = _one_host(ctx, sessions, "console")
+        target = colour or await s.require_live()
+        state = await _slot_state(s, target)
+        slot = Slot(target, s.cfg.slots.port(target), s.layout, state.release, state.version)
+        s.say(f"console on {target} ({state.release}): {ctx.cfg.run.console}")
+        return await s.host.interactive(
+            slot_command(state.cwd, s.layout.slot_env(target),
+                         slot.render(ctx.cfg, ctx.cfg.run.console)), pty=True)
+
+
+async def logs(ctx: Context, colour: Colour | None, lines: int, follow: bool) -> None:
+    """Print (or follow) a slot's logs (default: the live one) on each selected host."""
+    ctx.out.add_secrets(list(load_secrets(ctx.cfg).values()))
+    async with connected(ctx) as sessions:
+        if follow:
+            sessions = [_one_host(ctx, sessions, "logs -f")]
+        for s in sessions:
+            target = colour or await s.require_live()
+            state = await s.state(target)
+            argv = s.logs_argv(target, state, lines, follow)
+            if len(sessions) > 1:
+                print(f"==> [{s.name}] {target} ({state.release if state else 'no release'}) <==")
+            if follow:
+                async for line in s.host.stream(argv):
+                    print(ctx.out.mask(line), end="", flush=True)
+            else:
+                result = await s.run(argv, check=False)
+                print(ctx.out.mask(result.stdout), end="")
 
 
 async def unlock(ctx: Context) -> list[tuple[str, str]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shlex
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Protocol, Sequence
+from typing import TYPE_CHECKING, AsyncIterator, Protocol, Sequence
 
 from bluegreen.errors import CommandFailed
 
@@ -43,6 +43,15 @@ class Host(Protocol):
 
     async def put(self, local: Path, remote: PurePosixPath) -> None:
         """Copy a local file to the host."""
+        ...
+
+    def stream(self, argv: Sequence[str]) -> AsyncIterator[str]:
+        """Run ``argv`` and yield its output (stdout and stderr) line by line as it comes."""
+        ...
+
+    async def interactive(self, argv: Sequence[str], *, pty: bool) -> int:
+        """Run ``argv`` attached to this terminal (in a pty on the host if ``pty``);
+        returns its exit status."""
         ...
 
     async def open_connection(self, address: str, port: int) -> Stream:

@@ -6,7 +6,7 @@ import asyncio
 import os
 import shutil
 from pathlib import Path, PurePosixPath
-from typing import Sequence
+from typing import AsyncIterator, Sequence
 
 from bluegreen.errors import CommandFailed
 from bluegreen.hosts.base import Result, check_result, describe
@@ -62,6 +62,25 @@ class LocalHost:
 
     async def put(self, local: Path, remote: PurePosixPath) -> None:
         await asyncio.to_thread(shutil.copyfile, local, str(remote))
+
+    async def stream(self, argv: Sequence[str]) -> AsyncIterator[str]:
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT, start_new_session=True)
+        assert proc.stdout is not None
+        try:
+            async for line in proc.stdout:
+                yield line.decode(errors="replace")
+        finally:
+            if proc.returncode is None:
+                os.killpg(proc.pid, 9)
+                await proc.wait()
+
+    async def interactive(self, argv: Sequence[str], *, pty: bool) -> int:
+        # Local: the command inherits this terminal, which is already a pty when one is
+        # needed.
+        proc = await asyncio.create_subprocess_exec(*argv)
+        return await proc.wait()
 
     async def open_connection(self, address: str, port: int) -> _LocalStream:
         reader, writer = await asyncio.open_connection(address, port)

@@ -7,9 +7,15 @@ Host keys are always verified against ``known_hosts`` (the host's own setting, e
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import shlex
+import shutil
+import sys
+import termios
+import tty
 from pathlib import Path, PurePosixPath
-from typing import Any, Sequence
+from typing import Any, AsyncIterator, Iterator, Sequence
 
 import asyncssh
 
@@ -124,6 +130,35 @@ class SSHHost:
         except (asyncssh.Error, OSError) as exc:
             raise self._lost(exc) from None
 
+    async def stream(self, argv: Sequence[str]) -> AsyncIterator[str]:
+        try:
+            proc = await self._conn.create_process(shlex.join(argv), stderr=asyncssh.STDOUT)
+        except (asyncssh.Error, OSError) as exc:
+            raise self._lost(exc) from None
+        try:
+            async for line in proc.stdout:
+                yield str(line)
+        except (asyncssh.Error, OSError) as exc:
+            raise self._lost(exc) from None
+        finally:
+            proc.close()
+
+    async def interactive(self, argv: Sequence[str], *, pty: bool) -> int:
+        command = shlex.join(argv)
+        options: dict[str, Any] = {"stdin": sys.stdin.buffer, "stdout": sys.stdout.buffer,
+                                   "stderr": sys.stderr.buffer, "encoding": None}
+        if pty:
+            cols, rows = shutil.get_terminal_size()
+            options.update(term_type=os.environ.get("TERM", "xterm"), term_size=(cols, rows))
+        with _raw_terminal(pty):
+            try:
+                proc = await self._conn.create_process(command, **options)
+                await proc.wait()
+            except (asyncssh.Error, OSError) as exc:
+                raise self._lost(exc) from None
+        status = proc.exit_status
+        return status if status is not None else 255
+
     async def open_connection(self, address: str, port: int) -> _SSHStream:
         try:
             reader, writer = await self._conn.open_connection(address, port)
@@ -139,6 +174,21 @@ class SSHHost:
             await asyncio.wait_for(self._conn.wait_closed(), 5)
         except (asyncio.TimeoutError, asyncssh.Error, OSError):
             pass
+
+
+@contextlib.contextmanager
+def _raw_terminal(enabled: bool) -> Iterator[None]:
+    """Put this terminal in raw mode (the remote pty does echo and line editing)."""
+    if not enabled or not sys.stdin.isatty():
+        yield
+        return
+    fd = sys.stdin.fileno()
+    saved = termios.tcgetattr(fd)
+    tty.setraw(fd)
+    try:
+        yield
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
 
 
 def _text(data: Any) -> str:

@@ -78,6 +78,26 @@ def run_in_slot(cwd: str, env_file: PurePosixPath, command: str, log: PurePosixP
     )
 
 
+def slot_command(cwd: str, env_file: PurePosixPath, command: str) -> Argv:
+    """Run a command (migrate, console) in the slot's env, its output and input left to
+    the caller."""
+    return sh('cd "$1" && . "$2" && exec sh -c "$3"', cwd, env_file, command)
+
+
+def logs(files: list[PurePosixPath], release_tmp: str | None, lines: int, follow: bool) -> Argv:
+    """Tail the slot's log files, plus the newest Erlang-style log under ``release_tmp``
+    (``$RELEASE_TMP/log/erlang.log.N``, where a ``daemon`` release writes its output)."""
+    return sh(
+        'n="$1"; follow="$2"; tmp="$3"; shift 3\n'
+        'if [ -n "$tmp" ]; then rel=$(ls -t "$tmp"/log/erlang.log.* 2>/dev/null | head -n 1); '
+        'if [ -n "$rel" ]; then set -- "$@" "$rel"; fi; fi\n'
+        'found=""; for f in "$@"; do if [ -e "$f" ]; then found=1; fi; done\n'
+        'if [ -z "$found" ]; then echo "(no log yet)"; exit 0; fi\n'
+        'exec tail -n "$n" ${follow:+-F} "$@"\n',
+        str(lines), "1" if follow else "", release_tmp or "", *[str(f) for f in files],
+    )
+
+
 def spawn(cwd: str, env_file: PurePosixPath, command: str, log: PurePosixPath,
           pid_file: PurePosixPath) -> Argv:
     """Start a foreground command detached, in a session of its own; prints its pid.
