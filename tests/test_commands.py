@@ -1,0 +1,81 @@
+"""Hooks, logs and migrate for a `run.command` app, local and over SSH."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+
+from conftest import BLUEGREEN, Project
+
+HOOK = 'echo "$BLUEGREEN_EVENT color=$BLUEGREEN_COLOR version=$BLUEGREEN_VERSION hosts=$BLUEGREEN_HOSTS app=$BLUEGREEN_APP" >> hooks.log'
+
+
+def test_hooks_run_around_deploy_promote_and_rollback(project: Project) -> None:
+    p = project
+    p.write_config(hooks={name: HOOK for name in
+                          ("pre_deploy", "post_deploy", "pre_promote", "post_promote",
+                           "post_rollback")})
+    p.bg("setup")
+    p.deploy("1.0.0")
+    p.deploy("2.0.0")
+    p.bg("rollback")
+    lines = (p.dir / "hooks.log").read_text().splitlines()
+    assert lines == [
+        "pre_deploy color=blue version=1.0.0 hosts=web1 app=testapp",
+        "pre_promote color=blue version=1.0.0 hosts=web1 app=testapp",
+        "post_promote color=blue version=1.0.0 hosts=web1 app=testapp",
+        "post_deploy color=blue version=1.0.0 hosts=web1 app=testapp",
+        "pre_deploy color=green version=2.0.0 hosts=web1 app=testapp",
+        "pre_promote color=green version=2.0.0 hosts=web1 app=testapp",
+        "post_promote color=green version=2.0.0 hosts=web1 app=testapp",
+        "post_deploy color=green version=2.0.0 hosts=web1 app=testapp",
+        "post_rollback color=blue version=1.0.0 hosts=web1 app=testapp",
+    ]
+
+
+def test_failing_pre_hook_changes_nothing(project: Project) -> None:
+    p = project
+    p.bg("setup")
+    p.deploy("1.0.0")
+    p.write_config(hooks={"pre_deploy": "echo 'tests are red' >&2; exit 3",
+                          "pre_promote": "echo 'not now' >&2; exit 1"})
+    out = p.deploy("2.0.0", check=1)
+    assert "hook pre_deploy" in out.stderr and "tests are red" in out.stderr
+    assert "nothing was changed" in out.stderr
+    assert not any(d.name.startswith("2.0.0") for d in (p.deploy_to / "releases").iterdir())
+    assert p.status()["slots"]["green"]["release"] is None
+    assert not (p.deploy_to / "lock").exists()
+    p.write_config(hooks={"pre_promote": "echo 'not now' >&2; exit 1"})
+    p.deploy("2.0.0", "--no-promote")
+    out = p.bg("promote", check=1)
+    assert "not now" in out.stderr
+    a = p.answer()
+    assert (a.colour, a.version) == ("blue", "1.0.0")
+
+
+def test_logs_show_and_follow_the_slot_log(project: Project) -> None:
+    p = project
+    p.bg("setup")
+    p.deploy("1.0.0")
+    p.deploy("2.0.0")
+    out = p.bg("logs")
+    assert "sample app 2.0.0 (green) listening" in out.stdout
+    assert "1.0.0" not in out.stdout
+    out = p.bg("logs", "--color", "blue", "-n", "1")
+    assert out.stdout.strip() == f"sample app 1.0.0 (blue) listening on 127.0.0.1:{p.blue}"
+    follower = subprocess.Popen([*BLUEGREEN, "logs", "-f", "--color", "blue", "-n", "0"],
+                                cwd=p.dir, env={**os.environ, "HOME": str(p.home)},
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1.0)
+        p.bg("stop", "blue")  # the app logs its shutdown: the follower must print it
+        assert follower.stdout is not None
+        deadline = time.monotonic() + 20
+        seen = ""
+        while time.monotonic() < deadline and "stopped" not in seen:
+            seen += follower.stdout.readline()
+        assert "sample app 1.0.0 (blue) stopped" in seen
+    finally:
+        follower.terminate()
+        follower.wait(10)
