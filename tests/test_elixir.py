@@ -22,8 +22,11 @@ APP_SRC = Path(__file__).resolve().parent / "apps" / "elixir"
 
 @pytest.fixture(scope="session")
 def elixir_release(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Build the test app once with `MIX_ENV=prod mix release`; returns the unpacked tree."""
-    build = tmp_path_factory.mktemp("elixir-build")
+    return build_elixir_release(tmp_path_factory.mktemp("elixir-build"))
+
+
+def build_elixir_release(build: Path) -> Path:
+    """Build the test app with `MIX_ENV=prod mix release`; returns the unpacked tree."""
     src = build / "src"
     shutil.copytree(APP_SRC, src, ignore=shutil.ignore_patterns("_build", "deps"))
     env = {**os.environ, "MIX_ENV": "prod", "MIX_HOME": str(build / "mix-home")}
