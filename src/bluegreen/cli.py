@@ -228,6 +228,8 @@ def _print_status(data: dict[str, Any]) -> None:
                           str(s["pid"] or "-"), _yes(s["running"]), _yes(s["healthy"]),
                           str(s["connections"]))
         console.print(table)
+    for problem in data.get("problems", []):
+        console.print(f"[bold red]{escape(problem)}[/]")
 
 
 def _yes(value: bool) -> str:

@@ -187,6 +187,10 @@ class HostConfig(_Model):
         return self.address == "local"
 
 
+class Deploy(_Model):
+    boot_limit: int | None = Field(None, ge=1, le=10000)  # hosts starting at once (None: all)
+
+
 class Hooks(_Model):
     """Local shell commands run around deploy, promote and rollback (like Kamal's hooks).
     A failing pre_* hook aborts before anything changes; a failing post_* hook is reported."""
@@ -205,6 +209,7 @@ class Config(_Model):
     slots: Slots = Field(default_factory=lambda: Slots())
     proxy: Proxy = Field(default_factory=lambda: Proxy())
     hooks: Hooks = Field(default_factory=lambda: Hooks())
+    deploy: Deploy = Field(default_factory=lambda: Deploy())
     hosts: list[HostConfig] = Field(min_length=1)
     # Directory of the config file; relative local paths are resolved against it.
     base_dir: Path = Field(default=Path("."), exclude=True)

@@ -438,6 +438,18 @@ class HostSession:
             self.say(f"link put back to {previous}")
             raise
 
+    async def try_link(self, target: Colour, live: Colour) -> None:
+        """Test the proxy with the link on ``target``, then put it back on ``live``. nginx
+        reads its config only on reload, so traffic never sees the trial."""
+        await self.run(nginx.switch(self.cfg, target))
+        try:
+            await self.proxy_test()
+        except ProxyError:
+            await self.restore_link(live)
+            self.say(f"link put back to {live}; nginx not reloaded")
+            raise
+        await self.restore_link(live)
+
     async def restore_link(self, previous: Colour | None) -> None:
         if previous is None:
             await self.run(nginx.remove_link(self.cfg))

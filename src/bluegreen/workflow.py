@@ -234,15 +234,18 @@ async def deploy(ctx: Context, art: Artifact, *, promote: bool = True) -> Deploy
     secrets = load_secrets(ctx.cfg)
     ctx.out.add_secrets(list(secrets.values()))
     async with connected(ctx) as sessions, locked(ctx, sessions):
+        await _refuse_split(ctx, sessions, "deploy")
         targets = dict(zip([s.name for s in sessions],
                            await each(sessions, lambda s: _deploy_target(s, art), ctx.out)))
         names = [s.name for s in sessions]
         first_target = targets[names[0]].value
         await run_hook(ctx.cfg, "pre_deploy", ctx.out, colour=first_target,
                        version=art.version, hosts=names)
+        boot = asyncio.Semaphore(ctx.cfg.deploy.boot_limit or len(sessions))
         try:
             states = dict(zip(names, await each(
-                sessions, lambda s: _deploy_host(s, art, targets[s.name], secrets), ctx.out)))
+                sessions, lambda s: _deploy_host(s, art, targets[s.name], secrets, boot),
+                ctx.out)))
         except BlueGreenError as err:
             await _record_failure(ctx, sessions, err)
             raise
@@ -257,10 +260,10 @@ async def deploy(ctx: Context, art: Artifact, *, promote: bool = True) -> Deploy
                 await _record_failure(ctx, sessions, err, targets[first.name])
                 raise
         if promote:
-            await run_hook(ctx.cfg, "pre_promote", ctx.out, colour=first_target,
-                           version=art.version, hosts=names)
             try:
-                await _switch_all(ctx, sessions, targets, "promote")
+                await _switch_all(ctx, sessions, targets, "promote", lambda: run_hook(
+                    ctx.cfg, "pre_promote", ctx.out, colour=first_target, version=art.version,
+                    hosts=names))
             except BlueGreenError as err:
                 await _record_failure(ctx, sessions, err)
                 raise
@@ -271,6 +274,22 @@ async def deploy(ctx: Context, art: Artifact, *, promote: bool = True) -> Deploy
     await run_hook(ctx.cfg, "post_deploy", ctx.out, colour=first_target, version=art.version,
                    hosts=names)
     return DeployResult(art.release_id, art.version, targets, promote)
+
+
+def split_brain(lives: dict[str, str | None]) -> str | None:
+    """How hosts disagree on the live colour, or None when they agree."""
+    if len(set(lives.values())) <= 1:
+        return None
+    return ", ".join(f"{host} is on {colour or 'nothing'}" for host, colour in lives.items())
+
+
+async def _refuse_split(ctx: Context, sessions: list[HostSession], what: str) -> None:
+    lives = await each(sessions, lambda s: s.live_colour(), ctx.out)
+    split = split_brain({s.name: c.value if c else None for s, c in zip(sessions, lives)})
+    if split:
+        raise BlueGreenError(
+            f"split brain: the hosts disagree on the live colour ({split}); {what} refused. "
+            "Put every host on one colour first: `bluegreen promote blue` (or green)")
 
 
 async def _deploy_target(s: HostSession, art: Artifact) -> Colour:
@@ -285,16 +304,19 @@ async def _deploy_target(s: HostSession, art: Artifact) -> Colour:
     return target
 
 
-async def _deploy_host(s: HostSession, art: Artifact, target: Colour,
-                       secrets: dict[str, str]) -> SlotState:
+async def _deploy_host(s: HostSession, art: Artifact, target: Colour, secrets: dict[str, str],
+                       boot: asyncio.Semaphore) -> SlotState:
     await _upload(s, art)
     if s.cfg.run.env_file:
         await s.run(files.make_dirs([s.layout.shared_env.parent]))
         await s.run(files.write_file(s.layout.shared_env, "0600"), input=env_script(secrets))
-    if target is not await s.require_live():
-        await s.stop_slot(target)
-    slot = Slot(target, s.cfg.slots.port(target), s.layout, art.release_id, art.version)
-    return await s.start_slot(slot, secrets)
+    if boot.locked():
+        s.say(f"waiting for a boot slot (deploy.boot_limit={s.cfg.deploy.boot_limit})")
+    async with boot:  # deploy.boot_limit: at most N hosts stop and start at once
+        if target is not await s.require_live():
+            await s.stop_slot(target)
+        slot = Slot(target, s.cfg.slots.port(target), s.layout, art.release_id, art.version)
+        return await s.start_slot(slot, secrets)
 
 
 async def _upload(s: HostSession, art: Artifact) -> None:
@@ -337,14 +359,19 @@ async def _migrate(s: HostSession, colour: Colour, state: SlotState) -> None:
 # ---- promote and rollback -------------------------------------------------------------
 
 async def _switch_all(ctx: Context, sessions: list[HostSession], targets: dict[str, Colour],
-                      event: str) -> None:
-    """Two phases: (1) every target slot healthy and its site file current; (2) switch,
-    reload and verify each host; if any host fails, the hosts already switched go back."""
+                      event: str,
+                      before_switch: Callable[[], Awaitable[None]] | None = None) -> None:
+    """Switch every host to its target colour, all or nothing:
+    (1) on every host the target slot answers its health check and the new site link
+        passes the proxy's test (tried, then put back; nginx reads it only on reload);
+    (2) every host switches its link and reloads; (3) every host's proxy answers the
+        target colour. If any host fails in (2) or (3), the hosts already switched are
+        switched back, and the error names the host and the step (exit 1)."""
     lives = dict(zip([s.name for s in sessions],
                      await each(sessions, lambda s: s.require_live(), ctx.out)))
 
     async def ready(s: HostSession) -> None:
-        target = targets[s.name]
+        target, live = targets[s.name], lives[s.name]
         resp = await s.health(target)
         if resp is None or not resp.ok:
             state = await s.state(target)
@@ -354,40 +381,72 @@ async def _switch_all(ctx: Context, sessions: list[HostSession], targets: dict[s
                 f"{ctx.cfg.run.health_path}; {what}); nothing was switched", host=s.name)
         if await s.write_site(target):
             s.say(f"rewrote {nginx.available(ctx.cfg, target)}")
+        if target is not live:
+            await s.try_link(target, live)
 
     await each(sessions, ready, ctx.out)
+    if before_switch is not None:
+        await before_switch()
+    moving = [s for s in sessions if targets[s.name] is not lives[s.name]]
+    for s in sessions:
+        if s not in moving:
+            s.say(f"{targets[s.name]} is already live")
     switched: list[HostSession] = []
 
     async def flip(s: HostSession) -> None:
-        target, live = targets[s.name], lives[s.name]
-        if target is live:
-            s.say(f"{target} is already live")
-        else:
-            s.say(f"switching {live} -> {target}")
-            await s.switch(target, live)
-            switched.append(s)
-        await s.verify(target)
-        state = await s.state(target)
-        await s.record(event, target, state, ctx.user, f"{live} -> {target}")
-        s.say(f"live is {target} ({state.release if state else '?'}); proxy answers {target}")
+        s.say(f"switching {lives[s.name]} -> {targets[s.name]}")
+        await s.switch(targets[s.name], lives[s.name])
+        switched.append(s)
 
-    try:
-        await each(sessions, flip, ctx.out)
-    except BlueGreenError:
-        for s in switched:
-            live = lives[s.name]
-            ctx.out.warn(s.name, f"switching back to {live}")
+    step = "switch and reload"
+    failures = await _gather_failures(moving, flip)
+    if not failures:
+        step = "verify through the proxy"
+        failures = await _gather_failures(sessions, lambda s: s.verify(targets[s.name]))
+    if failures:
+        back = [s for s in switched]
+        for s in back:
+            ctx.out.warn(s.name, f"switching back to {lives[s.name]}")
             try:
-                await s.switch(live, targets[s.name])
-                await s.verify(live)
-            except BlueGreenError as back:
-                ctx.out.error(f"could not switch back: {back.message}")
-        raise
+                await s.switch(lives[s.name], targets[s.name])
+                await s.verify(lives[s.name])
+            except BlueGreenError as exc:
+                ctx.out.error(f"could not switch back: {exc.message}")
+        first_host, first_err = failures[0]
+        for host, err in failures[1:]:
+            ctx.out.error(f"[{host}] {step} failed too: {err}")
+        detail = str(first_err).removeprefix(f"[{first_host}] ")
+        raise ProxyError(
+            f"{event} failed at step '{step}': {detail}"
+            + (f"; switched back: {', '.join(s.name for s in back)}" if back else
+               "; no host was switched"),
+            host=first_host)
+    for s in sessions:
+        state = await s.state(targets[s.name])
+        await s.record(event, targets[s.name], state, ctx.user,
+                       f"{lives[s.name]} -> {targets[s.name]}")
+        s.say(f"live is {targets[s.name]} ({state.release if state else '?'}); proxy answers "
+              f"{targets[s.name]}")
+
+
+async def _gather_failures(sessions: list[HostSession],
+                           fn: Callable[[HostSession], Awaitable[None]]) -> list[tuple[str, BaseException]]:
+    """Run ``fn`` on every host at once; the (host, error) pairs of those that failed."""
+    results = await asyncio.gather(*(fn(s) for s in sessions), return_exceptions=True)
+    out: list[tuple[str, BaseException]] = []
+    for s, r in zip(sessions, results):
+        if isinstance(r, BaseException):
+            if not isinstance(r, Exception):
+                raise r
+            out.append((s.name, r))
+    return out
 
 
 async def promote(ctx: Context, colour: Colour | None, *, event: str = "promote") -> dict[str, Colour]:
     """Switch every host to ``colour`` (default: the idle one) after checking it is healthy."""
     async with connected(ctx) as sessions, locked(ctx, sessions):
+        if colour is None:
+            await _refuse_split(ctx, sessions, event)
         lives = await each(sessions, lambda s: s.require_live(), ctx.out)
         targets = {s.name: colour or live.other for s, live in zip(sessions, lives)}
         names = [s.name for s in sessions]
@@ -396,12 +455,13 @@ async def promote(ctx: Context, colour: Colour | None, *, event: str = "promote"
         hook_args: dict[str, Any] = {"colour": targets[first.name].value,
                                      "version": state.version if state else None,
                                      "hosts": names}
+        before: Callable[[], Awaitable[None]] | None = None
         if event == "rollback":
             await each(sessions, lambda s: _can_roll_back(s, targets[s.name]), ctx.out)
         elif any(targets[s.name] is not live for s, live in zip(sessions, lives)):
-            await run_hook(ctx.cfg, "pre_promote", ctx.out, **hook_args)
+            before = lambda: run_hook(ctx.cfg, "pre_promote", ctx.out, **hook_args)  # noqa: E731
         try:
-            await _switch_all(ctx, sessions, targets, event)
+            await _switch_all(ctx, sessions, targets, event, before)
         except BlueGreenError as err:
             await _record_failure(ctx, sessions, err)
             raise
@@ -551,7 +611,19 @@ async def status(ctx: Context) -> dict[str, Any]:
             await host.close()
 
     hosts = await asyncio.gather(*(one(h) for h in ctx.hosts))
-    return {"app": ctx.cfg.app, "hosts": list(hosts)}
+    reachable = [h for h in hosts if h["reachable"]]
+    problems = []
+    split = split_brain({h["host"]: h["live"] for h in reachable})
+    if split:
+        problems.append(f"split brain: {split}; fix: `bluegreen promote blue` (or green) puts "
+                        "every host on one colour")
+    releases = {h["host"]: h["slots"][h["live"]]["release"] for h in reachable if h["live"]}
+    if len(set(releases.values())) > 1:
+        problems.append("live releases differ: " + ", ".join(
+            f"{host} serves {rel or 'nothing'}" for host, rel in releases.items())
+            + "; fix: deploy one release to every host")
+    return {"app": ctx.cfg.app, "hosts": list(hosts), "split_brain": bool(problems),
+            "problems": problems}
 
 
 async def _status_host(s: HostSession) -> dict[str, Any]:

@@ -1,0 +1,203 @@
+"""Many hosts: three real hosts in network namespaces, each with its own sshd and nginx."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from bluegreen.demo.nginx import build_sample
+from cluster import Cluster, NsHost
+from conftest import BLUEGREEN, SERVER_NAME, Answer, to_toml
+
+
+class Fleet:
+    """A project deploying to every host of a cluster."""
+
+    def __init__(self, cluster: Cluster, dir: Path) -> None:
+        self.cluster = cluster
+        self.dir = dir
+        self.home = dir / "home"
+        self.home.mkdir()
+        self.hooks: dict[str, str] = {}
+        self.extra: dict[str, Any] = {}
+        self.write_config()
+
+    def write_config(self) -> None:
+        data: dict[str, Any] = {
+            "app": "testapp",
+            "release": {"version": "1.0.0", "artifact": "artifacts/sample-{version}.tar.gz"},
+            "run": {"command": "exec python3 app.py", "health_timeout": 10, "stop_timeout": 5,
+                    "drain_timeout": 2},
+            "slots": {"blue": 4000, "green": 5000},
+            "proxy": {"server_name": SERVER_NAME, "listen": "80",
+                      **self.cluster.nginx_commands()},
+            "hosts": [{"address": f"root@{h.address}", "name": h.name, "deploy_to": "/srv/app",
+                       "identity_file": str(self.cluster.client_key),
+                       "known_hosts": str(self.cluster.known_hosts)} for h in self.cluster.hosts],
+        }
+        if self.hooks:
+            data["hooks"] = self.hooks
+        data.update(self.extra)
+        (self.dir / "bluegreen.toml").write_text(to_toml(data))
+
+    def bg(self, *args: str, check: int | bool = True) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run([*BLUEGREEN, *args], cwd=self.dir, capture_output=True, text=True,
+                              timeout=180, env={**os.environ, "HOME": str(self.home)})
+        expected = 0 if check is True else check
+        if check is not False and proc.returncode != expected:
+            raise AssertionError(f"bluegreen {' '.join(args)} exited {proc.returncode}\n"
+                                 f"{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    def deploy(self, version: str, *args: str, check: int | bool = True) -> subprocess.CompletedProcess[str]:
+        built = build_sample(self.dir / "build", version)
+        dest = self.dir / "artifacts" / f"sample-{version}.tar.gz"
+        dest.parent.mkdir(exist_ok=True)
+        dest.write_bytes(built.read_bytes())
+        return self.bg("deploy", "--version", version, *args, check=check)
+
+    def answers(self) -> list[tuple[str | None, str | None]]:
+        out = []
+        for h in self.cluster.hosts:
+            a: Answer = get_from(h)
+            out.append((a.colour, a.version))
+        return out
+
+    def links(self) -> list[str]:
+        return [os.readlink(h.dir / "srv" / "nginx" / "sites-enabled" / "testapp")
+                .rsplit("-", 1)[1] for h in self.cluster.hosts]
+
+
+def get_from(host: NsHost) -> Answer:
+    import urllib.request
+
+    req = urllib.request.Request(f"http://{host.address}/", headers={"Host": SERVER_NAME})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return Answer(resp.status, resp.read().decode(), resp.headers.get("X-Deployment-Id"),
+                          resp.headers.get("X-App-Version"))
+    except OSError as exc:
+        return Answer(0, str(exc), None, None)
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> Iterator[Fleet]:
+    cluster = Cluster(tmp_path / "cluster", 3)
+    (tmp_path / "cluster").mkdir()
+    try:
+        cluster.up()
+        project = tmp_path / "project"
+        project.mkdir()
+        f = Fleet(cluster, project)
+        f.bg("setup")
+        yield f
+    finally:
+        cluster.down()
+
+
+def test_all_hosts_flip_together(fleet: Fleet) -> None:
+    fleet.deploy("1.0.0")
+    assert fleet.answers() == [("blue", "1.0.0")] * 3
+    out = fleet.deploy("2.0.0")
+    assert fleet.answers() == [("green", "2.0.0")] * 3
+    for h in ("h1", "h2", "h3"):
+        assert f"[{h}] live is green (2.0.0-" in out.stderr
+    data = json.loads(fleet.bg("status", "--json").stdout)
+    assert data["split_brain"] is False
+    assert [h["live"] for h in data["hosts"]] == ["green"] * 3
+    assert all(h["slots"]["blue"]["healthy"] for h in data["hosts"])
+    fleet.bg("rollback")
+    assert fleet.answers() == [("blue", "1.0.0")] * 3
+    events = json.loads(fleet.bg("history", "--json").stdout)
+    assert sorted(e["host"] for e in events if e["event"] == "rollback") == ["h1", "h2", "h3"]
+
+
+def test_foreign_listener_on_one_host_switches_nothing(fleet: Fleet) -> None:
+    fleet.deploy("1.0.0")
+    h2 = fleet.cluster.hosts[1]
+    squatter = subprocess.Popen(
+        ["nsenter", "-t", str(h2.init_pid()), "-a", "python3", "-m", "http.server", "--bind",
+         "127.0.0.1", "5000"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            if "5000" in h2.exec("ss", "-Htln").stdout:
+                break
+            import time
+
+            time.sleep(0.05)
+        out = fleet.deploy("2.0.0", check=5)
+        assert "[h2]" in out.stderr and "not the slot's own" in out.stderr
+        assert fleet.answers() == [("blue", "1.0.0")] * 3
+        assert fleet.links() == ["blue"] * 3
+    finally:
+        squatter.kill()
+        squatter.wait()
+
+
+def test_one_nginx_rejecting_the_new_link_switches_nothing(fleet: Fleet) -> None:
+    fleet.deploy("1.0.0")
+    fleet.deploy("2.0.0", "--no-promote")
+    # Only with the green site linked does h3's nginx see a duplicate upstream.
+    h3 = fleet.cluster.hosts[2]
+    (h3.dir / "srv" / "nginx" / "sites-enabled" / "zz-conflict").write_text(
+        "upstream bluegreen_testapp_green { server 127.0.0.1:1; }\n")
+    out = fleet.bg("promote", check=1)
+    assert "[h3]" in out.stderr and "rejected the site" in out.stderr
+    assert fleet.answers() == [("blue", "1.0.0")] * 3
+    assert fleet.links() == ["blue"] * 3
+
+
+def test_sshd_killed_between_phases_switches_the_others_back(fleet: Fleet) -> None:
+    fleet.deploy("1.0.0")
+    fleet.deploy("2.0.0", "--no-promote")
+    h2 = fleet.cluster.hosts[1]
+    # The pre_promote hook runs after phase 1 (all ready) and before phase 2 (switch).
+    fleet.hooks = {"pre_promote": f"{sys.executable} -c 'import cluster_kill' {h2.ns}"}
+    fleet.write_config()
+    (fleet.dir / "cluster_kill.py").write_text(
+        "import os, signal, subprocess, sys\n"
+        "for pid in subprocess.run(['ip', 'netns', 'pids', sys.argv[1]], capture_output=True,"
+        " text=True).stdout.split():\n"
+        "    try:\n"
+        "        if open(f'/proc/{pid}/comm').read().strip() == 'sshd':\n"
+        "            os.kill(int(pid), signal.SIGKILL)\n"
+        "    except OSError:\n"
+        "        pass\n")
+    out = fleet.bg("promote", check=1)
+    assert "[h2]" in out.stderr and "step 'switch and reload'" in out.stderr
+    assert "switched back" in out.stderr
+    assert fleet.answers() == [("blue", "1.0.0")] * 3
+    assert fleet.links() == ["blue"] * 3
+
+
+def test_split_brain_is_shown_and_deploy_refused(fleet: Fleet) -> None:
+    fleet.deploy("1.0.0")
+    fleet.deploy("2.0.0", "--no-promote")
+    fleet.bg("promote", "green", "--host", "h1")
+    assert fleet.answers() == [("green", "2.0.0"), ("blue", "1.0.0"), ("blue", "1.0.0")]
+    data = json.loads(fleet.bg("status", "--json").stdout)
+    assert data["split_brain"] is True
+    assert "h1 is on green" in data["problems"][0]
+    assert "split brain" in fleet.bg("status").stdout
+    out = fleet.deploy("3.0.0", check=1)
+    assert "split brain" in out.stderr and "bluegreen promote" in out.stderr
+    out = fleet.bg("promote", check=1)  # which colour? refused, say it
+    assert "split brain" in out.stderr
+    fleet.bg("promote", "green")
+    assert fleet.answers() == [("green", "2.0.0")] * 3
+    fleet.deploy("3.0.0")
+    assert fleet.answers() == [("blue", "3.0.0")] * 3
+
+
+def test_boot_limit(fleet: Fleet) -> None:
+    fleet.extra = {"deploy": {"boot_limit": 1}}
+    fleet.write_config()
+    out = fleet.deploy("1.0.0")
+    assert "waiting for a boot slot" in out.stderr
+    assert fleet.answers() == [("blue", "1.0.0")] * 3
