@@ -79,3 +79,42 @@ def test_logs_show_and_follow_the_slot_log(project: Project) -> None:
     finally:
         follower.terminate()
         follower.wait(10)
+
+
+def test_json_progress_events_and_result(project: Project) -> None:
+    import json
+
+    p = project
+    p.bg("setup")
+    p.artifact("1.0.0")
+    out = p.bg("deploy", "--version", "1.0.0", "--json")
+    events = [json.loads(line) for line in out.stderr.splitlines()]
+    assert events and all(set(e) == {"time", "elapsed", "level", "host", "message"} for e in events)
+    assert any(e["host"] == "web1" and e["message"].startswith("blue is healthy") for e in events)
+    result = json.loads(out.stdout)
+    assert result["ok"] is True and result["hosts"] == {"web1": "blue"}
+    assert result["release"].startswith("1.0.0-") and result["promoted"] is True
+    out = p.bg("promote", "blue", "--json")
+    assert json.loads(out.stdout) == {"ok": True, "live": {"web1": "blue"}}
+    out = p.bg("stop", "blue", "--json", check=1)
+    assert json.loads(out.stdout)["exit_code"] == 1
+    assert json.loads(out.stderr.splitlines()[-1])["level"] == "error"
+
+
+def test_live_progress_on_a_terminal(local_project: Project) -> None:
+    import pexpect
+
+    p = local_project
+    p.bg("setup")
+    p.artifact("1.0.0")
+    child = pexpect.spawn(BLUEGREEN[0], [*BLUEGREEN[1:], "deploy", "--version", "1.0.0"],
+                          cwd=str(p.dir), env={**os.environ, "HOME": str(p.home), "TERM": "xterm"},
+                          encoding="utf-8", timeout=60, dimensions=(30, 120))
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+    import re
+
+    screen = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", child.before)
+    # The per-host table, redrawn in place, ends on the host's last step.
+    assert re.search(r"web1\s+[\d.]+s\s+live is blue \(1\.0\.0-", screen), screen

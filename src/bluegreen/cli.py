@@ -10,7 +10,7 @@ import json
 import sys
 import traceback
 from pathlib import Path
-from typing import Any, Callable, Coroutine, TypeVar
+from typing import Any, Callable, Coroutine, NoReturn, TypeVar
 
 import click
 from rich.console import Console
@@ -36,11 +36,14 @@ COLOURS = click.Choice([c.value for c in Colour])
 
 class State:
     def __init__(self, config: str | None, hosts: tuple[str, ...], verbose: bool,
-                 json_out: bool = False) -> None:
+                 json_out: bool = False, events: bool = False) -> None:
         self.config_path = config
         self.host_names = hosts
         self.verbose = verbose
-        self.out = Reporter(verbose=verbose)
+        # --json on a command that changes things: progress as JSON lines on stderr, the
+        # result (or the error) as one JSON document on stdout.
+        self.events = json_out and events
+        self.out = Reporter(verbose=verbose, mode="json" if self.events else None)
         self.json = json_out
 
     def context(self) -> workflow.Context:
@@ -58,24 +61,57 @@ def common(fn: F) -> F:
     @click.option("-v", "--verbose", is_flag=True, help="Show each remote command and tracebacks.")
     @functools.wraps(fn)
     def wrapper(config: str | None, hosts: tuple[str, ...], verbose: bool, **kw: Any) -> Any:
-        state = State(config, hosts, verbose, kw.get("json_out", False))
+        events, data = getattr(wrapper, "events", False), getattr(wrapper, "data", False)
+        state = State(config, hosts, verbose, kw.pop("json_out", False), events)
+        if events or data:
+            kw["json_out"] = state.json
         return fn(state, **kw)
 
     return wrapper  # type: ignore[return-value]
 
 
+def json_events(fn: F) -> F:
+    """--json for a command that changes things."""
+    fn.events = True  # type: ignore[attr-defined]
+    return click.option("--json", "json_out", is_flag=True,
+                        help="Progress as JSON lines on stderr; the result as one JSON "
+                             "document on stdout.")(fn)
+
+
+def json_data(fn: F) -> F:
+    """--json for a command that prints data."""
+    fn.data = True  # type: ignore[attr-defined]
+    return click.option("--json", "json_out", is_flag=True,
+                        help="One JSON document on stdout.")(fn)
+
+
 def run(state: State, coro_fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
     """Run a workflow coroutine; turn bluegreen errors into ``error: ...`` and exit codes."""
     try:
-        return asyncio.run(coro_fn())
+        with state.out.session():
+            return asyncio.run(coro_fn())
     except BlueGreenError as exc:
-        if state.verbose:
-            traceback.print_exc()
-        state.out.error(exc.message)
-        sys.exit(exc.exit_code)
+        fail(state, exc)
     except KeyboardInterrupt:
         state.out.error("interrupted; if a lock was left behind, `bluegreen unlock` clears it")
         sys.exit(130)
+
+
+def fail(state: State, exc: BlueGreenError) -> NoReturn:
+    if state.verbose:
+        traceback.print_exc()
+    state.out.error(exc.message)
+    if state.events:
+        emit_json({"ok": False, "error": exc.message, "exit_code": exc.exit_code})
+    sys.exit(exc.exit_code)
+
+
+def load(state: State) -> workflow.Context:
+    """The validated config and the selected hosts (exit 2 on a bad config)."""
+    try:
+        return state.context()
+    except BlueGreenError as exc:
+        fail(state, exc)
 
 
 def emit_json(data: Any) -> None:
@@ -111,7 +147,7 @@ def init(preset: str, app_name: str | None, config: str, force: bool) -> None:
                    "and say what `setup` would create. Changes nothing.")
 @common
 def check(state: State) -> None:
-    ctx = run(state, lambda: _load(state))
+    ctx = load(state)
     items = run(state, lambda: workflow.check(ctx))
     table = Table("host", "check", "result", box=None, pad_edge=False)
     for item in items:
@@ -126,23 +162,22 @@ def check(state: State) -> None:
     click.echo("config is valid and every host is ready for `bluegreen setup`")
 
 
-async def _load(state: State) -> workflow.Context:
-    return state.context()
-
-
 @main.command(help="Create the layout under deploy_to, write both site files, link blue if no "
                    "link exists, test and reload the proxy.")
+@json_events
 @common
-def setup(state: State) -> None:
-    ctx = run(state, lambda: _load(state))
+def setup(state: State, json_out: bool) -> None:
+    ctx = load(state)
     run(state, lambda: workflow.setup(ctx))
+    if json_out:
+        emit_json({"ok": True, "hosts": [h.label for h in ctx.hosts]})
 
 
 @main.command(help="Run release.build locally and report the artifact and its sha256.")
 @click.option("--version", "version", help="Version to build (default: from the config).")
 @common
 def build(state: State, version: str | None) -> None:
-    ctx = run(state, lambda: _load(state))
+    ctx = load(state)
 
     async def go() -> artifact.Artifact:
         return artifact.prepare(ctx.cfg, version=version, artifact=None, skip_build=False)
@@ -159,10 +194,11 @@ def build(state: State, version: str | None) -> None:
 @click.option("--version", "version", help="Release version (default: from the config).")
 @click.option("--no-promote", is_flag=True, help="Start and health-check, but do not switch.")
 @click.option("--skip-build", is_flag=True, help="Do not run release.build.")
+@json_events
 @common
-def deploy(state: State, artifact_path: str | None, version: str | None, no_promote: bool,
-           skip_build: bool) -> None:
-    ctx = run(state, lambda: _load(state))
+def deploy(state: State, json_out: bool, artifact_path: str | None, version: str | None,
+           no_promote: bool, skip_build: bool) -> None:
+    ctx = load(state)
 
     async def go() -> workflow.DeployResult:
         art = artifact.prepare(ctx.cfg, version=version, artifact=artifact_path,
@@ -171,6 +207,11 @@ def deploy(state: State, artifact_path: str | None, version: str | None, no_prom
         return await workflow.deploy(ctx, art, promote=not no_promote)
 
     result = run(state, go)
+    if json_out:
+        emit_json({"ok": True, "release": result.release, "version": result.version,
+                   "promoted": result.promoted,
+                   "hosts": {h: c.value for h, c in result.targets.items()}})
+        return
     for host, colour in result.targets.items():
         what = "live" if result.promoted else "started, not promoted (run `bluegreen promote`)"
         click.echo(f"{host}: {result.release} on {colour}: {what}")
@@ -179,30 +220,38 @@ def deploy(state: State, artifact_path: str | None, version: str | None, no_prom
 @main.command(help="Health-check the target colour (default: the idle one) on every host, "
                    "switch the proxy to it, and verify through the proxy.")
 @click.argument("colour", type=COLOURS, required=False)
+@json_events
 @common
-def promote(state: State, colour: str | None) -> None:
-    ctx = run(state, lambda: _load(state))
+def promote(state: State, json_out: bool, colour: str | None) -> None:
+    ctx = load(state)
     targets = run(state, lambda: workflow.promote(ctx, Colour(colour) if colour else None))
+    if json_out:
+        emit_json({"ok": True, "live": {h: c.value for h, c in targets.items()}})
+        return
     for host, c in targets.items():
         click.echo(f"{host}: live is {c}")
 
 
 @main.command(help="Promote the previously live colour (it must still be running and healthy).")
+@json_events
 @common
-def rollback(state: State) -> None:
-    ctx = run(state, lambda: _load(state))
+def rollback(state: State, json_out: bool) -> None:
+    ctx = load(state)
     targets = run(state, lambda: workflow.rollback(ctx))
+    if json_out:
+        emit_json({"ok": True, "live": {h: c.value for h, c in targets.items()}})
+        return
     for host, c in targets.items():
         click.echo(f"{host}: rolled back; live is {c}")
 
 
 @main.command(help="Per host: the live colour, what the proxy answers, and each slot's "
                    "release, version, port, pid, running and healthy.")
-@click.option("--json", "json_out", is_flag=True, help="One JSON document on stdout.")
+@json_data
 @common
 def status(state: State, json_out: bool) -> None:
     state.out.quiet = json_out
-    ctx = run(state, lambda: _load(state))
+    ctx = load(state)
     data = run(state, lambda: workflow.status(ctx))
     if json_out:
         emit_json(data)
@@ -238,10 +287,14 @@ def _yes(value: bool) -> str:
 
 @main.command(help="Drain and stop an idle slot (the live one is refused).")
 @click.argument("colour", type=COLOURS)
+@json_events
 @common
-def stop(state: State, colour: str) -> None:
-    ctx = run(state, lambda: _load(state))
+def stop(state: State, json_out: bool, colour: str) -> None:
+    ctx = load(state)
     run(state, lambda: workflow.stop(ctx, Colour(colour)))
+    if json_out:
+        emit_json({"ok": True, "stopped": colour, "hosts": [h.label for h in ctx.hosts]})
+        return
     click.echo(f"{colour} stopped")
 
 
@@ -251,7 +304,7 @@ def stop(state: State, colour: str) -> None:
 @common
 def history(state: State, json_out: bool, limit: int | None) -> None:
     state.out.quiet = json_out
-    ctx = run(state, lambda: _load(state))
+    ctx = load(state)
     events = run(state, lambda: workflow.read_history(ctx, limit))
     if json_out:
         emit_json(events)
@@ -266,10 +319,14 @@ def history(state: State, json_out: bool, limit: int | None) -> None:
 @main.command(help="Keep the N newest releases plus the blue and green slots' releases; delete "
                    "the rest.")
 @click.option("--keep", type=click.IntRange(min=1), help="How many to keep (default: release.keep).")
+@json_events
 @common
-def prune(state: State, keep: int | None) -> None:
-    ctx = run(state, lambda: _load(state))
+def prune(state: State, json_out: bool, keep: int | None) -> None:
+    ctx = load(state)
     removed = run(state, lambda: workflow.prune(ctx, keep or ctx.cfg.release.keep))
+    if json_out:
+        emit_json({"ok": True, "removed": removed})
+        return
     for host, rids in removed.items():
         click.echo(f"{host}: removed {len(rids)} release(s)" + (": " + " ".join(rids) if rids else ""))
 
@@ -279,7 +336,7 @@ def prune(state: State, keep: int | None) -> None:
 @click.option("--color", "colour", type=COLOURS, help="The slot (default: idle).")
 @common
 def migrate(state: State, colour: str | None) -> None:
-    ctx = run(state, lambda: _load(state))
+    ctx = load(state)
     run(state, lambda: workflow.migrate(ctx, Colour(colour) if colour else None))
 
 
@@ -288,7 +345,7 @@ def migrate(state: State, colour: str | None) -> None:
 @click.option("--color", "colour", type=COLOURS, help="The slot (default: live).")
 @common
 def console(state: State, colour: str | None) -> None:
-    ctx = run(state, lambda: _load(state))
+    ctx = load(state)
     sys.exit(run(state, lambda: workflow.console(ctx, Colour(colour) if colour else None)))
 
 
@@ -301,14 +358,14 @@ def console(state: State, colour: str | None) -> None:
 @common
 def logs(state: State, colour: str | None, follow: bool, lines: int) -> None:
     state.out.quiet = True
-    ctx = run(state, lambda: _load(state))
+    ctx = load(state)
     run(state, lambda: workflow.logs(ctx, Colour(colour) if colour else None, lines, follow))
 
 
 @main.command(help="Remove a lock left by a run that died (prints who held it, since when).")
 @common
 def unlock(state: State) -> None:
-    ctx = run(state, lambda: _load(state))
+    ctx = load(state)
     for host, what in run(state, lambda: workflow.unlock(ctx)):
         click.echo(f"{host}: {what}")
 
@@ -324,5 +381,6 @@ def demo(keep: bool, duration: float, verbose: bool) -> None:
     from bluegreen.demo.runner import run_demo
 
     state = State(None, (), verbose)
+    state.out.mode = "plain"  # the demo prints its own table at the end
     run(state, lambda: run_demo(state.out, keep=keep, duration=duration))
 

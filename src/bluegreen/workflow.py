@@ -51,6 +51,7 @@ def make_context(cfg: Config, out: Reporter, host_names: tuple[str, ...] = ()) -
 @asynccontextmanager
 async def connected(ctx: Context) -> AsyncIterator[list[HostSession]]:
     """Open one connection per host, in parallel; close them all at the end."""
+    ctx.out.expect_hosts([h.label for h in ctx.hosts])
     hosts = await _gather_all([connect(h) for h in ctx.hosts], ctx.out)
     try:
         yield [HostSession(ctx.cfg, hc, h, ctx.out) for hc, h in zip(ctx.hosts, hosts)]

@@ -1,0 +1,106 @@
+"""Benchmark: deploy and promote across 1, 5 and 20 real hosts (network namespaces, one
+sshd and one nginx each), against the seed's "loop through the hosts" way.
+
+    .venv/bin/python bench/multihost.py [--sizes 1,5,20]
+
+For each size: the wall time of `bluegreen deploy` (parallel, one SSH connection per host)
+and of `bluegreen promote`; the spread between the first and the last host answering the
+new colour during that promote (polled from outside every host, over the bridge); and the
+same deploy run host by host (`bluegreen deploy --host hN`, one after the other). Needs
+root (namespaces).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import sys
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from cluster import Cluster  # noqa: E402
+from test_multihost import Fleet  # noqa: E402
+
+SERVER_NAME = "testapp.test"
+
+
+def colour_of(address: str) -> str:
+    req = urllib.request.Request(f"http://{address}/deployment_id", headers={"Host": SERVER_NAME})
+    try:
+        with urllib.request.urlopen(req, timeout=1) as resp:
+            return str(resp.read().decode())
+    except OSError:
+        return ""
+
+
+def watch_switch(addresses: list[str], colour: str, stop: threading.Event,
+                 firsts: dict[str, float]) -> None:
+    """Record when each host first answers ``colour``."""
+    while not stop.is_set() and len(firsts) < len(addresses):
+        for addr in addresses:
+            if addr not in firsts and colour_of(addr) == colour:
+                firsts[addr] = time.perf_counter()
+        time.sleep(0.002)
+
+
+def run_size(n: int, base: Path) -> dict[str, float]:
+    cluster = Cluster(base / f"c{n}", n)
+    (base / f"c{n}").mkdir(parents=True)
+    try:
+        t0 = time.perf_counter()
+        cluster.up()
+        up = time.perf_counter() - t0
+        project = base / f"p{n}"
+        project.mkdir()
+        fleet = Fleet(cluster, project)
+        fleet.bg("setup")
+        fleet.deploy("1.0.0")
+        t0 = time.perf_counter()
+        fleet.deploy("2.0.0", "--no-promote")
+        deploy = time.perf_counter() - t0
+        addresses = [h.address for h in cluster.hosts]
+        firsts: dict[str, float] = {}
+        stop = threading.Event()
+        watcher = threading.Thread(target=watch_switch, args=(addresses, "green", stop, firsts))
+        watcher.start()
+        t0 = time.perf_counter()
+        fleet.bg("promote")
+        promote = time.perf_counter() - t0
+        time.sleep(0.2)
+        stop.set()
+        watcher.join()
+        spread = (max(firsts.values()) - min(firsts.values())) if len(firsts) == n else float("nan")
+        # The seed's way: one host after the other (each a full deploy with its own switch).
+        t0 = time.perf_counter()
+        for h in cluster.hosts:
+            fleet.deploy("3.0.0", "--host", h.name)
+        loop = time.perf_counter() - t0
+        return {"hosts": n, "cluster_up": up, "deploy": deploy, "promote": promote,
+                "spread": spread, "loop": loop}
+    finally:
+        cluster.down()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sizes", default="1,5,20")
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    with tempfile.TemporaryDirectory(prefix="bluegreen-bench-mh-") as tmp:
+        rows = [run_size(n, Path(tmp)) for n in sizes]
+    one = rows[0]
+    print("| hosts | deploy (parallel) | vs first size | promote | first→last host on new colour | deploy host by host |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['hosts']:.0f} | {r['deploy']:.2f} s | {r['deploy'] / one['deploy']:.2f}x | "
+              f"{r['promote']:.2f} s | {r['spread'] * 1000:.0f} ms | {r['loop']:.2f} s |")
+
+
+if __name__ == "__main__":
+    main()
