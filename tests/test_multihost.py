@@ -19,8 +19,11 @@ from conftest import BLUEGREEN, SERVER_NAME, Answer, to_toml
 class Fleet:
     """A project deploying to every host of a cluster."""
 
-    def __init__(self, cluster: Cluster, dir: Path) -> None:
+    def __init__(self, cluster: Cluster, dir: Path, balanced: bool = False) -> None:
         self.cluster = cluster
+        # balanced: the first host is a load balancer in front of the others.
+        self.balancers = cluster.hosts[:1] if balanced else []
+        self.apps = cluster.hosts[1:] if balanced else cluster.hosts
         self.dir = dir
         self.home = dir / "home"
         self.home.mkdir()
@@ -37,14 +40,20 @@ class Fleet:
             "slots": {"blue": 4000, "green": 5000},
             "proxy": {"server_name": SERVER_NAME, "listen": "80",
                       **self.cluster.nginx_commands()},
-            "hosts": [{"address": f"root@{h.address}", "name": h.name, "deploy_to": "/srv/app",
-                       "identity_file": str(self.cluster.client_key),
-                       "known_hosts": str(self.cluster.known_hosts)} for h in self.cluster.hosts],
+            "hosts": [self.entry(h) for h in self.apps],
         }
+        if self.balancers:
+            data["load_balancers"] = [self.entry(h) for h in self.balancers]
+            data["slots"]["bind"] = "{private_address}"
         if self.hooks:
             data["hooks"] = self.hooks
         data.update(self.extra)
         (self.dir / "bluegreen.toml").write_text(to_toml(data))
+
+    def entry(self, h: NsHost) -> dict[str, Any]:
+        return {"address": f"root@{h.address}", "name": h.name, "deploy_to": "/srv/app",
+                "identity_file": str(self.cluster.client_key),
+                "known_hosts": str(self.cluster.known_hosts)}
 
     def bg(self, *args: str, check: int | bool = True) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run([*BLUEGREEN, *args], cwd=self.dir, capture_output=True, text=True,
@@ -201,3 +210,43 @@ def test_boot_limit(fleet: Fleet) -> None:
     out = fleet.deploy("1.0.0")
     assert "waiting for a boot slot" in out.stderr
     assert fleet.answers() == [("blue", "1.0.0")] * 3
+
+
+def test_load_balancer_topology(tmp_path: Path) -> None:
+    """h1 balances h2, h3, h4: its upstream lists every app host's slot for the live colour."""
+    cluster = Cluster(tmp_path / "cluster", 4)
+    (tmp_path / "cluster").mkdir()
+    try:
+        cluster.up()
+        (tmp_path / "project").mkdir()
+        fleet = Fleet(cluster, tmp_path / "project", balanced=True)
+        fleet.bg("setup")
+        lb = cluster.hosts[0]
+        site = (lb.dir / "srv" / "nginx" / "sites-available" / "testapp-green").read_text()
+        for h in cluster.hosts[1:]:
+            assert f"server {h.address}:5000;" in site
+        for h in cluster.hosts[1:]:  # app hosts run no proxy of their own
+            assert not (h.dir / "srv" / "nginx" / "sites-enabled" / "testapp").exists()
+        fleet.deploy("1.0.0")
+        fleet.deploy("2.0.0")
+        seen = {(a.colour, a.version, a.body) for a in (get_from(lb) for _ in range(30))}
+        assert {(c, v) for c, v, _ in seen} == {("green", "2.0.0")}
+        served_by = set()
+        for _ in range(30):
+            import urllib.request
+
+            req = urllib.request.Request(f"http://{lb.address}/", headers={"Host": SERVER_NAME})
+            with urllib.request.urlopen(req, timeout=5) as resp:
+                served_by.add(resp.headers["X-App-Host"])
+        assert served_by == {"h2", "h3", "h4"}
+        data = json.loads(fleet.bg("status", "--json").stdout)
+        assert data["load_balancers"] == [{"host": "h1", "reachable": True, "live": "green",
+                                           "proxy_answer": "green"}]
+        assert [h["live"] for h in data["hosts"]] == ["green"] * 3
+        assert all(h["slots"]["blue"]["healthy"] for h in data["hosts"])
+        fleet.bg("rollback")
+        assert {get_from(lb).version for _ in range(10)} == {"1.0.0"}
+        out = fleet.bg("check")
+        assert "FAIL" not in out.stdout
+    finally:
+        cluster.down()

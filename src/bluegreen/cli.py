@@ -257,12 +257,19 @@ def status(state: State, json_out: bool) -> None:
         emit_json(data)
     else:
         _print_status(data)
-    if any(not h["reachable"] for h in data["hosts"]):
+    if any(not h["reachable"] for h in [*data["hosts"], *data.get("load_balancers", [])]):
         sys.exit(3)
 
 
 def _print_status(data: dict[str, Any]) -> None:
     console = Console(highlight=False)
+    for lb in data.get("load_balancers", []):
+        if lb["reachable"]:
+            console.print(f"[bold]{escape(lb['host'])}[/] (load balancer): live "
+                          f"[bold]{lb['live']}[/], answers {escape(str(lb['proxy_answer']))}")
+        else:
+            console.print(f"[bold]{escape(lb['host'])}[/] (load balancer): [red]unreachable[/] "
+                          f"({escape(lb['error'])})")
     for h in data["hosts"]:
         if not h["reachable"]:
             console.print(f"[bold]{escape(h['host'])}[/]: [red]unreachable[/] ({escape(h['error'])})")
@@ -299,8 +306,8 @@ def stop(state: State, json_out: bool, colour: str) -> None:
 
 
 @main.command(help="Deploy, promote, rollback, stop, prune and failure events, newest first.")
-@click.option("--json", "json_out", is_flag=True, help="One JSON document on stdout.")
 @click.option("-n", "limit", type=click.IntRange(min=1), help="Show at most N events.")
+@json_data
 @common
 def history(state: State, json_out: bool, limit: int | None) -> None:
     state.out.quiet = json_out

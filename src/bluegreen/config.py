@@ -24,7 +24,7 @@ DEFAULT_CONFIG = "bluegreen.toml"
 
 # Placeholders each kind of value may use.
 SLOT_PLACEHOLDERS = frozenset(
-    {"app", "color", "port", "version", "release_dir", "slot_dir", "deploy_to"}
+    {"app", "color", "port", "version", "release_dir", "slot_dir", "deploy_to", "bind"}
 )
 BUILD_PLACEHOLDERS = frozenset({"app", "version"})
 APP_PLACEHOLDERS = frozenset({"app"})
@@ -112,6 +112,9 @@ class Run(_Model):
 class Slots(_Model):
     blue: Port = 4000
     green: Port = 5000
+    # The address the slots listen on, asked for health checks. Behind load balancers,
+    # "{private_address}" (each host's hosts[].private_address) so the balancers reach it.
+    bind: str = "127.0.0.1"
 
     @model_validator(mode="after")
     def _distinct(self) -> Slots:
@@ -163,6 +166,8 @@ class HostConfig(_Model):
     deploy_to: str = "/srv/{app}"
     identity_file: str | None = None
     known_hosts: str | None = None
+    # Where load balancers reach this host's slots (default: the host part of address).
+    private_address: str | None = None
 
     @field_validator("address")
     @classmethod
@@ -181,6 +186,13 @@ class HostConfig(_Model):
     @property
     def label(self) -> str:
         return self.name or self.address
+
+    @property
+    def reach_address(self) -> str:
+        """The address other hosts use to reach this one's slots."""
+        if self.private_address:
+            return self.private_address
+        return "127.0.0.1" if self.is_local else self.address.rpartition("@")[2]
 
     @property
     def is_local(self) -> bool:
@@ -210,6 +222,9 @@ class Config(_Model):
     proxy: Proxy = Field(default_factory=lambda: Proxy())
     hooks: Hooks = Field(default_factory=lambda: Hooks())
     deploy: Deploy = Field(default_factory=lambda: Deploy())
+    # Second topology: these hosts run the proxy, with every app host's slot in the
+    # upstream; app hosts then run no proxy (deploy_to is unused here).
+    load_balancers: list[HostConfig] = Field(default_factory=list)
     hosts: list[HostConfig] = Field(min_length=1)
     # Directory of the config file; relative local paths are resolved against it.
     base_dir: Path = Field(default=Path("."), exclude=True)
@@ -217,11 +232,26 @@ class Config(_Model):
     @model_validator(mode="after")
     def _unique_host_names(self) -> Config:
         seen: set[str] = set()
-        for host in self.hosts:
+        for host in [*self.hosts, *self.load_balancers]:
             if host.label in seen:
                 raise ValueError(f"two hosts are named {host.label!r}; give each a unique name")
             seen.add(host.label)
         return self
+
+    @model_validator(mode="after")
+    def _balancers_reach_slots(self) -> Config:
+        if self.load_balancers:
+            for host in self.hosts:
+                if self.bind_address(host).startswith("127.") or host.is_local:
+                    raise ValueError(
+                        "slots.bind: behind load_balancers the slots must listen on an "
+                        "address the balancers reach, e.g. \"{private_address}\", and every "
+                        "host needs a network address (not \"local\")")
+        return self
+
+    def bind_address(self, host: HostConfig) -> str:
+        """The address ``host``'s slots listen on (slots.bind, rendered for it)."""
+        return render(self.slots.bind, app=self.app, private_address=host.reach_address)
 
     def local_path(self, value: str) -> Path:
         """A local path from the config, relative to the config file's directory."""
@@ -311,6 +341,7 @@ def _check_all_placeholders(cfg: Config) -> None:
         _check_placeholders("run.env_file", run.env_file, APP_PLACEHOLDERS)
     for key in ("server_name", "sites_available", "sites_enabled", "site", "test", "reload"):
         _check_placeholders(f"proxy.{key}", getattr(proxy, key), APP_PLACEHOLDERS)
+    _check_placeholders("slots.bind", cfg.slots.bind, frozenset({"app", "private_address"}))
     for i, host in enumerate(cfg.hosts):
         _check_placeholders(f"hosts[{i}].deploy_to", host.deploy_to, APP_PLACEHOLDERS)
     for key, val in cfg.hooks.model_dump().items():

@@ -75,12 +75,24 @@ def load_secrets(cfg: Config) -> dict[str, str]:
 
 
 class HostSession:
-    def __init__(self, cfg: Config, hc: HostConfig, host: Host, reporter: Reporter) -> None:
+    def __init__(self, cfg: Config, hc: HostConfig, host: Host, reporter: Reporter,
+                 *, balancer: bool = False) -> None:
         self.cfg = cfg
         self.hc = hc
         self.host = host
         self.layout = Layout.of(cfg, hc)
         self.out = reporter
+        self.bind = cfg.bind_address(hc)
+        # Who holds the proxy link for this host: itself, or the load balancers.
+        self.proxies: list[HostSession] = [self]
+        # What this host's proxy sends traffic to: its own slots, or (a load balancer)
+        # every app host's.
+        self.upstreams = ([cfg.bind_address(h) for h in cfg.hosts] if balancer
+                          else [self.bind])
+
+    def slot(self, colour: Colour, release_id: str, version: str) -> Slot:
+        return Slot(colour, self.cfg.slots.port(colour), self.layout, release_id, version,
+                    self.bind)
 
     @property
     def name(self) -> str:
@@ -96,7 +108,21 @@ class HostSession:
     # ---- reading state -------------------------------------------------------------
 
     async def live_colour(self) -> Colour | None:
-        """The colour the proxy's link points at (None before setup)."""
+        """The colour this host's traffic goes to: its proxy's link (its own, or the load
+        balancers', which must agree). None before setup."""
+        if self.proxies == [self]:
+            return await self.link_colour()
+        colours = [await p.link_colour() for p in self.proxies]
+        if len(set(colours)) > 1:
+            raise ProxyError("split brain: the load balancers disagree on the live colour ("
+                             + ", ".join(f"{p.name} is on {c}" for p, c in
+                                         zip(self.proxies, colours))
+                             + "); put them on one colour with `bluegreen promote blue` "
+                             "(or green)", host=self.name)
+        return colours[0]
+
+    async def link_colour(self) -> Colour | None:
+        """The colour this host's own proxy link points at (None when there is no link)."""
         result = await self.run(nginx.read_link(self.cfg))
         target = result.stdout.strip()
         if not target:
@@ -130,13 +156,21 @@ class HostSession:
         """GET the slot's health path; None when nothing answers."""
         port = self.cfg.slots.port(colour)
         try:
-            return await health.get(self.host, "127.0.0.1", port, self.cfg.run.health_path,
+            return await health.get(self.host, self.bind, port, self.cfg.run.health_path,
                                     timeout=3)
         except (OSError, asyncio.TimeoutError):
             return None
 
     async def proxy_answer(self) -> str | None:
-        """What the proxy answers on /deployment_id, asked from the host itself."""
+        """What this host's traffic gets on /deployment_id: from its own proxy, or from
+        each load balancer (joined with '/' when they differ)."""
+        if self.proxies == [self]:
+            return await self.own_proxy_answer()
+        answers = [await p.own_proxy_answer() for p in self.proxies]
+        return answers[0] if len(set(answers)) == 1 else "/".join(str(a) for a in answers)
+
+    async def own_proxy_answer(self) -> str | None:
+        """What this host's proxy answers on /deployment_id, asked from the host itself."""
         address, port = parse_listen(self.cfg.proxy.listen)
         path, host_header = nginx.deployment_id_request(self.cfg)
         try:
@@ -152,8 +186,7 @@ class HostSession:
         whose output bluegreen itself writes to the slot log."""
         if state is None or state.mode != "start":
             return None
-        slot = Slot(colour, self.cfg.slots.port(colour), self.layout, state.release,
-                    state.version)
+        slot = self.slot(colour, state.release, state.version)
         value = self.cfg.run.env.get("RELEASE_TMP")
         return slot.render(self.cfg, value) if value else str(slot.release_dir / "tmp")
 
@@ -262,8 +295,7 @@ class HostSession:
         else:
             pids = list(probe.listeners)
             if self.cfg.run.stop:
-                stop = Slot(colour, self.cfg.slots.port(colour), self.layout, state.release,
-                            state.version)
+                stop = self.slot(colour, state.release, state.version)
                 cmd = stop.render(self.cfg, self.cfg.run.stop)
                 result = await self.run(
                     slotplan.run_in_slot(state.cwd, self.layout.slot_env(colour), cmd,
@@ -399,7 +431,7 @@ class HostSession:
 
     async def write_site(self, colour: Colour) -> bool:
         """Write the colour's site file if its content differs; True when it changed."""
-        text = nginx.render_site(self.cfg, colour)
+        text = nginx.render_site(self.cfg, colour, self.upstreams)
         current = await self.run(files.read_file(nginx.available(self.cfg, colour)))
         if current.stdout == text:
             return False
@@ -463,7 +495,7 @@ class HostSession:
 
         async def answered() -> bool | None:
             nonlocal streak, last
-            last = await self.proxy_answer()
+            last = await self.own_proxy_answer()
             streak = streak + 1 if last == target.value else 0
             return True if streak >= VERIFY_STREAK else None
 

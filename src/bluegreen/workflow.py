@@ -14,7 +14,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 from bluegreen.artifact import Artifact
 from bluegreen.config import Colour, Config, HostConfig
 from bluegreen.errors import ArtifactError, BlueGreenError, ConfigError, ConnectError, ProxyError
-from bluegreen.hosts.base import connect
+from bluegreen.hosts.base import Host, connect
 from bluegreen.output import Reporter
 from bluegreen.plan import files, history, lock, nginx, release as releaseplan
 from bluegreen.plan.slot import Slot, env_script, slot_command
@@ -50,13 +50,29 @@ def make_context(cfg: Config, out: Reporter, host_names: tuple[str, ...] = ()) -
 
 @asynccontextmanager
 async def connected(ctx: Context) -> AsyncIterator[list[HostSession]]:
-    """Open one connection per host, in parallel; close them all at the end."""
-    ctx.out.expect_hosts([h.label for h in ctx.hosts])
-    hosts = await _gather_all([connect(h) for h in ctx.hosts], ctx.out)
+    """Open one connection per host (and per load balancer), in parallel; close them all
+    at the end. Yields the app hosts; each knows which sessions hold its proxy link."""
+    balancers = ctx.cfg.load_balancers
+    ctx.out.expect_hosts([h.label for h in [*ctx.hosts, *balancers]])
+    hosts = await _gather_all([connect(h) for h in [*ctx.hosts, *balancers]], ctx.out)
     try:
-        yield [HostSession(ctx.cfg, hc, h, ctx.out) for hc, h in zip(ctx.hosts, hosts)]
+        apps = [HostSession(ctx.cfg, hc, h, ctx.out) for hc, h in zip(ctx.hosts, hosts)]
+        lbs = [HostSession(ctx.cfg, hc, h, ctx.out, balancer=True)
+               for hc, h in zip(balancers, hosts[len(apps):])]
+        for app in apps:
+            app.proxies = lbs or [app]
+        yield apps
     finally:
         await asyncio.gather(*(h.close() for h in hosts), return_exceptions=True)
+
+
+def proxies_of(sessions: list[HostSession]) -> list[HostSession]:
+    """The sessions that hold the proxy links: the hosts themselves, or the balancers."""
+    seen: dict[str, HostSession] = {}
+    for s in sessions:
+        for p in s.proxies:
+            seen.setdefault(p.name, p)
+    return list(seen.values())
 
 
 async def _gather_all(aws: list[Awaitable[T]], out: Reporter) -> list[T]:
@@ -115,7 +131,7 @@ async def setup(ctx: Context) -> None:
             s.say(f"creating {s.layout.root}")
         await each(sessions, lambda s: s.run(files.make_dirs(s.layout.directories())), ctx.out)
         async with locked(ctx, sessions):
-            await each(sessions, _setup_host, ctx.out)
+            await each(proxies_of(sessions), _setup_host, ctx.out)
 
 
 async def _setup_host(s: HostSession) -> None:
@@ -154,18 +170,21 @@ class CheckItem:
 async def check(ctx: Context) -> list[CheckItem]:
     """Connect to every host and verify tools, proxy and paths; changes nothing."""
 
-    async def one(hc: HostConfig) -> list[CheckItem]:
+    balancers = ctx.cfg.load_balancers
+
+    async def one(hc: HostConfig, app: bool) -> list[CheckItem]:
         try:
             host = await connect(hc)
         except ConnectError as exc:
             return [CheckItem(hc.label, "connect", False, exc.message)]
         try:
-            return await _check_host(HostSession(ctx.cfg, hc, host, ctx.out))
+            session = HostSession(ctx.cfg, hc, host, ctx.out, balancer=not app)
+            return await _check_host(session, app=app, proxy=not app or not balancers)
         finally:
             await host.close()
 
-    return [item for items in await asyncio.gather(*(one(h) for h in ctx.hosts))
-            for item in items]
+    checks = [one(h, True) for h in ctx.hosts] + [one(h, False) for h in balancers]
+    return [item for items in await asyncio.gather(*checks) for item in items]
 
 
 _CHECK_SCRIPT = """
@@ -173,25 +192,30 @@ for tool in sh tar sha256sum ss setsid ps kill mkdir mv ln readlink tail; do
   if command -v "$tool" >/dev/null 2>&1; then echo "tool $tool ok"; else echo "tool $tool missing"; fi
 done
 for d in "$1" "$2"; do
+  [ -n "$d" ] || continue
   if [ -d "$d" ] && [ -w "$d" ]; then echo "dir $d ok"; elif [ -d "$d" ]; then echo "dir $d not-writable"; else echo "dir $d missing"; fi
 done
-d="$3"
-while [ ! -e "$d" ]; do d=$(dirname "$d"); done
-if [ -d "$3" ]; then echo "deploy_to exists"; elif [ -w "$d" ]; then echo "deploy_to creatable $d"; else echo "deploy_to blocked $d"; fi
+if [ -n "$3" ]; then
+  d="$3"
+  while [ ! -e "$d" ]; do d=$(dirname "$d"); done
+  if [ -d "$3" ]; then echo "deploy_to exists"; elif [ -w "$d" ]; then echo "deploy_to creatable $d"; else echo "deploy_to blocked $d"; fi
+fi
 """
 
 
-async def _check_host(s: HostSession) -> list[CheckItem]:
+async def _check_host(s: HostSession, *, app: bool, proxy: bool) -> list[CheckItem]:
+    """Tools, and the proxy's dirs and test (``proxy``) and deploy_to (``app``)."""
     cfg = s.cfg
     out: list[CheckItem] = [CheckItem(s.name, "connect", True, "connected")]
-    avail = str(nginx.available(cfg, Colour.BLUE).parent)
-    enabled = str(nginx.link(cfg).parent)
-    result = await s.run(["sh", "-c", _CHECK_SCRIPT, "sh", avail, enabled, str(s.layout.root)])
+    avail = str(nginx.available(cfg, Colour.BLUE).parent) if proxy else ""
+    enabled = str(nginx.link(cfg).parent) if proxy else ""
+    root = str(s.layout.root) if app else ""
+    result = await s.run(["sh", "-c", _CHECK_SCRIPT, "sh", avail, enabled, root])
+    missing = []
     for line in result.stdout.splitlines():
         parts = line.split()
-        if parts[0] == "tool":
-            if parts[2] != "ok":
-                out.append(CheckItem(s.name, f"tool {parts[1]}", False, "not found on PATH"))
+        if parts[0] == "tool" and parts[2] != "ok":
+            missing.append(parts[1])
         elif parts[0] == "dir":
             ok = parts[2] == "ok" or (parts[2] == "not-writable" and cfg.proxy.sudo)
             out.append(CheckItem(s.name, f"directory {parts[1]}", ok,
@@ -201,14 +225,15 @@ async def _check_host(s: HostSession) -> list[CheckItem]:
             detail = {"exists": "present", "creatable": "setup will create it",
                       "blocked": f"cannot create it ({parts[-1]} is not writable)"}[state]
             out.append(CheckItem(s.name, f"deploy_to {s.layout.root}", state != "blocked", detail))
-    tools_ok = all(i.ok for i in out if i.item.startswith("tool"))
-    if tools_ok:
-        out.append(CheckItem(s.name, "tools", True, "sh tar sha256sum ss setsid ps found"))
+    out.append(CheckItem(s.name, "tools", not missing, "missing: " + " ".join(missing)
+                         if missing else "sh tar sha256sum ss setsid ps found"))
+    if not proxy:
+        return out
     test = await s.run(nginx.test(cfg), check=False)
     out.append(CheckItem(s.name, f"proxy test `{cfg.proxy.test}`", test.ok,
                          "passes" if test.ok else (test.stderr.strip() or test.stdout.strip())[-300:]))
     try:
-        live = await s.live_colour()
+        live = await s.link_colour()
         out.append(CheckItem(s.name, f"link {nginx.link(cfg)}", True,
                              f"live is {live}" if live else "setup will link blue"))
     except ProxyError as exc:
@@ -217,7 +242,7 @@ async def _check_host(s: HostSession) -> list[CheckItem]:
         exists = (await s.run(["test", "-f", str(nginx.available(cfg, c))], check=False)).ok
         out.append(CheckItem(s.name, f"site file {nginx.available(cfg, c)}", True,
                              "present" if exists else "setup will write it"))
-    return [i for i in out if i.item != "tools" or tools_ok]
+    return out
 
 
 # ---- deploy ---------------------------------------------------------------------------
@@ -316,7 +341,7 @@ async def _deploy_host(s: HostSession, art: Artifact, target: Colour, secrets: d
     async with boot:  # deploy.boot_limit: at most N hosts stop and start at once
         if target is not await s.require_live():
             await s.stop_slot(target)
-        slot = Slot(target, s.cfg.slots.port(target), s.layout, art.release_id, art.version)
+        slot = s.slot(target, art.release_id, art.version)
         return await s.start_slot(slot, secrets)
 
 
@@ -344,7 +369,7 @@ async def _upload(s: HostSession, art: Artifact) -> None:
 async def _migrate(s: HostSession, colour: Colour, state: SlotState) -> None:
     """Run ``run.migrate`` with the slot's release and env; its output is shown."""
     assert s.cfg.run.migrate is not None
-    slot = Slot(colour, s.cfg.slots.port(colour), s.layout, state.release, state.version)
+    slot = s.slot(colour, state.release, state.version)
     s.say(f"migrate with {state.release} ({colour}): {s.cfg.run.migrate}")
     result = await s.run(slot_command(state.cwd, s.layout.slot_env(colour),
                                       slot.render(s.cfg, s.cfg.run.migrate)),
@@ -362,17 +387,25 @@ async def _migrate(s: HostSession, colour: Colour, state: SlotState) -> None:
 async def _switch_all(ctx: Context, sessions: list[HostSession], targets: dict[str, Colour],
                       event: str,
                       before_switch: Callable[[], Awaitable[None]] | None = None) -> None:
-    """Switch every host to its target colour, all or nothing:
-    (1) on every host the target slot answers its health check and the new site link
-        passes the proxy's test (tried, then put back; nginx reads it only on reload);
-    (2) every host switches its link and reloads; (3) every host's proxy answers the
-        target colour. If any host fails in (2) or (3), the hosts already switched are
-        switched back, and the error names the host and the step (exit 1)."""
-    lives = dict(zip([s.name for s in sessions],
-                     await each(sessions, lambda s: s.require_live(), ctx.out)))
+    """Switch every proxy (each host's own, or the load balancers) to the target colour,
+    all or nothing:
+    (1) every host's target slot answers its health check, and on every proxy the new
+        site link passes the proxy's test (tried, then put back; nginx reads it only on
+        reload);
+    (2) every proxy switches its link and reloads; (3) every proxy answers the target
+        colour. If any proxy fails in (2) or (3), those already switched are switched
+        back, and the error names the host and the step (exit 1)."""
+    proxies = proxies_of(sessions)
+    wanted: dict[str, Colour] = {}
+    for s in sessions:
+        for p in s.proxies:
+            if wanted.setdefault(p.name, targets[s.name]) is not targets[s.name]:
+                raise BlueGreenError(f"{p.name} serves hosts that would need different colours")
+    lives = dict(zip([p.name for p in proxies],
+                     await each(proxies, lambda p: p.require_live(), ctx.out)))
 
-    async def ready(s: HostSession) -> None:
-        target, live = targets[s.name], lives[s.name]
+    async def healthy(s: HostSession) -> None:
+        target = targets[s.name]
         resp = await s.health(target)
         if resp is None or not resp.ok:
             state = await s.state(target)
@@ -380,37 +413,40 @@ async def _switch_all(ctx: Context, sessions: list[HostSession], targets: dict[s
             raise BlueGreenError(
                 f"{target} is not healthy ({'no answer' if resp is None else resp.status} on "
                 f"{ctx.cfg.run.health_path}; {what}); nothing was switched", host=s.name)
-        if await s.write_site(target):
-            s.say(f"rewrote {nginx.available(ctx.cfg, target)}")
-        if target is not live:
-            await s.try_link(target, live)
 
-    await each(sessions, ready, ctx.out)
+    async def ready(p: HostSession) -> None:
+        target, live = wanted[p.name], lives[p.name]
+        if await p.write_site(target):
+            p.say(f"rewrote {nginx.available(ctx.cfg, target)}")
+        if target is not live:
+            await p.try_link(target, live)
+
+    await each(sessions, healthy, ctx.out)
+    await each(proxies, ready, ctx.out)
     if before_switch is not None:
         await before_switch()
-    moving = [s for s in sessions if targets[s.name] is not lives[s.name]]
-    for s in sessions:
-        if s not in moving:
-            s.say(f"{targets[s.name]} is already live")
+    moving = [p for p in proxies if wanted[p.name] is not lives[p.name]]
+    for p in proxies:
+        if p not in moving:
+            p.say(f"{wanted[p.name]} is already live")
     switched: list[HostSession] = []
 
-    async def flip(s: HostSession) -> None:
-        s.say(f"switching {lives[s.name]} -> {targets[s.name]}")
-        await s.switch(targets[s.name], lives[s.name])
-        switched.append(s)
+    async def flip(p: HostSession) -> None:
+        p.say(f"switching {lives[p.name]} -> {wanted[p.name]}")
+        await p.switch(wanted[p.name], lives[p.name])
+        switched.append(p)
 
     step = "switch and reload"
     failures = await _gather_failures(moving, flip)
     if not failures:
         step = "verify through the proxy"
-        failures = await _gather_failures(sessions, lambda s: s.verify(targets[s.name]))
+        failures = await _gather_failures(proxies, lambda p: p.verify(wanted[p.name]))
     if failures:
-        back = [s for s in switched]
-        for s in back:
-            ctx.out.warn(s.name, f"switching back to {lives[s.name]}")
+        for p in switched:
+            ctx.out.warn(p.name, f"switching back to {lives[p.name]}")
             try:
-                await s.switch(lives[s.name], targets[s.name])
-                await s.verify(lives[s.name])
+                await p.switch(lives[p.name], wanted[p.name])
+                await p.verify(lives[p.name])
             except BlueGreenError as exc:
                 ctx.out.error(f"could not switch back: {exc.message}")
         first_host, first_err = failures[0]
@@ -419,13 +455,13 @@ async def _switch_all(ctx: Context, sessions: list[HostSession], targets: dict[s
         detail = str(first_err).removeprefix(f"[{first_host}] ")
         raise ProxyError(
             f"{event} failed at step '{step}': {detail}"
-            + (f"; switched back: {', '.join(s.name for s in back)}" if back else
+            + (f"; switched back: {', '.join(p.name for p in switched)}" if switched else
                "; no host was switched"),
             host=first_host)
     for s in sessions:
         state = await s.state(targets[s.name])
-        await s.record(event, targets[s.name], state, ctx.user,
-                       f"{lives[s.name]} -> {targets[s.name]}")
+        before = lives[s.proxies[0].name]
+        await s.record(event, targets[s.name], state, ctx.user, f"{before} -> {targets[s.name]}")
         s.say(f"live is {targets[s.name]} ({state.release if state else '?'}); proxy answers "
               f"{targets[s.name]}")
 
@@ -554,7 +590,7 @@ async def console(ctx: Context, colour: Colour | None) -> int:
         s = _one_host(ctx, sessions, "console")
         target = colour or await s.require_live()
         state = await _slot_state(s, target)
-        slot = Slot(target, s.cfg.slots.port(target), s.layout, state.release, state.version)
+        slot = s.slot(target, state.release, state.version)
         s.say(f"console on {target} ({state.release}): {ctx.cfg.run.console}")
         return await s.host.interactive(
             slot_command(state.cwd, s.layout.slot_env(target),
@@ -598,23 +634,47 @@ async def unlock(ctx: Context) -> list[tuple[str, str]]:
 # ---- status and history ---------------------------------------------------------------
 
 async def status(ctx: Context) -> dict[str, Any]:
-    """Per host: live colour, proxy answer, and each slot's release, pid and health."""
+    """Per host: live colour, proxy answer, and each slot's release, pid and health; with
+    load balancers, each balancer's link and answer too. Unreachable hosts are listed."""
+    balancers = ctx.cfg.load_balancers
 
-    async def one(hc: HostConfig) -> dict[str, Any]:
+    async def open_one(hc: HostConfig) -> Host | ConnectError:
         try:
-            host = await connect(hc)
+            return await connect(hc)
         except ConnectError as exc:
-            return {"host": hc.label, "reachable": False, "error": exc.message}
-        s = HostSession(ctx.cfg, hc, host, ctx.out)
-        try:
-            return await _status_host(s)
-        finally:
-            await host.close()
+            return exc
 
-    hosts = await asyncio.gather(*(one(h) for h in ctx.hosts))
+    opened = await asyncio.gather(*(open_one(h) for h in [*ctx.hosts, *balancers]))
+    try:
+        lbs: list[HostSession] = []
+        lb_rows: list[dict[str, Any]] = []
+        for hc, h in zip(balancers, opened[len(ctx.hosts):]):
+            if isinstance(h, ConnectError):
+                lb_rows.append({"host": hc.label, "reachable": False, "error": h.message})
+                continue
+            lb = HostSession(ctx.cfg, hc, h, ctx.out, balancer=True)
+            lbs.append(lb)
+            live = await lb.link_colour()
+            lb_rows.append({"host": hc.label, "reachable": True,
+                            "live": live.value if live else None,
+                            "proxy_answer": await lb.own_proxy_answer()})
+
+        async def one(hc: HostConfig, h: Host | ConnectError) -> dict[str, Any]:
+            if isinstance(h, ConnectError):
+                return {"host": hc.label, "reachable": False, "error": h.message}
+            s = HostSession(ctx.cfg, hc, h, ctx.out)
+            if balancers:
+                s.proxies = lbs
+            return await _status_host(s)
+
+        hosts = await asyncio.gather(*(one(hc, h) for hc, h in zip(ctx.hosts, opened)))
+    finally:
+        await asyncio.gather(*(h.close() for h in opened if not isinstance(h, ConnectError)),
+                             return_exceptions=True)
     reachable = [h for h in hosts if h["reachable"]]
     problems = []
-    split = split_brain({h["host"]: h["live"] for h in reachable})
+    split = split_brain({h["host"]: h["live"] for h in [*reachable, *lb_rows]
+                         if h.get("reachable")})
     if split:
         problems.append(f"split brain: {split}; fix: `bluegreen promote blue` (or green) puts "
                         "every host on one colour")
@@ -623,12 +683,18 @@ async def status(ctx: Context) -> dict[str, Any]:
         problems.append("live releases differ: " + ", ".join(
             f"{host} serves {rel or 'nothing'}" for host, rel in releases.items())
             + "; fix: deploy one release to every host")
-    return {"app": ctx.cfg.app, "hosts": list(hosts), "split_brain": bool(problems),
-            "problems": problems}
+    data: dict[str, Any] = {"app": ctx.cfg.app, "hosts": list(hosts),
+                            "split_brain": bool(problems), "problems": problems}
+    if balancers:
+        data["load_balancers"] = lb_rows
+    return data
 
 
 async def _status_host(s: HostSession) -> dict[str, Any]:
-    live = await s.live_colour()
+    try:
+        live = await s.live_colour()
+    except ProxyError:  # balancers that disagree: reported as split brain by the caller
+        live = None
     answer = await s.proxy_answer()
     slots: dict[str, Any] = {}
     for c in Colour:

@@ -1,4 +1,4 @@
-"""bluegreen's sample app: stdlib only. Listens on 127.0.0.1:$PORT.
+"""bluegreen's sample app: stdlib only. Listens on $BLUEGREEN_BIND (127.0.0.1):$PORT.
 
 GET /health -> 200 "ok"; GET / -> "hello from <version> (<colour>)". The version comes
 from the VERSION file next to this script. A MODE file, if present, makes a deliberately
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -52,6 +53,7 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(data)))
         self.send_header("X-App-Version", VERSION)
         self.send_header("X-App-Color", COLOUR)
+        self.send_header("X-App-Host", socket.gethostname())
         self.end_headers()
         self.wfile.write(data)
 
@@ -64,7 +66,8 @@ def main() -> None:
         print(f"sample app {VERSION}: exiting at start on purpose", flush=True)
         sys.exit(3)
     port = int(os.environ["PORT"])
-    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    bind = os.environ.get("BLUEGREEN_BIND", "127.0.0.1")
+    server = ThreadingHTTPServer((bind, port), Handler)
     server.daemon_threads = True
 
     def shutdown() -> None:
@@ -76,7 +79,7 @@ def main() -> None:
         threading.Thread(target=shutdown, daemon=True).start()
 
     signal.signal(signal.SIGTERM, stop)
-    print(f"sample app {VERSION} ({COLOUR}) listening on 127.0.0.1:{port}", flush=True)
+    print(f"sample app {VERSION} ({COLOUR}) listening on {bind}:{port}", flush=True)
     server.serve_forever(poll_interval=0.1)
     server.server_close()
     print(f"sample app {VERSION} ({COLOUR}) stopped", flush=True)

@@ -32,9 +32,12 @@ def link(cfg: Config) -> PurePosixPath:
     return PurePosixPath(render(cfg.proxy.sites_enabled, app=cfg.app)) / site_name(cfg)
 
 
-def render_site(cfg: Config, colour: Colour) -> str:
-    """The site file for ``colour``: the built-in template or ``proxy.template``."""
+def render_site(cfg: Config, colour: Colour, addresses: list[str] | None = None) -> str:
+    """The site file for ``colour``: the built-in template or ``proxy.template``. Its
+    upstream lists ``addresses`` (default: 127.0.0.1) at the colour's port."""
+    port = cfg.slots.port(colour)
     context = {
+        "servers": [f"{a}:{port}" for a in (addresses or ["127.0.0.1"])],
         "app": cfg.app,
         "app_ident": cfg.app.replace("-", "_"),
         "colour": colour.value,

@@ -30,8 +30,11 @@ class Slot:
     def dir(self) -> PurePosixPath:
         return self.layout.slot(self.colour)
 
+    bind: str = "127.0.0.1"
+
     def placeholders(self, cfg: Config) -> dict[str, object]:
         return {
+            "bind": self.bind,
             "app": cfg.app,
             "color": self.colour.value,
             "port": self.port,
@@ -55,6 +58,7 @@ def slot_env(cfg: Config, slot: Slot, secrets: dict[str, str]) -> dict[str, str]
         "BLUEGREEN_COLOR": slot.colour.value,
         "BLUEGREEN_VERSION": slot.version,
         "BLUEGREEN_RELEASE_DIR": str(slot.release_dir),
+        "BLUEGREEN_BIND": slot.bind,
     }
     env.update(secrets)
     env.update({k: slot.render(cfg, v) for k, v in cfg.run.env.items()})
