@@ -319,3 +319,15 @@ def local_project(tmp_path: Path, nginx: PrivateNginx) -> Iterator[Project]:
     proj.write_config()
     yield proj
     proj.cleanup()
+
+
+@pytest.fixture
+def ssh_project(tmp_path: Path, nginx: PrivateNginx, sshd: Sshd) -> Iterator[Project]:
+    home = tmp_path / "home"
+    home.mkdir()
+    proj_dir = tmp_path / "project"
+    proj_dir.mkdir()
+    proj = Project(proj_dir, nginx, "ssh", free_port(), free_port(), sshd, home)
+    proj.write_config()
+    yield proj
+    proj.cleanup()

@@ -88,8 +88,11 @@ def test_run_in_slot_passes_values_as_arguments(tmp_path: Path) -> None:
 
 
 def test_parse_probe() -> None:
-    p = slot.parse_probe("listen 123 120\nlisten 124 120\nestablished 3\nsession alive\npid 9\n")
-    assert p.listeners == {123: 120, 124: 120} and p.established == 3
+    p = slot.parse_probe("listen 123 120 green /srv/a/releases/1.0-x \nlisten 124 120 \n"
+                         "established 3\nsession alive\npid 9\n")
+    assert p.listeners == {123: slot.Listener(120, "green", "/srv/a/releases/1.0-x"),
+                           124: slot.Listener(120)}
+    assert p.established == 3
     assert p.session_alive and p.alive_pids == frozenset({9})
     assert slot.parse_probe("established 0\n") == slot.Probe()
 

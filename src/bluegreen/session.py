@@ -202,12 +202,19 @@ class HostSession:
         result = await self.run(self.logs_argv(colour, state, lines, False), check=False)
         return self.out.mask(result.stdout.rstrip())
 
-    def owns(self, state: SlotState | None, probe: Probe) -> bool:
-        """Whether every process listening on the port belongs to the slot's release."""
-        if state is None or not probe.listening:
+    def owns(self, colour: Colour, state: SlotState | None, probe: Probe) -> bool:
+        """Whether every process listening on the slot's port is the slot's own: the pid or
+        session on record, or a process bluegreen started for this slot (its environment
+        names the colour and a release dir of this app), e.g. after a run that was killed
+        before it could record the pid."""
+        if not probe.listening:
             return False
-        own_ids = {i for i in (state.pid, state.sid) if i is not None}
-        return all(pid in own_ids or sid in own_ids for pid, sid in probe.listeners.items())
+        own_ids = {i for i in (state.pid, state.sid) if i is not None} if state else set()
+        releases = str(self.layout.releases) + "/"
+        return all(
+            pid in own_ids or lst.sid in own_ids
+            or (lst.colour == colour.value and (lst.release_dir or "").startswith(releases))
+            for pid, lst in probe.listeners.items())
 
     # ---- lock and history ----------------------------------------------------------
 
@@ -273,10 +280,15 @@ class HostSession:
         """Drain the slot, stop its process and wait until it has exited and the port is free.
         A listener that is not the slot's own is left alone and reported (exit 5)."""
         state = await self.state(colour)
+        if state and state.mode == "command" and state.pid is None:
+            # A run killed between spawning and recording: the spawn wrote the pid file.
+            text = (await self.run(files.read_file(self.layout.pid(colour)))).stdout.strip()
+            if text.isdigit():
+                state = state.replace(pid=int(text), sid=int(text))
         sid = state.pid if state and state.mode == "command" else None
         probe = await self.probe(colour, sid)
-        running = probe.session_alive or self.owns(state, probe)
-        if probe.listening and not self.owns(state, probe):
+        running = probe.session_alive or self.owns(colour, state, probe)
+        if probe.listening and not self.owns(colour, state, probe):
             self._foreign(colour, probe)
         if state is None or not running:
             if state is not None and state.status != "stopped":
@@ -386,8 +398,9 @@ class HostSession:
             if sid is not None and not probe.session_alive:
                 await self._fail_start(slot, state, "the process exited")
             if probe.listening:
-                pid, lsid = next(iter(probe.listeners.items()))
-                if sid is not None and any(s != sid for s in probe.listeners.values()):
+                pid, listener = next(iter(probe.listeners.items()))
+                lsid = listener.sid
+                if sid is not None and any(lst.sid != sid for lst in probe.listeners.values()):
                     await self._fail_start(slot, state, f"port {slot.port} is held by pid {pid}, "
                                            "which is not the slot's own process")
                 resp = await self.health(colour)

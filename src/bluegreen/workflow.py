@@ -13,7 +13,8 @@ from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 
 from bluegreen.artifact import Artifact
 from bluegreen.config import Colour, Config, HostConfig
-from bluegreen.errors import ArtifactError, BlueGreenError, ConfigError, ConnectError, ProxyError
+from bluegreen.errors import (ArtifactError, BlueGreenError, CommandFailed, ConfigError,
+                              ConnectError, ProxyError)
 from bluegreen.hosts.base import Host, connect
 from bluegreen.output import Reporter
 from bluegreen.plan import files, history, lock, nginx, release as releaseplan
@@ -261,24 +262,27 @@ async def deploy(ctx: Context, art: Artifact, *, promote: bool = True) -> Deploy
     ctx.out.add_secrets(list(secrets.values()))
     async with connected(ctx) as sessions, locked(ctx, sessions):
         await _refuse_split(ctx, sessions, "deploy")
-        targets = dict(zip([s.name for s in sessions],
-                           await each(sessions, lambda s: _deploy_target(s, art), ctx.out)))
         names = [s.name for s in sessions]
+        planned = dict(zip(names, await each(sessions, lambda s: _deploy_target(s, art),
+                                             ctx.out)))
+        targets = {name: colour for name, (colour, _) in planned.items()}
+        done = {name: state for name, (_, state) in planned.items() if state is not None}
+        todo = [s for s in sessions if s.name not in done]
         first_target = targets[names[0]].value
         await run_hook(ctx.cfg, "pre_deploy", ctx.out, colour=first_target,
                        version=art.version, hosts=names)
         boot = asyncio.Semaphore(ctx.cfg.deploy.boot_limit or len(sessions))
         try:
-            states = dict(zip(names, await each(
-                sessions, lambda s: _deploy_host(s, art, targets[s.name], secrets, boot),
-                ctx.out)))
+            started = dict(zip([s.name for s in todo], await each(
+                todo, lambda s: _deploy_host(s, art, targets[s.name], secrets, boot), ctx.out)))
         except BlueGreenError as err:
             await _record_failure(ctx, sessions, err)
             raise
-        for s in sessions:
+        states = {**done, **started}
+        for s in todo:
             await s.record("deploy", targets[s.name], states[s.name], ctx.user,
                            f"started on {targets[s.name]}")
-        if ctx.cfg.run.migrate:
+        if ctx.cfg.run.migrate and sessions[0] in todo:
             first = sessions[0]
             try:
                 await _migrate(first, targets[first.name], states[first.name])
@@ -309,7 +313,39 @@ def split_brain(lives: dict[str, str | None]) -> str | None:
     return ", ".join(f"{host} is on {colour or 'nothing'}" for host, colour in lives.items())
 
 
+async def _finish_interrupted_switch(ctx: Context, sessions: list[HostSession]) -> None:
+    """A run killed between replacing a link and reloading leaves a proxy whose link names
+    one colour while it serves the other. Finish that switch when the linked colour is
+    healthy on every host behind the proxy; otherwise put the link back."""
+
+    async def one(p: HostSession) -> None:
+        link = await p.link_colour()
+        if link is None:
+            return
+        answer = await p.own_proxy_answer()
+        if answer == link.value:
+            return
+        if answer not in (Colour.BLUE.value, Colour.GREEN.value):
+            raise ProxyError(f"the proxy does not answer on /deployment_id ({answer!r}): is "
+                             "nginx running?", host=p.name)
+        served = [s for s in sessions if p in s.proxies]
+        healthy = [await s.health(link) for s in served]
+        if all(r is not None and r.ok for r in healthy):
+            p.say(f"finishing an interrupted switch: the link says {link}, the proxy still "
+                  f"serves {answer}")
+            await p.proxy_test()
+            await p.proxy_reload()
+            await p.verify(link)
+        else:
+            p.say(f"undoing an interrupted switch: the link says {link} (not healthy), the "
+                  f"proxy serves {answer}")
+            await p.restore_link(Colour(answer))
+
+    await each(proxies_of(sessions), one, ctx.out)
+
+
 async def _refuse_split(ctx: Context, sessions: list[HostSession], what: str) -> None:
+    await _finish_interrupted_switch(ctx, sessions)
     lives = await each(sessions, lambda s: s.live_colour(), ctx.out)
     split = split_brain({s.name: c.value if c else None for s, c in zip(sessions, lives)})
     if split:
@@ -318,16 +354,24 @@ async def _refuse_split(ctx: Context, sessions: list[HostSession], what: str) ->
             "Put every host on one colour first: `bluegreen promote blue` (or green)")
 
 
-async def _deploy_target(s: HostSession, art: Artifact) -> Colour:
+async def _deploy_target(s: HostSession, art: Artifact) -> tuple[Colour, SlotState | None]:
     """The colour this deploy starts the release on: the idle one, except on the first
-    deploy (the live slot has never run a release), when there is nothing to protect."""
+    deploy (the live slot has never run a release), when there is nothing to protect.
+    With the state of the live slot when it already runs this release, healthy (a re-run
+    after a deploy that was interrupted once it had switched): nothing left to do there."""
     live = await s.require_live()
     live_state = await s.state(live)
+    if live_state is not None and live_state.release == art.release_id \
+            and live_state.status == "running":
+        resp = await s.health(live)
+        if resp is not None and resp.ok:
+            s.say(f"{art.release_id} is already live on {live}; nothing to deploy here")
+            return live, live_state
     first = live_state is None or live_state.status in ("starting", "failed")
     target = live if first else live.other
     s.say(f"live is {live}; deploying {art.release_id} to {target}"
           + (" (first deploy: nothing live to protect)" if first else ""))
-    return target
+    return target, None
 
 
 async def _deploy_host(s: HostSession, art: Artifact, target: Colour, secrets: dict[str, str],
@@ -354,7 +398,12 @@ async def _upload(s: HostSession, art: Artifact) -> None:
     size = art.path.stat().st_size
     s.say(f"uploading {art.path.name} ({size / 1e6:.1f} MB)")
     await s.run(files.make_dirs([s.layout.releases]))
-    await s.host.put(art.path, dest)
+    try:
+        await s.host.put(art.path, dest)
+    except CommandFailed as exc:
+        await s.run(["rm", "-f", "--", str(dest)], check=False)  # a partial upload frees its space
+        raise CommandFailed(f"{str(exc).removeprefix(f'[{s.name}] ')} ({await _free_space(s)}); "
+                            "live traffic was not touched", host=s.name) from None
     result = await s.run(releaseplan.checksum(dest))
     remote_sha = result.stdout.split()[0] if result.stdout.split() else ""
     if remote_sha != art.sha256:
@@ -363,7 +412,21 @@ async def _upload(s: HostSession, art: Artifact) -> None:
             f"upload corrupted: sha256 on the host is {remote_sha[:12]}, expected "
             f"{art.sha256[:12]}; run deploy again", host=s.name)
     s.say(f"unpacking into {s.layout.release(rid)}")
-    await s.run(releaseplan.unpack(s.layout, rid), timeout=600)
+    try:
+        await s.run(releaseplan.unpack(s.layout, rid), timeout=600)
+    except CommandFailed as exc:
+        raise CommandFailed(f"unpacking {rid} failed ({await _free_space(s)}); nothing was "
+                            f"started and live traffic was not touched:\n{exc.detail}",
+                            host=s.name, detail=exc.detail) from None
+
+
+async def _free_space(s: HostSession) -> str:
+    """How much space is left where releases go, for messages about a failed write."""
+    result = await s.run(["df", "-Pk", str(s.layout.releases)], check=False)
+    fields = result.stdout.splitlines()[-1].split() if result.ok and result.stdout else []
+    if len(fields) >= 6 and fields[3].isdigit():
+        return f"{int(fields[3]) / 1024:.1f} MB free on {fields[5]}"
+    return "free space unknown"
 
 
 async def _migrate(s: HostSession, colour: Colour, state: SlotState) -> None:
@@ -484,6 +547,8 @@ async def promote(ctx: Context, colour: Colour | None, *, event: str = "promote"
     async with connected(ctx) as sessions, locked(ctx, sessions):
         if colour is None:
             await _refuse_split(ctx, sessions, event)
+        else:
+            await _finish_interrupted_switch(ctx, sessions)
         lives = await each(sessions, lambda s: s.require_live(), ctx.out)
         targets = {s.name: colour or live.other for s, live in zip(sessions, lives)}
         names = [s.name for s in sessions]
@@ -527,6 +592,7 @@ async def rollback(ctx: Context) -> dict[str, Colour]:
 async def stop(ctx: Context, colour: Colour) -> None:
     """Drain and stop an idle slot; the live one is refused."""
     async with connected(ctx) as sessions, locked(ctx, sessions):
+        await _finish_interrupted_switch(ctx, sessions)
         lives = await each(sessions, lambda s: s.live_colour(), ctx.out)
         for s, live in zip(sessions, lives):
             if live is colour:
@@ -710,7 +776,7 @@ async def _status_host(s: HostSession) -> dict[str, Any]:
             "running": probe.listening,
             "healthy": bool(resp and resp.ok),
             "connections": probe.established,
-            "own": s.owns(state, probe) if probe.listening else None,
+            "own": s.owns(c, state, probe) if probe.listening else None,
         }
     return {"host": s.name, "reachable": True, "live": live.value if live else None,
             "proxy_answer": answer, "slots": slots}

@@ -61,7 +61,11 @@ class LocalHost:
         return check_result(self.name, result) if check else result
 
     async def put(self, local: Path, remote: PurePosixPath) -> None:
-        await asyncio.to_thread(shutil.copyfile, local, str(remote))
+        try:
+            await asyncio.to_thread(shutil.copyfile, local, str(remote))
+        except OSError as exc:
+            raise CommandFailed(f"copy of {local.name} to {remote} failed: {exc.strerror}",
+                                host=self.name) from None
 
     async def stream(self, argv: Sequence[str]) -> AsyncIterator[str]:
         proc = await asyncio.create_subprocess_exec(

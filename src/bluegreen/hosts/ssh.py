@@ -125,8 +125,8 @@ class SSHHost:
             async with self._conn.start_sftp_client() as sftp:
                 await sftp.put(str(local), str(remote))
         except asyncssh.SFTPError as exc:
-            raise CommandFailed(f"upload of {local.name} to {remote} failed: {exc.reason}",
-                                host=self.name) from None
+            raise CommandFailed(f"upload of {local.name} to {remote} failed: {exc.reason} "
+                                "(is the disk full?)", host=self.name) from None
         except (asyncssh.Error, OSError) as exc:
             raise self._lost(exc) from None
 

@@ -27,11 +27,14 @@ def checksum(path: PurePosixPath) -> Argv:
 
 
 def unpack(layout: Layout, rid: str) -> Argv:
-    """Unpack into a temp dir and rename it into place, so a release dir is always whole."""
+    """Unpack into a dot-named temp dir and rename it into place, so a release dir is
+    always whole; on failure (a full disk, a bad archive) nothing is left behind."""
     return sh(
-        'set -e; tmp="$1.unpack"; rm -rf "$tmp"; mkdir -p "$tmp"; '
-        'tar -xzf "$2" -C "$tmp" --no-same-owner --no-overwrite-dir; '
-        'chmod go-w "$tmp"; touch "$tmp"; mv -T "$tmp" "$1"; rm -f "$2"',
+        'tmp="$(dirname "$1")/.$(basename "$1").unpack"; rm -rf "$tmp"; mkdir -p "$tmp" || exit 1\n'
+        'if ! tar -xzf "$2" -C "$tmp" --no-same-owner --no-overwrite-dir; then\n'
+        '  rm -rf "$tmp" "$2"; exit 1\n'
+        'fi\n'
+        'chmod go-w "$tmp" && touch "$tmp" && mv -T "$tmp" "$1" && rm -f "$2"',
         layout.release(rid),
         upload_path(layout, rid),
     )

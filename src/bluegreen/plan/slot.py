@@ -136,7 +136,11 @@ def probe(port: int, sid: int | None, pids: list[int] | None = None) -> Argv:
     return sh(
         'port="$1"; sid="$2"; shift 2\n'
         'for p in $(ss -Htlnp "sport = :$port" | grep -o "pid=[0-9]*" | cut -d= -f2 | sort -u); do\n'
-        '  echo "listen $p $(ps -o sid= -p "$p" | tr -d " ")"\n'
+        # The listener's session, and the slot bluegreen started it for (from its
+        # environment), so a slot's own process is recognised even without a pid on record.
+        '  env=$(tr "\\0" "\\n" < "/proc/$p/environ" 2>/dev/null | '
+        'grep -E "^BLUEGREEN_(COLOR|RELEASE_DIR)=" | sort | cut -d= -f2- | tr "\\n" " ")\n'
+        '  echo "listen $p $(ps -o sid= -p "$p" | tr -d " ") $env"\n'
         "done\n"
         'echo "established $(ss -Htn state established "( sport = :$port )" | wc -l)"\n'
         'if [ -n "$sid" ] && ps -o stat= --sid "$sid" | grep -qv "^Z"; then echo "session alive"; fi\n'
@@ -150,8 +154,15 @@ def probe(port: int, sid: int | None, pids: list[int] | None = None) -> Argv:
 
 
 @dataclass(frozen=True)
+class Listener:
+    sid: int | None
+    colour: str | None = None  # BLUEGREEN_COLOR in its environment
+    release_dir: str | None = None  # BLUEGREEN_RELEASE_DIR in its environment
+
+
+@dataclass(frozen=True)
 class Probe:
-    listeners: dict[int, int | None] = field(default_factory=dict)  # pid -> session id
+    listeners: dict[int, Listener] = field(default_factory=dict)  # by pid
     established: int = 0
     session_alive: bool = False
     alive_pids: frozenset[int] = frozenset()
@@ -162,7 +173,7 @@ class Probe:
 
 
 def parse_probe(output: str) -> Probe:
-    listeners: dict[int, int | None] = {}
+    listeners: dict[int, Listener] = {}
     established = 0
     alive = False
     pids: set[int] = set()
@@ -172,7 +183,10 @@ def parse_probe(output: str) -> Probe:
             continue
         if parts[0] == "listen" and len(parts) >= 2 and parts[1].isdigit():
             sid = int(parts[2]) if len(parts) > 2 and parts[2].isdigit() else None
-            listeners[int(parts[1])] = sid
+            # env values, sorted by name: BLUEGREEN_COLOR, then BLUEGREEN_RELEASE_DIR
+            env = parts[3:] if sid is not None else parts[2:]
+            listeners[int(parts[1])] = Listener(sid, env[0] if env else None,
+                                                env[1] if len(env) > 1 else None)
         elif parts[0] == "established" and len(parts) == 2 and parts[1].isdigit():
             established = int(parts[1])
         elif line.strip() == "session alive":

@@ -1,0 +1,193 @@
+"""Real faults: `deploy` killed with SIGKILL at each step, then re-run; a release that dies
+after becoming healthy; a disk that fills up; shell metacharacters in paths."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import BLUEGREEN, Project
+
+# Progress lines that begin each step of a deploy (plain mode: stderr is not a terminal).
+STEPS = {
+    "upload": "uploading ",
+    "unpack": "unpacking into",
+    "drain": "draining blue",
+    "stop": "stopping blue",
+    "start": "starting 3.0.0",
+    "health": "blue is healthy",
+    "switch": "switching green -> blue",
+    "verified": "live is blue",
+}
+SSH_STEPS = {"upload", "stop", "start", "switch"}
+
+
+def app_pids(p: Project) -> set[int]:
+    """Every process started for this project's slots (found by its environment)."""
+    marker = f"BLUEGREEN_RELEASE_DIR={p.deploy_to}/releases/".encode()
+    pids = set()
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if marker in (proc / "environ").read_bytes():
+                    stat = (proc / "stat").read_text()
+                    if stat.rsplit(")", 1)[1].split()[0] != "Z":
+                        pids.add(int(proc.name))
+            except OSError:
+                continue
+    return pids
+
+
+def kill_at(p: Project, marker: str, *args: str) -> str:
+    """Run `bluegreen deploy ARGS` and SIGKILL it as soon as it prints ``marker``."""
+    proc = subprocess.Popen([*BLUEGREEN, "deploy", *args], cwd=p.dir, stderr=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, text=True,
+                            env={**os.environ, "HOME": str(p.home)})
+    assert proc.stderr is not None
+    seen = ""
+    for line in proc.stderr:
+        seen += line
+        if marker in line:
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait(60)
+    assert proc.returncode == -signal.SIGKILL, f"never reached {marker!r}:\n{seen}"
+    return seen
+
+
+@pytest.mark.parametrize("step", list(STEPS))
+def test_local_deploy_killed_at_each_step_then_rerun(local_project: Project, step: str) -> None:
+    killed_then_rerun(local_project, step)
+
+
+@pytest.mark.parametrize("step", sorted(SSH_STEPS))
+def test_ssh_deploy_killed_at_a_step_then_rerun(ssh_project: Project, step: str) -> None:
+    killed_then_rerun(ssh_project, step)
+
+
+def killed_then_rerun(p: Project, step: str) -> None:
+    p.bg("setup")
+    p.deploy("1.0.0", mode="slow-stop")
+    p.deploy("2.0.0")
+    p.artifact("3.0.0")
+    kill_at(p, STEPS[step], "--version", "3.0.0")
+    # Whatever the step, something healthy still answers through the proxy.
+    a = p.answer()
+    assert a.status == 200 and a.version in ("2.0.0", "3.0.0"), a
+    # The killed run's lock stays; the next run names it as stale and `unlock` clears it.
+    out = p.bg("deploy", "--version", "3.0.0", check=4)
+    assert "is gone: that run died" in out.stderr
+    p.bg("unlock")
+    p.bg("deploy", "--version", "3.0.0")
+    a = p.answer()
+    assert (a.colour, a.version) == ("blue", "3.0.0")
+    st = p.status()
+    assert st["live"] == st["proxy_answer"] == "blue"
+    assert st["slots"]["blue"]["version"] == "3.0.0" and st["slots"]["blue"]["healthy"]
+    assert st["slots"]["green"]["version"] == "2.0.0" and st["slots"]["green"]["healthy"]
+    # No orphans: the only app processes are the two slots' listeners.
+    assert app_pids(p) == {st["slots"]["blue"]["pid"], st["slots"]["green"]["pid"]}
+    # Rollback still works: the previous release was kept running.
+    p.bg("rollback")
+    assert p.answer().version == "2.0.0"
+
+
+def test_switch_interrupted_between_link_and_reload_is_finished(local_project: Project) -> None:
+    """The exact crash window of the switch, made by hand: link replaced, nginx not reloaded."""
+    p = local_project
+    p.bg("setup")
+    p.deploy("1.0.0")
+    p.deploy("2.0.0", "--no-promote")
+    link = p.nginx.sites_enabled / "testapp"
+    tmp = p.nginx.sites_enabled / ".testapp.bluegreen-tmp"
+
+    def crash_mid_switch(colour: str) -> None:
+        os.symlink(p.nginx.sites_available / f"testapp-{colour}", tmp)
+        os.replace(tmp, link)
+
+    crash_mid_switch("green")
+    assert p.answer().colour == "blue"  # nginx still serves blue, whatever the link says
+    # `stop blue` must not take the link's word for it: green is healthy, so the
+    # interrupted switch is finished first, and only then is blue idle.
+    out = p.bg("stop", "blue")
+    assert "finishing an interrupted switch" in out.stderr
+    a = p.answer()
+    assert (a.colour, a.version) == ("green", "2.0.0")
+    # The same crash towards a colour that is not healthy (blue is stopped): undone.
+    crash_mid_switch("blue")
+    out = p.bg("stop", "green", check=1)
+    assert "undoing an interrupted switch" in out.stderr and "green is live" in out.stderr
+    assert p.link_target().endswith("testapp-green")
+    a = p.answer()
+    assert (a.colour, a.version) == ("green", "2.0.0")
+
+
+def test_release_that_dies_after_becoming_healthy_is_not_promoted(project: Project) -> None:
+    p = project
+    p.bg("setup")
+    p.deploy("1.0.0")
+    p.deploy("2.0.0", "--no-promote")
+    green = p.status()["slots"]["green"]["pid"]
+    os.kill(green, signal.SIGKILL)
+    out = p.bg("promote", check=1)
+    assert "green is not healthy" in out.stderr and "nothing was switched" in out.stderr
+    a = p.answer()
+    assert (a.colour, a.version) == ("blue", "1.0.0")
+    p.deploy("2.0.0")  # re-run after the fault: stops nothing (gone), starts again, promotes
+    assert p.answer().version == "2.0.0"
+
+
+def test_disk_full_during_upload_and_unpack(local_project: Project, tmp_path: Path) -> None:
+    p = local_project
+    mount = tmp_path / "small"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(mount)], check=True)
+    try:
+        p.host_override = {"deploy_to": str(mount / "srv")}
+        p.write_config()
+        p.bg("setup")
+        p.deploy("1.0.0")
+        big = p.dir / "build" / "big"
+        big.mkdir(parents=True)
+        # Compresses to almost nothing (the upload fits), unpacks to 2 MB (it does not).
+        (big / "zeros").write_bytes(b"\0" * 2_000_000)
+        art = p.artifact("2.0.0")
+        subprocess.run(["tar", "-czf", str(art), "-C", str(p.dir / "build" / "sample-2.0.0-ok"),
+                        ".", "-C", str(big), "zeros"], check=True)
+        out = p.bg("deploy", "--version", "2.0.0", check=1)
+        assert "unpacking 2.0.0-" in out.stderr and "MB free on" in out.stderr
+        a = p.answer()
+        assert (a.colour, a.version) == ("blue", "1.0.0")
+        assert not any(d.name.startswith("2.0.0") and not d.name.startswith(".")
+                       for d in (mount / "srv" / "releases").iterdir())
+        # An upload that does not fit either.
+        with open(p.artifact("3.0.0"), "ab") as fh:
+            fh.write(os.urandom(800_000))  # random bytes after the gzip stream: not compressible
+        out = p.bg("deploy", "--version", "3.0.0", check=1)
+        assert "No space left on device" in out.stderr and "MB free on" in out.stderr
+        a = p.answer()
+        assert (a.colour, a.version) == ("blue", "1.0.0")
+        # Space freed, the deploy goes through.
+        p.deploy("4.0.0")
+        assert p.answer().version == "4.0.0"
+    finally:
+        p.cleanup()
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_metacharacters_in_paths_stay_text(local_project: Project) -> None:
+    p = local_project
+    weird = p.dir / "srv; touch PWNED; $(touch PWNED2) `touch PWNED3`"
+    p.host_override = {"deploy_to": str(weird)}
+    p.write_config()
+    p.bg("setup")
+    p.deploy("1.0.0")
+    p.deploy("2.0.0")
+    assert p.answer().version == "2.0.0"
+    assert (weird / "releases").is_dir()
+    for name in ("PWNED", "PWNED2", "PWNED3"):
+        assert not (p.dir / name).exists() and not Path(name).exists()
