@@ -191,3 +191,75 @@ def test_metacharacters_in_paths_stay_text(local_project: Project) -> None:
     assert (weird / "releases").is_dir()
     for name in ("PWNED", "PWNED2", "PWNED3"):
         assert not (p.dir / name).exists() and not Path(name).exists()
+
+
+def test_nginx_not_running(project: Project) -> None:
+    p = project
+    p.bg("setup")
+    p.deploy("1.0.0")
+    p.nginx.stop()
+    out = p.deploy("2.0.0", check=1)
+    assert "is nginx running?" in out.stderr
+    assert p.status()["slots"]["green"]["release"] is None  # refused before anything changed
+    p.nginx.start()
+    p.deploy("2.0.0")
+    assert p.answer().version == "2.0.0"
+
+
+def test_truncated_and_unsafe_artifacts_are_refused(local_project: Project) -> None:
+    import io
+    import tarfile
+
+    p = local_project
+    p.bg("setup")
+    p.deploy("1.0.0")
+    art = p.artifact("2.0.0")
+    art.write_bytes(art.read_bytes()[: len(art.read_bytes()) // 2])
+    out = p.bg("deploy", "--version", "2.0.0", check=1)
+    assert "not a readable .tar.gz" in out.stderr
+    evil = p.dir / "artifacts" / "sample-3.0.0.tar.gz"
+    with tarfile.open(evil, "w:gz") as tar:
+        info = tarfile.TarInfo("../../outside")
+        info.size = 3
+        tar.addfile(info, io.BytesIO(b"bad"))
+    out = p.bg("deploy", "--version", "3.0.0", check=1)
+    assert "unsafe artifact" in out.stderr
+    assert not (p.deploy_to / "outside").exists()
+    assert not any(d.name.startswith(("2.0.0", "3.0.0")) for d in (p.deploy_to / "releases").iterdir())
+    assert p.answer().version == "1.0.0"
+
+
+@pytest.mark.parametrize("marker", ["uploading ", "starting 2.0.0"])
+def test_ssh_connection_dies_mid_deploy(ssh_project: Project, marker: str) -> None:
+    """The sshd process serving bluegreen's connection is killed at that step."""
+    p = ssh_project
+    assert p.sshd is not None
+    p.bg("setup")
+    p.deploy("1.0.0")
+    p.artifact("2.0.0")
+    proc = subprocess.Popen([*BLUEGREEN, "deploy", "--version", "2.0.0"], cwd=p.dir,
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                            env={**os.environ, "HOME": str(p.home)})
+    assert proc.stderr is not None
+    seen = ""
+    for line in proc.stderr:
+        seen += line
+        if marker in line:
+            children = subprocess.run(["pgrep", "-P", str(p.sshd.proc.pid)], capture_output=True,
+                                      text=True).stdout.split()
+            for child in children:
+                os.kill(int(child), signal.SIGKILL)
+            break
+    seen += proc.stderr.read()
+    assert proc.wait(60) == 3, seen
+    assert "lost the SSH connection" in seen
+    a = p.answer()
+    assert (a.colour, a.version) == ("blue", "1.0.0")
+    out = p.deploy("2.0.0", check=4)  # its lock is still there: it could not remove it
+    assert "locked by" in out.stderr
+    p.bg("unlock")
+    p.deploy("2.0.0")
+    a = p.answer()
+    assert (a.colour, a.version) == ("green", "2.0.0")
+    st = p.status()
+    assert app_pids(p) == {st["slots"]["blue"]["pid"], st["slots"]["green"]["pid"]}

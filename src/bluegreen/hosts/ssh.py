@@ -116,7 +116,10 @@ class SSHHost:
             raise self._lost(exc) from None
         status = proc.exit_status
         if status is None:
-            status = 128 + 9 if proc.exit_signal else 255
+            if not proc.exit_signal:
+                # The channel closed with neither a status nor a signal: the connection died.
+                raise self._lost(ConnectionError("the command ended without an exit status"))
+            status = 128 + 9
         result = Result(tuple(argv), status, _text(proc.stdout), _text(proc.stderr))
         return check_result(self.name, result) if check else result
 
