@@ -264,6 +264,8 @@ def test_concurrent_deploys_one_gets_exit_4(project: Project) -> None:
     procs = [subprocess.Popen([sys.executable, "-m", "bluegreen", "deploy", "--version", v],
                               cwd=project.dir, env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for v in ("2.0.0", "3.0.0")]
+    # `status` takes no lock: it works while the deploys run.
+    assert json.loads(project.bg("status", "--json").stdout)["hosts"][0]["reachable"]
     results = [(p.wait(120), p.stderr.read() if p.stderr else "") for p in procs]
     codes = sorted(code for code, _ in results)
     assert codes == [0, 4], results
