@@ -295,39 +295,35 @@ def toml_value(v: Any) -> str:
     return json.dumps(str(v))
 
 
-@pytest.fixture(params=["local", "ssh"])
-def project(request: pytest.FixtureRequest, tmp_path: Path, nginx: PrivateNginx) -> Iterator[Project]:
-    kind = request.param
-    server = request.getfixturevalue("sshd") if kind == "ssh" else None
+def make_project(tmp_path: Path, nginx: PrivateNginx, sshd: Sshd | None) -> Project:
     home = tmp_path / "home"
     home.mkdir()
     proj_dir = tmp_path / "project"
     proj_dir.mkdir()
-    proj = Project(proj_dir, nginx, kind, free_port(), free_port(), server, home)
+    proj = Project(proj_dir, nginx, "ssh" if sshd else "local", free_port(), free_port(), sshd,
+                   home)
     proj.write_config()
+    return proj
+
+
+@pytest.fixture(params=["local", "ssh"])
+def project(request: pytest.FixtureRequest, tmp_path: Path, nginx: PrivateNginx) -> Iterator[Project]:
+    """The same test on `local` and over a real sshd."""
+    server = request.getfixturevalue("sshd") if request.param == "ssh" else None
+    proj = make_project(tmp_path, nginx, server)
     yield proj
     proj.cleanup()
 
 
 @pytest.fixture
 def local_project(tmp_path: Path, nginx: PrivateNginx) -> Iterator[Project]:
-    home = tmp_path / "home"
-    home.mkdir()
-    proj_dir = tmp_path / "project"
-    proj_dir.mkdir()
-    proj = Project(proj_dir, nginx, "local", free_port(), free_port(), None, home)
-    proj.write_config()
+    proj = make_project(tmp_path, nginx, None)
     yield proj
     proj.cleanup()
 
 
 @pytest.fixture
 def ssh_project(tmp_path: Path, nginx: PrivateNginx, sshd: Sshd) -> Iterator[Project]:
-    home = tmp_path / "home"
-    home.mkdir()
-    proj_dir = tmp_path / "project"
-    proj_dir.mkdir()
-    proj = Project(proj_dir, nginx, "ssh", free_port(), free_port(), sshd, home)
-    proj.write_config()
+    proj = make_project(tmp_path, nginx, sshd)
     yield proj
     proj.cleanup()

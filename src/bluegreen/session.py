@@ -15,7 +15,7 @@ from typing import Any
 from dotenv import dotenv_values
 
 from bluegreen import health
-from bluegreen.config import Colour, Config, HostConfig, parse_listen
+from bluegreen.config import ENV_KEY_RE, Colour, Config, HostConfig, parse_listen
 from bluegreen.errors import BlueGreenError, CommandFailed, ConfigError, LockHeld, ProxyError, Unhealthy
 from bluegreen.hosts.base import Host, describe
 from bluegreen.output import Reporter
@@ -68,7 +68,7 @@ def load_secrets(cfg: Config) -> dict[str, str]:
     if not path.is_file():
         raise ConfigError(f"run.env_file: {path} does not exist")
     values = dotenv_values(path, interpolate=False)
-    bad = [k for k in values if not k.replace("_", "a").isalnum() or k[0].isdigit()]
+    bad = [k for k in values if not ENV_KEY_RE.match(k)]
     if bad:
         raise ConfigError(f"run.env_file: {bad[0]!r} is not a valid variable name")
     return {k: v or "" for k, v in values.items()}
@@ -468,13 +468,7 @@ class HostSession:
     async def switch(self, target: Colour, previous: Colour | None) -> None:
         """Point the link at ``target``, test, reload. If ``test`` fails the previous link is
         put back and nothing is reloaded; if ``reload`` fails the link is put back too."""
-        await self.run(nginx.switch(self.cfg, target))
-        try:
-            await self.proxy_test()
-        except ProxyError:
-            await self.restore_link(previous)
-            self.say(f"link put back to {previous}; nginx not reloaded")
-            raise
+        await self._link_and_test(target, previous)
         try:
             await self.proxy_reload()
         except ProxyError:
@@ -486,14 +480,19 @@ class HostSession:
     async def try_link(self, target: Colour, live: Colour) -> None:
         """Test the proxy with the link on ``target``, then put it back on ``live``. nginx
         reads its config only on reload, so traffic never sees the trial."""
+        await self._link_and_test(target, live)
+        await self.restore_link(live)
+
+    async def _link_and_test(self, target: Colour, previous: Colour | None) -> None:
+        """Point the link at ``target`` and run the proxy's test; on failure the link is
+        put back on ``previous``."""
         await self.run(nginx.switch(self.cfg, target))
         try:
             await self.proxy_test()
         except ProxyError:
-            await self.restore_link(live)
-            self.say(f"link put back to {live}; nginx not reloaded")
+            await self.restore_link(previous)
+            self.say(f"link put back to {previous}; nginx not reloaded")
             raise
-        await self.restore_link(live)
 
     async def restore_link(self, previous: Colour | None) -> None:
         if previous is None:

@@ -18,7 +18,7 @@ from bluegreen.errors import (ArtifactError, BlueGreenError, CommandFailed, Conf
 from bluegreen.hosts.base import Host, connect
 from bluegreen.output import Reporter
 from bluegreen.plan import files, history, lock, nginx, release as releaseplan
-from bluegreen.plan.slot import Slot, env_script, slot_command
+from bluegreen.plan.slot import env_script, slot_command
 from bluegreen.hooks import run_hook
 from bluegreen.session import HostSession, SlotState, load_secrets, now_iso
 
@@ -55,7 +55,12 @@ async def connected(ctx: Context) -> AsyncIterator[list[HostSession]]:
     at the end. Yields the app hosts; each knows which sessions hold its proxy link."""
     balancers = ctx.cfg.load_balancers
     ctx.out.expect_hosts([h.label for h in [*ctx.hosts, *balancers]])
-    hosts = await _gather_all([connect(h) for h in [*ctx.hosts, *balancers]], ctx.out)
+    opened = await asyncio.gather(*(connect(h) for h in [*ctx.hosts, *balancers]),
+                                  return_exceptions=True)
+    hosts = [h for h in opened if not isinstance(h, BaseException)]
+    if len(hosts) < len(opened):
+        await asyncio.gather(*(h.close() for h in hosts), return_exceptions=True)
+        await _gather_all([_reraise(e) for e in opened if isinstance(e, BaseException)], ctx.out)
     try:
         apps = [HostSession(ctx.cfg, hc, h, ctx.out) for hc, h in zip(ctx.hosts, hosts)]
         lbs = [HostSession(ctx.cfg, hc, h, ctx.out, balancer=True)
@@ -74,6 +79,10 @@ def proxies_of(sessions: list[HostSession]) -> list[HostSession]:
         for p in s.proxies:
             seen.setdefault(p.name, p)
     return list(seen.values())
+
+
+async def _reraise(exc: BaseException) -> None:
+    raise exc
 
 
 async def _gather_all(aws: list[Awaitable[T]], out: Reporter) -> list[T]:
@@ -114,11 +123,13 @@ async def locked(ctx: Context, sessions: list[HostSession]) -> AsyncIterator[Non
         await asyncio.gather(*(s.release_lock() for s in sessions), return_exceptions=True)
 
 
-async def _record_failure(ctx: Context, sessions: list[HostSession], err: BlueGreenError,
-                          colour: Colour | None = None) -> None:
-    targets = [s for s in sessions if err.host in (None, s.name)]
+async def _record_failure(ctx: Context, sessions: list[HostSession],
+                          err: BlueGreenError) -> None:
+    """Append a ``failed`` event on the app host that failed (on every one when the error
+    names none of them, e.g. a load balancer)."""
+    targets = [s for s in sessions if err.host == s.name] or sessions  # a balancer: all
     await asyncio.gather(
-        *(s.record("failed", colour, None, ctx.user, err.message.split("\n")[0]) for s in targets),
+        *(s.record("failed", None, None, ctx.user, err.message.split("\n")[0]) for s in targets),
         return_exceptions=True,
     )
 
@@ -275,28 +286,20 @@ async def deploy(ctx: Context, art: Artifact, *, promote: bool = True) -> Deploy
         try:
             started = dict(zip([s.name for s in todo], await each(
                 todo, lambda s: _deploy_host(s, art, targets[s.name], secrets, boot), ctx.out)))
-        except BlueGreenError as err:
-            await _record_failure(ctx, sessions, err)
-            raise
-        states = {**done, **started}
-        for s in todo:
-            await s.record("deploy", targets[s.name], states[s.name], ctx.user,
-                           f"started on {targets[s.name]}")
-        if ctx.cfg.run.migrate and sessions[0] in todo:
+            states = {**done, **started}
+            for s in todo:
+                await s.record("deploy", targets[s.name], states[s.name], ctx.user,
+                               f"started on {targets[s.name]}")
             first = sessions[0]
-            try:
+            if ctx.cfg.run.migrate and first in todo:
                 await _migrate(first, targets[first.name], states[first.name])
-            except BlueGreenError as err:
-                await _record_failure(ctx, sessions, err, targets[first.name])
-                raise
-        if promote:
-            try:
+            if promote:
                 await _switch_all(ctx, sessions, targets, "promote", lambda: run_hook(
                     ctx.cfg, "pre_promote", ctx.out, colour=first_target, version=art.version,
                     hosts=names))
-            except BlueGreenError as err:
-                await _record_failure(ctx, sessions, err)
-                raise
+        except BlueGreenError as err:
+            await _record_failure(ctx, sessions, err)
+            raise
         await each(sessions, lambda s: _prune_host(s, ctx.cfg.release.keep, ctx.user), ctx.out)
     if promote:
         await run_hook(ctx.cfg, "post_promote", ctx.out, colour=first_target,

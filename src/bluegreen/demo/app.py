@@ -1,6 +1,7 @@
 """bluegreen's sample app: stdlib only. Listens on $BLUEGREEN_BIND (127.0.0.1):$PORT.
 
-GET /health -> 200 "ok"; GET / -> "hello from <version> (<colour>)". The version comes
+GET /health -> 200 "ok"; GET / -> "hello from <version> (<colour>)"; GET /ws: a
+websocket echo that names the version and colour it runs on. The version comes
 from the VERSION file next to this script. A MODE file, if present, makes a deliberately
 broken release: "exit" (exits at start), "unhealthy" (/health answers 500), "slow-stop"
 (keeps serving for 1.5 s after SIGTERM, like a node that takes its time to shut down).
@@ -9,14 +10,18 @@ SIGTERM stops accepting, finishes requests in flight, then exits.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
 import signal
 import socket
+import struct
 import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import BinaryIO
 
 HERE = Path(__file__).resolve().parent
 
@@ -38,7 +43,9 @@ class Handler(BaseHTTPRequestHandler):
     server_version = "bluegreen-sample"
 
     def do_GET(self) -> None:
-        if self.path == "/health":
+        if self.path == "/ws" and self.headers.get("Upgrade", "").lower() == "websocket":
+            self.websocket()
+        elif self.path == "/health":
             if MODE == "unhealthy":
                 self.reply(500, "unhealthy on purpose\n")
             else:
@@ -57,7 +64,63 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
+    def websocket(self) -> None:
+        """A websocket echo (RFC 6455, text frames): each message comes back as
+        "<message> from <version> (<colour>)", so a client sees which colour it talks to."""
+        key = self.headers.get("Sec-WebSocket-Key", "")
+        accept = base64.b64encode(hashlib.sha1((key + WS_GUID).encode()).digest()).decode()
+        self.send_response(101, "Switching Protocols")
+        self.send_header("Upgrade", "websocket")
+        self.send_header("Connection", "Upgrade")
+        self.send_header("Sec-WebSocket-Accept", accept)
+        self.end_headers()
+        self.wfile.flush()
+        self.close_connection = True
+        while True:
+            frame = read_frame(self.rfile)
+            if frame is None or frame[0] == 0x8:  # closed, or a close frame
+                write_frame(self.wfile, 0x8, b"\x03\xe8")
+                return
+            opcode, payload = frame
+            if opcode == 0x9:  # ping
+                write_frame(self.wfile, 0xA, payload)
+            elif opcode == 0x1:
+                reply = f"{payload.decode(errors='replace')} from {VERSION} ({COLOUR})"
+                write_frame(self.wfile, 0x1, reply.encode())
+
     def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+def read_frame(rfile: BinaryIO) -> tuple[int, bytes] | None:
+    head = rfile.read(2)
+    if len(head) < 2:
+        return None
+    opcode, length = head[0] & 0x0F, head[1] & 0x7F
+    if length == 126:
+        length = struct.unpack("!H", rfile.read(2))[0]
+    elif length == 127:
+        length = struct.unpack("!Q", rfile.read(8))[0]
+    mask = rfile.read(4) if head[1] & 0x80 else b"\0\0\0\0"
+    data = rfile.read(length)
+    return opcode, bytes(b ^ mask[i % 4] for i, b in enumerate(data))
+
+
+def write_frame(wfile: BinaryIO, opcode: int, payload: bytes) -> None:
+    head = bytes([0x80 | opcode])
+    if len(payload) < 126:
+        head += bytes([len(payload)])
+    elif len(payload) < 65536:
+        head += bytes([126]) + struct.pack("!H", len(payload))
+    else:
+        head += bytes([127]) + struct.pack("!Q", len(payload))
+    try:
+        wfile.write(head + payload)
+        wfile.flush()
+    except OSError:
         pass
 
 
