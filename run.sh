@@ -33,7 +33,7 @@ install_venv() {
         echo ">> installing Python dependencies into .venv"
         # (pip's warnings about this machine's extra index paths are noise: filtered)
         .venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v "is ignored" || true
-        .venv/bin/python -m pip install -q -e '.[test]' 2> >(grep -v "is ignored" >&2)
+        .venv/bin/python -m pip install -q -e '.[test,bench]' 2> >(grep -v "is ignored" >&2)
         rm -f .venv/.installed-*
         touch "$stamp"
     fi

@@ -261,20 +261,35 @@ class HostSession:
     # ---- slots ---------------------------------------------------------------------
 
     async def drain(self, colour: Colour, sid: int | None) -> int:
-        """Wait up to drain_timeout until the slot's port has no established connection;
-        returns how many were still open when the wait ended."""
+        """Wait up to drain_timeout until no proxy can still send the slot a request and
+        its port has no established connection; returns how many connections were still
+        open when the wait ended.
+
+        nginx opens a fresh upstream connection per request, so a port with no connection
+        is not enough: after a reload, old workers keep serving their clients' keep-alive
+        connections (and websockets) with the previous config, i.e. towards this slot,
+        until they exit."""
         last = Probe()
+        old_workers = 0
 
         async def idle() -> bool | None:
-            nonlocal last
+            nonlocal last, old_workers
             last = await self.probe(colour, sid)
-            return True if last.established == 0 else None
+            old_workers = sum([await p.old_proxy_workers() for p in self.proxies])
+            return True if last.established == 0 and old_workers == 0 else None
 
         if await health.poll(idle, timeout=self.cfg.run.drain_timeout, interval=0.2):
             return 0
-        self.out.warn(self.name, f"{colour}: {last.established} connection(s) still open after "
-                      f"drain_timeout={self.cfg.run.drain_timeout:g}s; stopping anyway")
+        self.out.warn(self.name, f"{colour}: {last.established} connection(s) still open"
+                      + (f", {old_workers} old proxy worker(s) still running" if old_workers
+                         else "")
+                      + f" after drain_timeout={self.cfg.run.drain_timeout:g}s; stopping anyway")
         return last.established
+
+    async def old_proxy_workers(self) -> int:
+        """nginx workers of a previous configuration that are still finishing their work."""
+        result = await self.run(nginx.old_workers(), check=False)
+        return len(result.stdout.split())
 
     async def stop_slot(self, colour: Colour) -> SlotState | None:
         """Drain the slot, stop its process and wait until it has exited and the port is free.

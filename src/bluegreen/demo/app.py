@@ -21,7 +21,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import BinaryIO
+from io import BufferedIOBase
 
 HERE = Path(__file__).resolve().parent
 
@@ -36,6 +36,11 @@ def read(name: str, default: str) -> str:
 VERSION = read("VERSION", "0.0.0")
 MODE = read("MODE", "")
 COLOUR = os.environ.get("BLUEGREEN_COLOR", "none")
+
+
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 128  # the stdlib's 5 drops SYNs under load (1 s retransmits)
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -95,7 +100,7 @@ class Handler(BaseHTTPRequestHandler):
 WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 
-def read_frame(rfile: BinaryIO) -> tuple[int, bytes] | None:
+def read_frame(rfile: BufferedIOBase) -> tuple[int, bytes] | None:
     head = rfile.read(2)
     if len(head) < 2:
         return None
@@ -109,7 +114,7 @@ def read_frame(rfile: BinaryIO) -> tuple[int, bytes] | None:
     return opcode, bytes(b ^ mask[i % 4] for i, b in enumerate(data))
 
 
-def write_frame(wfile: BinaryIO, opcode: int, payload: bytes) -> None:
+def write_frame(wfile: BufferedIOBase, opcode: int, payload: bytes) -> None:
     head = bytes([0x80 | opcode])
     if len(payload) < 126:
         head += bytes([len(payload)])
@@ -130,8 +135,7 @@ def main() -> None:
         sys.exit(3)
     port = int(os.environ["PORT"])
     bind = os.environ.get("BLUEGREEN_BIND", "127.0.0.1")
-    server = ThreadingHTTPServer((bind, port), Handler)
-    server.daemon_threads = True
+    server = Server((bind, port), Handler)
 
     def shutdown() -> None:
         if MODE == "slow-stop":

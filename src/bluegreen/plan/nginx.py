@@ -91,6 +91,12 @@ def remove_link(cfg: Config) -> Argv:
     return sudo(["rm", "-f", "--", str(link(cfg))], cfg.proxy.sudo)
 
 
+def old_workers() -> Argv:
+    """The pids of nginx workers still serving a configuration from before a reload
+    (nginx retitles them "worker process is shutting down")."""
+    return ["pgrep", "-f", "^nginx: worker process is shutting down"]
+
+
 def test(cfg: Config) -> Argv:
     return sudo(["sh", "-c", render(cfg.proxy.test, app=cfg.app)], cfg.proxy.sudo)
 
