@@ -4,6 +4,7 @@ plan's steps on it. Every wait here has a deadline."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import socket
@@ -405,28 +406,35 @@ class HostSession:
 
     async def _wait_healthy(self, slot: Slot, state: SlotState,
                             sid: int | None) -> tuple[int, int | None]:
+        """Poll the health path until it answers 2xx from the new process: every answer is
+        confirmed by a probe that the port's listener is the slot's own. Between answers,
+        a probe every ~0.5 s notices a process that exited (probes fork several tools, so
+        not at every poll: with many hosts on one machine that adds up)."""
         colour = slot.colour
         deadline = time.monotonic() + self.cfg.run.health_timeout
         last = "it never answered"
-        while True:
-            probe = await self.probe(colour, sid)
-            if sid is not None and not probe.session_alive:
-                await self._fail_start(slot, state, "the process exited")
-            if probe.listening:
-                pid, listener = next(iter(probe.listeners.items()))
-                lsid = listener.sid
-                if sid is not None and any(lst.sid != sid for lst in probe.listeners.values()):
-                    await self._fail_start(slot, state, f"port {slot.port} is held by pid {pid}, "
-                                           "which is not the slot's own process")
-                resp = await self.health(colour)
-                if resp is not None and resp.ok:
-                    return pid, lsid
-                if resp is not None:
-                    last = f"{self.cfg.run.health_path} answered HTTP {resp.status}"
+        for attempt in itertools.count():
+            resp = await self.health(colour)
+            answered = resp is not None and resp.ok
+            if answered or attempt % 5 == 0:
+                probe = await self.probe(colour, sid)
+                if sid is not None and not probe.session_alive:
+                    await self._fail_start(slot, state, "the process exited")
+                if probe.listening:
+                    pid, listener = next(iter(probe.listeners.items()))
+                    if sid is not None and any(lst.sid != sid
+                                               for lst in probe.listeners.values()):
+                        await self._fail_start(slot, state, f"port {slot.port} is held by pid "
+                                               f"{pid}, which is not the slot's own process")
+                    if answered:
+                        return pid, listener.sid
+            if resp is not None and not resp.ok:
+                last = f"{self.cfg.run.health_path} answered HTTP {resp.status}"
             if time.monotonic() >= deadline:
                 await self._fail_start(slot, state, f"not healthy within health_timeout="
                                        f"{self.cfg.run.health_timeout:g}s ({last})")
             await asyncio.sleep(0.1)
+        raise AssertionError("unreachable")
 
     async def _fail_start(self, slot: Slot, state: SlotState, why: str) -> None:
         colour = slot.colour
