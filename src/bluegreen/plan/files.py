@@ -38,6 +38,3 @@ def read_file(path: PurePosixPath) -> Argv:
 def make_dirs(paths: list[PurePosixPath]) -> Argv:
     return ["mkdir", "-p", "--", *[str(p) for p in paths]]
 
-
-def tail(path: PurePosixPath, lines: int) -> Argv:
-    return sh('if [ -f "$1" ]; then tail -n "$2" "$1"; fi', path, str(lines))
