@@ -11,8 +11,9 @@ app, once with keep-alive and once with `Connection: close`, during
   - `floor`:   K bare `nginx -s reload` (no link change),
   - `promote`: K `bluegreen promote` alternations blue <-> green,
   - `deploy`:  K full `bluegreen deploy` cycles (each drains and stops a slot).
-Writes results.json, results.md and timeline.png (requests and errors per second, with
-the switch moments marked) to --out.
+Then 20 websocket clients stay connected through K promotes: abnormal closures and
+connections that changed colour are counted. Writes results.json, results.md and
+timeline.png (requests and errors per second, switch moments marked) to --out.
 """
 
 from __future__ import annotations
@@ -119,6 +120,45 @@ def run(p: Project, nginx: PrivateNginx, mode: str, switches: int, seconds: floa
     return result
 
 
+def websockets_across_promotes(p: Project, nginx: PrivateNginx, clients: int,
+                               switches: int) -> dict[str, Any]:
+    """N websocket clients through nginx, K promotes: how many connections closed, and
+    whether each kept talking to the colour it was opened on."""
+    import socket
+    from contextlib import ExitStack
+
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    closed = wrong_colour = exchanges = 0
+    with ExitStack() as stack:
+        conns = []
+        for _ in range(clients):
+            sock = socket.create_connection(("127.0.0.1", nginx.port), timeout=5)
+            conns.append(stack.enter_context(connect(f"ws://{SERVER_NAME}/ws", sock=sock)))
+        first = {id(c): None for c in conns}
+        colour = p.status()["live"]
+        for _ in range(switches):
+            colour = "green" if colour == "blue" else "blue"
+            p.bg("promote", colour)
+            for c in list(conns):
+                try:
+                    c.send("ping")
+                    answer = str(c.recv(timeout=5))
+                    exchanges += 1
+                except (ConnectionClosed, TimeoutError, OSError):
+                    closed += 1
+                    conns.remove(c)
+                    continue
+                seen = answer.rsplit("(", 1)[-1].rstrip(")")
+                if first[id(c)] is None:
+                    first[id(c)] = seen
+                elif first[id(c)] != seen:
+                    wrong_colour += 1
+    return {"clients": clients, "promotes": switches, "exchanges": exchanges,
+            "abnormal_closures": closed, "changed_colour": wrong_colour}
+
+
 def plot(results: list[dict[str, Any]], path: Path) -> None:
     import matplotlib
 
@@ -172,10 +212,12 @@ def main() -> None:
                 for mode in ("floor", "promote", "deploy"):
                     results.append(run(p, nginx, mode, args.switches, args.seconds, close, lua,
                                        versions))
+            ws = websockets_across_promotes(p, nginx, clients=20, switches=args.switches)
         finally:
             p.cleanup()
             nginx.stop()
-    (args.out / "results.json").write_text(json.dumps(results, indent=1))
+    (args.out / "results.json").write_text(json.dumps({"http": results, "websockets": ws},
+                                                      indent=1))
     lines = ["| run | connection | switches | requests | non-2xx | socket errors (c/r/w/t) | "
              "errors per switch | p50 | p99 |", "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
@@ -183,6 +225,9 @@ def main() -> None:
         lines.append(f"| {r['mode']} | {r['connection']} | {r['switches']} | {r['requests']} | "
                      f"{r['non_2xx']} | {e['connect']}/{e['read']}/{e['write']}/{e['timeout']} | "
                      f"{r['errors_per_switch']:.1f} | {r['p50_ms']:.2f} ms | {r['p99_ms']:.2f} ms |")
+    lines += ["", f"websockets: {ws['clients']} clients across {ws['promotes']} promotes: "
+              f"{ws['exchanges']} exchanges, {ws['abnormal_closures']} abnormal closures, "
+              f"{ws['changed_colour']} connections that changed colour"]
     table = "\n".join(lines)
     (args.out / "results.md").write_text(table + "\n")
     try:
