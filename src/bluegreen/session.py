@@ -245,6 +245,12 @@ class HostSession:
         text = f"locked by {holder.describe()}"
         if holder.host == socket.gethostname() and not _pid_alive(holder.pid):
             text += f" (pid {holder.pid} is gone: that run died)"
+        else:
+            age = lock.age_seconds(holder.started)
+            if age is not None and age > lock.STALE_AFTER:
+                # A run on another machine cannot be checked from here; a lock this old
+                # is most likely left by one that died.
+                text += f" ({age / 3600:.1f} h ago: probably a run that died)"
         return text
 
     async def release_lock(self) -> None:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
 
 from bluegreen.plan.files import Argv, sh
 from bluegreen.plan.layout import Layout
 
 HELD = 73  # exit status of acquire() when the lock already exists
+STALE_AFTER = 3600.0  # seconds after which a lock is reported as probably stale
 NOT_SET_UP = 74  # exit status of acquire() when deploy_to does not exist
 
 
@@ -33,6 +35,17 @@ class LockInfo:
 
     def describe(self) -> str:
         return f"{self.user}@{self.host} pid {self.pid} running `{self.command}` since {self.started}"
+
+
+def age_seconds(started: str) -> float | None:
+    """How long ago an ISO-8601 time with offset was; None if it does not parse."""
+    try:
+        then = datetime.fromisoformat(started)
+    except ValueError:
+        return None
+    if then.tzinfo is None:
+        return None
+    return (datetime.now(timezone.utc) - then).total_seconds()
 
 
 def acquire(layout: Layout) -> Argv:
