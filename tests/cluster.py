@@ -7,10 +7,11 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import textwrap
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from conftest import sshd_config
 
 NGINX_PREFIX = "/srv/nginx"  # the same path on every host (each has its own /srv)
 
@@ -101,22 +102,9 @@ class Cluster:
         for sub in ("srv", "root", "home"):
             (hdir / sub).mkdir(parents=True)
         sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(hdir / "ssh_host_ed25519_key"))
-        (hdir / "sshd_config").write_text(textwrap.dedent(f"""\
-            Port 22
-            ListenAddress {address}
-            HostKey {hdir}/ssh_host_ed25519_key
-            PidFile {hdir}/sshd.pid
-            AuthorizedKeysFile {self.base}/authorized_keys
-            PasswordAuthentication no
-            KbdInteractiveAuthentication no
-            PermitRootLogin prohibit-password
-            UsePAM no
-            StrictModes no
-            AllowTcpForwarding yes
-            MaxSessions 100
-            MaxStartups 100
-            Subsystem sftp internal-sftp
-            """))
+        (hdir / "sshd_config").write_text(sshd_config(
+            f"Port 22\nListenAddress {address}", hdir / "ssh_host_ed25519_key",
+            hdir / "sshd.pid", self.base / "authorized_keys"))
         _write_nginx_conf(hdir / "srv" / "nginx")
         script = (
             f'hostname h{i} && mount --bind {hdir}/srv /srv && mount --bind {hdir}/root /root && '

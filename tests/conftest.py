@@ -54,6 +54,25 @@ class Sshd:
                 self.proc.wait()
 
 
+def sshd_config(listen: str, host_key: Path, pid_file: Path, authorized: Path) -> str:
+    """A test sshd's config: keys only, root allowed, sftp, forwarding for health checks."""
+    return listen + "\n" + textwrap.dedent(f"""\
+        HostKey {host_key}
+        PidFile {pid_file}
+        AuthorizedKeysFile {authorized}
+        PasswordAuthentication no
+        KbdInteractiveAuthentication no
+        PubkeyAuthentication yes
+        PermitRootLogin prohibit-password
+        UsePAM no
+        StrictModes no
+        AllowTcpForwarding yes
+        MaxSessions 100
+        MaxStartups 100
+        Subsystem sftp internal-sftp
+        """)
+
+
 def start_sshd(base: Path) -> Sshd:
     """sshd with its own config, host key and authorized key, on a free loopback port."""
     base.mkdir(parents=True, exist_ok=True)
@@ -66,23 +85,8 @@ def start_sshd(base: Path) -> Sshd:
     authorized.chmod(0o644)
     port = free_port()
     conf = base / "sshd_config"
-    conf.write_text(textwrap.dedent(f"""\
-        Port {port}
-        ListenAddress 127.0.0.1
-        HostKey {host_key}
-        PidFile {base}/sshd.pid
-        AuthorizedKeysFile {authorized}
-        PasswordAuthentication no
-        KbdInteractiveAuthentication no
-        PubkeyAuthentication yes
-        PermitRootLogin prohibit-password
-        UsePAM no
-        StrictModes no
-        AllowTcpForwarding yes
-        MaxSessions 100
-        MaxStartups 100
-        Subsystem sftp internal-sftp
-        """))
+    conf.write_text(sshd_config(f"Port {port}\nListenAddress 127.0.0.1", host_key,
+                                base / "sshd.pid", authorized))
     Path("/run/sshd").mkdir(exist_ok=True)  # privilege separation dir; never removed
     # The test user is root; this machine's /root/.bashrc runs `pyenv init`, which costs
     # ~100 ms per SSH command. A server's login user has no such rc file, so sshd runs in

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -42,8 +43,10 @@ def app_pids(p: Project) -> set[int]:
     return pids
 
 
-def kill_at(p: Project, marker: str, *args: str) -> str:
-    """Run `bluegreen deploy ARGS` and SIGKILL it as soon as it prints ``marker``."""
+def run_until(p: Project, marker: str, args: list[str],
+              on_marker: Callable[[subprocess.Popen[str]], None]) -> tuple[int, str]:
+    """Run `bluegreen deploy ARGS` and call ``on_marker`` as soon as it prints ``marker``
+    (the progress line that begins a step); returns its exit status and output."""
     proc = subprocess.Popen([*BLUEGREEN, "deploy", *args], cwd=p.dir, stderr=subprocess.PIPE,
                             stdout=subprocess.DEVNULL, text=True,
                             env={**os.environ, "HOME": str(p.home)})
@@ -52,10 +55,18 @@ def kill_at(p: Project, marker: str, *args: str) -> str:
     for line in proc.stderr:
         seen += line
         if marker in line:
-            proc.send_signal(signal.SIGKILL)
+            on_marker(proc)
             break
-    proc.wait(60)
-    assert proc.returncode == -signal.SIGKILL, f"never reached {marker!r}:\n{seen}"
+    else:
+        raise AssertionError(f"never reached {marker!r}:\n{seen}")
+    seen += proc.stderr.read()
+    return proc.wait(60), seen
+
+
+def kill_at(p: Project, marker: str, *args: str) -> str:
+    """Run `bluegreen deploy ARGS` and SIGKILL it as soon as it prints ``marker``."""
+    status, seen = run_until(p, marker, list(args), lambda proc: proc.send_signal(signal.SIGKILL))
+    assert status == -signal.SIGKILL, seen
     return seen
 
 
@@ -237,21 +248,15 @@ def test_ssh_connection_dies_mid_deploy(ssh_project: Project, marker: str) -> No
     p.bg("setup")
     p.deploy("1.0.0")
     p.artifact("2.0.0")
-    proc = subprocess.Popen([*BLUEGREEN, "deploy", "--version", "2.0.0"], cwd=p.dir,
-                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-                            env={**os.environ, "HOME": str(p.home)})
-    assert proc.stderr is not None
-    seen = ""
-    for line in proc.stderr:
-        seen += line
-        if marker in line:
-            children = subprocess.run(["pgrep", "-P", str(p.sshd.proc.pid)], capture_output=True,
-                                      text=True).stdout.split()
-            for child in children:
-                os.kill(int(child), signal.SIGKILL)
-            break
-    seen += proc.stderr.read()
-    assert proc.wait(60) == 3, seen
+    def kill_sshd_sessions(proc: subprocess.Popen[str]) -> None:
+        assert p.sshd is not None
+        children = subprocess.run(["pgrep", "-P", str(p.sshd.proc.pid)], capture_output=True,
+                                  text=True).stdout.split()
+        for child in children:
+            os.kill(int(child), signal.SIGKILL)
+
+    status, seen = run_until(p, marker, ["--version", "2.0.0"], kill_sshd_sessions)
+    assert status == 3, seen
     assert "lost the SSH connection" in seen
     a = p.answer()
     assert (a.colour, a.version) == ("blue", "1.0.0")
