@@ -135,6 +135,12 @@ def test_switch_interrupted_between_link_and_reload_is_finished(local_project: P
     assert p.link_target().endswith("testapp-green")
     a = p.answer()
     assert (a.colour, a.version) == ("green", "2.0.0")
+    # `setup` reloads nginx: it must not be the one to complete that switch either.
+    crash_mid_switch("blue")
+    out = p.bg("setup")
+    assert "undoing an interrupted switch" in out.stderr
+    a = p.answer()
+    assert (a.colour, a.version) == ("green", "2.0.0")
 
 
 def test_release_that_dies_after_becoming_healthy_is_not_promoted(project: Project) -> None:

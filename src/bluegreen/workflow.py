@@ -143,6 +143,9 @@ async def setup(ctx: Context) -> None:
             s.say(f"creating {s.layout.root}")
         await each(sessions, lambda s: s.run(files.make_dirs(s.layout.directories())), ctx.out)
         async with locked(ctx, sessions):
+            # setup reloads the proxy: first make sure that cannot complete a switch that a
+            # killed run left half done towards a colour that is not healthy.
+            await _finish_interrupted_switch(ctx, sessions)
             await each(proxies_of(sessions), _setup_host, ctx.out)
 
 
