@@ -275,10 +275,10 @@ async def deploy(ctx: Context, art: Artifact, *, promote: bool = True) -> Deploy
     secrets = load_secrets(ctx.cfg)
     ctx.out.add_secrets(list(secrets.values()))
     async with connected(ctx) as sessions, locked(ctx, sessions):
-        await _refuse_split(ctx, sessions, "deploy")
+        lives = await _refuse_split(ctx, sessions, "deploy")
         names = [s.name for s in sessions]
-        planned = dict(zip(names, await each(sessions, lambda s: _deploy_target(s, art),
-                                             ctx.out)))
+        planned = dict(zip(names, await each(
+            sessions, lambda s: _deploy_target(s, art, lives[s.name]), ctx.out)))
         targets = {name: colour for name, (colour, _) in planned.items()}
         done = {name: state for name, (_, state) in planned.items() if state is not None}
         todo = [s for s in sessions if s.name not in done]
@@ -288,7 +288,8 @@ async def deploy(ctx: Context, art: Artifact, *, promote: bool = True) -> Deploy
         boot = asyncio.Semaphore(ctx.cfg.deploy.boot_limit or len(sessions))
         try:
             started = dict(zip([s.name for s in todo], await each(
-                todo, lambda s: _deploy_host(s, art, targets[s.name], secrets, boot), ctx.out)))
+                todo, lambda s: _deploy_host(s, art, targets[s.name], lives[s.name], secrets,
+                                             boot), ctx.out)))
             states = {**done, **started}
             for s in todo:
                 await s.record("deploy", targets[s.name], states[s.name], ctx.user,
@@ -350,22 +351,29 @@ async def _finish_interrupted_switch(ctx: Context, sessions: list[HostSession]) 
     await each(proxies_of(sessions), one, ctx.out)
 
 
-async def _refuse_split(ctx: Context, sessions: list[HostSession], what: str) -> None:
+async def _refuse_split(ctx: Context, sessions: list[HostSession],
+                        what: str) -> dict[str, Colour | None]:
+    """Each host's live colour, once any interrupted switch is settled; refuses (exit 1)
+    when the hosts disagree."""
     await _finish_interrupted_switch(ctx, sessions)
-    lives = await each(sessions, lambda s: s.live_colour(), ctx.out)
-    split = split_brain({s.name: c.value if c else None for s, c in zip(sessions, lives)})
+    lives = dict(zip([s.name for s in sessions],
+                     await each(sessions, lambda s: s.live_colour(), ctx.out)))
+    split = split_brain({name: c.value if c else None for name, c in lives.items()})
     if split:
         raise BlueGreenError(
             f"split brain: the hosts disagree on the live colour ({split}); {what} refused. "
             "Put every host on one colour first: `bluegreen promote blue` (or green)")
+    return lives
 
 
-async def _deploy_target(s: HostSession, art: Artifact) -> tuple[Colour, SlotState | None]:
+async def _deploy_target(s: HostSession, art: Artifact,
+                         live: Colour | None) -> tuple[Colour, SlotState | None]:
     """The colour this deploy starts the release on: the idle one, except on the first
     deploy (the live slot has never run a release), when there is nothing to protect.
     With the state of the live slot when it already runs this release, healthy (a re-run
     after a deploy that was interrupted once it had switched): nothing left to do there."""
-    live = await s.require_live()
+    if live is None:
+        live = await s.require_live()  # raises: no link, run setup first
     live_state = await s.state(live)
     if live_state is not None and live_state.release == art.release_id \
             and live_state.status == "running":
@@ -380,8 +388,8 @@ async def _deploy_target(s: HostSession, art: Artifact) -> tuple[Colour, SlotSta
     return target, None
 
 
-async def _deploy_host(s: HostSession, art: Artifact, target: Colour, secrets: dict[str, str],
-                       boot: asyncio.Semaphore) -> SlotState:
+async def _deploy_host(s: HostSession, art: Artifact, target: Colour, live: Colour | None,
+                       secrets: dict[str, str], boot: asyncio.Semaphore) -> SlotState:
     await _upload(s, art)
     if s.cfg.run.env_file:
         await s.run(files.make_dirs([s.layout.shared_env.parent]))
@@ -389,7 +397,7 @@ async def _deploy_host(s: HostSession, art: Artifact, target: Colour, secrets: d
     if boot.locked():
         s.say(f"waiting for a boot slot (deploy.boot_limit={s.cfg.deploy.boot_limit})")
     async with boot:  # deploy.boot_limit: at most N hosts stop and start at once
-        if target is not await s.require_live():
+        if target is not live:  # the first deploy starts on the live colour: nothing there
             await s.stop_slot(target)
         slot = s.slot(target, art.release_id, art.version)
         return await s.start_slot(slot, secrets)
