@@ -67,6 +67,7 @@ def sshd_config(listen: str, host_key: Path, pid_file: Path, authorized: Path) -
         UsePAM no
         StrictModes no
         AllowTcpForwarding yes
+        AllowStreamLocalForwarding yes
         MaxSessions 100
         MaxStartups 100
         Subsystem sftp internal-sftp

@@ -40,9 +40,8 @@ def test_switch_is_atomic_rename_of_a_dot_link() -> None:
                     "/etc/nginx/sites-available/shop-green",
                     "/etc/nginx/sites-enabled/.shop.bluegreen-tmp",
                     "/etc/nginx/sites-enabled/shop"]
-    assert nginx.reload(CFG) == ["sh", "-c", "systemctl reload nginx"]
     sudo_cfg = CFG.model_copy(update={"proxy": CFG.proxy.model_copy(update={"sudo": True})})
-    assert nginx.test(sudo_cfg) == ["sudo", "-n", "sh", "-c", "nginx -t"]
+    assert nginx.switch(sudo_cfg, Colour.GREEN)[:3] == ["sudo", "-n", "sh"]
 
 
 def test_rendered_site_file() -> None:

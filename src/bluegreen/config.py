@@ -126,17 +126,63 @@ class Slots(_Model):
         return self.blue if colour is Colour.BLUE else self.green
 
 
+NGINX_ONLY = ("sites_available", "sites_enabled", "site")
+HAPROXY_ONLY = ("config_file", "map_file", "socket")
+PROXY_COMMANDS = {
+    "nginx": {"test": "nginx -t", "reload": "nginx -s reload"},
+    "haproxy": {"test": "haproxy -c -q -f /etc/haproxy/haproxy.cfg -f /etc/haproxy/conf.d",
+                "reload": "systemctl reload haproxy"},
+}
+
+
 class Proxy(_Model):
-    kind: Literal["nginx"] = "nginx"
+    kind: Literal["nginx", "haproxy"] = "nginx"
     server_name: str = "localhost"
     listen: str = "80"
+    # nginx kind: a site file per colour and the live link
     sites_available: str = "/etc/nginx/sites-available"
     sites_enabled: str = "/etc/nginx/sites-enabled"
     site: str = "{app}"
-    test: str = "nginx -t"
-    reload: str = "nginx -s reload"
+    # haproxy kind: one config file with a backend per colour, a map file holding the
+    # live colour (read by HAProxy at start), and the runtime API socket the switch uses
+    config_file: str = "/etc/haproxy/conf.d/{app}.cfg"
+    map_file: str = "/etc/haproxy/conf.d/{app}.map"
+    socket: str = "/run/haproxy/admin.sock"
+    test: str = ""  # default per kind: PROXY_COMMANDS
+    reload: str = ""
     sudo: bool = False
     template: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _kind_defaults(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            kind = data.get("kind", "nginx")
+            for key, value in PROXY_COMMANDS.get(kind, {}).items():
+                data = {**data, key: data.get(key) or value}
+        return data
+
+    @model_validator(mode="after")
+    def _keys_of_kind(self) -> Proxy:
+        other = HAPROXY_ONLY if self.kind == "nginx" else NGINX_ONLY
+        given = sorted(self.model_fields_set & set(other))
+        if given:
+            raise ValueError(f"{given[0]} is not used by kind = {self.kind!r}")
+        if self.kind == "haproxy":
+            parts = self.listen.split()
+            if len(parts) != 1:
+                raise ValueError(f"listen: {self.listen!r}: with kind = \"haproxy\" use "
+                                 "[address:]port only")
+            for key in ("config_file", "map_file"):
+                if not getattr(self, key).startswith("/") or re.search(r"\s", getattr(self, key)):
+                    raise ValueError(f"{key}: must be an absolute path without spaces")
+            if not (self.socket.startswith("/") or re.match(r"^[\w.-]+:\d{1,5}$", self.socket)):
+                raise ValueError("socket: must be a unix socket path or address:port")
+        return self
+
+    @property
+    def is_haproxy(self) -> bool:
+        return self.kind == "haproxy"
 
     @field_validator("site")
     @classmethod
@@ -339,7 +385,8 @@ def _check_all_placeholders(cfg: Config) -> None:
         _check_placeholders(f"run.env.{env_key}", env_val, SLOT_PLACEHOLDERS)
     if run.env_file is not None:
         _check_placeholders("run.env_file", run.env_file, APP_PLACEHOLDERS)
-    for key in ("server_name", "sites_available", "sites_enabled", "site", "test", "reload"):
+    for key in ("server_name", "sites_available", "sites_enabled", "site", "test", "reload",
+                "config_file", "map_file", "socket"):
         _check_placeholders(f"proxy.{key}", getattr(proxy, key), APP_PLACEHOLDERS)
     _check_placeholders("slots.bind", cfg.slots.bind, frozenset({"app", "private_address"}))
     for i, host in enumerate(cfg.hosts):

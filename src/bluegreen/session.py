@@ -15,7 +15,7 @@ from typing import Any
 
 from dotenv import dotenv_values
 
-from bluegreen import health
+from bluegreen import health, proxies
 from bluegreen.config import ENV_KEY_RE, Colour, Config, HostConfig, parse_listen
 from bluegreen.errors import BlueGreenError, CommandFailed, ConfigError, LockHeld, ProxyError, Unhealthy
 from bluegreen.hosts.base import Host, describe
@@ -88,8 +88,10 @@ class HostSession:
         self.proxies: list[HostSession] = [self]
         # What this host's proxy sends traffic to: its own slots, or (a load balancer)
         # every app host's.
-        self.upstreams = ([cfg.bind_address(h) for h in cfg.hosts] if balancer
-                          else [self.bind])
+        self.upstream_servers = ([(h.label, cfg.bind_address(h)) for h in cfg.hosts]
+                                 if balancer else [(hc.label, self.bind)])
+        self.upstreams = [address for _, address in self.upstream_servers]
+        self.proxy = proxies.for_session(self)
 
     def slot(self, colour: Colour, release_id: str, version: str) -> Slot:
         return Slot(colour, self.cfg.slots.port(colour), self.layout, release_id, version,
@@ -123,22 +125,15 @@ class HostSession:
         return colours[0]
 
     async def link_colour(self) -> Colour | None:
-        """The colour this host's own proxy link points at (None when there is no link)."""
-        result = await self.run(nginx.read_link(self.cfg))
-        target = result.stdout.strip()
-        if not target:
-            return None
-        colour = nginx.colour_of_target(self.cfg, target)
-        if colour is None:
-            raise ProxyError(f"{nginx.link(self.cfg)} points at {target}, which is neither "
-                             "site file; fix the link or run `bluegreen setup`", host=self.name)
-        return colour
+        """The colour this host's own proxy is set to (its link or map file; None before
+        setup)."""
+        return await self.proxy.live_colour()
 
     async def require_live(self) -> Colour:
         live = await self.live_colour()
         if live is None:
-            raise BlueGreenError(f"no live link at {nginx.link(self.cfg)}: run `bluegreen setup` "
-                                 "first", host=self.name)
+            raise BlueGreenError(f"no live colour yet ({self.proxies[0].proxy.source} does not "
+                                 "exist): run `bluegreen setup` first", host=self.name)
         return live
 
     async def state(self, colour: Colour) -> SlotState | None:
@@ -269,34 +264,38 @@ class HostSession:
 
     async def drain(self, colour: Colour, sid: int | None) -> int:
         """Wait up to drain_timeout until no proxy can still send the slot a request and
-        its port has no established connection; returns how many connections were still
-        open when the wait ended.
+        no connection to it is open; returns how many were still open when the wait ended.
 
         nginx opens a fresh upstream connection per request, so a port with no connection
         is not enough: after a reload, old workers keep serving their clients' keep-alive
         connections (and websockets) with the previous config, i.e. towards this slot,
-        until they exit."""
-        last = Probe()
+        until they exit. HAProxy keeps idle connections to servers for reuse, so there the
+        count is its own: requests in flight and tunnels (websockets) on this slot."""
+        open_now = 0
         old_workers = 0
 
         async def idle() -> bool | None:
-            nonlocal last, old_workers
-            last = await self.probe(colour, sid)
-            old_workers = sum([await p.old_proxy_workers() for p in self.proxies])
-            return True if last.established == 0 and old_workers == 0 else None
+            nonlocal open_now, old_workers
+            open_now = await self.connections(colour, sid)
+            old_workers = sum([await p.proxy.old_workers() for p in self.proxies])
+            return True if open_now == 0 and old_workers == 0 else None
 
         if await health.poll(idle, timeout=self.cfg.run.drain_timeout, interval=0.2):
             return 0
-        self.out.warn(self.name, f"{colour}: {last.established} connection(s) still open"
+        self.out.warn(self.name, f"{colour}: {open_now} connection(s) still open"
                       + (f", {old_workers} old proxy worker(s) still running" if old_workers
                          else "")
                       + f" after drain_timeout={self.cfg.run.drain_timeout:g}s; stopping anyway")
-        return last.established
+        return open_now
 
-    async def old_proxy_workers(self) -> int:
-        """nginx workers of a previous configuration that are still finishing their work."""
-        result = await self.run(nginx.old_workers(), check=False)
-        return len(result.stdout.split())
+    async def connections(self, colour: Colour, sid: int | None = None,
+                          probe: Probe | None = None) -> int:
+        """Connections open to the slot: as HAProxy counts them (requests in flight and
+        tunnels, not its idle pool), else the established TCP connections on the port."""
+        counts = [await p.proxy.sessions(colour, self.name) for p in self.proxies]
+        if all(c is not None for c in counts):
+            return sum(c or 0 for c in counts)
+        return (probe or await self.probe(colour, sid)).established
 
     async def stop_slot(self, colour: Colour) -> SlotState | None:
         """Drain the slot, stop its process and wait until it has exited and the port is free.
@@ -470,64 +469,6 @@ class HostSession:
         )
 
     # ---- proxy -------------------------------------------------------------------
-
-    async def write_site(self, colour: Colour) -> bool:
-        """Write the colour's site file if its content differs; True when it changed."""
-        text = nginx.render_site(self.cfg, colour, self.upstreams)
-        current = await self.run(files.read_file(nginx.available(self.cfg, colour)))
-        if current.stdout == text:
-            return False
-        await self.run(nginx.write_site(self.cfg, colour), input=text)
-        return True
-
-    async def proxy_test(self) -> None:
-        result = await self.run(nginx.test(self.cfg), check=False, timeout=60)
-        if not result.ok:
-            output = (result.stderr.strip() or result.stdout.strip())[-2000:]
-            raise ProxyError(f"`{self.cfg.proxy.test}` rejected the site:\n{output}",
-                             host=self.name, detail=output)
-
-    async def proxy_reload(self) -> None:
-        result = await self.run(nginx.reload(self.cfg), check=False, timeout=60)
-        if not result.ok:
-            output = (result.stderr.strip() or result.stdout.strip())[-2000:]
-            raise ProxyError(f"`{self.cfg.proxy.reload}` failed (is nginx running?):\n{output}",
-                             host=self.name, detail=output)
-
-    async def switch(self, target: Colour, previous: Colour | None) -> None:
-        """Point the link at ``target``, test, reload. If ``test`` fails the previous link is
-        put back and nothing is reloaded; if ``reload`` fails the link is put back too."""
-        await self._link_and_test(target, previous)
-        try:
-            await self.proxy_reload()
-        except ProxyError:
-            # A failed reload never reached nginx: it still serves ``previous``.
-            await self.restore_link(previous)
-            self.say(f"link put back to {previous}")
-            raise
-
-    async def try_link(self, target: Colour, live: Colour) -> None:
-        """Test the proxy with the link on ``target``, then put it back on ``live``. nginx
-        reads its config only on reload, so traffic never sees the trial."""
-        await self._link_and_test(target, live)
-        await self.restore_link(live)
-
-    async def _link_and_test(self, target: Colour, previous: Colour | None) -> None:
-        """Point the link at ``target`` and run the proxy's test; on failure the link is
-        put back on ``previous``."""
-        await self.run(nginx.switch(self.cfg, target))
-        try:
-            await self.proxy_test()
-        except ProxyError:
-            await self.restore_link(previous)
-            self.say(f"link put back to {previous}; nginx not reloaded")
-            raise
-
-    async def restore_link(self, previous: Colour | None) -> None:
-        if previous is None:
-            await self.run(nginx.remove_link(self.cfg))
-        else:
-            await self.run(nginx.switch(self.cfg, previous))
 
     async def verify(self, target: Colour, timeout: float = VERIFY_TIMEOUT) -> None:
         """Poll /deployment_id until it answers ``target`` VERIFY_STREAK times in a row."""

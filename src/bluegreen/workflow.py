@@ -17,7 +17,7 @@ from bluegreen.errors import (ArtifactError, BlueGreenError, CommandFailed, Conf
                               ConnectError, ProxyError)
 from bluegreen.hosts.base import Host, connect
 from bluegreen.output import Reporter
-from bluegreen.plan import files, history, lock, nginx, release as releaseplan
+from bluegreen.plan import files, history, lock, release as releaseplan
 from bluegreen.plan.slot import env_script, slot_command
 from bluegreen.hooks import run_hook
 from bluegreen.session import HostSession, SlotState, load_secrets, now_iso
@@ -137,7 +137,9 @@ async def _record_failure(ctx: Context, sessions: list[HostSession],
 # ---- setup and check ------------------------------------------------------------------
 
 async def setup(ctx: Context) -> None:
-    """Create the layout, write both site files, link blue if no link exists, test, reload."""
+    """Create the layout, write the proxy's files (nginx: both site files, and the link to
+    blue if none exists; haproxy: the config, and the map file with blue if none exists),
+    test, reload."""
     async with connected(ctx) as sessions:
         for s in sessions:
             s.say(f"creating {s.layout.root}")
@@ -151,25 +153,7 @@ async def setup(ctx: Context) -> None:
 
 async def _setup_host(s: HostSession) -> None:
     live = await s.live_colour()
-    previous = {c: (await s.run(files.read_file(nginx.available(s.cfg, c)))).stdout
-                for c in Colour}
-    changed = [c for c in Colour if await s.write_site(c)]
-    for c in changed:
-        s.say(f"wrote {nginx.available(s.cfg, c)}")
-    if live is None:
-        s.say(f"linking {nginx.link(s.cfg)} -> blue")
-        await s.run(nginx.switch(s.cfg, Colour.BLUE))
-    try:
-        await s.proxy_test()
-    except ProxyError:
-        for c in changed:
-            if previous[c]:
-                await s.run(nginx.write_site(s.cfg, c), input=previous[c])
-        if live is None:
-            await s.restore_link(None)
-        s.say("site files and link put back; nginx not reloaded")
-        raise
-    await s.proxy_reload()
+    await s.proxy.setup(live)
     await s.verify(live or Colour.BLUE)
     s.say(f"ready; live colour is {live or Colour.BLUE}")
 
@@ -222,10 +206,10 @@ async def _check_host(s: HostSession, *, app: bool, proxy: bool) -> list[CheckIt
     """Tools, and the proxy's dirs and test (``proxy``) and deploy_to (``app``)."""
     cfg = s.cfg
     out: list[CheckItem] = [CheckItem(s.name, "connect", True, "connected")]
-    avail = str(nginx.available(cfg, Colour.BLUE).parent) if proxy else ""
-    enabled = str(nginx.link(cfg).parent) if proxy else ""
+    dirs = [str(d) for d in s.proxy.directories] if proxy else []
+    dirs = [*dict.fromkeys(dirs), "", ""][:2]
     root = str(s.layout.root) if app else ""
-    result = await s.run(["sh", "-c", _CHECK_SCRIPT, "sh", avail, enabled, root])
+    result = await s.run(["sh", "-c", _CHECK_SCRIPT, "sh", *dirs, root])
     missing = []
     for line in result.stdout.splitlines():
         parts = line.split()
@@ -244,19 +228,7 @@ async def _check_host(s: HostSession, *, app: bool, proxy: bool) -> list[CheckIt
                          if missing else "sh tar sha256sum ss setsid ps found"))
     if not proxy:
         return out
-    test = await s.run(nginx.test(cfg), check=False)
-    out.append(CheckItem(s.name, f"proxy test `{cfg.proxy.test}`", test.ok,
-                         "passes" if test.ok else (test.stderr.strip() or test.stdout.strip())[-300:]))
-    try:
-        live = await s.link_colour()
-        out.append(CheckItem(s.name, f"link {nginx.link(cfg)}", True,
-                             f"live is {live}" if live else "setup will link blue"))
-    except ProxyError as exc:
-        out.append(CheckItem(s.name, f"link {nginx.link(cfg)}", False, exc.message))
-    for c in Colour:
-        exists = (await s.run(["test", "-f", str(nginx.available(cfg, c))], check=False)).ok
-        out.append(CheckItem(s.name, f"site file {nginx.available(cfg, c)}", True,
-                             "present" if exists else "setup will write it"))
+    out.extend(CheckItem(s.name, item, ok, detail) for item, ok, detail in await s.proxy.checks())
     return out
 
 
@@ -321,9 +293,10 @@ def split_brain(lives: dict[str, str | None]) -> str | None:
 
 
 async def _finish_interrupted_switch(ctx: Context, sessions: list[HostSession]) -> None:
-    """A run killed between replacing a link and reloading leaves a proxy whose link names
-    one colour while it serves the other. Finish that switch when the linked colour is
-    healthy on every host behind the proxy; otherwise put the link back."""
+    """A run killed between replacing a link (or map file) and reloading (or setting the
+    running HAProxy's map) leaves a proxy whose persisted state names one colour while it
+    serves the other. Finish that switch when the named colour is healthy on every host
+    behind the proxy; otherwise put the link (map file) back."""
 
     async def one(p: HostSession) -> None:
         link = await p.link_colour()
@@ -334,19 +307,18 @@ async def _finish_interrupted_switch(ctx: Context, sessions: list[HostSession]) 
             return
         if answer not in (Colour.BLUE.value, Colour.GREEN.value):
             raise ProxyError(f"the proxy does not answer on /deployment_id ({answer!r}): is "
-                             "nginx running?", host=p.name)
+                             f"{p.proxy.kind} running?", host=p.name)
         served = [s for s in sessions if p in s.proxies]
         healthy = [await s.health(link) for s in served]
         if all(r is not None and r.ok for r in healthy):
-            p.say(f"finishing an interrupted switch: the link says {link}, the proxy still "
-                  f"serves {answer}")
-            await p.proxy_test()
-            await p.proxy_reload()
+            p.say(f"finishing an interrupted switch: the {p.proxy.source} says {link}, the "
+                  f"proxy still serves {answer}")
+            await p.proxy.apply()
             await p.verify(link)
         else:
-            p.say(f"undoing an interrupted switch: the link says {link} (not healthy), the "
-                  f"proxy serves {answer}")
-            await p.restore_link(Colour(answer))
+            p.say(f"undoing an interrupted switch: the {p.proxy.source} says {link} (not "
+                  f"healthy), the proxy serves {answer}")
+            await p.proxy.restore(Colour(answer))
 
     await each(proxies_of(sessions), one, ctx.out)
 
@@ -466,12 +438,13 @@ async def _switch_all(ctx: Context, sessions: list[HostSession], targets: dict[s
                       before_switch: Callable[[], Awaitable[None]] | None = None) -> None:
     """Switch every proxy (each host's own, or the load balancers) to the target colour,
     all or nothing:
-    (1) every host's target slot answers its health check, and on every proxy the new
-        site link passes the proxy's test (tried, then put back; nginx reads it only on
-        reload);
-    (2) every proxy switches its link and reloads; (3) every proxy answers the target
-        colour. If any proxy fails in (2) or (3), those already switched are switched
-        back, and the error names the host and the step (exit 1)."""
+    (1) every host's target slot answers its health check, and every proxy is ready:
+        nginx: the new site link passes the test (tried, then put back; nginx reads it only
+        on reload); haproxy: the runtime API answers and has the target backend;
+    (2) every proxy switches (nginx: link and reload; haproxy: map file and runtime API);
+    (3) every proxy answers the target colour.
+    If any proxy fails in (2) or (3), those already switched are switched back, and the
+    error names the host and the step (exit 1)."""
     proxies = proxies_of(sessions)
     wanted: dict[str, Colour] = {}
     for s in sessions:
@@ -492,11 +465,7 @@ async def _switch_all(ctx: Context, sessions: list[HostSession], targets: dict[s
                 f"{ctx.cfg.run.health_path}; {what}); nothing was switched", host=s.name)
 
     async def ready(p: HostSession) -> None:
-        target, live = wanted[p.name], lives[p.name]
-        if await p.write_site(target):
-            p.say(f"rewrote {nginx.available(ctx.cfg, target)}")
-        if target is not live:
-            await p.try_link(target, live)
+        await p.proxy.prepare(wanted[p.name], lives[p.name])
 
     await each(sessions, healthy, ctx.out)
     await each(proxies, ready, ctx.out)
@@ -510,7 +479,7 @@ async def _switch_all(ctx: Context, sessions: list[HostSession], targets: dict[s
 
     async def flip(p: HostSession) -> None:
         p.say(f"switching {lives[p.name]} -> {wanted[p.name]}")
-        await p.switch(wanted[p.name], lives[p.name])
+        await p.proxy.switch(wanted[p.name], lives[p.name])
         switched.append(p)
 
     step = "switch and reload"
@@ -522,7 +491,7 @@ async def _switch_all(ctx: Context, sessions: list[HostSession], targets: dict[s
         for p in switched:
             ctx.out.warn(p.name, f"switching back to {lives[p.name]}")
             try:
-                await p.switch(lives[p.name], wanted[p.name])
+                await p.proxy.switch(lives[p.name], wanted[p.name])
                 await p.verify(lives[p.name])
             except BlueGreenError as exc:
                 ctx.out.error(f"could not switch back: {exc.message}")
@@ -789,7 +758,7 @@ async def _status_host(s: HostSession) -> dict[str, Any]:
             "pid": pid,
             "running": probe.listening,
             "healthy": bool(resp and resp.ok),
-            "connections": probe.established,
+            "connections": await s.connections(c, probe=probe),
             "own": s.owns(c, state, probe) if probe.listening else None,
         }
     return {"host": s.name, "reachable": True, "live": live.value if live else None,

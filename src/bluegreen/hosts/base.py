@@ -26,7 +26,7 @@ class Result:
 
 
 class Stream(Protocol):
-    """A byte stream to a TCP port as seen from the host."""
+    """A byte stream to a TCP port or unix socket as seen from the host."""
 
     async def read(self, n: int) -> bytes: ...
     async def write(self, data: bytes) -> None: ...
@@ -56,6 +56,11 @@ class Host(Protocol):
 
     async def open_connection(self, address: str, port: int) -> Stream:
         """A TCP stream to address:port as seen from the host (an SSH tunnel if remote)."""
+        ...
+
+    async def open_unix_connection(self, path: str) -> Stream:
+        """A stream to the unix socket ``path`` on the host (SSH stream-local forwarding
+        if remote)."""
         ...
 
     async def close(self) -> None: ...

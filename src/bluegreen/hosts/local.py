@@ -90,5 +90,9 @@ class LocalHost:
         reader, writer = await asyncio.open_connection(address, port)
         return _LocalStream(reader, writer)
 
+    async def open_unix_connection(self, path: str) -> _LocalStream:
+        reader, writer = await asyncio.open_unix_connection(path)
+        return _LocalStream(reader, writer)
+
     async def close(self) -> None:
         return None

@@ -171,6 +171,17 @@ class SSHHost:
             raise self._lost(exc) from None
         return _SSHStream(reader, writer)
 
+    async def open_unix_connection(self, path: str) -> _SSHStream:
+        try:
+            reader, writer = await self._conn.open_unix_connection(path)
+        except asyncssh.ChannelOpenError as exc:
+            # sshd says only "open failed"; the usual causes are the two below.
+            raise ConnectionRefusedError(f"{path}: {exc.reason} (no such socket, or the SSH "
+                                         "user may not open it)") from None
+        except asyncssh.Error as exc:
+            raise self._lost(exc) from None
+        return _SSHStream(reader, writer)
+
     async def close(self) -> None:
         self._conn.close()
         try:

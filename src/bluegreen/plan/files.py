@@ -25,6 +25,16 @@ def write_file(path: PurePosixPath, mode: str = "0644") -> Argv:
     )
 
 
+def replace_config(path: PurePosixPath, use_sudo: bool) -> Argv:
+    """Atomically replace a proxy config file with stdin, mode 0644; the temp file has a
+    dot name in the same dir, which ``*.conf``-style includes do not match."""
+    return sudo(
+        sh('tmp="$(dirname "$1")/.$(basename "$1").bluegreen-tmp"; '
+           'cat > "$tmp" && chmod 0644 "$tmp" && mv -f "$tmp" "$1"', path),
+        use_sudo,
+    )
+
+
 def append_file(path: PurePosixPath) -> Argv:
     """Append stdin to ``path``."""
     return sh('cat >> "$1"', path)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import re
+import shlex
 from pathlib import Path, PurePosixPath
 
 import jinja2
 
 from bluegreen.config import Colour, Config, render
 from bluegreen.errors import ConfigError
-from bluegreen.plan.files import Argv, sh, sudo
+from bluegreen.plan.files import Argv, replace_config, sh, sudo
 
 _BUILTIN = jinja2.Environment(
     loader=jinja2.PackageLoader("bluegreen", "templates"),
@@ -97,22 +99,56 @@ def old_workers() -> Argv:
     return ["pgrep", "-f", "^nginx: worker process is shutting down"]
 
 
-def test(cfg: Config) -> Argv:
-    return sudo(["sh", "-c", render(cfg.proxy.test, app=cfg.app)], cfg.proxy.sudo)
+KEEPALIVE_MIN_TIMEOUT_SINCE = (1, 27, 4)
 
 
-def reload(cfg: Config) -> Argv:
-    return sudo(["sh", "-c", render(cfg.proxy.reload, app=cfg.app)], cfg.proxy.sudo)
+def inspect(cfg: Config) -> Argv:
+    """Print nginx's version, then the lines of its full config (``test`` with ``-T``)
+    that set the directives `advice` looks at."""
+    test = render(cfg.proxy.test, app=cfg.app)
+    binary = next((w for w in shlex.split(test) if w.rsplit("/", 1)[-1] == "nginx"), "nginx")
+    return sudo(sh('"$1" -v 2>&1; sh -c "$2 -T" 2>/dev/null | grep -E '
+                   '"^[[:space:]]*(worker_shutdown_timeout|keepalive_min_timeout)[[:space:]]"',
+                   binary, test), cfg.proxy.sudo)
+
+
+def advice(output: str) -> list[tuple[str, bool, str]]:
+    """What the nginx version and config printed by `inspect` mean for zero downtime:
+    (item, ok, detail) rows for `bluegreen check`; advice never fails the check."""
+    match = re.search(r"nginx/(\d+)\.(\d+)\.(\d+)", output)
+    directives = {line.split()[0]: line.split()[1].rstrip(";") for line in output.splitlines()
+                  if len(line.split()) >= 2 and not line.startswith("nginx")}
+    rows: list[tuple[str, bool, str]] = []
+    if match:
+        version = tuple(int(x) for x in match.groups())
+        text = ".".join(match.groups())
+        if version < KEEPALIVE_MIN_TIMEOUT_SINCE:
+            detail = (f"{text}: each reload closes idle keep-alive connections, and a request a "
+                      "client sends at that instant is reset (~1 per switch under load; browsers "
+                      "retry, many API clients do not). nginx >= 1.27.4 has "
+                      "keepalive_min_timeout for it; proxy.kind = \"haproxy\" switches without "
+                      "a reload (docs/zero-downtime.md)")
+        elif "keepalive_min_timeout" in directives:
+            detail = f"{text}, keepalive_min_timeout {directives['keepalive_min_timeout']}"
+        else:
+            detail = (f"{text}: set keepalive_min_timeout (e.g. 1s) in http {{}} so a reload "
+                      "does not close a keep-alive connection a request is racing on")
+        rows.append(("nginx version", True, detail))
+    if "worker_shutdown_timeout" in directives:
+        rows.append(("nginx worker_shutdown_timeout", True,
+                     f"{directives['worker_shutdown_timeout']}: websockets still on the previous "
+                     "colour are closed that long after a switch"))
+    else:
+        rows.append(("nginx worker_shutdown_timeout", True,
+                     "not set: after a switch, websockets stay on the previous colour until they "
+                     "close (a deploy needing that slot waits run.drain_timeout, then cuts them); "
+                     "set it (e.g. 10m) in the main context to bound that"))
+    return rows
 
 
 def write_site(cfg: Config, colour: Colour) -> Argv:
     """Replace the ``colour`` site file with stdin, atomically."""
-    path = available(cfg, colour)
-    return sudo(
-        sh('tmp="$(dirname "$1")/.$(basename "$1").bluegreen-tmp"; '
-           'cat > "$tmp" && chmod 0644 "$tmp" && mv -f "$tmp" "$1"', path),
-        cfg.proxy.sudo,
-    )
+    return replace_config(available(cfg, colour), cfg.proxy.sudo)
 
 
 def deployment_id_request(cfg: Config) -> tuple[str, str]:

@@ -1,0 +1,164 @@
+"""Builders for the haproxy kind: one config file with a backend per colour, a map file
+whose "live" key names the live colour, and the runtime API commands that switch it.
+
+HAProxy evaluates the map for every request, so one ``set map`` on the runtime API moves
+all new requests (also those on open keep-alive connections) at once, with no reload:
+no process is replaced and no connection is closed. Connections already upgraded (e.g.
+websockets) stay on the backend they were opened on. The map file on disk is what a
+restarted HAProxy reads, so it is written first and is the persistent truth."""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from pathlib import Path, PurePosixPath
+
+import jinja2
+
+from bluegreen.config import Colour, Config, render
+from bluegreen.errors import ConfigError
+from bluegreen.plan.files import Argv, replace_config, sudo
+
+MAP_KEY = "live"
+
+_BUILTIN = jinja2.Environment(
+    loader=jinja2.PackageLoader("bluegreen", "templates"),
+    undefined=jinja2.StrictUndefined,
+    keep_trailing_newline=True,
+    autoescape=False,
+)
+
+
+def config_file(cfg: Config) -> PurePosixPath:
+    return PurePosixPath(render(cfg.proxy.config_file, app=cfg.app))
+
+
+def map_file(cfg: Config) -> PurePosixPath:
+    return PurePosixPath(render(cfg.proxy.map_file, app=cfg.app))
+
+
+def socket(cfg: Config) -> str:
+    return render(cfg.proxy.socket, app=cfg.app)
+
+
+def ident(cfg: Config) -> str:
+    return cfg.app.replace("-", "_")
+
+
+def backend(cfg: Config, colour: Colour) -> str:
+    return f"bluegreen_{ident(cfg)}_{colour.value}"
+
+
+def server_name(host_label: str) -> str:
+    """A HAProxy server name for an app host (its label, with other characters as '_')."""
+    return re.sub(r"[^A-Za-z0-9_.:-]", "_", host_label)
+
+
+def bind(listen: str) -> str:
+    """HAProxy's ``bind`` for a ``proxy.listen`` value: "80" listens on every address."""
+    return listen if ":" in listen else f":{listen}"
+
+
+def render_config(cfg: Config, servers: list[tuple[str, str]]) -> str:
+    """The config file: ``servers`` are (host label, address) of the app hosts whose slots
+    the backends list (one: the host itself; several: a load balancer)."""
+    context = {
+        "app": cfg.app,
+        "app_ident": ident(cfg),
+        "frontend": f"bluegreen_{ident(cfg)}",
+        "backend_prefix": f"bluegreen_{ident(cfg)}_",
+        "bind": bind(cfg.proxy.listen),
+        "listen": cfg.proxy.listen,
+        "map_file": str(map_file(cfg)),
+        "server_name": render(cfg.proxy.server_name, app=cfg.app),
+        "backends": {
+            c.value: [(server_name(label), f"{address}:{cfg.slots.port(c)}")
+                      for label, address in servers]
+            for c in Colour
+        },
+    }
+    if cfg.proxy.template:
+        path: Path = cfg.local_path(cfg.proxy.template)
+        try:
+            source = path.read_text()
+        except OSError as exc:
+            raise ConfigError(f"proxy.template: cannot read {path}: {exc.strerror}") from None
+        env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+        try:
+            return env.from_string(source).render(context)
+        except jinja2.TemplateError as exc:
+            raise ConfigError(f"proxy.template: {path}: {exc}") from None
+    return _BUILTIN.get_template("haproxy.cfg.j2").render(context)
+
+
+def map_text(colour: Colour) -> str:
+    return f"# bluegreen: the live colour; `bluegreen promote` changes it\n{MAP_KEY} {colour.value}\n"
+
+
+def parse_map(text: str) -> str | None:
+    """The value of the "live" key in a map file, or None when the file has none."""
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0] == MAP_KEY:
+            return parts[1]
+    return None
+
+
+def write(cfg: Config, path: PurePosixPath) -> Argv:
+    """Replace the config or map file ``path`` with stdin, atomically."""
+    return replace_config(path, cfg.proxy.sudo)
+
+
+def remove(cfg: Config, path: PurePosixPath) -> Argv:
+    return sudo(["rm", "-f", "--", str(path)], cfg.proxy.sudo)
+
+
+# ---- runtime API ------------------------------------------------------------------
+
+def set_live(cfg: Config, colour: Colour) -> str:
+    return f"set map {map_file(cfg)} {MAP_KEY} {colour.value}"
+
+
+def add_live(cfg: Config, colour: Colour) -> str:
+    return f"add map {map_file(cfg)} {MAP_KEY} {colour.value}"
+
+
+def show_live(cfg: Config) -> str:
+    return f"show map {map_file(cfg)}"
+
+
+def parse_show_map(text: str) -> str | None:
+    """The live colour in ``show map`` output (lines of "<ref> <key> <value>")."""
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[1] == MAP_KEY:
+            return parts[2]
+    return None
+
+
+def runtime_error(answer: str) -> str | None:
+    """The error in a runtime API answer (commands that succeed answer nothing)."""
+    text = answer.strip()
+    return text or None
+
+
+def parse_stat(text: str) -> dict[tuple[str, str], dict[str, str]]:
+    """``show stat`` CSV as {(proxy, server): row}."""
+    lines = text.lstrip("# ").splitlines()
+    rows: dict[tuple[str, str], dict[str, str]] = {}
+    for row in csv.DictReader(io.StringIO("\n".join(lines))):
+        if row.get("pxname") and row.get("svname"):
+            rows[(row["pxname"], row["svname"])] = row
+    return rows
+
+
+def sessions(stat: dict[tuple[str, str], dict[str, str]], cfg: Config, colour: Colour,
+             host_label: str) -> int | None:
+    """Current sessions on ``host_label``'s server of the colour's backend (None when
+    HAProxy has no such server)."""
+    row = stat.get((backend(cfg, colour), server_name(host_label)))
+    if row is None:
+        return None
+    value = row.get("scur") or "0"
+    return int(value) if value.isdigit() else 0
