@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-APT_PACKAGES="python3 python3-venv python3-pip nginx-light openssh-server openssh-client wrk iproute2 procps util-linux tar coreutils elixir erlang-inets"
+APT_PACKAGES="python3 python3-venv python3-pip nginx-light haproxy openssh-server openssh-client wrk iproute2 procps util-linux tar coreutils elixir erlang-inets"
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
@@ -20,7 +20,7 @@ install_system() {
         as_root apt-get update -qq
         as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
     fi
-    # The test suite runs its own sshd and nginx; the system services are not needed.
+    # The test suite runs its own sshd, nginx and HAProxy; the system services are not needed.
 }
 
 install_venv() {

@@ -1,19 +1,24 @@
 """Several real hosts on one machine: one network namespace each, joined by a bridge, each
-with its own sshd, nginx, hostname and /srv, /root, /home. Traffic stays on the bridge:
+with its own sshd, nginx, HAProxy, hostname and /srv, /root, /home. Traffic stays on the bridge:
 no default route is ever added inside a namespace."""
 
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from bluegreen.demo.haproxy import PrivateHAProxy
 from conftest import sshd_config
 
 NGINX_PREFIX = "/srv/nginx"  # the same path on every host (each has its own /srv)
+# Every host also runs a HAProxy (its frontend exists only once bluegreen writes one).
+HAPROXY = PrivateHAProxy(Path("/srv/haproxy"), 80)
 
 
 def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -106,10 +111,13 @@ class Cluster:
             f"Port 22\nListenAddress {address}", hdir / "ssh_host_ed25519_key",
             hdir / "sshd.pid", self.base / "authorized_keys"))
         _write_nginx_conf(hdir / "srv" / "nginx")
+        (hdir / "srv" / "haproxy" / "conf.d").mkdir(parents=True)
+        (hdir / "srv" / "haproxy" / "haproxy.cfg").write_text(HAPROXY.config_text())
         script = (
             f'hostname h{i} && mount --bind {hdir}/srv /srv && mount --bind {hdir}/root /root && '
             f'mount --bind {hdir}/home /home && mkdir -p /run/sshd && '
             f'nginx -p {NGINX_PREFIX} -c {NGINX_PREFIX}/nginx.conf -e {NGINX_PREFIX}/error.log && '
+            f'{shlex.join(HAPROXY.command("-D", "-p", str(HAPROXY.pid_file)))} && '
             f'/usr/sbin/sshd -D -e -f {hdir}/sshd_config 2>>{hdir}/sshd.log; '
             "sleep infinity"  # the host stays up if its sshd is killed (a test does that)
         )
@@ -136,6 +144,10 @@ class Cluster:
         return {"test": f"{base} -q -t", "reload": f"{base} -s reload",
                 "sites_available": f"{NGINX_PREFIX}/sites-available",
                 "sites_enabled": f"{NGINX_PREFIX}/sites-enabled"}
+
+    def haproxy_settings(self) -> dict[str, Any]:
+        """[proxy] keys for the HAProxy every host runs (at /srv/haproxy, port 80)."""
+        return HAPROXY.proxy_settings()
 
     def down(self) -> None:
         for host in self.hosts:

@@ -19,6 +19,7 @@ from typing import Any, Iterator
 
 import pytest
 
+from bluegreen.demo.haproxy import PrivateHAProxy
 from bluegreen.demo.nginx import PrivateNginx, build_sample, free_port
 
 BLUEGREEN = [sys.executable, "-m", "bluegreen"]
@@ -150,7 +151,7 @@ class Project:
     """A user's project dir: bluegreen.toml, artifacts, and a HOME of its own."""
 
     dir: Path
-    nginx: PrivateNginx
+    nginx: PrivateNginx | PrivateHAProxy  # the project's proxy, of either kind
     kind: str  # "local" or "ssh"
     blue: int
     green: int
@@ -184,10 +185,7 @@ class Project:
                 run.pop(key, None)
             else:
                 run[key] = value
-        proxy = {"server_name": SERVER_NAME, "listen": f"127.0.0.1:{self.nginx.port}",
-                 "sites_available": str(self.nginx.sites_available),
-                 "sites_enabled": str(self.nginx.sites_enabled),
-                 "test": self.nginx.test_command, "reload": self.nginx.reload_command}
+        proxy = {"server_name": SERVER_NAME, **self.nginx.proxy_settings()}
         proxy.update(self.extra_proxy)
         data: dict[str, Any] = {
             "app": "testapp",
@@ -300,7 +298,8 @@ def toml_value(v: Any) -> str:
     return json.dumps(str(v))
 
 
-def make_project(tmp_path: Path, nginx: PrivateNginx, sshd: Sshd | None) -> Project:
+def make_project(tmp_path: Path, nginx: PrivateNginx | PrivateHAProxy,
+                 sshd: Sshd | None) -> Project:
     home = tmp_path / "home"
     home.mkdir()
     proj_dir = tmp_path / "project"
@@ -316,6 +315,32 @@ def project(request: pytest.FixtureRequest, tmp_path: Path, nginx: PrivateNginx)
     """The same test on `local` and over a real sshd."""
     server = request.getfixturevalue("sshd") if request.param == "ssh" else None
     proj = make_project(tmp_path, nginx, server)
+    yield proj
+    proj.cleanup()
+
+
+@pytest.fixture
+def haproxy(tmp_path: Path) -> Iterator[PrivateHAProxy]:
+    server = PrivateHAProxy(tmp_path / "haproxy", free_port())
+    server.write_config()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["local", "ssh"])
+def hx_project(request: pytest.FixtureRequest, tmp_path: Path,
+               haproxy: PrivateHAProxy) -> Iterator[Project]:
+    """A project whose proxy is a private HAProxy, on `local` and over a real sshd."""
+    server = request.getfixturevalue("sshd") if request.param == "ssh" else None
+    proj = make_project(tmp_path, haproxy, server)
+    yield proj
+    proj.cleanup()
+
+
+@pytest.fixture
+def local_project_hx(tmp_path: Path, haproxy: PrivateHAProxy) -> Iterator[Project]:
+    proj = make_project(tmp_path, haproxy, None)
     yield proj
     proj.cleanup()
 

@@ -152,3 +152,30 @@ def test_init_writes_a_config_that_loads(tmp_path: Path) -> None:
     assert cfg.app == "web" and "gunicorn" in (cfg.run.command or "")
     proc = run_cli("init", cwd=tmp_path)
     assert proc.returncode == 2 and "--force" in proc.stderr
+
+
+def test_haproxy_kind_defaults_and_keys() -> None:
+    cfg = parse_config(with_("proxy", {"kind": "haproxy"}), Path("/tmp"))
+    assert cfg.proxy.is_haproxy
+    assert cfg.proxy.reload == "systemctl reload haproxy"
+    assert cfg.proxy.test.startswith("haproxy -c")
+    assert cfg.proxy.config_file == "/etc/haproxy/conf.d/{app}.cfg"
+    assert cfg.proxy.socket == "/run/haproxy/admin.sock"
+    own = parse_config(with_("proxy", {"kind": "haproxy", "test": "true", "reload": "true",
+                                       "socket": "127.0.0.1:9999"}), Path("/tmp"))
+    assert (own.proxy.test, own.proxy.reload, own.proxy.socket) == ("true", "true",
+                                                                    "127.0.0.1:9999")
+
+
+@pytest.mark.parametrize("proxy,expected", [
+    ({"kind": "haproxy", "site": "x"}, "proxy: site is not used by kind = 'haproxy'"),
+    ({"kind": "nginx", "map_file": "/x.map"}, "proxy: map_file is not used by kind = 'nginx'"),
+    ({"socket": "/x.sock"}, "proxy: socket is not used by kind = 'nginx'"),
+    ({"kind": "haproxy", "listen": "80 default_server"}, "use [address:]port only"),
+    ({"kind": "haproxy", "map_file": "conf.d/x.map"}, "map_file: must be an absolute path"),
+    ({"kind": "haproxy", "config_file": "/a b.cfg"}, "config_file: must be an absolute path"),
+    ({"kind": "haproxy", "socket": "admin sock"}, "socket: must be a unix socket path"),
+    ({"kind": "traefik"}, "proxy.kind: Input should be 'nginx' or 'haproxy'"),
+])
+def test_bad_haproxy_settings(proxy: dict[str, object], expected: str) -> None:
+    assert expected in error_of(with_("proxy", proxy))

@@ -7,6 +7,7 @@ import os
 import subprocess
 from pathlib import Path
 
+from bluegreen.demo.nginx import PrivateNginx
 from conftest import Project, free_port
 
 
@@ -65,6 +66,13 @@ def test_check_reports_what_setup_would_do(project: Project) -> None:
     project.bg("setup")
     out = project.bg("check")
     assert "live is blue" in out.stdout
+    # Advice from the nginx it sees (Debian's 1.22, no worker_shutdown_timeout): notes.
+    assert "note 1.22" in out.stdout and "keepalive_min_timeout" in out.stdout
+    assert "worker_shutdown_timeout" in out.stdout and "note not set" in out.stdout
+    assert isinstance(project.nginx, PrivateNginx)
+    project.nginx.write_config(workers=1, main="worker_shutdown_timeout 10m;\n")
+    out = project.bg("check")
+    assert "ok 10m: websockets" in out.stdout
     project.extra_proxy = {"sites_available": str(project.dir / "nope")}
     project.write_config()
     out = project.bg("check", check=1)

@@ -19,8 +19,10 @@ from conftest import BLUEGREEN, SERVER_NAME, Answer, to_toml
 class Fleet:
     """A project deploying to every host of a cluster."""
 
-    def __init__(self, cluster: Cluster, dir: Path, balanced: bool = False) -> None:
+    def __init__(self, cluster: Cluster, dir: Path, balanced: bool = False,
+                 kind: str = "nginx") -> None:
         self.cluster = cluster
+        self.kind = kind
         # balanced: the first host is a load balancer in front of the others.
         self.balancers = cluster.hosts[:1] if balanced else []
         self.apps = cluster.hosts[1:] if balanced else cluster.hosts
@@ -39,7 +41,8 @@ class Fleet:
                     "drain_timeout": 2},
             "slots": {"blue": 4000, "green": 5000},
             "proxy": {"server_name": SERVER_NAME, "listen": "80",
-                      **self.cluster.nginx_commands()},
+                      **(self.cluster.nginx_commands() if self.kind == "nginx" else
+                         {**self.cluster.haproxy_settings(), "listen": "80"})},
             "hosts": [self.entry(h) for h in self.apps],
         }
         if self.balancers:
@@ -248,5 +251,50 @@ def test_load_balancer_topology(tmp_path: Path) -> None:
         assert {get_from(lb).version for _ in range(10)} == {"1.0.0"}
         out = fleet.bg("check")
         assert "FAIL" not in out.stdout
+    finally:
+        cluster.down()
+
+
+def test_load_balancer_topology_with_haproxy(tmp_path: Path) -> None:
+    """h1 runs HAProxy in front of h2 and h3: one backend per colour lists both app hosts;
+    promote and rollback go through the runtime API over SSH (no HAProxy reload); a
+    deploy drains each app host by HAProxy's own session count."""
+    cluster = Cluster(tmp_path / "cluster", 3)
+    (tmp_path / "cluster").mkdir()
+    try:
+        cluster.up()
+        (tmp_path / "project").mkdir()
+        fleet = Fleet(cluster, tmp_path / "project", balanced=True, kind="haproxy")
+        fleet.bg("setup")
+        lb = cluster.hosts[0]
+        config = (lb.dir / "srv" / "haproxy" / "conf.d" / "testapp.cfg").read_text()
+        for h in cluster.hosts[1:]:
+            assert f"server {h.name} {h.address}:5000" in config
+        for h in cluster.hosts[1:]:  # app hosts run no proxy of their own
+            assert not (h.dir / "srv" / "haproxy" / "conf.d" / "testapp.cfg").exists()
+        fleet.deploy("1.0.0")
+        fleet.deploy("2.0.0")
+        pids = lb.exec("pgrep", "-f", "haproxy -f /srv/haproxy").stdout.split()
+        assert pids
+        served_by = set()
+        for _ in range(20):
+            import urllib.request
+
+            req = urllib.request.Request(f"http://{lb.address}/", headers={"Host": SERVER_NAME})
+            with urllib.request.urlopen(req, timeout=5) as resp:
+                assert (resp.headers["X-Deployment-Id"], resp.headers["X-App-Version"]) == (
+                    "green", "2.0.0")
+                served_by.add(resp.headers["X-App-Host"])
+        assert served_by == {"h2", "h3"}
+        data = json.loads(fleet.bg("status", "--json").stdout)
+        assert data["load_balancers"] == [{"host": "h1", "reachable": True, "live": "green",
+                                           "proxy_answer": "green"}]
+        fleet.bg("rollback")
+        assert {get_from(lb).version for _ in range(10)} == {"1.0.0"}
+        fleet.deploy("3.0.0")  # replaces green's 2.0.0 on both app hosts
+        assert {get_from(lb).version for _ in range(10)} == {"3.0.0"}
+        assert lb.exec("pgrep", "-f", "haproxy -f /srv/haproxy").stdout.split() == pids
+        out = fleet.bg("check")
+        assert "FAIL" not in out.stdout and "runtime API" in out.stdout
     finally:
         cluster.down()

@@ -12,7 +12,7 @@ import pytest
 from bluegreen.artifact import check_members
 from bluegreen.config import Colour, parse_config
 from bluegreen.errors import ArtifactError
-from bluegreen.plan import nginx, release, slot
+from bluegreen.plan import haproxy, nginx, release, slot
 from bluegreen.plan.layout import Layout
 
 CFG = parse_config({
@@ -137,3 +137,53 @@ def test_safe_artifact_with_inner_links(tmp_path: Path) -> None:
     (tmp_path / "junk.tar.gz").write_bytes(b"not a tarball")
     with pytest.raises(ArtifactError, match="not a readable .tar.gz"):
         check_members(tmp_path / "junk.tar.gz")
+
+
+HX = CFG.model_copy(update={"proxy": CFG.proxy.model_validate(
+    {"kind": "haproxy", "listen": "127.0.0.1:8080"})})
+
+
+def test_rendered_haproxy_config() -> None:
+    text = haproxy.render_config(HX, [("web 1", "10.0.0.1"), ("web2", "10.0.0.2")])
+    assert "bind 127.0.0.1:8080" in text
+    assert "map(/etc/haproxy/conf.d/shop.map)" in text
+    assert "use_backend bluegreen_shop_%[var(txn.bluegreen_live)]" in text
+    for colour, port in (("blue", 4100), ("green", 5100)):
+        assert f"backend bluegreen_shop_{colour}" in text
+        assert f"server web_1 10.0.0.1:{port}" in text and f"server web2 10.0.0.2:{port}" in text
+        assert f"set-header X-Deployment-Id {colour}" in text
+    assert haproxy.bind("80") == ":80"
+    assert haproxy.map_text(Colour.GREEN).endswith("live green\n")
+    assert haproxy.parse_map(haproxy.map_text(Colour.GREEN)) == "green"
+    assert haproxy.parse_map("# nothing\n") is None
+
+
+def test_haproxy_runtime_answers() -> None:
+    assert haproxy.set_live(HX, Colour.GREEN) == "set map /etc/haproxy/conf.d/shop.map live green"
+    assert haproxy.parse_show_map("0x55d5c live blue\n\n") == "blue"
+    assert haproxy.parse_show_map("\n") is None
+    assert haproxy.runtime_error("\n") is None
+    assert haproxy.runtime_error("Unknown map identifier.\n") == "Unknown map identifier."
+    stat = haproxy.parse_stat(
+        "# pxname,svname,qcur,qmax,scur,smax\n"
+        "bluegreen_shop_blue,web1,0,0,3,7\n"
+        "bluegreen_shop_blue,BACKEND,0,0,3,7\n"
+        "bluegreen_shop_green,web1,0,0,,1\n")
+    assert haproxy.sessions(stat, HX, Colour.BLUE, "web1") == 3
+    assert haproxy.sessions(stat, HX, Colour.GREEN, "web1") == 0
+    assert haproxy.sessions(stat, HX, Colour.GREEN, "web9") is None
+
+
+@pytest.mark.parametrize("output,version_says,shutdown_says", [
+    ("nginx version: nginx/1.22.1\n", "keepalive_min_timeout for it", "not set"),
+    ("nginx version: nginx/1.22.1\nworker_shutdown_timeout 10m;\n", "1.22.1: each reload",
+     "10m: websockets"),
+    ("nginx version: nginx/1.27.4\n", "set keepalive_min_timeout", "not set"),
+    ("nginx version: nginx/1.28.0\n  keepalive_min_timeout 1s;\n",
+     "keepalive_min_timeout 1s", "not set"),
+])
+def test_nginx_advice(output: str, version_says: str, shutdown_says: str) -> None:
+    rows = dict((item, (ok, detail)) for item, ok, detail in nginx.advice(output))
+    assert all(ok is not False for ok, _ in rows.values())  # advice never fails `check`
+    assert version_says in rows["nginx version"][1]
+    assert shutdown_says in rows["nginx worker_shutdown_timeout"][1]

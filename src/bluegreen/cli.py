@@ -151,10 +151,10 @@ def check(state: State) -> None:
     items = run(state, lambda: workflow.check(ctx))
     table = Table("host", "check", "result", box=None, pad_edge=False)
     for item in items:
-        mark = "[green]ok[/]" if item.ok else "[red]FAIL[/]"
+        mark = {True: "[green]ok[/]", False: "[red]FAIL[/]", None: "[yellow]note[/]"}[item.ok]
         table.add_row(escape(item.host), escape(item.item), f"{mark} {escape(item.detail)}")
     Console(highlight=False).print(table)
-    failed = [i for i in items if not i.ok]
+    failed = [i for i in items if i.ok is False]
     if any(i.item == "connect" for i in failed):
         sys.exit(3)
     if failed:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from bluegreen.config import Colour, render
 from bluegreen.errors import ProxyError
 from bluegreen.plan import files, haproxy, nginx
+from bluegreen.plan.nginx import Finding
 
 if TYPE_CHECKING:
     from bluegreen.session import HostSession
@@ -81,8 +82,8 @@ class Proxy(abc.ABC):
         return None
 
     @abc.abstractmethod
-    async def checks(self) -> list[tuple[str, bool, str]]:
-        """(item, ok, detail) for `bluegreen check`; changes nothing."""
+    async def checks(self) -> list[Finding]:
+        """What `bluegreen check` reports about the proxy; changes nothing."""
 
     def command(self, value: str) -> list[str]:
         """``proxy.test`` or ``proxy.reload`` as argv (with sudo when configured)."""
@@ -105,7 +106,7 @@ class Proxy(abc.ABC):
     async def _read(self, path: PurePosixPath) -> str:
         return str((await self.s.run(files.read_file(path))).stdout)
 
-    async def _test_row(self) -> tuple[str, bool, str]:
+    async def _test_row(self) -> Finding:
         test = await self.s.run(self.command(self.cfg.proxy.test), check=False)
         return (f"proxy test `{self.cfg.proxy.test}`", test.ok, "passes" if test.ok else
                 (test.stderr.strip() or test.stdout.strip())[-300:])
@@ -205,7 +206,7 @@ class NginxProxy(Proxy):
         result = await self.s.run(nginx.old_workers(), check=False)
         return len(result.stdout.split())
 
-    async def checks(self) -> list[tuple[str, bool, str]]:
+    async def checks(self) -> list[Finding]:
         cfg, out = self.cfg, [await self._test_row()]
         try:
             live = await self.live_colour()
@@ -221,7 +222,7 @@ class NginxProxy(Proxy):
         out.extend(await self._advice())
         return out
 
-    async def _advice(self) -> list[tuple[str, bool, str]]:
+    async def _advice(self) -> list[Finding]:
         """What the running nginx's version and config mean for zero downtime."""
         result = await self.s.run(nginx.inspect(self.cfg), check=False)
         return nginx.advice(result.stdout)
@@ -392,7 +393,7 @@ class HAProxyProxy(Proxy):
             return None  # the slot's port is watched instead
         return haproxy.sessions(stat, self.cfg, colour, host_label)
 
-    async def checks(self) -> list[tuple[str, bool, str]]:
+    async def checks(self) -> list[Finding]:
         cfg, out = self.cfg, [await self._test_row()]
         try:
             info = await self.runtime("show info")

@@ -162,7 +162,7 @@ async def _setup_host(s: HostSession) -> None:
 class CheckItem:
     host: str
     item: str
-    ok: bool
+    ok: bool | None  # None: a note (advice), which does not fail the check
     detail: str
 
 
@@ -465,7 +465,11 @@ async def _switch_all(ctx: Context, sessions: list[HostSession], targets: dict[s
                 f"{ctx.cfg.run.health_path}; {what}); nothing was switched", host=s.name)
 
     async def ready(p: HostSession) -> None:
-        await p.proxy.prepare(wanted[p.name], lives[p.name])
+        try:
+            await p.proxy.prepare(wanted[p.name], lives[p.name])
+        except ProxyError as exc:
+            raise ProxyError(str(exc).removeprefix(f"[{p.name}] ") + "; nothing was switched",
+                             host=p.name, detail=exc.detail) from None
 
     await each(sessions, healthy, ctx.out)
     await each(proxies, ready, ctx.out)

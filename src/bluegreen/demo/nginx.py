@@ -12,6 +12,7 @@ import tarfile
 import time
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from bluegreen.errors import BlueGreenError
 
@@ -30,6 +31,8 @@ def nginx_binary() -> str:
 
 
 class PrivateNginx:
+    kind = "nginx"
+
     def __init__(self, prefix: Path, port: int) -> None:
         self.prefix = prefix
         self.port = port
@@ -50,14 +53,21 @@ class PrivateNginx:
     def reload_command(self) -> str:
         return shlex.join(self.command("-s", "reload"))
 
-    def write_config(self, workers: int = 2) -> None:
+    def proxy_settings(self) -> dict[str, Any]:
+        """The ``[proxy]`` keys of a bluegreen.toml that uses this nginx."""
+        return {"listen": f"127.0.0.1:{self.port}", "sites_available": str(self.sites_available),
+                "sites_enabled": str(self.sites_enabled), "test": self.test_command,
+                "reload": self.reload_command}
+
+    def write_config(self, workers: int = 2, main: str = "") -> None:
+        """nginx.conf; ``main``: extra directives for the main context."""
         for d in (self.sites_available, self.sites_enabled, self.prefix / "logs",
                   self.prefix / "temp"):
             d.mkdir(parents=True, exist_ok=True)
         user = "user root root;\n" if os.geteuid() == 0 else ""
         temp = self.prefix / "temp"
         self.conf.write_text(
-            f"{user}worker_processes {workers};\n"
+            f"{user}worker_processes {workers};\n{main}"
             f"pid {self.prefix}/nginx.pid;\n"
             f"error_log {self.error_log} warn;\n"
             "events { worker_connections 4096; }\n"

@@ -40,10 +40,7 @@ def demo_config(base: Path, nginx: PrivateNginx, blue: int, green: int) -> Confi
         "run": {"command": "exec python3 app.py", "health_timeout": 20, "stop_timeout": 10,
                 "drain_timeout": 5},
         "slots": {"blue": blue, "green": green},
-        "proxy": {"server_name": SERVER_NAME, "listen": f"127.0.0.1:{nginx.port}",
-                  "sites_available": str(nginx.sites_available),
-                  "sites_enabled": str(nginx.sites_enabled),
-                  "test": nginx.test_command, "reload": nginx.reload_command},
+        "proxy": {"server_name": SERVER_NAME, **nginx.proxy_settings()},
         "hosts": [{"address": "local", "name": "this-machine", "deploy_to": str(base / "srv")}],
     }, base)
 

@@ -101,6 +101,10 @@ def old_workers() -> Argv:
 
 KEEPALIVE_MIN_TIMEOUT_SINCE = (1, 27, 4)
 
+# A row of `bluegreen check`: (item, ok, detail); ok is None for advice (a note that
+# never fails the check).
+Finding = tuple[str, bool | None, str]
+
 
 def inspect(cfg: Config) -> Argv:
     """Print nginx's version, then the lines of its full config (``test`` with ``-T``)
@@ -112,13 +116,13 @@ def inspect(cfg: Config) -> Argv:
                    binary, test), cfg.proxy.sudo)
 
 
-def advice(output: str) -> list[tuple[str, bool, str]]:
+def advice(output: str) -> list[Finding]:
     """What the nginx version and config printed by `inspect` mean for zero downtime:
-    (item, ok, detail) rows for `bluegreen check`; advice never fails the check."""
+    rows for `bluegreen check`: ok (True) or a note (None), never a failure."""
     match = re.search(r"nginx/(\d+)\.(\d+)\.(\d+)", output)
     directives = {line.split()[0]: line.split()[1].rstrip(";") for line in output.splitlines()
                   if len(line.split()) >= 2 and not line.startswith("nginx")}
-    rows: list[tuple[str, bool, str]] = []
+    rows: list[Finding] = []
     if match:
         version = tuple(int(x) for x in match.groups())
         text = ".".join(match.groups())
@@ -133,13 +137,14 @@ def advice(output: str) -> list[tuple[str, bool, str]]:
         else:
             detail = (f"{text}: set keepalive_min_timeout (e.g. 1s) in http {{}} so a reload "
                       "does not close a keep-alive connection a request is racing on")
-        rows.append(("nginx version", True, detail))
+        rows.append(("nginx version", True if "keepalive_min_timeout" in directives else None,
+                     detail))
     if "worker_shutdown_timeout" in directives:
         rows.append(("nginx worker_shutdown_timeout", True,
                      f"{directives['worker_shutdown_timeout']}: websockets still on the previous "
                      "colour are closed that long after a switch"))
     else:
-        rows.append(("nginx worker_shutdown_timeout", True,
+        rows.append(("nginx worker_shutdown_timeout", None,
                      "not set: after a switch, websockets stay on the previous colour until they "
                      "close (a deploy needing that slot waits run.drain_timeout, then cuts them); "
                      "set it (e.g. 10m) in the main context to bound that"))

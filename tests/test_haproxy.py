@@ -1,0 +1,209 @@
+"""proxy.kind = "haproxy" end to end, with a real HAProxy (own config, runtime socket and
+pid file on a loopback port), `local` and over a real sshd: the switch goes through the
+runtime API, so no HAProxy process is replaced and open connections stay open."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import time
+from contextlib import ExitStack
+
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import ClientConnection, connect
+
+from bluegreen.demo.haproxy import PrivateHAProxy
+from conftest import SERVER_NAME, Project, get
+
+
+def hx(p: Project) -> PrivateHAProxy:
+    assert isinstance(p.nginx, PrivateHAProxy)
+    return p.nginx
+
+
+def map_colour(p: Project) -> str:
+    lines = (hx(p).conf_d / "testapp.map").read_text().splitlines()
+    return next(line.split()[1] for line in lines if line.startswith("live "))
+
+
+def test_setup_deploy_promote_rollback_without_reload(hx_project: Project) -> None:
+    p = hx_project
+    out = p.bg("setup")
+    assert "live colour is blue" in out.stderr
+    assert map_colour(p) == "blue"
+    assert get(p.nginx.port, "/deployment_id").body == "blue"
+    assert get(p.nginx.port, "/deployment_id").colour == "blue"
+    assert p.answer().status == 503  # nothing runs yet
+    pids = hx(p).pids()
+    assert pids
+    p.bg("setup")  # unchanged config: no reload
+    assert hx(p).pids() == pids
+
+    p.deploy("1.0.0")
+    a = p.answer()
+    assert (a.status, a.colour, a.version) == (200, "blue", "1.0.0")
+    p.deploy("2.0.0")
+    a = p.answer()
+    assert (a.colour, a.version) == ("green", "2.0.0")
+    assert map_colour(p) == "green"
+    st = p.status()
+    assert st["live"] == "green" and st["proxy_answer"] == "green"
+    assert st["slots"]["blue"]["healthy"] and st["slots"]["green"]["healthy"]
+    p.bg("rollback")
+    assert (p.answer().colour, p.answer().version) == ("blue", "1.0.0")
+    p.bg("promote")
+    assert p.answer().colour == "green"
+    p.deploy("3.0.0")  # replaces blue's 1.0.0 (drained, stopped), then switches to it
+    assert (p.answer().colour, p.answer().version) == ("blue", "3.0.0")
+    # Every switch went through the runtime API: the same HAProxy processes throughout.
+    assert hx(p).pids() == pids
+    history = json.loads(p.bg("history", "--json").stdout)
+    assert [e["event"] for e in history[:4]] == ["promote", "deploy", "promote", "rollback"]
+
+
+def test_keep_alive_connection_moves_to_the_new_colour_without_being_closed(
+        hx_project: Project) -> None:
+    p = hx_project
+    p.bg("setup")
+    p.deploy("1.0.0")
+    p.deploy("2.0.0", "--no-promote")
+    conn = http.client.HTTPConnection("127.0.0.1", p.nginx.port, timeout=5)
+    conn.request("GET", "/", headers={"Host": SERVER_NAME})
+    first = conn.getresponse()
+    first.read()
+    assert first.getheader("X-Deployment-Id") == "blue"
+    local_port = conn.sock.getsockname()[1]
+    p.bg("promote")
+    # The next request on the same client connection is routed by the new map value.
+    conn.request("GET", "/", headers={"Host": SERVER_NAME})
+    second = conn.getresponse()
+    second.read()
+    assert second.getheader("X-Deployment-Id") == "green"
+    assert conn.sock.getsockname()[1] == local_port  # the same TCP connection
+    conn.close()
+
+
+def test_live_colour_survives_a_haproxy_restart(local_project_hx: Project) -> None:
+    p = local_project_hx
+    p.bg("setup")
+    p.deploy("1.0.0")
+    p.deploy("2.0.0")
+    assert p.answer().colour == "green"
+    hx(p).stop()
+    assert get(p.nginx.port, "/deployment_id").status == 0  # down
+    hx(p).start()
+    assert get(p.nginx.port, "/deployment_id").body == "green"
+    assert p.answer().version == "2.0.0"
+
+
+def test_runtime_api_unreachable_switches_nothing(local_project_hx: Project) -> None:
+    p = local_project_hx
+    p.bg("setup")
+    p.deploy("1.0.0")
+    p.deploy("2.0.0", "--no-promote")
+    p.extra_proxy = {"socket": str(hx(p).prefix / "no-such.sock")}
+    p.write_config()
+    out = p.bg("promote", check=1)
+    assert "cannot reach HAProxy's runtime API" in out.stderr
+    assert "nothing was switched" in out.stderr
+    assert map_colour(p) == "blue"
+    assert p.answer().colour == "blue"
+
+
+def test_haproxy_dying_at_the_switch_puts_the_map_file_back(local_project_hx: Project) -> None:
+    """HAProxy dies after phase 1 (here: killed by the pre_promote hook, which runs right
+    before the switch): the runtime API call fails, the map file is put back, so a
+    restarted HAProxy serves the colour that was live."""
+    p = local_project_hx
+    p.bg("setup")
+    p.deploy("1.0.0")
+    p.deploy("2.0.0", "--no-promote")
+    pids = " ".join(str(pid) for pid in hx(p).pids())
+    assert pids
+    p.write_config(hooks={"pre_promote": f"kill -9 {pids}"})
+    out = p.bg("promote", check=1)
+    assert "cannot reach HAProxy's runtime API" in out.stderr
+    assert "put back to blue" in out.stderr
+    assert map_colour(p) == "blue"
+    hx(p).start()
+    assert p.answer().colour == "blue"
+
+
+def test_interrupted_switch_is_finished(local_project_hx: Project) -> None:
+    """A run killed after writing the map file but before the runtime API call: the next
+    command finds the file on green while HAProxy serves blue, and finishes the switch."""
+    p = local_project_hx
+    p.bg("setup")
+    p.deploy("1.0.0")
+    p.deploy("2.0.0", "--no-promote")
+    (hx(p).conf_d / "testapp.map").write_text("live green\n")
+    assert p.answer().colour == "blue"
+    out = p.bg("promote", "green")
+    assert "finishing an interrupted switch" in out.stderr
+    assert p.answer().colour == "green"
+
+
+def test_check_reports_the_runtime_api(local_project_hx: Project) -> None:
+    p = local_project_hx
+    out = p.bg("check")
+    assert "runtime API" in out.stdout and "HAProxy 2." in out.stdout
+    p.bg("setup")
+    out = p.bg("check")
+    assert "live is blue" in out.stdout
+
+
+def ws(p: Project, stack: ExitStack) -> ClientConnection:
+    sock = socket.create_connection(("127.0.0.1", p.nginx.port), timeout=5)
+    return stack.enter_context(connect(f"ws://{SERVER_NAME}/ws", sock=sock, open_timeout=5))
+
+
+def ask(conn: ClientConnection, message: str) -> str:
+    conn.send(message)
+    return str(conn.recv(timeout=5))
+
+
+def test_websockets_stay_at_promote_and_are_drained(local_project_hx: Project) -> None:
+    p = local_project_hx
+    p.extra_run = {"drain_timeout": 2}
+    p.write_config()
+    p.bg("setup")
+    p.deploy("1.0.0")
+    p.deploy("2.0.0", "--no-promote")
+    with ExitStack() as stack:
+        clients = [ws(p, stack) for _ in range(4)]
+        assert [ask(c, "a") for c in clients] == ["a from 1.0.0 (blue)"] * 4
+        p.bg("promote")
+        assert [ask(c, "b") for c in clients] == ["b from 1.0.0 (blue)"] * 4
+        assert ask(ws(p, stack), "c") == "c from 2.0.0 (green)"
+        st = p.status()
+        # HAProxy's own count: the 4 tunnels on blue, the 1 on green.
+        assert (st["slots"]["blue"]["connections"], st["slots"]["green"]["connections"]) == (4, 1)
+        started = time.monotonic()
+        out = p.deploy("3.0.0")
+        assert "blue: 4 connection(s) still open after drain_timeout=2s" in out.stderr
+        assert time.monotonic() - started >= 2
+        closed = 0
+        for c in clients:
+            try:
+                ask(c, "d")
+            except (ConnectionClosed, TimeoutError, OSError):
+                closed += 1
+        assert closed == 4
+
+
+def test_drain_does_not_wait_for_haproxys_idle_connections(local_project_hx: Project) -> None:
+    """After a switch HAProxy keeps idle keep-alive connections to the old slot for reuse;
+    they are not clients, so the drain does not wait for them."""
+    p = local_project_hx
+    p.extra_run = {"drain_timeout": 20}
+    p.write_config()
+    p.bg("setup")
+    p.deploy("1.0.0")
+    for _ in range(20):
+        assert p.answer().colour == "blue"
+    p.deploy("2.0.0")
+    started = time.monotonic()
+    p.deploy("3.0.0")
+    assert time.monotonic() - started < 15
+    assert p.answer().version == "3.0.0"
