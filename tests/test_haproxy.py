@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.client
 import json
 import socket
+import subprocess
 import time
 from contextlib import ExitStack
 
@@ -207,3 +208,27 @@ def test_drain_does_not_wait_for_haproxys_idle_connections(local_project_hx: Pro
     p.deploy("3.0.0")
     assert time.monotonic() - started < 15
     assert p.answer().version == "3.0.0"
+
+
+def test_drain_waits_for_haproxy_processes_left_by_a_reload(local_project_hx: Project) -> None:
+    """A websocket opened before HAProxy was reloaded (say, by an admin) lives on in the old
+    process, outside the current process's counts: the drain sees that process and waits
+    for it (here until drain_timeout), instead of cutting the websocket at once."""
+    p = local_project_hx
+    p.extra_run = {"drain_timeout": 2}
+    p.write_config()
+    p.bg("setup")
+    p.deploy("1.0.0")
+    p.deploy("2.0.0", "--no-promote")
+    with ExitStack() as stack:
+        old = ws(p, stack)
+        assert ask(old, "a") == "a from 1.0.0 (blue)"
+        subprocess.run(["sh", "-c", hx(p).reload_command], check=True)
+        p.bg("promote")
+        assert ask(old, "b") == "b from 1.0.0 (blue)"
+        assert p.status()["slots"]["blue"]["connections"] == 0  # not in the new process
+        started = time.monotonic()
+        out = p.deploy("3.0.0")
+        assert "1 old proxy worker(s) still running after drain_timeout=2s" in out.stderr
+        assert time.monotonic() - started >= 2
+        assert p.answer().version == "3.0.0"

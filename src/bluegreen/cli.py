@@ -119,7 +119,7 @@ def emit_json(data: Any) -> None:
 
 
 @click.group(help="Zero-downtime blue-green deploys to one or many Linux servers, switched "
-                  "with nginx.\n\nOptions go after the command name: "
+                  "with nginx or HAProxy.\n\nOptions go after the command name: "
                   "`bluegreen deploy -c prod.toml`.\n" + EXIT_CODES_HELP)
 @click.version_option(__version__, prog_name="bluegreen")
 def main() -> None:
@@ -162,8 +162,10 @@ def check(state: State) -> None:
     click.echo("config is valid and every host is ready for `bluegreen setup`")
 
 
-@main.command(help="Create the layout under deploy_to, write both site files, link blue if no "
-                   "link exists, test and reload the proxy.")
+@main.command(help="Create the layout under deploy_to and write the proxy's files (nginx: both "
+                   "site files, and the link to blue if there is none; haproxy: the config "
+                   "file, and the map file with blue if there is none), test and reload the "
+                   "proxy.")
 @json_events
 @common
 def setup(state: State, json_out: bool) -> None:

@@ -386,6 +386,19 @@ class HAProxyProxy(Proxy):
         if live is not None:
             await self._set_running(live)
 
+    async def old_workers(self) -> int:
+        """HAProxy processes left by a reload (of this same config) that still finish
+        their connections: they route with the map they had, so they may still send the
+        slot requests, and their tunnels are not in the current process's counts."""
+        try:
+            current = haproxy.parse_pid(await self.runtime("show info"))
+        except ProxyError:
+            return 0
+        if current is None:
+            return 0
+        result = await self.s.run(haproxy.old_processes(current), check=False)
+        return len(result.stdout.split())
+
     async def sessions(self, colour: Colour, host_label: str) -> int | None:
         try:
             stat = haproxy.parse_stat(await self.runtime("show stat"))

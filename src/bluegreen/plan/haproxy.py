@@ -18,7 +18,7 @@ import jinja2
 
 from bluegreen.config import Colour, Config, render
 from bluegreen.errors import ConfigError
-from bluegreen.plan.files import Argv, replace_config, sudo
+from bluegreen.plan.files import Argv, replace_config, sh, sudo
 
 MAP_KEY = "live"
 
@@ -112,6 +112,29 @@ def write(cfg: Config, path: PurePosixPath) -> Argv:
 
 def remove(cfg: Config, path: PurePosixPath) -> Argv:
     return sudo(["rm", "-f", "--", str(path)], cfg.proxy.sudo)
+
+
+def old_processes(current: int) -> Argv:
+    """Print the pids of HAProxy processes of the same config (same ``-f`` arguments) as
+    ``current`` that are neither it nor its master: old ones, left by a reload, still
+    finishing their connections (and routing them with the map they had)."""
+    return sh(
+        'args() { tr "\\000" " " < "/proc/$1/cmdline" 2>/dev/null | grep -o -- "-f [^ ]*" | '
+        'tr "\\n" " "; }\n'
+        'conf=$(args "$1"); master=$(ps -o ppid= -p "$1" | tr -d " ")\n'
+        'for p in $(pgrep -x haproxy); do\n'
+        '  [ "$p" = "$1" ] || [ "$p" = "$master" ] && continue\n'
+        '  case "$(ps -o stat= -p "$p")" in Z*|"") continue;; esac\n'
+        '  [ "$(args "$p")" = "$conf" ] && echo "$p"\n'
+        'done; true', str(current))
+
+
+def parse_pid(info: str) -> int | None:
+    """The ``Pid:`` of ``show info``."""
+    for line in info.splitlines():
+        if line.startswith("Pid:") and line.split(":", 1)[1].strip().isdigit():
+            return int(line.split(":", 1)[1])
+    return None
 
 
 # ---- runtime API ------------------------------------------------------------------
