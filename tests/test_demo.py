@@ -8,9 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 
-def test_demo_runs_the_cycle_under_load_and_cleans_up() -> None:
-    proc = subprocess.run([sys.executable, "-m", "bluegreen", "demo", "--duration", "0.7"],
+
+@pytest.mark.parametrize("kind", ["nginx", "haproxy"])
+def test_demo_runs_the_cycle_under_load_and_cleans_up(kind: str) -> None:
+    proc = subprocess.run([sys.executable, "-m", "bluegreen", "demo", "--duration", "0.7",
+                           "--proxy", kind],
                           capture_output=True, text=True, timeout=180,
                           env={"PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin",
                                "COLUMNS": "160", "HOME": "/nonexistent"})
@@ -29,7 +33,7 @@ def test_demo_runs_the_cycle_under_load_and_cleans_up() -> None:
     assert total and int(total.group(1)) > 100
     assert int(total.group(2)) == 0, out
     # Everything it started is gone.
-    match = re.search(r"private nginx on 127\.0\.0\.1:(\d+) \(prefix (\S+)\)", proc.stderr)
+    match = re.search(rf"private {kind} on 127\.0\.0\.1:(\d+) \(prefix (\S+)\)", proc.stderr)
     assert match
     assert not Path(match.group(2)).exists()
     with socket.socket() as sock:

@@ -380,16 +380,18 @@ def unlock(state: State) -> None:
 
 
 @main.command(help="No config needed: deploy a bundled sample app to this machine behind a "
-                   "private nginx, under load (v1 to blue, v2 to green, promote, rollback), "
-                   "print what happened, and clean up.")
-@click.option("--keep", is_flag=True, help="Leave nginx and the app running; print the URL.")
+                   "private nginx (or HAProxy), under load (v1 to blue, v2 to green, promote, "
+                   "rollback), print what happened, and clean up.")
+@click.option("--proxy", "kind", type=click.Choice(["nginx", "haproxy"]), default="nginx",
+              show_default=True, help="The proxy kind to switch with.")
+@click.option("--keep", is_flag=True, help="Leave the proxy and the app running; print the URL.")
 @click.option("--duration", type=click.FloatRange(min=0.5), default=2.0, show_default=True,
               help="Seconds of load before and after each switch.")
 @click.option("-v", "--verbose", is_flag=True, help="Show each command run.")
-def demo(keep: bool, duration: float, verbose: bool) -> None:
+def demo(kind: str, keep: bool, duration: float, verbose: bool) -> None:
     from bluegreen.demo.runner import run_demo
 
     state = State(None, (), verbose)
     state.out.mode = "plain"  # the demo prints its own table at the end
-    run(state, lambda: run_demo(state.out, keep=keep, duration=duration))
+    run(state, lambda: run_demo(state.out, keep=keep, duration=duration, kind=kind))
 

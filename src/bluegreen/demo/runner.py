@@ -1,4 +1,5 @@
-"""`bluegreen demo`: the whole cycle on this machine, with a private nginx, under load."""
+"""`bluegreen demo`: the whole cycle on this machine, with a private nginx (or HAProxy),
+under load."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from rich.table import Table
 from bluegreen import artifact, workflow
 from bluegreen.config import Colour, Config, parse_config
 from bluegreen.demo.load import Counts, Load, exchange
+from bluegreen.demo.haproxy import PrivateHAProxy
 from bluegreen.demo.nginx import PrivateNginx, build_sample, free_port
 from bluegreen.hosts.local import LocalHost
 from bluegreen.output import Reporter
@@ -33,7 +35,8 @@ class Step:
     counts: Counts
 
 
-def demo_config(base: Path, nginx: PrivateNginx, blue: int, green: int) -> Config:
+def demo_config(base: Path, nginx: PrivateNginx | PrivateHAProxy, blue: int,
+                green: int) -> Config:
     """The config a user would write for this demo (printed with --keep)."""
     return parse_config({
         "app": "demo",
@@ -45,10 +48,17 @@ def demo_config(base: Path, nginx: PrivateNginx, blue: int, green: int) -> Confi
     }, base)
 
 
-async def run_demo(out: Reporter, *, keep: bool = False, duration: float = 2.0) -> None:
+async def run_demo(out: Reporter, *, keep: bool = False, duration: float = 2.0,
+                   kind: str = "nginx") -> None:
     base = Path(tempfile.mkdtemp(prefix="bluegreen-demo-"))
     base.chmod(0o755)
-    nginx = PrivateNginx(base / "nginx", free_port())
+    nginx: PrivateNginx | PrivateHAProxy
+    if kind == "haproxy":
+        nginx = PrivateHAProxy(base / "haproxy", free_port())
+        stop_hint = f"kill $(cat {nginx.pid_file})"
+    else:
+        nginx = PrivateNginx(base / "nginx", free_port())
+        stop_hint = nginx.reload_command.replace("reload", "quit")
     nginx.write_config()
     cfg = demo_config(base, nginx, free_port(), free_port())
     ctx = workflow.make_context(cfg, out)
@@ -56,7 +66,7 @@ async def run_demo(out: Reporter, *, keep: bool = False, duration: float = 2.0) 
     art_dir = base / "artifacts"
     art_dir.mkdir()
     arts = {v: build_sample(art_dir, v) for v in ("1.0.0", "2.0.0")}
-    out.step(None, f"private nginx on 127.0.0.1:{nginx.port} (prefix {nginx.prefix})")
+    out.step(None, f"private {kind} on 127.0.0.1:{nginx.port} (prefix {nginx.prefix})")
     nginx.start()
     load = Load(nginx.port, SERVER_NAME, connections=4)
     steps: list[Step] = []
@@ -82,7 +92,7 @@ async def run_demo(out: Reporter, *, keep: bool = False, duration: float = 2.0) 
         return go
 
     try:
-        await step("setup (link blue, reload)", lambda: workflow.setup(ctx))
+        await step("setup (blue live, reload)", lambda: workflow.setup(ctx))
         await step("deploy 1.0.0 (first: to blue)", deploy("1.0.0", True))
         load.start()
         await step("load starts (4 clients)", lambda: asyncio.sleep(0))
@@ -90,20 +100,20 @@ async def run_demo(out: Reporter, *, keep: bool = False, duration: float = 2.0) 
         await step("promote green", lambda: workflow.promote(ctx, Colour.GREEN))
         await step("rollback (to blue)", lambda: workflow.rollback(ctx))
         total = await load.stop()
-        _print(steps, total, nginx.port)
+        _print(steps, total, kind, nginx.port)
         if keep:
             Console().print(
                 f"\nLeft running (--keep). Try:\n"
                 f"  curl -H 'Host: {SERVER_NAME}' http://127.0.0.1:{nginx.port}/\n"
-                f"Files: {base}   nginx: {nginx.reload_command.replace('reload', 'quit')}\n"
+                f"Files: {base}   {kind}: {stop_hint}\n"
                 f"To clean up: stop the slots' processes (pids in {base}/srv/slots/*/pid), "
-                f"quit nginx, remove {base}")
+                f"stop {kind}, remove {base}")
             cleaned = True
     finally:
         if not load._stop.is_set():
             await load.stop()
         if not cleaned:
-            out.step(None, "cleaning up: stopping both slots and nginx, removing files")
+            out.step(None, f"cleaning up: stopping both slots and {kind}, removing files")
             for colour in Colour:
                 try:
                     await session.stop_slot(colour)
@@ -127,8 +137,8 @@ async def _answer(port: int) -> str:
     return answer if 200 <= status < 300 else f"HTTP {status}"
 
 
-def _print(steps: list[Step], total: Counts, port: int) -> None:
-    table = Table(title=f"bluegreen demo: nginx on 127.0.0.1:{port}, 4 keep-alive clients",
+def _print(steps: list[Step], total: Counts, kind: str, port: int) -> None:
+    table = Table(title=f"bluegreen demo: {kind} on 127.0.0.1:{port}, 4 keep-alive clients",
                   title_justify="left")
     for col in ("step", "seconds", "live", "answered by", "requests", "failed", "retried"):
         table.add_column(col, justify="right" if col in ("seconds", "requests", "failed",
@@ -140,5 +150,5 @@ def _print(steps: list[Step], total: Counts, port: int) -> None:
     console = Console(width=max(Console().width, 110))
     console.print(table)
     console.print(f"total: {total.sent} requests, {total.failed} failed, {total.retried} retried "
-                  "once on a fresh connection after nginx closed an idle keep-alive connection "
-                  "during a reload")
+                  "once on a fresh connection after the proxy closed an idle keep-alive "
+                  "connection during a reload")
