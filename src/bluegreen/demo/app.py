@@ -46,6 +46,9 @@ class Server(ThreadingHTTPServer):
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "bluegreen-sample"
+    # Headers and body go out in two writes; on a kept-alive upstream connection (HAProxy
+    # reuses them) Nagle's algorithm holds the body until the proxy's delayed ACK, ~40 ms.
+    disable_nagle_algorithm = True
 
     def do_GET(self) -> None:
         if self.path == "/ws" and self.headers.get("Upgrade", "").lower() == "websocket":
