@@ -6,16 +6,15 @@ from __future__ import annotations
 
 import http.client
 import json
-import socket
 import subprocess
 import time
 from contextlib import ExitStack
 
 from websockets.exceptions import ConnectionClosed
-from websockets.sync.client import ClientConnection, connect
 
 from bluegreen.demo.haproxy import PrivateHAProxy
 from conftest import SERVER_NAME, Project, get
+from test_websockets import ask, ws
 
 
 def hx(p: Project) -> PrivateHAProxy:
@@ -152,16 +151,6 @@ def test_check_reports_the_runtime_api(local_project_hx: Project) -> None:
     p.bg("setup")
     out = p.bg("check")
     assert "live is blue" in out.stdout
-
-
-def ws(p: Project, stack: ExitStack) -> ClientConnection:
-    sock = socket.create_connection(("127.0.0.1", p.nginx.port), timeout=5)
-    return stack.enter_context(connect(f"ws://{SERVER_NAME}/ws", sock=sock, open_timeout=5))
-
-
-def ask(conn: ClientConnection, message: str) -> str:
-    conn.send(message)
-    return str(conn.recv(timeout=5))
 
 
 def test_websockets_stay_at_promote_and_are_drained(local_project_hx: Project) -> None:

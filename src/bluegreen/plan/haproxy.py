@@ -12,23 +12,13 @@ from __future__ import annotations
 import csv
 import io
 import re
-from pathlib import Path, PurePosixPath
-
-import jinja2
+from pathlib import PurePosixPath
 
 from bluegreen.config import Colour, Config, render
-from bluegreen.errors import ConfigError
 from bluegreen.plan.files import Argv, replace_config, sh, sudo
+from bluegreen.plan.template import render_proxy_config
 
 MAP_KEY = "live"
-
-_BUILTIN = jinja2.Environment(
-    loader=jinja2.PackageLoader("bluegreen", "templates"),
-    undefined=jinja2.StrictUndefined,
-    keep_trailing_newline=True,
-    autoescape=False,
-)
-
 
 def config_file(cfg: Config) -> PurePosixPath:
     return PurePosixPath(render(cfg.proxy.config_file, app=cfg.app))
@@ -78,18 +68,7 @@ def render_config(cfg: Config, servers: list[tuple[str, str]]) -> str:
             for c in Colour
         },
     }
-    if cfg.proxy.template:
-        path: Path = cfg.local_path(cfg.proxy.template)
-        try:
-            source = path.read_text()
-        except OSError as exc:
-            raise ConfigError(f"proxy.template: cannot read {path}: {exc.strerror}") from None
-        env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
-        try:
-            return env.from_string(source).render(context)
-        except jinja2.TemplateError as exc:
-            raise ConfigError(f"proxy.template: {path}: {exc}") from None
-    return _BUILTIN.get_template("haproxy.cfg.j2").render(context)
+    return render_proxy_config(cfg, "haproxy.cfg.j2", context)
 
 
 def map_text(colour: Colour) -> str:

@@ -4,20 +4,11 @@ from __future__ import annotations
 
 import re
 import shlex
-from pathlib import Path, PurePosixPath
-
-import jinja2
+from pathlib import PurePosixPath
 
 from bluegreen.config import Colour, Config, render
-from bluegreen.errors import ConfigError
 from bluegreen.plan.files import Argv, replace_config, sh, sudo
-
-_BUILTIN = jinja2.Environment(
-    loader=jinja2.PackageLoader("bluegreen", "templates"),
-    undefined=jinja2.StrictUndefined,
-    keep_trailing_newline=True,
-    autoescape=False,
-)
+from bluegreen.plan.template import render_proxy_config
 
 
 def site_name(cfg: Config) -> str:
@@ -50,18 +41,7 @@ def render_site(cfg: Config, colour: Colour, addresses: list[str] | None = None)
         "listen": cfg.proxy.listen,
         "site": site_name(cfg),
     }
-    if cfg.proxy.template:
-        path: Path = cfg.local_path(cfg.proxy.template)
-        try:
-            source = path.read_text()
-        except OSError as exc:
-            raise ConfigError(f"proxy.template: cannot read {path}: {exc.strerror}") from None
-        env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
-        try:
-            return env.from_string(source).render(context)
-        except jinja2.TemplateError as exc:
-            raise ConfigError(f"proxy.template: {path}: {exc}") from None
-    return _BUILTIN.get_template("nginx-site.conf.j2").render(context)
+    return render_proxy_config(cfg, "nginx-site.conf.j2", context)
 
 
 def read_link(cfg: Config) -> Argv:

@@ -1,0 +1,35 @@
+"""Render a proxy's config from a built-in Jinja2 template or the user's ``proxy.template``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from bluegreen.config import Config
+from bluegreen.errors import ConfigError
+
+_BUILTIN = jinja2.Environment(
+    loader=jinja2.PackageLoader("bluegreen", "templates"),
+    undefined=jinja2.StrictUndefined,
+    keep_trailing_newline=True,
+    autoescape=False,
+)
+
+
+def render_proxy_config(cfg: Config, builtin: str, context: dict[str, Any]) -> str:
+    """``proxy.template`` if set (a missing variable is an error, exit 2), else the
+    package's template ``builtin``."""
+    if cfg.proxy.template:
+        path: Path = cfg.local_path(cfg.proxy.template)
+        try:
+            source = path.read_text()
+        except OSError as exc:
+            raise ConfigError(f"proxy.template: cannot read {path}: {exc.strerror}") from None
+        env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+        try:
+            return env.from_string(source).render(context)
+        except jinja2.TemplateError as exc:
+            raise ConfigError(f"proxy.template: {path}: {exc}") from None
+    return _BUILTIN.get_template(builtin).render(context)
