@@ -254,6 +254,7 @@ class HAProxyProxy(Proxy):
     async def runtime(self, command: str) -> str:
         """One command on HAProxy's runtime API (the stats socket, reached from the host)."""
         sock = haproxy.socket(self.cfg)
+        self.s.out.debug(self.s.name, f"haproxy {sock}> {command}")
         try:
             if sock.startswith("/"):
                 stream = await self.s.host.open_unix_connection(sock)
@@ -329,6 +330,7 @@ class HAProxyProxy(Proxy):
             raise
         if previous is not None or await self._running_or_none() != (live or Colour.BLUE).value:
             # New config: HAProxy reads it (and the map file) only when it reloads.
+            self.s.say("reloading HAProxy to load it")
             await self.reload()
 
     async def _running_or_none(self) -> str | None:
