@@ -298,3 +298,30 @@ def test_load_balancer_topology_with_haproxy(tmp_path: Path) -> None:
         assert "FAIL" not in out.stdout and "runtime API" in out.stdout
     finally:
         cluster.down()
+
+
+def test_haproxy_on_every_host_all_or_nothing(tmp_path: Path) -> None:
+    """Each of three hosts runs its own HAProxy: they flip together through their runtime
+    APIs over SSH; with one HAProxy down, nothing is switched anywhere."""
+    cluster = Cluster(tmp_path / "cluster", 3)
+    (tmp_path / "cluster").mkdir()
+    try:
+        cluster.up()
+        (tmp_path / "project").mkdir()
+        fleet = Fleet(cluster, tmp_path / "project", kind="haproxy")
+        fleet.bg("setup")
+        fleet.deploy("1.0.0")
+        fleet.deploy("2.0.0")
+        assert fleet.answers() == [("green", "2.0.0")] * 3
+        h2 = cluster.hosts[1]
+        h2.exec("sh", "-c", "kill -9 $(pgrep -x haproxy)")
+        out = fleet.bg("promote", "blue", check=1)
+        # Found before anything changes: h2's proxy does not answer at all.
+        assert "[h2] the proxy does not answer on /deployment_id" in out.stderr
+        assert "is haproxy running?" in out.stderr
+        assert [fleet.answers()[i] for i in (0, 2)] == [("green", "2.0.0")] * 2
+        for h in cluster.hosts:
+            map_file = h.dir / "srv" / "haproxy" / "conf.d" / "testapp.map"
+            assert map_file.read_text().splitlines()[-1] == "live green"
+    finally:
+        cluster.down()
