@@ -2,7 +2,10 @@
 `nginx -s reload` + polling until the new colour answers, measured in the same run; and
 bluegreen's own overhead in a deploy (wall time minus the app's boot-to-healthy time).
 
-    .venv/bin/python bench/switch.py [--rounds 10] [--json OUT]
+    .venv/bin/python bench/switch.py [--rounds 10] [--proxy nginx|haproxy] [--json OUT]
+
+With --proxy haproxy the floor is: write the map file, `set map` on the runtime socket,
+poll until the new colour answers.
 
 Runs a private nginx, a private sshd on 127.0.0.1 (so the SSH numbers include a real SSH
 handshake, over loopback) and the bundled sample app. Needs root for the sshd.
@@ -14,6 +17,7 @@ import argparse
 import json
 import os
 import re
+import socket
 import statistics
 import subprocess
 import sys
@@ -27,6 +31,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from conftest import Project, start_sshd  # noqa: E402
 
+from bluegreen.demo.haproxy import PrivateHAProxy  # noqa: E402
 from bluegreen.demo.nginx import PrivateNginx, free_port  # noqa: E402
 
 
@@ -40,14 +45,25 @@ def answer(port: int) -> str:
         return ""
 
 
-def bare_switch(nginx: PrivateNginx, colour: str) -> float:
+def bare_switch(nginx: PrivateNginx | PrivateHAProxy, colour: str) -> float:
     """The floor: what a hand-written script must do at least, timed."""
     start = time.perf_counter()
-    link = nginx.sites_enabled / "testapp"
-    tmp = nginx.sites_enabled / ".testapp.tmp"
-    os.symlink(nginx.sites_available / f"testapp-{colour}", tmp)
-    os.replace(tmp, link)
-    subprocess.run(nginx.command("-s", "reload"), check=True, capture_output=True)
+    if isinstance(nginx, PrivateHAProxy):
+        map_file = nginx.conf_d / "testapp.map"
+        tmp_map = nginx.conf_d / ".testapp.map.tmp"
+        tmp_map.write_text(f"live {colour}\n")
+        os.replace(tmp_map, map_file)
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.connect(str(nginx.socket))
+            sock.sendall(f"set map {map_file} live {colour}\n".encode())
+            while sock.recv(4096):
+                pass
+    else:
+        link = nginx.sites_enabled / "testapp"
+        tmp = nginx.sites_enabled / ".testapp.tmp"
+        os.symlink(nginx.sites_available / f"testapp-{colour}", tmp)
+        os.replace(tmp, link)
+        subprocess.run(nginx.command("-s", "reload"), check=True, capture_output=True)
     streak = 0
     while streak < 3:
         streak = streak + 1 if answer(nginx.port) == colour else 0
@@ -56,9 +72,15 @@ def bare_switch(nginx: PrivateNginx, colour: str) -> float:
     return time.perf_counter() - start
 
 
-def measure(kind: str, base: Path, rounds: int, sshd: object) -> dict[str, object]:
-    nginx = PrivateNginx(base / kind / "nginx", free_port())
-    nginx.write_config(workers=2)
+def measure(kind: str, base: Path, rounds: int, sshd: object,
+            proxy: str = "nginx") -> dict[str, object]:
+    nginx: PrivateNginx | PrivateHAProxy
+    if proxy == "haproxy":
+        nginx = PrivateHAProxy(base / kind / "haproxy", free_port())
+        nginx.write_config()
+    else:
+        nginx = PrivateNginx(base / kind / "nginx", free_port())
+        nginx.write_config(workers=2)
     nginx.start()
     home = base / kind / "home"
     home.mkdir(parents=True)
@@ -107,17 +129,19 @@ def measure(kind: str, base: Path, rounds: int, sshd: object) -> dict[str, objec
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--proxy", choices=["nginx", "haproxy"], default="nginx")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bluegreen-bench-") as tmp:
         base = Path(tmp)
         sshd = start_sshd(base / "sshd")
         try:
-            results = [measure("local", base, args.rounds, None),
-                       measure("ssh", base, args.rounds, sshd)]
+            results = [measure("local", base, args.rounds, None, args.proxy),
+                       measure("ssh", base, args.rounds, sshd, args.proxy)]
         finally:
             sshd.stop()
-    print("| host | promote (CLI, median) | floor: swap+reload+poll | ratio | deploy | app boot→healthy | bluegreen overhead |")
+    print(f"proxy: {args.proxy}")
+    print("| host | promote (CLI, median) | floor: bare switch + poll | ratio | deploy | app boot→healthy | bluegreen overhead |")
     print("|---|---|---|---|---|---|---|")
     for r in results:
         print(f"| {r['kind']} | {r['promote_median_s']:.3f} s | {r['floor_median_s']:.3f} s | "
