@@ -1,6 +1,8 @@
 """Several real hosts on one machine: one network namespace each, joined by a bridge, each
-with its own sshd, nginx, HAProxy, hostname and /srv, /root, /home. Traffic stays on the bridge:
-no default route is ever added inside a namespace."""
+with its own sshd, nginx, HAProxy, hostname, /srv and root's home. Traffic stays on the bridge:
+no default route is ever added inside a namespace. Nothing is mounted over a directory that may
+hold the checkout: root's home is changed through a private /etc/passwd, and a checkout (or
+virtualenv) under /srv is bound through into each host's own /srv."""
 
 from __future__ import annotations
 
@@ -8,13 +10,14 @@ import os
 import shlex
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bluegreen.demo.haproxy import PrivateHAProxy
-from conftest import sshd_config
+from conftest import log_tail, sshd_config, with_home
 
 NGINX_PREFIX = "/srv/nginx"  # the same path on every host (each has its own /srv)
 # Every host also runs a HAProxy (its frontend exists only once bluegreen writes one).
@@ -104,7 +107,7 @@ class Cluster:
         sh("ip", "-n", ns, "link", "set", "eth0", "up")
         sh("ip", "-n", ns, "link", "set", "lo", "up")
         hdir = self.base / f"h{i}"
-        for sub in ("srv", "root", "home"):
+        for sub in ("srv", "root"):
             (hdir / sub).mkdir(parents=True)
         sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(hdir / "ssh_host_ed25519_key"))
         (hdir / "sshd_config").write_text(sshd_config(
@@ -114,17 +117,19 @@ class Cluster:
         (hdir / "srv" / "haproxy" / "conf.d").mkdir(parents=True)
         (hdir / "srv" / "haproxy" / "haproxy.cfg").write_text(HAPROXY.config_text())
         script = (
-            f'hostname h{i} && mount --bind {hdir}/srv /srv && mount --bind {hdir}/root /root && '
-            f'mount --bind {hdir}/home /home && mkdir -p /run/sshd && '
+            f'hostname h{i} && {_srv_mounts(hdir / "srv")} && mkdir -p /run/sshd && '
             f'nginx -p {NGINX_PREFIX} -c {NGINX_PREFIX}/nginx.conf -e {NGINX_PREFIX}/error.log && '
             f'{shlex.join(HAPROXY.command("-D", "-p", str(HAPROXY.pid_file)))} && '
             f'/usr/sbin/sshd -D -e -f {hdir}/sshd_config 2>>{hdir}/sshd.log; '
             "sleep infinity"  # the host stays up if its sshd is killed (a test does that)
         )
+        # Started from / (the caller's working directory may not exist inside), with the
+        # start script's own errors kept for the test to show.
         proc = subprocess.Popen(
-            ["ip", "netns", "exec", ns, "unshare", "--uts", "--mount", "--propagation", "private",
-             "--pid", "--fork", "--kill-child", "--mount-proc", "/bin/sh", "-c", script],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            ["ip", "netns", "exec", ns, *with_home(hdir / "root", [
+                "unshare", "--uts", "--pid", "--fork", "--kill-child", "--mount-proc",
+                "/bin/sh", "-c", script])],
+            stdout=subprocess.DEVNULL, stderr=open(hdir / "host.log", "wb"), cwd="/")
         return NsHost(f"h{i}", ns, address, hdir, proc)
 
     def _wait_ssh(self, host: NsHost, timeout: float = 15) -> None:
@@ -137,7 +142,9 @@ class Cluster:
                 if sock.connect_ex((host.address, 22)) == 0:
                     return
             time.sleep(0.02)
-        raise TimeoutError(f"sshd of {host.name} did not come up")
+        raise TimeoutError(f"sshd of {host.name} did not come up; its start script said:\n"
+                           f"{log_tail(host.dir / 'host.log')}\n--- sshd.log ---\n"
+                           f"{log_tail(host.dir / 'sshd.log')}")
 
     def nginx_commands(self) -> dict[str, str]:
         base = f"nginx -p {NGINX_PREFIX} -c {NGINX_PREFIX}/nginx.conf -e {NGINX_PREFIX}/error.log"
@@ -162,6 +169,20 @@ class Cluster:
             sh("ip", "netns", "del", host.ns, check=False)
             sh("ip", "link", "del", f"bv{self.tag}{host.name[1:]}", check=False)
         sh("ip", "link", "del", self.bridge, check=False)
+
+
+def _srv_mounts(srv: Path) -> str:
+    """Shell commands giving the host its own /srv, with any of this machine's paths the
+    tests need (the checkout, the virtualenv, Python) that live under /srv bound through."""
+    keep = {Path(p).resolve() for p in (Path(__file__).parent.parent, sys.prefix,
+                                         sys.base_prefix)}
+    steps = []
+    for path in sorted(keep):
+        if path.is_relative_to("/srv"):
+            inner = srv / path.relative_to("/srv")
+            inner.mkdir(parents=True, exist_ok=True)
+            steps.append(f"mount --bind {shlex.quote(str(path))} {shlex.quote(str(inner))}")
+    return " && ".join([*steps, f"mount --rbind {shlex.quote(str(srv))} /srv"])
 
 
 def _write_nginx_conf(prefix: Path) -> None:

@@ -36,6 +36,28 @@ def wait_port(port: int, timeout: float = 10.0) -> None:
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
 
 
+def with_home(home: Path, argv: list[str]) -> list[str]:
+    """``argv`` run in a private mount namespace where root's home directory (as
+    /etc/passwd says, which sshd reads) is ``home``. Only /etc/passwd is replaced, so
+    every other path, the checkout and its virtualenv included, stays visible."""
+    passwd = home.parent / f"{home.name}.passwd"
+    lines = Path("/etc/passwd").read_text().splitlines()
+    passwd.write_text("".join(
+        (":".join([*f[:5], str(home), *f[6:]]) if (f := line.split(":"))[0] == "root"
+         else line) + "\n" for line in lines))
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+            'mount --bind "$1" /etc/passwd && shift && exec "$@"', "sh", str(passwd), *argv]
+
+
+def log_tail(path: Path, lines: int = 30) -> str:
+    """The last lines of a helper process's log, for a test failure message."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError as exc:
+        return f"({path}: {exc.strerror})"
+    return "\n".join(text.splitlines()[-lines:]) or f"({path} is empty)"
+
+
 @dataclass
 class Sshd:
     port: int
@@ -91,18 +113,18 @@ def start_sshd(base: Path) -> Sshd:
                                 base / "sshd.pid", authorized))
     Path("/run/sshd").mkdir(exist_ok=True)  # privilege separation dir; never removed
     # The test user is root; this machine's /root/.bashrc runs `pyenv init`, which costs
-    # ~100 ms per SSH command. A server's login user has no such rc file, so sshd runs in
-    # a private mount namespace with an empty dir over /root.
-    fake_root = base / "root-home"
-    fake_root.mkdir(exist_ok=True)
-    command = ["/usr/sbin/sshd", "-D", "-e", "-f", str(conf)]
-    if shutil.which("unshare"):
-        command = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
-                   'home="$1"; shift; mount --bind "$home" /root && exec "$@"', "sh",
-                   str(fake_root), *command]
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL,
-                            stderr=open(base / "sshd.log", "wb"))
-    wait_port(port)
+    # ~100 ms per SSH command. A server's login user has no such rc file, so root gets a
+    # home of its own here (nothing is mounted over /root, where the checkout may live).
+    home = base / "root-home"
+    home.mkdir(exist_ok=True)
+    log = base / "sshd.log"
+    proc = subprocess.Popen(with_home(home, ["/usr/sbin/sshd", "-D", "-e", "-f", str(conf)]),
+                            stdout=subprocess.DEVNULL, stderr=open(log, "wb"), cwd="/")
+    try:
+        wait_port(port)
+    except TimeoutError as exc:
+        proc.kill()
+        raise TimeoutError(f"{exc}; the sshd's output:\n{log_tail(log)}") from None
     host_pub = (base / "ssh_host_ed25519_key.pub").read_text().split()
     known_hosts = base / "known_hosts"
     known_hosts.write_text(f"[127.0.0.1]:{port} {host_pub[0]} {host_pub[1]}\n")
