@@ -156,7 +156,7 @@ def test_init_writes_a_config_that_loads(tmp_path: Path) -> None:
 
 def test_haproxy_kind_defaults_and_keys() -> None:
     cfg = parse_config(with_("proxy", {"kind": "haproxy"}), Path("/tmp"))
-    assert cfg.proxy.is_haproxy
+    assert cfg.proxy.kind == "haproxy"
     assert cfg.proxy.reload == "systemctl reload haproxy"
     assert cfg.proxy.test.startswith("haproxy -c")
     assert cfg.proxy.config_file == "/etc/haproxy/conf.d/{app}.cfg"
@@ -175,7 +175,7 @@ def test_haproxy_kind_defaults_and_keys() -> None:
     ({"kind": "haproxy", "map_file": "conf.d/x.map"}, "map_file: must be an absolute path"),
     ({"kind": "haproxy", "config_file": "/a b.cfg"}, "config_file: must be an absolute path"),
     ({"kind": "haproxy", "socket": "admin sock"}, "socket: must be a unix socket path"),
-    ({"kind": "traefik"}, "proxy.kind: Input should be 'nginx' or 'haproxy'"),
+    ({"kind": "traefik"}, "proxy.kind: must be 'nginx' or 'haproxy'"),
 ])
 def test_bad_haproxy_settings(proxy: dict[str, object], expected: str) -> None:
     assert expected in error_of(with_("proxy", proxy))

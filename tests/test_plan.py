@@ -10,7 +10,7 @@ from pathlib import Path, PurePosixPath
 import pytest
 
 from bluegreen.artifact import check_members
-from bluegreen.config import Colour, parse_config
+from bluegreen.config import Colour, HAProxySettings, parse_config
 from bluegreen.errors import ArtifactError
 from bluegreen.plan import haproxy, nginx, release, slot
 from bluegreen.plan.layout import Layout
@@ -139,7 +139,7 @@ def test_safe_artifact_with_inner_links(tmp_path: Path) -> None:
         check_members(tmp_path / "junk.tar.gz")
 
 
-HX = CFG.model_copy(update={"proxy": CFG.proxy.model_validate(
+HX = CFG.model_copy(update={"proxy": HAProxySettings.model_validate(
     {"kind": "haproxy", "listen": "127.0.0.1:8080"})})
 
 

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from bluegreen import __version__, artifact, presets, workflow
+from bluegreen import __version__, artifact, presets, reference, reports, workflow
 from bluegreen.config import Colour, load_config
 from bluegreen.errors import BlueGreenError
 from bluegreen.output import Reporter
@@ -148,7 +148,7 @@ def init(preset: str, app_name: str | None, config: str, force: bool) -> None:
 @common
 def check(state: State) -> None:
     ctx = load(state)
-    items = run(state, lambda: workflow.check(ctx))
+    items = run(state, lambda: reports.check(ctx.cfg, ctx.hosts, ctx.out))
     table = Table("host", "check", "result", box=None, pad_edge=False)
     for item in items:
         mark = {True: "[green]ok[/]", False: "[red]FAIL[/]", None: "[yellow]note[/]"}[item.ok]
@@ -254,7 +254,7 @@ def rollback(state: State, json_out: bool) -> None:
 def status(state: State, json_out: bool) -> None:
     state.out.quiet = json_out
     ctx = load(state)
-    data = run(state, lambda: workflow.status(ctx))
+    data = run(state, lambda: reports.status(ctx.cfg, ctx.hosts, ctx.out))
     if json_out:
         emit_json(data)
     else:
@@ -377,6 +377,20 @@ def unlock(state: State) -> None:
     ctx = load(state)
     for host, what in run(state, lambda: workflow.unlock(ctx)):
         click.echo(f"{host}: {what}")
+
+
+@main.command(help="Print the configuration reference (every key of bluegreen.toml, its default "
+                   "and meaning), or one SECTION of it: "
+                   + ", ".join(s or "top" for s in reference.SECTIONS) + ".")
+@click.argument("section", required=False)
+def docs(section: str | None) -> None:
+    if section == "top":
+        section = ""
+    if section is not None and section not in reference.SECTIONS:
+        click.echo(f"error: no section {section!r}; one of: "
+                   + ", ".join(s or "top" for s in reference.SECTIONS), err=True)
+        sys.exit(2)
+    click.echo(reference.text(section).rstrip())
 
 
 @main.command(help="No config needed: deploy a bundled sample app to this machine behind a "

@@ -3,6 +3,7 @@
     BlueGreenError            1  the operation failed; live traffic was left as it was
     ├── CommandFailed         1  a command on a host exited non-zero or timed out
     ├── ProxyError            1  the proxy rejected the switch or never answered the new colour
+    ├── SplitBrain            1  hosts or load balancers disagree on the live colour
     ├── ArtifactError         1  the artifact is missing, corrupt or unsafe
     ├── ConfigError           2  bad config or arguments; nothing was touched
     ├── ConnectError          3  a host could not be reached, or its host key is unknown/changed
@@ -10,7 +11,8 @@
     └── Unhealthy             5  the new release never became healthy and was not promoted
 
 The CLI prints ``error: <message>``; every message says what failed, where, and what
-to do next.
+to do next. The reason and the host are kept apart (``reason``, ``host``) and composed
+only by ``__str__``, so a caller can re-word the reason without string surgery.
 """
 
 from __future__ import annotations
@@ -21,14 +23,18 @@ class BlueGreenError(Exception):
 
     exit_code = 1
 
-    def __init__(self, message: str, *, host: str | None = None, detail: str = "") -> None:
+    def __init__(self, reason: str, *, host: str | None = None, detail: str = "") -> None:
+        self.reason = reason
         self.host = host
         self.detail = detail
-        prefix = f"[{host}] " if host else ""
-        super().__init__(prefix + message)
+        super().__init__(reason)
+
+    def __str__(self) -> str:
+        return f"[{self.host}] {self.reason}" if self.host else self.reason
 
     @property
     def message(self) -> str:
+        """The reason, with the host it happened on."""
         return str(self)
 
 
@@ -38,6 +44,10 @@ class CommandFailed(BlueGreenError):
 
 class ProxyError(BlueGreenError):
     """The proxy refused a change or did not answer as expected."""
+
+
+class SplitBrain(BlueGreenError):
+    """Hosts or load balancers disagree on the live colour; only `promote COLOUR` mends it."""
 
 
 class ArtifactError(BlueGreenError):

@@ -21,7 +21,10 @@ from bluegreen.demo.haproxy import PrivateHAProxy
 from bluegreen.demo.nginx import PrivateNginx, build_sample, free_port
 from bluegreen.hosts.local import LocalHost
 from bluegreen.output import Reporter
-from bluegreen.session import HostSession
+from bluegreen.boot import Boot
+from bluegreen.fleet import Node
+from bluegreen.slots import Slots
+from bluegreen.proxies import for_node
 
 SERVER_NAME = "demo.bluegreen.test"
 
@@ -70,7 +73,8 @@ async def run_demo(out: Reporter, *, keep: bool = False, duration: float = 2.0,
     nginx.start()
     load = Load(nginx.port, SERVER_NAME, connections=4)
     steps: list[Step] = []
-    session = HostSession(cfg, cfg.hosts[0], LocalHost("this-machine"), out)
+    node = Node(cfg, cfg.hosts[0], LocalHost("this-machine"), out)
+    proxy = for_node(node, [(node.name, node.bind)])
     cleaned = False
 
     async def step(name: str, action: Callable[[], Awaitable[object]]) -> None:
@@ -79,7 +83,7 @@ async def run_demo(out: Reporter, *, keep: bool = False, duration: float = 2.0,
         await action()
         await asyncio.sleep(duration)  # traffic after the step, on the colour it left live
         seconds = time.monotonic() - started
-        live = await session.live_colour()
+        live = await proxy.live_colour()
         answer = await _answer(nginx.port)
         steps.append(Step(name, seconds, live.value if live else "-", answer,
                           load.counts.since(before)))
@@ -116,7 +120,7 @@ async def run_demo(out: Reporter, *, keep: bool = False, duration: float = 2.0,
             out.step(None, f"cleaning up: stopping both slots and {kind}, removing files")
             for colour in Colour:
                 try:
-                    await session.stop_slot(colour)
+                    await Boot(Slots(node, [proxy])).stop(colour)
                 except Exception as exc:  # cleanup must go on whatever failed
                     out.warn(None, f"could not stop {colour}: {exc}")
             nginx.stop()

@@ -1,5 +1,21 @@
-"""Execution: one small interface, LocalHost and SSHHost behind it."""
+"""Execution: one small interface (``base``), LocalHost and SSHHost behind it, and
+``connect`` which picks one for a ``[[hosts]]`` entry."""
 
-from bluegreen.hosts.base import Host, Result, Stream, connect
+from __future__ import annotations
+
+from bluegreen.config import HostConfig
+from bluegreen.hosts.base import Host, Result, Stream
 
 __all__ = ["Host", "Result", "Stream", "connect"]
+
+
+async def connect(cfg: HostConfig) -> Host:
+    """An open Host for one ``[[hosts]]`` entry: this machine, or a server over SSH."""
+    if cfg.is_local:
+        from bluegreen.hosts.local import LocalHost
+
+        return LocalHost(cfg.label)
+    # Imported only when a host is remote: asyncssh takes ~0.1 s to import.
+    from bluegreen.hosts.ssh import SSHHost
+
+    return await SSHHost.open(cfg)

@@ -1,16 +1,13 @@
-"""The Host seam: run a command, copy a file, open a TCP stream, close."""
+"""The Host seam (only the interface): run a command, copy a file, open a stream, close."""
 
 from __future__ import annotations
 
 import shlex
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, AsyncIterator, Protocol, Sequence
+from typing import AsyncIterator, Protocol, Sequence
 
 from bluegreen.errors import CommandFailed
-
-if TYPE_CHECKING:
-    from bluegreen.config import HostConfig
 
 
 @dataclass(frozen=True)
@@ -86,14 +83,3 @@ def check_result(host: str, result: Result, what: str | None = None) -> Result:
         host=host,
         detail=output,
     )
-
-
-async def connect(cfg: HostConfig) -> Host:
-    """An open Host for one ``[[hosts]]`` entry."""
-    if cfg.is_local:
-        from bluegreen.hosts.local import LocalHost
-
-        return LocalHost(cfg.label)
-    from bluegreen.hosts.ssh import SSHHost
-
-    return await SSHHost.open(cfg)

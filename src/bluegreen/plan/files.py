@@ -48,3 +48,26 @@ def read_file(path: PurePosixPath) -> Argv:
 def make_dirs(paths: list[PurePosixPath]) -> Argv:
     return ["mkdir", "-p", "--", *[str(p) for p in paths]]
 
+
+
+def remove_file(path: PurePosixPath) -> Argv:
+    return ["rm", "-f", "--", str(path)]
+
+
+def exists(path: PurePosixPath) -> Argv:
+    """Exit 0 when ``path`` is a regular file."""
+    return ["test", "-f", str(path)]
+
+
+def free_space(path: PurePosixPath) -> Argv:
+    """``df`` of the filesystem holding ``path``, in KiB (read by `parse_free_space`)."""
+    return ["df", "-Pk", str(path)]
+
+
+def parse_free_space(output: str) -> str:
+    """A sentence on the space left, from `free_space`'s output."""
+    lines = output.splitlines()
+    fields = lines[-1].split() if lines else []
+    if len(fields) >= 6 and fields[3].isdigit():
+        return f"{int(fields[3]) / 1024:.1f} MB free on {fields[5]}"
+    return "free space unknown"

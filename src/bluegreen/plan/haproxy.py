@@ -14,22 +14,29 @@ import io
 import re
 from pathlib import PurePosixPath
 
-from bluegreen.config import Colour, Config, render
+from bluegreen.config import Colour, Config, HAProxySettings, render
 from bluegreen.plan.files import Argv, replace_config, sh, sudo
 from bluegreen.plan.template import render_proxy_config
 
 MAP_KEY = "live"
+SHOW_STAT = "show stat"  # runtime API: per-server counters (CSV)
+SHOW_INFO = "show info"  # runtime API: version, pid
+
+
+def settings(cfg: Config) -> HAProxySettings:
+    return cfg.proxy_of(HAProxySettings)
+
 
 def config_file(cfg: Config) -> PurePosixPath:
-    return PurePosixPath(render(cfg.proxy.config_file, app=cfg.app))
+    return PurePosixPath(render(settings(cfg).config_file, app=cfg.app))
 
 
 def map_file(cfg: Config) -> PurePosixPath:
-    return PurePosixPath(render(cfg.proxy.map_file, app=cfg.app))
+    return PurePosixPath(render(settings(cfg).map_file, app=cfg.app))
 
 
 def socket(cfg: Config) -> str:
-    return render(cfg.proxy.socket, app=cfg.app)
+    return render(settings(cfg).socket, app=cfg.app)
 
 
 def ident(cfg: Config) -> str:
@@ -114,6 +121,12 @@ def parse_pid(info: str) -> int | None:
         if line.startswith("Pid:") and line.split(":", 1)[1].strip().isdigit():
             return int(line.split(":", 1)[1])
     return None
+
+
+def parse_version(info: str) -> str:
+    """The ``Version:`` of ``show info``."""
+    return next((line.split(":", 1)[1].strip() for line in info.splitlines()
+                 if line.startswith("Version:")), "?")
 
 
 # ---- runtime API ------------------------------------------------------------------

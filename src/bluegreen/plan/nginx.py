@@ -6,23 +6,27 @@ import re
 import shlex
 from pathlib import PurePosixPath
 
-from bluegreen.config import Colour, Config, render
+from bluegreen.config import Colour, Config, NginxSettings, render
 from bluegreen.plan.files import Argv, replace_config, sh, sudo
 from bluegreen.plan.template import render_proxy_config
 
 
+def settings(cfg: Config) -> NginxSettings:
+    return cfg.proxy_of(NginxSettings)
+
+
 def site_name(cfg: Config) -> str:
-    return render(cfg.proxy.site, app=cfg.app)
+    return render(settings(cfg).site, app=cfg.app)
 
 
 def available(cfg: Config, colour: Colour) -> PurePosixPath:
-    return PurePosixPath(render(cfg.proxy.sites_available, app=cfg.app)) / (
+    return PurePosixPath(render(settings(cfg).sites_available, app=cfg.app)) / (
         f"{site_name(cfg)}-{colour.value}"
     )
 
 
 def link(cfg: Config) -> PurePosixPath:
-    return PurePosixPath(render(cfg.proxy.sites_enabled, app=cfg.app)) / site_name(cfg)
+    return PurePosixPath(render(settings(cfg).sites_enabled, app=cfg.app)) / site_name(cfg)
 
 
 def render_site(cfg: Config, colour: Colour, addresses: list[str] | None = None) -> str:

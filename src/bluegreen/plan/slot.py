@@ -2,14 +2,44 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
+from typing import Any
 
 from bluegreen.config import Colour, Config, render
 from bluegreen.plan.files import Argv, sh
 from bluegreen.plan.layout import Layout
+
+
+@dataclass(frozen=True)
+class SlotState:
+    """What ``slots/<colour>/state.json`` records about the release a slot runs."""
+
+    release: str
+    version: str
+    mode: str  # the supervisor that started it (supervisors.KINDS)
+    pid: int | None  # command: the session id; start: the listener pid once healthy
+    sid: int | None  # session id of the listener, to recognise the slot's own processes
+    cwd: str
+    status: str  # starting | running | failed | stopped
+    started: str
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__, indent=1) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> SlotState | None:
+        try:
+            data = json.loads(text)
+            return cls(**{k: data[k] for k in cls.__dataclass_fields__})
+        except (ValueError, KeyError, TypeError):
+            return None
+
+    def replace(self, **changes: Any) -> SlotState:
+        return SlotState(**{**self.__dict__, **changes})
 
 
 @dataclass(frozen=True)
@@ -80,6 +110,11 @@ def run_in_slot(cwd: str, env_file: PurePosixPath, command: str, log: PurePosixP
         command,
         log,
     )
+
+
+def log_marker(log: PurePosixPath, release_id: str, time: str) -> Argv:
+    """Append a line to the slot's log that says a release starts here."""
+    return sh('echo "--- bluegreen: starting $1 ($2) ---" >> "$3"', release_id, time, log)
 
 
 def slot_command(cwd: str, env_file: PurePosixPath, command: str) -> Argv:

@@ -1,0 +1,148 @@
+"""The kind-free slot lifecycle on one app host, as one step object: refuse a foreign
+listener, drain, stop, start, wait until healthy; on failure stop what was started,
+show the log tail, and raise Unhealthy (exit 5). How the process is run is the
+supervisor's business."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from typing import NoReturn
+
+from bluegreen import supervisors
+from bluegreen.config import Colour
+from bluegreen.errors import CommandFailed, Unhealthy
+from bluegreen.plan import files, slot as slotplan
+from bluegreen.plan.slot import Probe, Slot, SlotState
+from bluegreen.slots import Slots, now_iso
+from bluegreen.supervisors import StartFailed, Supervisor
+
+ERLANG_NODE_HINT = ("\nhint: both colours use the same Erlang node name. Set in bluegreen.toml:\n"
+                    '  [run.env]\n  RELEASE_NODE = "{app}_{color}"\n'
+                    '  RELEASE_TMP = "{slot_dir}/tmp"')
+
+
+class Boot:
+    """Stops and starts the slots of one app host."""
+
+    def __init__(self, slots: Slots) -> None:
+        self.slots = slots
+        self.node = slots.node
+        self.cfg = slots.cfg
+
+    async def stop(self, colour: Colour) -> SlotState | None:
+        """Drain the slot, stop its process and wait until it has exited and the port is
+        free. A listener that is not the slot's own is left alone and reported (exit 5)."""
+        state = await self.slots.state(colour)
+        supervisor = supervisors.of_state(self.node, state)
+        if state is not None:
+            state = await supervisor.recover(colour, state)
+        sid = supervisor.session(state)
+        probe = await self.slots.probe(colour, sid)
+        owned = self.slots.owns(colour, state, probe)
+        if probe.listening and not owned:
+            self._foreign(colour, probe)
+        if state is None or not (probe.session_alive or owned):
+            if state is not None and state.status != "stopped":
+                await self.slots.write_state(colour, state.replace(status="stopped"))
+            return state
+        self.node.say(f"draining {colour} ({state.release})")
+        await self.slots.drain(colour, sid)
+        self.node.say(f"stopping {colour} ({state.release})")
+        await supervisor.halt(colour, state, probe)
+        if not await supervisor.wait_stopped(colour, sid, list(probe.listeners), 10):
+            raise CommandFailed(f"{colour} slot's processes did not exit even after SIGKILL",
+                                host=self.node.name)
+        stopped = state.replace(status="stopped")
+        await self.slots.write_state(colour, stopped)
+        self.node.say(f"{colour} stopped; port {self.cfg.slots.port(colour)} is free")
+        return stopped
+
+    async def start(self, slot: Slot, secrets: dict[str, str]) -> SlotState:
+        """Start ``slot``'s release on its port and wait until the new process answers
+        its health path with 2xx. On failure the new process is stopped (exit 5)."""
+        colour, layout = slot.colour, self.node.layout
+        probe = await self.slots.probe(colour)
+        if probe.listening:
+            self._foreign(colour, probe)
+        env_text = slotplan.env_script(slotplan.slot_env(self.cfg, slot, secrets))
+        await self.node.run(files.make_dirs([slot.dir, slot.dir / "tmp"]))
+        await self.node.run(files.write_file(layout.slot_env(colour), "0600"), input=env_text)
+        supervisor = supervisors.KINDS[supervisors.configured(self.cfg)](self.node)
+        state = SlotState(release=slot.release_id, version=slot.version, mode=supervisor.mode,
+                          pid=None, sid=None, cwd=slot.cwd(self.cfg), status="starting",
+                          started=now_iso())
+        await self.slots.write_state(colour, state)
+        await self.node.run(slotplan.log_marker(layout.log(colour), slot.release_id, now_iso()))
+        self.node.say(f"starting {slot.release_id} on {colour} (port {slot.port})")
+        started = time.monotonic()
+        try:
+            state = await supervisor.launch(slot, state)
+            if state.pid is not None:
+                await self.slots.write_state(colour, state)
+            pid, sid = await self._wait_healthy(slot, state, supervisor.session(state))
+        except StartFailed as exc:
+            await self._fail(slot, state, supervisor, str(exc))
+        state = state.replace(pid=state.pid or pid, sid=state.sid or sid, status="running")
+        await self.slots.write_state(colour, state)
+        self.node.say(f"{colour} is healthy ({time.monotonic() - started:.2f}s after start)")
+        return state
+
+    async def _wait_healthy(self, slot: Slot, state: SlotState,
+                            sid: int | None) -> tuple[int, int | None]:
+        """Poll the health path until it answers 2xx from the new process: every answer is
+        confirmed by a probe that the port's listener is the slot's own. Between answers,
+        a probe every ~0.5 s notices a process that exited (probes fork several tools, so
+        not at every poll: with many hosts on one machine that adds up)."""
+        colour = slot.colour
+        deadline = time.monotonic() + self.cfg.run.health_timeout
+        last = "it never answered"
+        for attempt in itertools.count():
+            resp = await self.slots.health(colour)
+            answered = resp is not None and resp.ok
+            if answered or attempt % 5 == 0:
+                probe = await self.slots.probe(colour, sid)
+                if sid is not None and not probe.session_alive:
+                    raise StartFailed("the process exited")
+                if probe.listening:
+                    pid, listener = next(iter(probe.listeners.items()))
+                    if sid is not None and any(lst.sid != sid
+                                               for lst in probe.listeners.values()):
+                        raise StartFailed(f"port {slot.port} is held by pid {pid}, which is "
+                                          "not the slot's own process")
+                    if answered:
+                        return pid, listener.sid
+            if resp is not None and not resp.ok:
+                last = f"{self.cfg.run.health_path} answered HTTP {resp.status}"
+            if time.monotonic() >= deadline:
+                raise StartFailed(f"not healthy within health_timeout="
+                                  f"{self.cfg.run.health_timeout:g}s ({last})")
+            await asyncio.sleep(0.1)
+        raise AssertionError("unreachable")
+
+    async def _fail(self, slot: Slot, state: SlotState, supervisor: Supervisor,
+                    why: str) -> NoReturn:
+        colour = slot.colour
+        tail = await self.slots.log_tail(colour, state=state)
+        # Stop whatever the failed start left behind, so the idle port is free again.
+        probe = await self.slots.probe(colour, state.pid)
+        await supervisor.clean_up(slot, state, probe)
+        if probe.listening:
+            await self.node.run(slotplan.signal_pids("KILL", list(probe.listeners)))
+        await self.slots.write_state(colour, state.replace(status="failed"))
+        hint = ERLANG_NODE_HINT if "seems to be in use by another Erlang node" in tail else ""
+        raise Unhealthy(
+            f"{slot.release_id} on {colour} did not become healthy: {why}; it was not promoted "
+            f"and live traffic was not touched.\n--- last lines of the {colour} slot's logs ---\n"
+            f"{tail or '(empty)'}{hint}",
+            host=self.node.name, detail=tail,
+        )
+
+    def _foreign(self, colour: Colour, probe: Probe) -> NoReturn:
+        pids = ", ".join(str(p) for p in probe.listeners)
+        raise Unhealthy(
+            f"port {self.cfg.slots.port(colour)} of the {colour} slot is held by a process that "
+            f"is not the slot's own (pid {pids}); stop it or change slots.{colour}",
+            host=self.node.name,
+        )

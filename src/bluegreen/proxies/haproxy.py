@@ -1,0 +1,214 @@
+"""The haproxy kind: one config file with a backend per colour and a map file whose "live"
+key names the live colour; a switch writes the map file, then sets the key through the
+runtime API: no reload, no process replaced, no connection closed."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import PurePosixPath
+
+from bluegreen.config import Colour
+from bluegreen.errors import ProxyError
+from bluegreen.plan import haproxy
+from bluegreen.plan.nginx import Finding
+from bluegreen.proxies.base import Proxy
+
+RUNTIME_TIMEOUT = 10.0
+
+
+class HAProxyProxy(Proxy):
+    kind = "haproxy"
+    files = "config"
+
+    @property
+    def source(self) -> str:
+        return f"map {haproxy.map_file(self.cfg)}"
+
+    @property
+    def directories(self) -> list[PurePosixPath]:
+        return [haproxy.config_file(self.cfg).parent, haproxy.map_file(self.cfg).parent]
+
+    async def live_colour(self) -> Colour | None:
+        path = haproxy.map_file(self.cfg)
+        text = await self.read(path)
+        if not text:
+            return None
+        value = haproxy.parse_map(text)
+        if value not in (Colour.BLUE.value, Colour.GREEN.value):
+            raise ProxyError(f"{path} has no 'live blue' or 'live green' line (it says "
+                             f"{value!r}); fix it or run `bluegreen setup`", host=self.name)
+        return Colour(value)
+
+    async def runtime(self, command: str) -> str:
+        """One command on HAProxy's runtime API (the stats socket, reached from the host)."""
+        sock = haproxy.socket(self.cfg)
+        self.node.out.debug(self.name, f"haproxy {sock}> {command}")
+        try:
+            if sock.startswith("/"):
+                stream = await self.node.host.open_unix_connection(sock)
+            else:
+                address, _, port = sock.rpartition(":")
+                stream = await self.node.host.open_connection(address, int(port))
+        except OSError as exc:
+            raise ProxyError(f"cannot reach HAProxy's runtime API at {sock}: "
+                             f"{exc.strerror or exc}; is HAProxy running with `stats socket "
+                             f"{sock} level admin`?", host=self.name) from None
+        try:
+            await stream.write(command.encode() + b"\n")
+            chunks: list[bytes] = []
+
+            async def read_all() -> None:
+                while chunk := await stream.read(65536):
+                    chunks.append(chunk)
+
+            await asyncio.wait_for(read_all(), RUNTIME_TIMEOUT)
+        except (OSError, asyncio.TimeoutError) as exc:
+            raise ProxyError(f"HAProxy's runtime API at {sock} did not answer `{command}`: "
+                             f"{exc or 'timed out'}", host=self.name) from None
+        finally:
+            await stream.close()
+        return b"".join(chunks).decode(errors="replace")
+
+    async def running_colour(self) -> str | None:
+        """The live colour in the running HAProxy's memory (None: it has no such map)."""
+        answer = await self.runtime(haproxy.show_live(self.cfg))
+        return haproxy.parse_show_map(answer)
+
+    async def _set_running(self, colour: Colour) -> None:
+        answer = await self.runtime(haproxy.set_live(self.cfg, colour))
+        error = haproxy.runtime_error(answer)
+        if error and "not found" in error.lower():  # the key was removed by hand
+            error = haproxy.runtime_error(await self.runtime(haproxy.add_live(self.cfg, colour)))
+        if error:
+            raise ProxyError(f"HAProxy refused `{haproxy.set_live(self.cfg, colour)}`: {error}",
+                             host=self.name)
+
+    async def write_config(self) -> str | None:
+        """Write the config file if its content differs; returns the previous content
+        ("" when there was none) if it changed, None if not."""
+        path = haproxy.config_file(self.cfg)
+        text = haproxy.render_config(self.cfg, self.servers)
+        current = await self.read(path)
+        if current == text:
+            return None
+        await self.node.run(haproxy.write(self.cfg, path), input=text)
+        self.node.say(f"wrote {path}")
+        return current
+
+    async def _write_map(self, colour: Colour) -> None:
+        await self.node.run(haproxy.write(self.cfg, haproxy.map_file(self.cfg)),
+                         input=haproxy.map_text(colour))
+
+    async def setup(self, live: Colour | None) -> None:
+        previous = await self.write_config()
+        if live is None:
+            self.node.say(f"writing {haproxy.map_file(self.cfg)}: live blue")
+            await self._write_map(Colour.BLUE)
+        try:
+            await self.test()
+        except ProxyError:
+            path = haproxy.config_file(self.cfg)
+            if previous:
+                await self.node.run(haproxy.write(self.cfg, path), input=previous)
+            elif previous == "":
+                await self.node.run(haproxy.remove(self.cfg, path))
+            if live is None:
+                await self.restore(None)
+            self.node.say("config and map file put back; HAProxy not reloaded")
+            raise
+        if previous is not None or await self._running_or_none() != (live or Colour.BLUE).value:
+            # New config: HAProxy reads it (and the map file) only when it reloads.
+            self.node.say("reloading HAProxy to load it")
+            await self.reload()
+
+    async def _running_or_none(self) -> str | None:
+        try:
+            return await self.running_colour()
+        except ProxyError:
+            return None
+
+    async def prepare(self, target: Colour, live: Colour) -> None:
+        """Reload only if the config is out of date (e.g. hosts were added: the live colour
+        is unchanged by that, since HAProxy reads it from the map file); then prove that
+        the runtime API answers and the target backend has this proxy's servers."""
+        previous = await self.write_config()
+        if previous is not None:
+            try:
+                await self.test()
+            except ProxyError:
+                path = haproxy.config_file(self.cfg)
+                await self.node.run(haproxy.write(self.cfg, path), input=previous)
+                raise
+            self.node.say("reloading HAProxy for the new config (the live colour stays "
+                       f"{live})")
+            await self.reload()
+            await self.verify(live)
+        running = await self.running_colour()
+        if running is None:
+            raise ProxyError(f"the running HAProxy does not use {haproxy.map_file(self.cfg)}: "
+                             "is the config file loaded (see docs/configuration.md)? Run "
+                             "`bluegreen setup`", host=self.name)
+        stat = haproxy.parse_stat(await self.runtime(haproxy.SHOW_STAT))
+        if (haproxy.backend(self.cfg, target), "BACKEND") not in stat:
+            raise ProxyError(f"the running HAProxy has no backend "
+                             f"{haproxy.backend(self.cfg, target)}; run `bluegreen setup`",
+                             host=self.name)
+
+    async def switch(self, target: Colour, previous: Colour | None) -> None:
+        """Write the map file (what a restarted HAProxy will read), then set the running
+        HAProxy's map. If the runtime API fails, the file is put back."""
+        await self._write_map(target)
+        try:
+            await self._set_running(target)
+        except ProxyError:
+            await self.restore(previous)
+            self.node.say(f"{haproxy.map_file(self.cfg)} put back to {previous}")
+            raise
+
+    async def restore(self, previous: Colour | None) -> None:
+        if previous is None:
+            await self.node.run(haproxy.remove(self.cfg, haproxy.map_file(self.cfg)))
+        else:
+            await self._write_map(previous)
+
+    async def apply(self) -> None:
+        live = await self.live_colour()
+        if live is not None:
+            await self._set_running(live)
+
+    async def old_workers(self) -> int:
+        """HAProxy processes left by a reload (of this same config) that still finish
+        their connections: they route with the map they had, so they may still send the
+        slot requests, and their tunnels are not in the current process's counts."""
+        try:
+            current = haproxy.parse_pid(await self.runtime(haproxy.SHOW_INFO))
+        except ProxyError:
+            return 0
+        if current is None:
+            return 0
+        result = await self.node.run(haproxy.old_processes(current), check=False)
+        return len(result.stdout.split())
+
+    async def sessions(self, colour: Colour, host_label: str) -> int | None:
+        try:
+            stat = haproxy.parse_stat(await self.runtime(haproxy.SHOW_STAT))
+        except ProxyError:
+            return None  # the slot's port is watched instead
+        return haproxy.sessions(stat, self.cfg, colour, host_label)
+
+    async def checks(self) -> list[Finding]:
+        cfg, out = self.cfg, [await self.test_row()]
+        try:
+            info = await self.runtime(haproxy.SHOW_INFO)
+            out.append((f"runtime API {haproxy.socket(cfg)}", True,
+                        f"HAProxy {haproxy.parse_version(info)}"))
+        except ProxyError as exc:
+            out.append((f"runtime API {haproxy.socket(cfg)}", False, exc.message))
+        try:
+            live = await self.live_colour()
+            out.append((f"map {haproxy.map_file(cfg)}", True,
+                        f"live is {live}" if live else "setup will write it (live blue)"))
+        except ProxyError as exc:
+            out.append((f"map {haproxy.map_file(cfg)}", False, exc.message))
+        out.append(await self.file_row("config file", haproxy.config_file(cfg)))
+        return out

@@ -1,0 +1,125 @@
+"""The nginx kind: a site file per colour and a live link; a switch renames the link, tests
+and reloads nginx (old workers finish their connections with the previous config)."""
+
+from __future__ import annotations
+
+from pathlib import PurePosixPath
+
+from bluegreen.config import Colour
+from bluegreen.errors import ProxyError
+from bluegreen.plan import nginx
+from bluegreen.plan.nginx import Finding
+from bluegreen.proxies.base import Proxy
+
+
+class NginxProxy(Proxy):
+    kind = "nginx"
+    files = "site"
+
+    @property
+    def source(self) -> str:
+        return f"link {nginx.link(self.cfg)}"
+
+    @property
+    def directories(self) -> list[PurePosixPath]:
+        return [nginx.available(self.cfg, Colour.BLUE).parent, nginx.link(self.cfg).parent]
+
+    async def live_colour(self) -> Colour | None:
+        result = await self.node.run(nginx.read_link(self.cfg))
+        target = result.stdout.strip()
+        if not target:
+            return None
+        colour = nginx.colour_of_target(self.cfg, target)
+        if colour is None:
+            raise ProxyError(f"{nginx.link(self.cfg)} points at {target}, which is neither "
+                             "site file; fix the link or run `bluegreen setup`", host=self.name)
+        return colour
+
+    async def write_site(self, colour: Colour) -> bool:
+        """Write the colour's site file if its content differs; True when it changed."""
+        text = nginx.render_site(self.cfg, colour, self.upstreams)
+        if await self.read(nginx.available(self.cfg, colour)) == text:
+            return False
+        await self.node.run(nginx.write_site(self.cfg, colour), input=text)
+        self.node.say(f"wrote {nginx.available(self.cfg, colour)}")
+        return True
+
+    async def setup(self, live: Colour | None) -> None:
+        previous = {c: await self.read(nginx.available(self.cfg, c)) for c in Colour}
+        changed = [c for c in Colour if await self.write_site(c)]
+        if live is None:
+            self.node.say(f"linking {nginx.link(self.cfg)} -> blue")
+            await self.node.run(nginx.switch(self.cfg, Colour.BLUE))
+        try:
+            await self.test()
+        except ProxyError:
+            for c in changed:
+                if previous[c]:
+                    await self.node.run(nginx.write_site(self.cfg, c), input=previous[c])
+            if live is None:
+                await self.restore(None)
+            self.node.say("site files and link put back; nginx not reloaded")
+            raise
+        await self.reload()
+
+    async def prepare(self, target: Colour, live: Colour) -> None:
+        """Rewrite the target's site file if needed; then point the link at it, test,
+        and put the link back. nginx reads its config only on reload, so traffic never
+        sees the trial."""
+        await self.write_site(target)
+        if target is not live:
+            await self._link_and_test(target, live)
+            await self.restore(live)
+
+    async def switch(self, target: Colour, previous: Colour | None) -> None:
+        """Point the link at ``target``, test, reload. If ``test`` fails the previous link
+        is put back and nothing is reloaded; if ``reload`` fails the link is put back too."""
+        await self._link_and_test(target, previous)
+        try:
+            await self.reload()
+        except ProxyError:
+            # A failed reload never reached nginx: it still serves ``previous``.
+            await self.restore(previous)
+            self.node.say(f"link put back to {previous}")
+            raise
+
+    async def _link_and_test(self, target: Colour, previous: Colour | None) -> None:
+        await self.node.run(nginx.switch(self.cfg, target))
+        try:
+            await self.test()
+        except ProxyError:
+            await self.restore(previous)
+            self.node.say(f"link put back to {previous}; nginx not reloaded")
+            raise
+
+    async def restore(self, previous: Colour | None) -> None:
+        if previous is None:
+            await self.node.run(nginx.remove_link(self.cfg))
+        else:
+            await self.node.run(nginx.switch(self.cfg, previous))
+
+    async def apply(self) -> None:
+        await self.test()
+        await self.reload()
+
+    async def old_workers(self) -> int:
+        result = await self.node.run(nginx.old_workers(), check=False)
+        return len(result.stdout.split())
+
+    async def checks(self) -> list[Finding]:
+        cfg, out = self.cfg, [await self.test_row()]
+        try:
+            live = await self.live_colour()
+            out.append((f"link {nginx.link(cfg)}", True,
+                        f"live is {live}" if live else "setup will link blue"))
+        except ProxyError as exc:
+            out.append((f"link {nginx.link(cfg)}", False, exc.message))
+        for c in Colour:
+            out.append(await self.file_row("site file", nginx.available(cfg, c)))
+        out.extend(await self._advice())
+        return out
+
+    async def _advice(self) -> list[Finding]:
+        """What the running nginx's version and config mean for zero downtime."""
+        result = await self.node.run(nginx.inspect(self.cfg), check=False)
+        return nginx.advice(result.stdout)

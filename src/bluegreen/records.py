@@ -1,0 +1,106 @@
+"""The lock and the history on each host: an atomic ``mkdir`` lock that is never taken
+over, and an append-only ``history.jsonl``."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
+
+from bluegreen.config import Colour
+from bluegreen.errors import BlueGreenError, CommandFailed, LockHeld
+from bluegreen.fleet import Node
+from bluegreen.plan import history, lock
+from bluegreen.plan.slot import SlotState
+from bluegreen.slots import now_iso
+
+
+async def acquire(node: Node, info: lock.LockInfo) -> None:
+    result = await node.run(lock.acquire(node.layout), input=info.to_json(), check=False)
+    if result.exit_status == lock.HELD:
+        _, holder = await read_lock(node)
+        raise LockHeld(describe_holder(node, holder) + "; wait for it, or if it is gone, run "
+                       "`bluegreen unlock`", host=node.name)
+    if result.exit_status == lock.NOT_SET_UP:
+        raise BlueGreenError(f"{node.layout.root} does not exist: run `bluegreen setup` first",
+                             host=node.name)
+    if not result.ok:
+        raise CommandFailed(f"cannot take the lock {node.layout.lock}: {result.stderr.strip()}",
+                            host=node.name)
+
+
+async def read_lock(node: Node) -> tuple[bool, lock.LockInfo | None]:
+    """Whether the host is locked, and by whom (None when the holder is unreadable)."""
+    result = await node.run(lock.read(node.layout))
+    if not result.stdout.startswith("held"):
+        return False, None
+    return True, lock.LockInfo.from_json(result.stdout.removeprefix("held"))
+
+
+def describe_holder(node: Node, holder: lock.LockInfo | None) -> str:
+    if holder is None:
+        return f"{node.layout.lock} is held (no readable holder info)"
+    text = f"locked by {holder.describe()}"
+    if holder.host == socket.gethostname() and not _pid_alive(holder.pid):
+        text += f" (pid {holder.pid} is gone: that run died)"
+    else:
+        age = lock.age_seconds(holder.started)
+        if age is not None and age > lock.STALE_AFTER:
+            # A run on another machine cannot be checked from here; a lock this old
+            # is most likely left by one that died.
+            text += f" ({age / 3600:.1f} h ago: probably a run that died)"
+    return text
+
+
+async def release(node: Node) -> None:
+    await node.run(lock.release(node.layout), check=False)
+
+
+@asynccontextmanager
+async def locked(nodes: list[Node], user: str, command: str) -> AsyncIterator[None]:
+    """Hold every host's lock for the body; a held lock is exit 4 and nothing is done."""
+    info = lock.LockInfo(user=user, host=socket.gethostname(), pid=os.getpid(),
+                         command=command, started=now_iso())
+    results = await asyncio.gather(*(acquire(n, info) for n in nodes), return_exceptions=True)
+    taken = [n for n, r in zip(nodes, results) if not isinstance(r, BaseException)]
+    failures = [r for r in results if isinstance(r, BaseException)]
+    if failures:
+        await asyncio.gather(*(release(n) for n in taken), return_exceptions=True)
+        raise failures[0]
+    try:
+        yield
+    finally:
+        await asyncio.gather(*(release(n) for n in nodes), return_exceptions=True)
+
+
+async def record(node: Node, event: str, colour: Colour | None, state: SlotState | None,
+                 user: str, detail: str = "") -> None:
+    """Append one event to the host's history (secrets masked)."""
+    entry = history.entry(
+        time=now_iso(), event=event, host=node.name, color=colour.value if colour else None,
+        release=state.release if state else None, version=state.version if state else None,
+        user=user, detail=node.out.mask(detail)[:2000],
+    )
+    await node.run(history.append(node.layout), input=history.line(entry), check=False)
+
+
+async def record_failure(nodes: list[Node], user: str, err: BlueGreenError) -> None:
+    """Append a ``failed`` event on the app host that failed (on every one when the error
+    names none of them, e.g. a load balancer)."""
+    targets = [n for n in nodes if err.host == n.name] or nodes
+    await asyncio.gather(
+        *(record(n, "failed", None, None, user, err.message.split("\n")[0]) for n in targets),
+        return_exceptions=True,
+    )
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

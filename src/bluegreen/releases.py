@@ -1,0 +1,104 @@
+"""Releases on one app host: which colour a deploy targets, the upload and unpack, the
+migration, and pruning old releases."""
+
+from __future__ import annotations
+
+from bluegreen import records
+from bluegreen.artifact import Artifact
+from bluegreen.config import Colour
+from bluegreen.errors import ArtifactError, BlueGreenError, CommandFailed
+from bluegreen.fleet import Node
+from bluegreen.plan import files, release as releaseplan
+from bluegreen.plan.slot import SlotState, slot_command
+from bluegreen.topology import AppHost
+
+
+async def deploy_target(a: AppHost, art: Artifact,
+                        live: Colour | None) -> tuple[Colour, SlotState | None]:
+    """The colour this deploy starts the release on: the idle one, except on the first
+    deploy (the live slot has never run a release), when there is nothing to protect.
+    With the state of the live slot when it already runs this release, healthy (a re-run
+    after a deploy that was interrupted once it had switched): nothing left to do there."""
+    if live is None:
+        live = await a.require_live()  # raises: no link, run setup first
+    live_state = await a.slots.state(live)
+    if live_state is not None and live_state.release == art.release_id \
+            and live_state.status == "running":
+        resp = await a.slots.health(live)
+        if resp is not None and resp.ok:
+            a.node.say(f"{art.release_id} is already live on {live}; nothing to deploy here")
+            return live, live_state
+    first = live_state is None or live_state.status in ("starting", "failed")
+    target = live if first else live.other
+    a.node.say(f"live is {live}; deploying {art.release_id} to {target}"
+               + (" (first deploy: nothing live to protect)" if first else ""))
+    return target, None
+
+
+async def upload(node: Node, art: Artifact) -> None:
+    """Copy the artifact to the host, check its sha256 and unpack it as the release dir
+    (skipped when the release is already there)."""
+    rid, layout = art.release_id, node.layout
+    if (await node.run(releaseplan.exists(layout, rid), check=False)).ok:
+        node.say(f"release {rid} already on the host; upload skipped")
+        return
+    dest = releaseplan.upload_path(layout, rid)
+    size = art.path.stat().st_size
+    node.say(f"uploading {art.path.name} ({size / 1e6:.1f} MB)")
+    await node.run(files.make_dirs([layout.releases]))
+    try:
+        await node.host.put(art.path, dest)
+    except CommandFailed as exc:
+        await node.run(files.remove_file(dest), check=False)  # a partial upload frees its space
+        raise CommandFailed(f"{exc.reason} ({await _free_space(node)}); live traffic was not "
+                            "touched", host=node.name) from None
+    result = await node.run(releaseplan.checksum(dest))
+    remote_sha = result.stdout.split()[0] if result.stdout.split() else ""
+    if remote_sha != art.sha256:
+        await node.run(files.remove_file(dest))
+        raise ArtifactError(
+            f"upload corrupted: sha256 on the host is {remote_sha[:12]}, expected "
+            f"{art.sha256[:12]}; run deploy again", host=node.name)
+    node.say(f"unpacking into {layout.release(rid)}")
+    try:
+        await node.run(releaseplan.unpack(layout, rid), timeout=600)
+    except CommandFailed as exc:
+        raise CommandFailed(f"unpacking {rid} failed ({await _free_space(node)}); nothing was "
+                            f"started and live traffic was not touched:\n{exc.detail}",
+                            host=node.name, detail=exc.detail) from None
+
+
+async def _free_space(node: Node) -> str:
+    """How much space is left where releases go, for messages about a failed write."""
+    result = await node.run(files.free_space(node.layout.releases), check=False)
+    return files.parse_free_space(result.stdout) if result.ok else "free space unknown"
+
+
+async def migrate_on(a: AppHost, colour: Colour, state: SlotState) -> None:
+    """Run ``run.migrate`` with the slot's release and env; its output is shown."""
+    cfg, node = a.node.cfg, a.node
+    assert cfg.run.migrate is not None
+    slot = a.slots.slot(colour, state.release, state.version)
+    node.say(f"migrate with {state.release} ({colour}): {cfg.run.migrate}")
+    result = await node.run(slot_command(state.cwd, node.layout.slot_env(colour),
+                                         slot.render(cfg, cfg.run.migrate)),
+                            timeout=3600, check=False)
+    output = node.out.mask((result.stdout + result.stderr).rstrip())
+    for line in output.splitlines()[-50:]:
+        node.say(f"  {line}")
+    if not result.ok:
+        raise BlueGreenError(f"migrate failed (exit {result.exit_status}); nothing was switched "
+                             f"and live traffic was not touched", host=node.name, detail=output)
+
+
+async def prune_host(a: AppHost, keep: int, user: str) -> list[str]:
+    """Delete all but the ``keep`` newest releases, never the blue or green slot's."""
+    node = a.node
+    result = await node.run(releaseplan.list_releases(node.layout))
+    protected = {st.release for c in Colour if (st := await a.slots.state(c)) is not None}
+    doomed = releaseplan.to_prune(result.stdout.split(), keep, protected)
+    if doomed:
+        node.say(f"pruning {len(doomed)} old release(s): {', '.join(doomed)}")
+        await node.run(releaseplan.remove(node.layout, doomed))
+        await records.record(node, "prune", None, None, user, "removed " + " ".join(doomed))
+    return doomed

@@ -1,0 +1,420 @@
+"""The models of ``bluegreen.toml``: validated, frozen, each key with its default and
+the description `bluegreen docs` prints (see ``reference``). Loading and the checks
+that span keys (placeholders) are in ``config``."""
+
+from __future__ import annotations
+
+import enum
+import re
+import string
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from bluegreen.errors import ConfigError
+
+APP_RE = r"^[a-z][a-z0-9_-]{0,39}$"
+VERSION_RE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._+-]{0,63}$")
+ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+# Placeholders each kind of value may use.
+SLOT_PLACEHOLDERS = frozenset(
+    {"app", "color", "port", "version", "release_dir", "slot_dir", "deploy_to", "bind"}
+)
+BUILD_PLACEHOLDERS = frozenset({"app", "version"})
+APP_PLACEHOLDERS = frozenset({"app"})
+
+
+class Colour(str, enum.Enum):
+    BLUE = "blue"
+    GREEN = "green"
+
+    @property
+    def other(self) -> Colour:
+        return Colour.GREEN if self is Colour.BLUE else Colour.BLUE
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+PositiveSeconds = Annotated[float, Field(gt=0, le=86400)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+def _key(default: Any = ..., description: str = "", **kw: Any) -> Any:
+    """A config key: its default and the sentence `bluegreen docs` prints for it."""
+    return Field(default, description=description, **kw)
+
+
+class Release(_Model):
+    """What is shipped: the version, how it is built, the artifact."""
+
+    version: str | None = _key(None, "the version; or `version_command`; `deploy --version` "
+                               "overrides both. Must match `[0-9A-Za-z][0-9A-Za-z._+-]{0,63}`")
+    version_command: str | None = _key(None, "a local shell command printing the version "
+                                       "(stdout trimmed)")
+    build: str | None = _key(None, "local shell command run by `build` and `deploy` (not with "
+                             "`--skip-build` or `--artifact`), in the config file's directory")
+    artifact: str | None = _key(None, "the `.tar.gz` to ship, unpacked as the release dir. "
+                                "Absolute paths, `..` members, links pointing outside and "
+                                "device files are refused")
+    keep: int = _key(5, "releases kept per host after a deploy; the blue and green slots' "
+                     "releases are never pruned", ge=1, le=1000)
+
+    @field_validator("version")
+    @classmethod
+    def _version(cls, v: str | None) -> str | None:
+        if v is not None:
+            check_version(v)
+        return v
+
+    @model_validator(mode="after")
+    def _one_version_source(self) -> Release:
+        if self.version is not None and self.version_command is not None:
+            raise ValueError("set either version or version_command, not both")
+        return self
+
+
+class Run(_Model):
+    """How a slot runs the app: its command, health check, timeouts and environment."""
+
+    start: str | None = _key(None, "a command that starts the app in the background and "
+                             "returns (`bin/app daemon`); with `stop`")
+    stop: str | None = _key(None, "stops what `start` started; without it the port's listener "
+                            "gets SIGTERM, then SIGKILL after `stop_timeout`")
+    command: str | None = _key(None, "instead of `start`: a foreground command, detached in a "
+                               "session of its own (`setsid`), pid in `slots/<colour>/pid`, output "
+                               "in `slots/<colour>/log`; stopped by SIGTERM to the session, then "
+                               "SIGKILL after `stop_timeout`. Prefix it with `exec`")
+    cwd: str = _key("{release_dir}", "where slot commands run")
+    health_path: str = _key("/health", "`GET http://{bind}:{port}{health_path}` must answer 2xx, "
+                            "asked from the host itself (through the SSH connection)")
+    health_timeout: PositiveSeconds = _key(30, "seconds for a new release to become healthy")
+    stop_timeout: PositiveSeconds = _key(30, "seconds for a stopped process to exit before "
+                                         "SIGKILL")
+    drain_timeout: Annotated[float, Field(ge=0, le=86400)] = _key(
+        30, "seconds to wait until no connection is open to an idle slot before it is stopped")
+    migrate: str | None = _key(None, "run once, on the first host, after the new slot is healthy "
+                               "and before the switch; its failure means no switch (exit 1)")
+    console: str | None = _key(None, "what `bluegreen console` runs in a pty in the slot's env "
+                               "(e.g. `bin/myapp remote`)")
+    env_file: str | None = _key(None, "local dotenv file (`KEY=VALUE`, never run by a shell), "
+                                "uploaded to `shared/.env` mode 0600; its values are masked in "
+                                "everything bluegreen prints")
+    env: dict[str, str] = _key({}, "extra variables for slot commands (placeholders allowed)")
+
+    @field_validator("health_path")
+    @classmethod
+    def _health_path(cls, v: str) -> str:
+        if not v.startswith("/") or any(c in v for c in " \r\n"):
+            raise ValueError("must start with / and contain no spaces")
+        return v
+
+    @field_validator("env")
+    @classmethod
+    def _env_keys(cls, v: dict[str, str]) -> dict[str, str]:
+        for key in v:
+            if not ENV_KEY_RE.match(key):
+                raise ValueError(f"{key!r} is not a valid environment variable name")
+        return v
+
+    @model_validator(mode="after")
+    def _one_way_to_run(self) -> Run:
+        if (self.start is None) == (self.command is None):
+            raise ValueError("set exactly one of run.start (with run.stop) or run.command")
+        if self.command is not None and self.stop is not None:
+            raise ValueError("run.stop goes with run.start; run.command is stopped by signal")
+        return self
+
+
+class Slots(_Model):
+    """The two slots' ports and the address they listen on."""
+
+    blue: Port = _key(4000, "the blue slot's port")
+    green: Port = _key(5000, "the green slot's port (must differ from blue's)")
+    bind: str = _key("127.0.0.1", "the address the slots listen on (`{bind}`, `BLUEGREEN_BIND`) "
+                     "and where health checks go; behind load balancers `\"{private_address}\"`")
+
+    @model_validator(mode="after")
+    def _distinct(self) -> Slots:
+        if self.blue == self.green:
+            raise ValueError("blue and green must use different ports")
+        return self
+
+    def port(self, colour: Colour) -> int:
+        return self.blue if colour is Colour.BLUE else self.green
+
+
+class _ProxyCommon(_Model):
+    server_name: str = _key("localhost", "the site's names; the first is the `Host` used to ask "
+                            "the proxy `/deployment_id`")
+    listen: str = _key("80", "nginx: a `listen` value; haproxy: `[address:]port`. The proxy is "
+                       "asked on its address (127.0.0.1 if none) and port")
+    test: str = ""
+    reload: str = ""
+    sudo: bool = _key(False, "prefix proxy commands and file writes with `sudo -n`")
+    template: str | None = _key(None, "your own Jinja2 template for the proxy's file "
+                                "(docs/configuration.md lists its variables)")
+
+    @field_validator("test", "reload", mode="before")
+    @classmethod
+    def _kind_default(cls, v: Any, info: Any) -> Any:
+        """An empty `test`/`reload` takes the kind's default."""
+        return v or cls.model_fields[info.field_name].default
+
+    @field_validator("server_name")
+    @classmethod
+    def _server_name(cls, v: str) -> str:
+        if not re.match(r"^[A-Za-z0-9_.*{}~^\\$-]+( [A-Za-z0-9_.*{}~^\\$-]+)*$", v):
+            raise ValueError("must be nginx server names separated by single spaces")
+        return v
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        parse_listen(v)
+        return v
+
+
+class NginxSettings(_ProxyCommon):
+    """`proxy.kind = "nginx"`: a site file per colour and a live link; switch = link + reload."""
+
+    kind: Literal["nginx"] = _key("nginx", "`nginx` (site file per colour, switch = link + "
+                                  "reload) or `haproxy` (switch through the runtime API, no "
+                                  "reload)")
+    sites_available: str = _key("/etc/nginx/sites-available", "nginx: where the two site "
+                                "files go")
+    sites_enabled: str = _key("/etc/nginx/sites-enabled", "nginx: where the live link goes")
+    site: str = _key("{app}", "nginx: file names `{site}-blue`, `{site}-green`; link "
+                     "`sites_enabled/{site}`")
+    test: str = _key("nginx -t", "shell command on the host that tests the proxy's config "
+                     "(haproxy: run by `setup`, or when the config file had to change)")
+    reload: str = _key("nginx -s reload", "shell command on the host that reloads the proxy "
+                       "(e.g. `systemctl reload nginx`)")
+
+    @field_validator("site")
+    @classmethod
+    def _site(cls, v: str) -> str:
+        if "/" in v or v.startswith(".") or not v:
+            raise ValueError("must be a plain file name (no '/', not starting with '.')")
+        return v
+
+
+class HAProxySettings(_ProxyCommon):
+    """`proxy.kind = "haproxy"`: one config file, a map file holding the live colour, and
+    the runtime API the switch goes through (no reload)."""
+
+    kind: Literal["haproxy"]
+    config_file: str = _key("/etc/haproxy/conf.d/{app}.cfg", "haproxy: the file bluegreen "
+                            "writes (a frontend, a backend per colour); HAProxy must load it")
+    map_file: str = _key("/etc/haproxy/conf.d/{app}.map", "haproxy: holds `live blue` or "
+                         "`live green`, the persistent live colour, read when HAProxy starts")
+    socket: str = _key("/run/haproxy/admin.sock", "haproxy: the runtime API (`stats socket ... "
+                       "level admin`), a path on the host or `address:port`")
+    test: str = _key("haproxy -c -q -f /etc/haproxy/haproxy.cfg -f /etc/haproxy/conf.d",
+                     "shell command on the host that tests the proxy's config")
+    reload: str = _key("systemctl reload haproxy", "shell command on the host that reloads "
+                       "the proxy")
+
+    @model_validator(mode="after")
+    def _paths(self) -> HAProxySettings:
+        if len(self.listen.split()) != 1:
+            raise ValueError(f"listen: {self.listen!r}: with kind = \"haproxy\" use "
+                             "[address:]port only")
+        for key in ("config_file", "map_file"):
+            if not getattr(self, key).startswith("/") or re.search(r"\s", getattr(self, key)):
+                raise ValueError(f"{key}: must be an absolute path without spaces")
+        if not (self.socket.startswith("/") or re.match(r"^[\w.-]+:\d{1,5}$", self.socket)):
+            raise ValueError("socket: must be a unix socket path or address:port")
+        return self
+
+
+# The proxy kinds by name (bluegreen.proxies.KINDS implements each; a test keeps them equal).
+PROXY_SETTINGS: dict[str, type[_ProxyCommon]] = {"nginx": NginxSettings,
+                                                 "haproxy": HAProxySettings}
+P = TypeVar("P", bound=_ProxyCommon)
+ProxySettings = Annotated[NginxSettings | HAProxySettings, Field(discriminator="kind")]
+
+
+class HostConfig(_Model):
+    """A server (`[[hosts]]`, or `[[load_balancers]]`) and how to reach it."""
+
+    address: str = _key(..., "`local` (this machine, no SSH) or `[user@]host`")
+    name: str | None = _key(None, "used by `--host NAME`; must be unique (default: the address)")
+    port: Port = _key(22, "the SSH port of the host")
+    deploy_to: str = _key("/srv/{app}", "absolute path of the layout on the host")
+    identity_file: str | None = _key(None, "private key; else ssh-agent and `~/.ssh/config`")
+    known_hosts: str | None = _key(None, "host keys are always verified; an unknown or changed "
+                                   "key is exit 3 (default: `~/.ssh/known_hosts`)")
+    private_address: str | None = _key(None, "where load balancers reach this host's slots "
+                                       "(default: the host part of `address`)")
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, v: str) -> str:
+        if v != "local" and not re.match(r"^([A-Za-z0-9._-]+@)?[A-Za-z0-9.:_-]+$", v):
+            raise ValueError("must be 'local' or '[user@]host'")
+        return v
+
+    @field_validator("deploy_to")
+    @classmethod
+    def _deploy_to(cls, v: str) -> str:
+        if not v.startswith("/") or v.rstrip("/") == "":
+            raise ValueError("must be an absolute path other than /")
+        return v
+
+    @property
+    def label(self) -> str:
+        return self.name or self.address
+
+    @property
+    def reach_address(self) -> str:
+        """The address other hosts use to reach this one's slots."""
+        if self.private_address:
+            return self.private_address
+        return "127.0.0.1" if self.is_local else self.address.rpartition("@")[2]
+
+    @property
+    def is_local(self) -> bool:
+        return self.address == "local"
+
+
+class Deploy(_Model):
+    """How a deploy spreads over many hosts."""
+
+    boot_limit: int | None = _key(None, "at most this many hosts stop and start their slot at "
+                                  "once during a deploy (default: all)", ge=1, le=10000)
+
+
+class Hooks(_Model):
+    """Local shell commands run around deploy, promote and rollback (like Kamal's hooks).
+    A failing pre_* hook aborts before anything changes; a failing post_* hook is reported."""
+
+    pre_deploy: str | None = _key(None, "in `deploy`, hosts locked and target colour known, "
+                                  "before anything is uploaded")
+    post_deploy: str | None = _key(None, "after `deploy` (after `post_promote`)")
+    pre_promote: str | None = _key(None, "in `deploy` and `promote`, every target healthy and "
+                                   "every proxy ready, just before the switch")
+    post_promote: str | None = _key(None, "after `promote`, or a deploy that promoted")
+    post_rollback: str | None = _key(None, "after `rollback`")
+
+
+class Config(_Model):
+    """The whole `bluegreen.toml`."""
+
+    app: Annotated[str, Field(pattern=APP_RE)] = _key(..., "the app's name: "
+                                                      "`[a-z][a-z0-9_-]{0,39}`")
+    release: Release = Field(default_factory=lambda: Release())
+    run: Run
+    slots: Slots = Field(default_factory=lambda: Slots())
+    proxy: ProxySettings = Field(default_factory=lambda: NginxSettings())
+    hooks: Hooks = Field(default_factory=lambda: Hooks())
+    deploy: Deploy = Field(default_factory=lambda: Deploy())
+    # Second topology: these hosts run the proxy, with every app host's slot in the
+    # upstream; app hosts then run no proxy (deploy_to is unused here).
+    load_balancers: list[HostConfig] = _key([], "hosts running the proxy in front of the app "
+                                            "hosts (same keys as `hosts`)")
+    hosts: list[HostConfig] = Field(min_length=1)
+    # Directory of the config file; relative local paths are resolved against it.
+    base_dir: Path = Field(default=Path("."), exclude=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_kind(cls, data: Any) -> Any:
+        """`proxy.kind` may be left out (nginx); the union needs it to pick the model."""
+        if isinstance(data, dict) and isinstance(data.get("proxy"), dict) \
+                and "kind" not in data["proxy"]:
+            data = {**data, "proxy": {**data["proxy"], "kind": "nginx"}}
+        return data
+
+    @model_validator(mode="after")
+    def _unique_host_names(self) -> Config:
+        seen: set[str] = set()
+        for host in [*self.hosts, *self.load_balancers]:
+            if host.label in seen:
+                raise ValueError(f"two hosts are named {host.label!r}; give each a unique name")
+            seen.add(host.label)
+        return self
+
+    @model_validator(mode="after")
+    def _balancers_reach_slots(self) -> Config:
+        if self.load_balancers:
+            for host in self.hosts:
+                if self.bind_address(host).startswith("127.") or host.is_local:
+                    raise ValueError(
+                        "slots.bind: behind load_balancers the slots must listen on an "
+                        "address the balancers reach, e.g. \"{private_address}\", and every "
+                        "host needs a network address (not \"local\")")
+        return self
+
+    def proxy_of(self, model: type[P]) -> P:
+        """The proxy settings as the kind ``model`` (a proxy kind's own keys)."""
+        if not isinstance(self.proxy, model):
+            raise ConfigError(f"proxy.kind is {self.proxy.kind!r}, not the kind of "
+                              f"{model.__name__}")
+        return self.proxy
+
+    def bind_address(self, host: HostConfig) -> str:
+        """The address ``host``'s slots listen on (slots.bind, rendered for it)."""
+        return render(self.slots.bind, app=self.app, private_address=host.reach_address)
+
+    def local_path(self, value: str) -> Path:
+        """A local path from the config, relative to the config file's directory."""
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else self.base_dir / path
+
+    def select_hosts(self, names: tuple[str, ...] | list[str]) -> list[HostConfig]:
+        """The hosts named by ``--host`` (all when none is given)."""
+        if not names:
+            return list(self.hosts)
+        known = {h.label: h for h in self.hosts}
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise ConfigError(
+                f"--host {unknown[0]}: no such host; known: {', '.join(known)}"
+            )
+        return [known[n] for n in dict.fromkeys(names)]
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """The address and port the proxy listens on, from an nginx ``listen`` value."""
+    first = listen.split()[0] if listen.split() else ""
+    addr, _, port = first.rpartition(":")
+    if not addr:
+        addr = "127.0.0.1"
+    if addr in ("*", "0.0.0.0", "[::]"):
+        addr = "127.0.0.1"
+    addr = addr.strip("[]")
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"{listen!r} has no port (expected e.g. '80' or '127.0.0.1:8080')")
+    return addr, int(port)
+
+
+def check_version(version: str) -> str:
+    if not VERSION_RE.match(version):
+        raise ValueError(
+            f"version {version!r} must match [0-9A-Za-z][0-9A-Za-z._+-]{{0,63}}"
+        )
+    return version
+
+
+def placeholders_in(value: str) -> set[str]:
+    """The placeholder names in ``value``; raises ValueError on a malformed one."""
+    names: set[str] = set()
+    for _, field, spec, conv in string.Formatter().parse(value):
+        if field is None:
+            continue
+        if not field.isidentifier() or spec or conv:
+            raise ValueError(f"malformed placeholder {{{field}}}; use {{{{ and }}}} for braces")
+        names.add(field)
+    return names
+
+
+def render(value: str, **context: object) -> str:
+    """Fill the placeholders of a config string."""
+    return value.format(**context)

@@ -1,0 +1,120 @@
+"""What an app host's slots hold and how busy they are: state files, probes, health,
+logs, connections, and the drain before a stop. The lifecycle that changes them is in
+``boot``."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timezone
+
+from bluegreen import health, supervisors
+from bluegreen.config import Colour
+from bluegreen.fleet import Node
+from bluegreen.plan import files, slot as slotplan
+from bluegreen.plan.slot import Probe, Slot, SlotState
+from bluegreen.proxies import Proxy
+from bluegreen.supervisors.base import probe
+
+LOG_TAIL = 20
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).astimezone().isoformat(timespec="milliseconds")
+
+
+class Slots:
+    """The two slots of one app host; ``proxies`` are those that send it traffic."""
+
+    def __init__(self, node: Node, proxies: list[Proxy]) -> None:
+        self.node = node
+        self.cfg = node.cfg
+        self.layout = node.layout
+        self.proxies = proxies
+
+    def slot(self, colour: Colour, release_id: str, version: str) -> Slot:
+        return Slot(colour, self.cfg.slots.port(colour), self.layout, release_id, version,
+                    self.node.bind)
+
+    async def state(self, colour: Colour) -> SlotState | None:
+        result = await self.node.run(files.read_file(self.layout.state(colour)))
+        return SlotState.from_json(result.stdout) if result.stdout.strip() else None
+
+    async def write_state(self, colour: Colour, state: SlotState) -> None:
+        await self.node.run(files.write_file(self.layout.state(colour)), input=state.to_json())
+
+    async def probe(self, colour: Colour, sid: int | None = None,
+                    pids: list[int] | None = None) -> Probe:
+        return await probe(self.node, colour, sid, pids)
+
+    async def health(self, colour: Colour) -> health.Response | None:
+        """GET the slot's health path; None when nothing answers."""
+        port = self.cfg.slots.port(colour)
+        try:
+            return await health.get(self.node.host, self.node.bind, port,
+                                    self.cfg.run.health_path, timeout=3)
+        except (OSError, asyncio.TimeoutError):
+            return None
+
+    def owns(self, colour: Colour, state: SlotState | None, probe: Probe) -> bool:
+        """Whether every process listening on the slot's port is the slot's own: the pid or
+        session on record, or a process bluegreen started for this slot (its environment
+        names the colour and a release dir of this app), e.g. after a run that was killed
+        before it could record the pid."""
+        if not probe.listening:
+            return False
+        own_ids = {i for i in (state.pid, state.sid) if i is not None} if state else set()
+        releases = str(self.layout.releases) + "/"
+        return all(
+            pid in own_ids or lst.sid in own_ids
+            or (lst.colour == colour.value and (lst.release_dir or "").startswith(releases))
+            for pid, lst in probe.listeners.items())
+
+    def logs_argv(self, colour: Colour, state: SlotState | None, lines: int,
+                  follow: bool) -> list[str]:
+        """Tail the slot's log, and the release's own (a daemon release writes its own)."""
+        supervisor = supervisors.of_state(self.node, state)
+        tmp = (supervisor.release_tmp(self.slot(colour, state.release, state.version))
+               if state else None)
+        return slotplan.logs(supervisor.log_files(colour), tmp, lines, follow)
+
+    async def log_tail(self, colour: Colour, lines: int = LOG_TAIL,
+                       state: SlotState | None = None) -> str:
+        """The last lines of the slot's logs, secrets masked."""
+        state = state or await self.state(colour)
+        result = await self.node.run(self.logs_argv(colour, state, lines, False), check=False)
+        return self.node.out.mask(result.stdout.rstrip())
+
+    async def connections(self, colour: Colour, sid: int | None = None,
+                          probe: Probe | None = None) -> int:
+        """Connections open to the slot: as HAProxy counts them (requests in flight and
+        tunnels, not its idle pool), else the established TCP connections on the port."""
+        counts = [await p.sessions(colour, self.node.name) for p in self.proxies]
+        if all(c is not None for c in counts):
+            return sum(c or 0 for c in counts)
+        return (probe or await self.probe(colour, sid)).established
+
+    async def drain(self, colour: Colour, sid: int | None) -> int:
+        """Wait up to drain_timeout until no proxy can still send the slot a request and
+        no connection to it is open; returns how many were still open when the wait ended.
+
+        nginx opens a fresh upstream connection per request, so a port with no connection
+        is not enough: after a reload, old workers keep serving their clients' keep-alive
+        connections (and websockets) with the previous config, i.e. towards this slot,
+        until they exit. HAProxy keeps idle connections to servers for reuse, so there the
+        count is its own: requests in flight and tunnels (websockets) on this slot."""
+        open_now = 0
+        old_workers = 0
+
+        async def idle() -> bool | None:
+            nonlocal open_now, old_workers
+            open_now = await self.connections(colour, sid)
+            old_workers = sum([await p.old_workers() for p in self.proxies])
+            return True if open_now == 0 and old_workers == 0 else None
+
+        if await health.poll(idle, timeout=self.cfg.run.drain_timeout, interval=0.2):
+            return 0
+        self.node.warn(f"{colour}: {open_now} connection(s) still open"
+                       + (f", {old_workers} old proxy worker(s) still running" if old_workers
+                          else "")
+                       + f" after drain_timeout={self.cfg.run.drain_timeout:g}s; stopping anyway")
+        return open_now

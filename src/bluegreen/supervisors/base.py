@@ -1,0 +1,100 @@
+"""The interface every way of running a slot's process implements, on a thin host context.
+
+A supervisor starts a release in a slot, stops it within ``run.stop_timeout``, cleans up
+after a start that failed, and says where the slot's logs are. Which one started a slot is
+recorded in its state (``mode``), so a slot is always stopped the way it was started."""
+
+from __future__ import annotations
+
+import abc
+from pathlib import PurePosixPath
+from typing import ClassVar
+
+from bluegreen import health
+from bluegreen.config import Colour
+from bluegreen.fleet import Node
+from bluegreen.plan import slot as slotplan
+from bluegreen.plan.slot import Probe, Slot, SlotState
+
+
+async def probe(node: Node, colour: Colour, sid: int | None = None,
+                pids: list[int] | None = None) -> Probe:
+    """Who listens on the slot's port, its connections, and which of its processes are
+    alive (session ``sid``, ``pids``)."""
+    result = await node.run(slotplan.probe(node.cfg.slots.port(colour), sid, pids))
+    return slotplan.parse_probe(result.stdout)
+
+
+class StartFailed(Exception):
+    """The release could not be started; the message says why (for the Unhealthy error)."""
+
+
+class Supervisor(abc.ABC):
+    mode: ClassVar[str]
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.cfg = node.cfg
+
+    @abc.abstractmethod
+    async def launch(self, slot: Slot, state: SlotState) -> SlotState:
+        """Start ``slot``'s release (its env file is written); returns ``state`` with what
+        is known of the process. Raises StartFailed when it could not be started."""
+
+    @abc.abstractmethod
+    async def halt(self, colour: Colour, state: SlotState, probe: Probe) -> None:
+        """Ask the slot's process to stop; after ``run.stop_timeout`` kill it."""
+
+    @abc.abstractmethod
+    async def clean_up(self, slot: Slot, state: SlotState, probe: Probe) -> None:
+        """Stop what a failed start left behind (the listeners are killed after this)."""
+
+    def session(self, state: SlotState | None) -> int | None:
+        """The session whose processes are the slot's, when the supervisor knows it."""
+        return None
+
+    async def recover(self, colour: Colour, state: SlotState) -> SlotState:
+        """Fill in what a run killed after starting the slot could not record."""
+        return state
+
+    def release_tmp(self, slot: Slot) -> str | None:
+        """Where the release writes its own logs, besides the slot's log (None: nowhere)."""
+        return None
+
+    def log_files(self, colour: Colour) -> list[PurePosixPath]:
+        return [self.node.layout.log(colour)]
+
+    # ---- shared ---------------------------------------------------------------------
+
+    async def probe(self, colour: Colour, sid: int | None = None,
+                    pids: list[int] | None = None) -> Probe:
+        return await probe(self.node, colour, sid, pids)
+
+    async def stop_listeners(self, colour: Colour, pids: list[int]) -> None:
+        """SIGTERM to ``pids``; SIGKILL if they are still there after ``run.stop_timeout``."""
+        timeout = self.cfg.run.stop_timeout
+        await self.node.run(slotplan.signal_pids("TERM", pids))
+        if not await self.wait_stopped(colour, None, pids, timeout):
+            self.node.warn(f"{colour} still running {timeout:g}s after stop; sending SIGKILL")
+            await self.node.run(slotplan.signal_pids("KILL", pids))
+
+    async def wait_stopped(self, colour: Colour, sid: int | None, pids: list[int],
+                           timeout: float) -> bool:
+        """Wait until the session, ``pids`` and the port's listener are all gone."""
+        async def gone() -> bool | None:
+            p = await self.probe(colour, sid, pids)
+            return True if not (p.session_alive or p.alive_pids or p.listening) else None
+
+        return bool(await health.poll(gone, timeout=timeout, interval=0.1))
+
+    async def run_slot_command(self, colour: Colour, state: SlotState, command: str,
+                               timeout: float) -> int:
+        """Run a slot command (start, stop) from the slot's release in its env, output to
+        its log; its exit status."""
+        slot = Slot(colour, self.cfg.slots.port(colour), self.node.layout, state.release,
+                    state.version, self.node.bind)
+        result = await self.node.run(
+            slotplan.run_in_slot(state.cwd, self.node.layout.slot_env(colour),
+                                 slot.render(self.cfg, command), self.node.layout.log(colour)),
+            timeout=timeout, check=False)
+        return result.exit_status

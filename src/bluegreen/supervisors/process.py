@@ -1,0 +1,47 @@
+"""``run.command``: a foreground process bluegreen detaches in a session of its own
+(``setsid``), with a pid file; stopped by signalling the whole session."""
+
+from __future__ import annotations
+
+from bluegreen.config import Colour
+from bluegreen.plan import files, slot as slotplan
+from bluegreen.plan.slot import Probe, Slot, SlotState
+from bluegreen.supervisors.base import Supervisor
+
+
+class ProcessSupervisor(Supervisor):
+    mode = "command"
+
+    async def launch(self, slot: Slot, state: SlotState) -> SlotState:
+        assert self.cfg.run.command is not None
+        layout = self.node.layout
+        result = await self.node.run(slotplan.spawn(
+            state.cwd, layout.slot_env(slot.colour), slot.render(self.cfg, self.cfg.run.command),
+            layout.log(slot.colour), layout.pid(slot.colour)))
+        sid = slotplan.parse_pid(result.stdout)
+        return state.replace(pid=sid, sid=sid)
+
+    def session(self, state: SlotState | None) -> int | None:
+        return state.pid if state else None
+
+    async def recover(self, colour: Colour, state: SlotState) -> SlotState:
+        if state.pid is not None:
+            return state
+        # A run killed between spawning and recording: the spawn wrote the pid file.
+        text = (await self.node.run(files.read_file(self.node.layout.pid(colour)))).stdout.strip()
+        return state.replace(pid=int(text), sid=int(text)) if text.isdigit() else state
+
+    async def halt(self, colour: Colour, state: SlotState, probe: Probe) -> None:
+        sid = self.session(state)
+        if sid is None:  # no pid on record, but its own listeners (by their environment)
+            await self.stop_listeners(colour, list(probe.listeners))
+            return
+        timeout = self.cfg.run.stop_timeout
+        await self.node.run(slotplan.signal_session("TERM", sid))
+        if not await self.wait_stopped(colour, sid, [], timeout):
+            self.node.warn(f"{colour} did not exit {timeout:g}s after SIGTERM; sending SIGKILL")
+            await self.node.run(slotplan.signal_session("KILL", sid))
+
+    async def clean_up(self, slot: Slot, state: SlotState, probe: Probe) -> None:
+        if state.pid is not None:
+            await self.node.run(slotplan.signal_session("KILL", state.pid))

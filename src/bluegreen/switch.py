@@ -1,0 +1,175 @@
+"""The all-or-nothing switch across proxies, the repair of a switch a killed run left half
+done, and the refusal to act on a split brain."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Awaitable, Callable
+
+from bluegreen import records
+from bluegreen.config import Colour
+from bluegreen.errors import BlueGreenError, ProxyError, SplitBrain
+from bluegreen.fleet import each
+from bluegreen.output import Reporter
+from bluegreen.proxies import Proxy
+from bluegreen.topology import AppHost, Topology
+
+Hook = Callable[[], Awaitable[None]]
+
+
+def split_brain(lives: dict[str, str | None]) -> str | None:
+    """How hosts disagree on the live colour, or None when they agree."""
+    if len(set(lives.values())) <= 1:
+        return None
+    return ", ".join(f"{host} is on {colour or 'nothing'}" for host, colour in lives.items())
+
+
+async def finish_interrupted(topo: Topology, out: Reporter) -> None:
+    """A run killed between replacing a link (or map file) and reloading (or setting the
+    running HAProxy's map) leaves a proxy whose persisted state names one colour while it
+    serves the other. Finish that switch when the named colour is healthy on every host
+    behind the proxy; otherwise put the link (map file) back."""
+
+    async def one(p: Proxy) -> None:
+        link = await p.live_colour()
+        if link is None:
+            return
+        answer = await p.answer()
+        if answer == link.value:
+            return
+        if answer not in (Colour.BLUE.value, Colour.GREEN.value):
+            raise ProxyError(f"the proxy does not answer on /deployment_id ({answer!r}): is "
+                             f"{p.kind} running?", host=p.name)
+        healthy = [await a.slots.health(link) for a in topo.served_by(p)]
+        if all(r is not None and r.ok for r in healthy):
+            p.node.say(f"finishing an interrupted switch: the {p.source} says {link}, the "
+                       f"proxy still serves {answer}")
+            await p.apply()
+            await p.verify(link)
+        else:
+            p.node.say(f"undoing an interrupted switch: the {p.source} says {link} (not "
+                       f"healthy), the proxy serves {answer}")
+            await p.restore(Colour(answer))
+
+    await each(topo.proxies, one, out)
+
+
+async def refuse_split(topo: Topology, what: str, out: Reporter) -> dict[str, Colour | None]:
+    """Each host's live colour, once any interrupted switch is settled; refuses (exit 1)
+    when the hosts disagree."""
+    await finish_interrupted(topo, out)
+    lives = dict(zip([a.name for a in topo.apps],
+                     await each(topo.apps, lambda a: a.live_colour(), out)))
+    split = split_brain({name: c.value if c else None for name, c in lives.items()})
+    if split:
+        raise SplitBrain(
+            f"split brain: the hosts disagree on the live colour ({split}); {what} refused. "
+            "Put every host on one colour first: `bluegreen promote blue` (or green)")
+    return lives
+
+
+async def switch_all(topo: Topology, targets: dict[str, Colour], event: str, user: str,
+                     out: Reporter, before_switch: Hook | None = None) -> None:
+    """Switch every proxy (each host's own, or the load balancers) to the target colour,
+    all or nothing:
+    (1) every host's target slot answers its health check, and every proxy is ready:
+        nginx: the new site link passes the test (tried, then put back; nginx reads it only
+        on reload); haproxy: the runtime API answers and has the target backend;
+    (2) every proxy switches (nginx: link and reload; haproxy: map file and runtime API);
+    (3) every proxy answers the target colour.
+    If any proxy fails in (2) or (3), those already switched are switched back, and the
+    error names the host and the step (exit 1)."""
+    proxies = topo.proxies
+    wanted: dict[str, Colour] = {}
+    for a in topo.apps:
+        for p in a.proxies:
+            if wanted.setdefault(p.name, targets[a.name]) is not targets[a.name]:
+                raise BlueGreenError(f"{p.name} serves hosts that would need different colours")
+    lives = dict(zip([p.name for p in proxies],
+                     await each(proxies, lambda p: _require_live(p), out)))
+
+    async def healthy(a: AppHost) -> None:
+        target = targets[a.name]
+        resp = await a.slots.health(target)
+        if resp is None or not resp.ok:
+            state = await a.slots.state(target)
+            what = f"its release {state.release} is {state.status}" if state else "it is empty"
+            raise BlueGreenError(
+                f"{target} is not healthy ({'no answer' if resp is None else resp.status} on "
+                f"{a.node.cfg.run.health_path}; {what}); nothing was switched", host=a.name)
+
+    async def ready(p: Proxy) -> None:
+        try:
+            await p.prepare(wanted[p.name], lives[p.name])
+        except ProxyError as exc:
+            raise ProxyError(exc.reason + "; nothing was switched", host=p.name,
+                             detail=exc.detail) from None
+
+    await each(topo.apps, healthy, out)
+    await each(proxies, ready, out)
+    if before_switch is not None:
+        await before_switch()
+    moving = [p for p in proxies if wanted[p.name] is not lives[p.name]]
+    for p in proxies:
+        if p not in moving:
+            p.node.say(f"{wanted[p.name]} is already live")
+    switched: list[Proxy] = []
+
+    async def flip(p: Proxy) -> None:
+        p.node.say(f"switching {lives[p.name]} -> {wanted[p.name]}")
+        await p.switch(wanted[p.name], lives[p.name])
+        switched.append(p)
+
+    step = "switch and reload"
+    failures = await _gather_failures(moving, flip)
+    if not failures:
+        step = "verify through the proxy"
+        failures = await _gather_failures(proxies, lambda p: p.verify(wanted[p.name]))
+    if failures:
+        for p in switched:
+            out.warn(p.name, f"switching back to {lives[p.name]}")
+            try:
+                await p.switch(lives[p.name], wanted[p.name])
+                await p.verify(lives[p.name])
+            except BlueGreenError as exc:
+                out.error(f"could not switch back: {exc.message}")
+        first, first_err = failures[0]
+        for p, err in failures[1:]:
+            out.error(f"[{p.name}] {step} failed too: {_reason(err)}")
+        raise ProxyError(
+            f"{event} failed at step '{step}': {_reason(first_err)}"
+            + (f"; switched back: {', '.join(p.name for p in switched)}" if switched else
+               "; no host was switched"),
+            host=first.name)
+    for a in topo.apps:
+        state = await a.slots.state(targets[a.name])
+        before = lives[a.proxies[0].name]
+        await records.record(a.node, event, targets[a.name], state, user,
+                             f"{before} -> {targets[a.name]}")
+        a.node.say(f"live is {targets[a.name]} ({state.release if state else '?'}); proxy "
+                   f"answers {targets[a.name]}")
+
+
+async def _require_live(p: Proxy) -> Colour:
+    live = await p.live_colour()
+    if live is None:
+        raise BlueGreenError(f"no live colour yet ({p.source} does not exist): run "
+                             "`bluegreen setup` first", host=p.name)
+    return live
+
+
+def _reason(err: BaseException) -> str:
+    return err.reason if isinstance(err, BlueGreenError) else str(err)
+
+
+async def _gather_failures(proxies: list[Proxy], fn: Callable[[Proxy], Awaitable[None]]
+                           ) -> list[tuple[Proxy, BaseException]]:
+    """Run ``fn`` on every proxy at once; the (proxy, error) pairs of those that failed."""
+    results = await asyncio.gather(*(fn(p) for p in proxies), return_exceptions=True)
+    out: list[tuple[Proxy, BaseException]] = []
+    for p, r in zip(proxies, results):
+        if isinstance(r, BaseException):
+            if not isinstance(r, Exception):
+                raise r
+            out.append((p, r))
+    return out
