@@ -3,6 +3,7 @@ and shell metacharacters in values that reach a host."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -112,3 +113,27 @@ def test_secrets_never_printed_and_metacharacters_stay_text(project: Project) ->
         if not path.is_symlink():
             assert not path.stat().st_mode & 0o002, f"{path} is world-writable"
     assert os.environ.get("DATABASE_PASSWORD") is None
+
+
+def test_relative_key_paths_are_relative_to_the_config_file(ssh_project: Project) -> None:
+    """`identity_file` and `known_hosts` given relative are read next to the config file,
+    also when bluegreen runs from another directory (`-c deploy/bluegreen.toml`)."""
+    p = ssh_project
+    assert p.sshd is not None
+    keys = p.dir / "deploy" / "keys"
+    keys.mkdir(parents=True)
+    for src in (p.sshd.client_key, p.sshd.known_hosts):
+        (keys / src.name).write_bytes(src.read_bytes())
+    (keys / p.sshd.client_key.name).chmod(0o600)
+    p.host_override = {"identity_file": f"keys/{p.sshd.client_key.name}",
+                       "known_hosts": f"keys/{p.sshd.known_hosts.name}"}
+    config = p.write_config()
+    # The project root holds other files of the same names that would not work.
+    (p.dir / "keys").mkdir()
+    (p.dir / "keys" / p.sshd.known_hosts.name).write_text("")
+    (p.dir / "deploy" / "bluegreen.toml").write_text(
+        config.read_text().replace('"artifacts/', '"../artifacts/'))
+    config.unlink()
+    p.bg("setup", "-c", "deploy/bluegreen.toml")
+    status = json.loads(p.bg("status", "--json", "-c", "deploy/bluegreen.toml").stdout)
+    assert status["hosts"][0]["reachable"] is True and status["hosts"][0]["live"] == "blue"

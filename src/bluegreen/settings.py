@@ -332,6 +332,30 @@ class Config(_Model):
             data = {**data, "proxy": {**data["proxy"], "kind": "nginx"}}
         return data
 
+    @model_validator(mode="before")
+    @classmethod
+    def _key_paths(cls, data: Any) -> Any:
+        """Relative `identity_file`/`known_hosts` are relative to the config file's
+        directory (after `~` expansion), not to wherever bluegreen is run from."""
+        if not isinstance(data, dict) or "base_dir" not in data:
+            return data
+        base = Path(data["base_dir"])
+
+        def resolve(entry: Any) -> Any:
+            if not isinstance(entry, dict):
+                return entry
+            out = dict(entry)
+            for key in ("identity_file", "known_hosts"):
+                if isinstance(out.get(key), str) and out[key]:
+                    path = Path(out[key]).expanduser()
+                    out[key] = str(path if path.is_absolute() else base / path)
+            return out
+
+        for group in ("hosts", "load_balancers"):
+            if isinstance(data.get(group), list):
+                data = {**data, group: [resolve(e) for e in data[group]]}
+        return data
+
     @model_validator(mode="after")
     def _unique_host_names(self) -> Config:
         seen: set[str] = set()
