@@ -16,6 +16,11 @@ def sudo(argv: Argv, use_sudo: bool) -> Argv:
     return ["sudo", "-n", *argv] if use_sudo else argv
 
 
+def shell_command(command: str, use_sudo: bool) -> Argv:
+    """A user's shell command from the config (e.g. ``proxy.reload``), with sudo if set."""
+    return sudo(["sh", "-c", command], use_sudo)
+
+
 def write_file(path: PurePosixPath, mode: str = "0644") -> Argv:
     """Atomically replace ``path`` with stdin (temp file in the same dir, then rename)."""
     return sh(

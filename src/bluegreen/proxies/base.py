@@ -120,7 +120,7 @@ class Proxy(abc.ABC):
 
     def command(self, value: str) -> list[str]:
         """``proxy.test`` or ``proxy.reload`` as argv (with sudo when configured)."""
-        return files.sudo(["sh", "-c", render(value, app=self.cfg.app)], self.cfg.proxy.sudo)
+        return files.shell_command(render(value, app=self.cfg.app), self.cfg.proxy.sudo)
 
     async def test(self) -> None:
         result = await self.node.run(self.command(self.cfg.proxy.test), check=False, timeout=60)
