@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-APT_PACKAGES="python3 python3-venv python3-pip nginx-light haproxy openssh-server openssh-client wrk iproute2 procps util-linux tar coreutils elixir erlang-inets"
+APT_PACKAGES="python3 python3-venv python3-pip nginx-light haproxy openssh-server openssh-client wrk iproute2 procps util-linux tar coreutils elixir erlang-inets systemd dbus sudo"
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 

@@ -155,8 +155,9 @@ class Answer:
     version: str | None
 
 
-def get(port: int, path: str = "/", host: str = SERVER_NAME, timeout: float = 5) -> Answer:
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers={"Host": host})
+def get(port: int, path: str = "/", host: str = SERVER_NAME, timeout: float = 5,
+        address: str = "127.0.0.1") -> Answer:
+    req = urllib.request.Request(f"http://{address}:{port}{path}", headers={"Host": host})
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             return Answer(resp.status, resp.read().decode(), resp.headers.get("X-Deployment-Id"),

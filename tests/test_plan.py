@@ -187,3 +187,28 @@ def test_nginx_advice(output: str, version_says: str, shutdown_says: str) -> Non
     assert all(ok is not False for ok, _ in rows.values())  # advice never fails `check`
     assert version_says in rows["nginx version"][1]
     assert shutdown_says in rows["nginx worker_shutdown_timeout"][1]
+
+
+def test_systemd_unit_and_start_script() -> None:
+    from bluegreen.plan import systemd
+
+    layout = Layout(PurePosixPath("/srv/shop"))
+    unit = systemd.render_unit(CFG, layout, CFG.hosts[0])  # deploy@web1
+    assert "ExecStart=/bin/sh /srv/shop/slots/%i/start.sh" in unit
+    assert "User=deploy" in unit and "TimeoutStopSec=30" in unit
+    as_root = CFG.hosts[0].model_copy(update={"address": "root@web1"})
+    assert "User=" not in systemd.render_unit(CFG, layout, as_root)
+    s = slot.Slot(Colour.GREEN, 5000, layout, "1.0.0-abc", "1.0.0")
+    script = systemd.start_script(CFG, s)
+    assert script.splitlines()[2:] == [
+        "cd /srv/shop/releases/1.0.0-abc || exit 1",
+        ". /srv/shop/slots/green/env",
+        "exec sh -c 'python3 app.py'",
+    ]
+    assert systemd.stop(CFG, Colour.GREEN, True) == [
+        "sudo", "-n", "systemctl", "stop", "bluegreen-shop@green.service"]
+    assert systemd.journal(CFG, Colour.BLUE, 5, False, False) == [
+        "journalctl", "-u", "bluegreen-shop@blue.service", "-n", "5", "--no-pager", "-o",
+        "short-iso", "-q"]
+    assert systemd.parse_show("ActiveState=active\nNRestarts=2\n") == {
+        "ActiveState": "active", "NRestarts": "2"}

@@ -69,7 +69,7 @@ class Boot:
         env_text = slotplan.env_script(slotplan.slot_env(self.cfg, slot, secrets))
         await self.node.run(files.make_dirs([slot.dir, slot.dir / "tmp"]))
         await self.node.run(files.write_file(layout.slot_env(colour), "0600"), input=env_text)
-        supervisor = supervisors.KINDS[supervisors.configured(self.cfg)](self.node)
+        supervisor, _ = await supervisors.choose(self.node)
         state = SlotState(release=slot.release_id, version=slot.version, mode=supervisor.mode,
                           pid=None, sid=None, cwd=slot.cwd(self.cfg), status="starting",
                           started=now_iso())
@@ -81,7 +81,7 @@ class Boot:
             state = await supervisor.launch(slot, state)
             if state.pid is not None:
                 await self.slots.write_state(colour, state)
-            pid, sid = await self._wait_healthy(slot, state, supervisor.session(state))
+            pid, sid = await self._wait_healthy(slot, state, supervisor)
         except StartFailed as exc:
             await self._fail(slot, state, supervisor, str(exc))
         state = state.replace(pid=state.pid or pid, sid=state.sid or sid, status="running")
@@ -90,12 +90,13 @@ class Boot:
         return state
 
     async def _wait_healthy(self, slot: Slot, state: SlotState,
-                            sid: int | None) -> tuple[int, int | None]:
+                            supervisor: Supervisor) -> tuple[int, int | None]:
         """Poll the health path until it answers 2xx from the new process: every answer is
         confirmed by a probe that the port's listener is the slot's own. Between answers,
         a probe every ~0.5 s notices a process that exited (probes fork several tools, so
         not at every poll: with many hosts on one machine that adds up)."""
         colour = slot.colour
+        sid = supervisor.session(state)
         deadline = time.monotonic() + self.cfg.run.health_timeout
         last = "it never answered"
         for attempt in itertools.count():
@@ -103,16 +104,12 @@ class Boot:
             answered = resp is not None and resp.ok
             if answered or attempt % 5 == 0:
                 probe = await self.slots.probe(colour, sid)
-                if sid is not None and not probe.session_alive:
-                    raise StartFailed("the process exited")
-                if probe.listening:
+                why = await supervisor.exited(colour, state, probe)
+                if why:
+                    raise StartFailed(why)
+                if probe.listening and answered:
                     pid, listener = next(iter(probe.listeners.items()))
-                    if sid is not None and any(lst.sid != sid
-                                               for lst in probe.listeners.values()):
-                        raise StartFailed(f"port {slot.port} is held by pid {pid}, which is "
-                                          "not the slot's own process")
-                    if answered:
-                        return pid, listener.sid
+                    return pid, listener.sid
             if resp is not None and not resp.ok:
                 last = f"{self.cfg.run.health_path} answered HTTP {resp.status}"
             if time.monotonic() >= deadline:

@@ -30,6 +30,7 @@ class Node:
         self.out = out
         self.layout = Layout.of(cfg, hc)
         self.bind = cfg.bind_address(hc)  # the address its slots listen on
+        self.facts: dict[str, bool] = {}  # what was learnt of the host, e.g. "systemd"
 
     @property
     def name(self) -> str:

@@ -8,6 +8,7 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any
 
+from bluegreen import supervisors
 from bluegreen.config import Colour, Config, HostConfig
 from bluegreen.errors import SplitBrain
 from bluegreen.fleet import Node, open_fleet
@@ -59,6 +60,10 @@ async def _check_host(node: Node, proxy: Proxy | None, *, app: bool) -> list[Che
     missing = report.missing_tools
     out.append(CheckItem(node.name, "tools", not missing, "missing: " + " ".join(missing)
                          if missing else "sh tar sha256sum ss setsid ps found"))
+    if app:
+        supervisor, why = await supervisors.choose(node)
+        out.append(CheckItem(node.name, f"slots run under {supervisor.mode}",
+                             True if supervisor.mode == "systemd" else None, why))
     if proxy is not None:
         out.extend(CheckItem(node.name, item, ok, detail)
                    for item, ok, detail in await proxy.checks())
@@ -124,5 +129,8 @@ async def _status_host(a: AppHost) -> dict[str, Any]:
             "connections": await a.slots.connections(c, probe=probe),
             "own": a.slots.owns(c, state, probe) if probe.listening else None,
         }
+        unit = await supervisors.of_state(a.node, state).details(c) if state else None
+        if unit is not None:
+            slots[c.value]["unit"] = unit
     return {"host": a.name, "reachable": True, "live": live.value if live else None,
             "proxy_answer": answer, "slots": slots}

@@ -107,6 +107,15 @@ class Run(_Model):
                                 "uploaded to `shared/.env` mode 0600; its values are masked in "
                                 "everything bluegreen prints")
     env: dict[str, str] = _key({}, "extra variables for slot commands (placeholders allowed)")
+    supervisor: Literal["auto", "systemd", "process"] = _key(
+        "auto", "what runs the slots: `systemd` (a unit per colour, enabled, so slots come "
+        "back after a reboot; needs `command`), `process` (bluegreen's own detached "
+        "process, or the app's `start`/`stop`), or `auto`: systemd where the host runs it "
+        "and `command` is set, else process")
+    unit_template: str | None = _key(None, "your own Jinja2 template for the systemd unit "
+                                     "(`bluegreen-{app}@.service`; variables: `app`, "
+                                     "`unit_prefix`, `slots_dir`, `deploy_to`, `stop_timeout`, "
+                                     "`user`)")
 
     @field_validator("health_path")
     @classmethod
@@ -129,6 +138,10 @@ class Run(_Model):
             raise ValueError("set exactly one of run.start (with run.stop) or run.command")
         if self.command is not None and self.stop is not None:
             raise ValueError("run.stop goes with run.start; run.command is stopped by signal")
+        if self.supervisor == "systemd" and self.command is None:
+            raise ValueError("run.supervisor = \"systemd\" needs run.command (the app's "
+                             "foreground command, e.g. `bin/myapp start` for an Elixir "
+                             "release) instead of run.start")
         return self
 
 
@@ -253,6 +266,8 @@ class HostConfig(_Model):
                                    "key is exit 3 (default: `~/.ssh/known_hosts`)")
     private_address: str | None = _key(None, "where load balancers reach this host's slots "
                                        "(default: the host part of `address`)")
+    sudo: bool = _key(False, "the SSH user is not root: run what needs root (the systemd "
+                      "unit, `systemctl` on the app's units) through `sudo -n`")
 
     @field_validator("address")
     @classmethod

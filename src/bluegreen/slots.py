@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 from bluegreen import health, supervisors
 from bluegreen.config import Colour
 from bluegreen.fleet import Node
-from bluegreen.plan import files, slot as slotplan
+from bluegreen.plan import files
 from bluegreen.plan.slot import Probe, Slot, SlotState
 from bluegreen.proxies import Proxy
 from bluegreen.supervisors.base import probe
@@ -73,9 +73,8 @@ class Slots:
                   follow: bool) -> list[str]:
         """Tail the slot's log, and the release's own (a daemon release writes its own)."""
         supervisor = supervisors.of_state(self.node, state)
-        tmp = (supervisor.release_tmp(self.slot(colour, state.release, state.version))
-               if state else None)
-        return slotplan.logs(supervisor.log_files(colour), tmp, lines, follow)
+        slot = self.slot(colour, state.release, state.version) if state else None
+        return supervisor.logs(colour, slot, lines, follow)
 
     async def log_tail(self, colour: Colour, lines: int = LOG_TAIL,
                        state: SlotState | None = None) -> str:

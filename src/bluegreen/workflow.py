@@ -13,7 +13,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 
 from dotenv import dotenv_values
 
-from bluegreen import records
+from bluegreen import records, supervisors
 from bluegreen.artifact import Artifact
 from bluegreen.config import ENV_KEY_RE, Colour, Config, HostConfig
 from bluegreen.errors import BlueGreenError, ConfigError
@@ -92,6 +92,7 @@ async def setup(ctx: Context) -> None:
             a.node.say(f"creating {a.node.layout.root}")
         await each(topo.apps, lambda a: a.node.run(files.make_dirs(a.node.layout.directories())),
                    ctx.out)
+        await each(topo.apps, _install_supervisor, ctx.out)
         async with locked(ctx, topo):
             # setup reloads the proxy: first make sure that cannot complete a switch that a
             # killed run left half done towards a colour that is not healthy.
@@ -104,6 +105,12 @@ async def setup(ctx: Context) -> None:
                 p.node.say(f"ready; live colour is {live or Colour.BLUE}")
 
             await each(topo.proxies, one, ctx.out)
+
+
+async def _install_supervisor(a: AppHost) -> None:
+    supervisor, why = await supervisors.choose(a.node)
+    a.node.say(f"slots run under {supervisor.mode}: {why}")
+    await supervisor.install()
 
 
 # ---- deploy ---------------------------------------------------------------------------
@@ -238,6 +245,7 @@ async def stop(ctx: Context, colour: Colour) -> None:
 
         async def stop_one(a: AppHost) -> None:
             state = await a.boot.stop(colour)
+            await supervisors.of_state(a.node, state).retire(colour)
             await records.record(a.node, "stop", colour, state, ctx.user)
 
         await each(topo.apps, stop_one, ctx.out)

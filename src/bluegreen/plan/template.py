@@ -1,4 +1,5 @@
-"""Render a proxy's config from a built-in Jinja2 template or the user's ``proxy.template``."""
+"""Render a file from a built-in Jinja2 template or the user's own (``proxy.template``,
+``run.unit_template``)."""
 
 from __future__ import annotations
 
@@ -21,15 +22,22 @@ _BUILTIN = jinja2.Environment(
 def render_proxy_config(cfg: Config, builtin: str, context: dict[str, Any]) -> str:
     """``proxy.template`` if set (a missing variable is an error, exit 2), else the
     package's template ``builtin``."""
-    if cfg.proxy.template:
-        path: Path = cfg.local_path(cfg.proxy.template)
+    return render_file(cfg, "proxy.template", cfg.proxy.template, builtin, context)
+
+
+def render_file(cfg: Config, key: str, user_template: str | None, builtin: str,
+                context: dict[str, Any]) -> str:
+    """The user's template at ``user_template`` (config key ``key``) if set, else the
+    package's ``builtin``."""
+    if user_template:
+        path: Path = cfg.local_path(user_template)
         try:
             source = path.read_text()
         except OSError as exc:
-            raise ConfigError(f"proxy.template: cannot read {path}: {exc.strerror}") from None
+            raise ConfigError(f"{key}: cannot read {path}: {exc.strerror}") from None
         env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
         try:
             return env.from_string(source).render(context)
         except jinja2.TemplateError as exc:
-            raise ConfigError(f"proxy.template: {path}: {exc}") from None
+            raise ConfigError(f"{key}: {path}: {exc}") from None
     return _BUILTIN.get_template(builtin).render(context)

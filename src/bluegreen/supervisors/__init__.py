@@ -3,24 +3,45 @@ recorded in each slot's state (``mode``), so a slot is stopped by the one that s
 
 from __future__ import annotations
 
-from bluegreen.config import Config
+from bluegreen.errors import BlueGreenError
 from bluegreen.fleet import Node
+from bluegreen.plan import systemd as systemdplan
 from bluegreen.plan.slot import SlotState
 from bluegreen.supervisors.base import StartFailed, Supervisor
 from bluegreen.supervisors.daemon import DaemonSupervisor
 from bluegreen.supervisors.process import ProcessSupervisor
+from bluegreen.supervisors.systemd import SystemdSupervisor
 
-KINDS: dict[str, type[Supervisor]] = {"command": ProcessSupervisor, "start": DaemonSupervisor}
+KINDS: dict[str, type[Supervisor]] = {"command": ProcessSupervisor, "start": DaemonSupervisor,
+                                      "systemd": SystemdSupervisor}
 
-__all__ = ["KINDS", "StartFailed", "Supervisor", "configured", "of_state"]
+__all__ = ["KINDS", "StartFailed", "Supervisor", "choose", "of_state"]
 
 
-def configured(cfg: Config) -> str:
-    """The supervisor the config asks for: `run.command` or `run.start`/`run.stop`."""
-    return ProcessSupervisor.mode if cfg.run.command else DaemonSupervisor.mode
+async def choose(node: Node) -> tuple[Supervisor, str]:
+    """The supervisor that starts releases on this host, and why (for `check`)."""
+    run = node.cfg.run
+    if run.command is None:
+        return DaemonSupervisor(node), ("run.start: the app daemonises itself; nothing "
+                                        "restarts the slots after a reboot")
+    if run.supervisor == "process":
+        return ProcessSupervisor(node), ("run.supervisor = \"process\": nothing restarts the "
+                                         "slots after a reboot")
+    if "systemd" not in node.facts:
+        node.facts["systemd"] = (await node.run(systemdplan.DETECT, check=False)).ok
+    if node.facts["systemd"]:
+        return SystemdSupervisor(node), ("systemd runs on the host (/run/systemd/system): a "
+                                         "unit per colour, enabled, restarted after a reboot")
+    if run.supervisor == "systemd":
+        raise BlueGreenError("run.supervisor = \"systemd\", but the host does not run systemd "
+                             "(no /run/systemd/system); use \"auto\" or \"process\"",
+                             host=node.name)
+    return ProcessSupervisor(node), ("no systemd on the host: bluegreen's own detached "
+                                     "process; nothing restarts the slots after a reboot")
 
 
 def of_state(node: Node, state: SlotState | None) -> Supervisor:
-    """The supervisor that started the slot (the configured one when none did)."""
-    mode = state.mode if state and state.mode in KINDS else configured(node.cfg)
-    return KINDS[mode](node)
+    """The supervisor that started the slot (the process one when none did)."""
+    if state is not None and state.mode in KINDS:
+        return KINDS[state.mode](node)
+    return (ProcessSupervisor if node.cfg.run.command else DaemonSupervisor)(node)

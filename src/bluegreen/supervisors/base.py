@@ -7,7 +7,6 @@ recorded in its state (``mode``), so a slot is always stopped the way it was sta
 from __future__ import annotations
 
 import abc
-from pathlib import PurePosixPath
 from typing import ClassVar
 
 from bluegreen import health
@@ -49,6 +48,26 @@ class Supervisor(abc.ABC):
     async def clean_up(self, slot: Slot, state: SlotState, probe: Probe) -> None:
         """Stop what a failed start left behind (the listeners are killed after this)."""
 
+    async def exited(self, colour: Colour, state: SlotState, probe: Probe) -> str | None:
+        """Why a starting release is known to have failed already (None: not known)."""
+        return None
+
+    async def install(self) -> bool:
+        """Put on the host what this supervisor needs (`setup`); True when it changed."""
+        return False
+
+    async def retire(self, colour: Colour) -> None:
+        """After `bluegreen stop`: keep the slot stopped (also across reboots)."""
+
+    async def details(self, colour: Colour) -> dict[str, object] | None:
+        """Extra facts for `status` (None: nothing more than the probe's)."""
+        return None
+
+    def logs(self, colour: Colour, slot: Slot | None, lines: int, follow: bool) -> list[str]:
+        """The argv that prints (or follows) the slot's logs; ``slot``: its release."""
+        return slotplan.logs([self.node.layout.log(colour)],
+                             self.release_tmp(slot) if slot else None, lines, follow)
+
     def session(self, state: SlotState | None) -> int | None:
         """The session whose processes are the slot's, when the supervisor knows it."""
         return None
@@ -60,9 +79,6 @@ class Supervisor(abc.ABC):
     def release_tmp(self, slot: Slot) -> str | None:
         """Where the release writes its own logs, besides the slot's log (None: nowhere)."""
         return None
-
-    def log_files(self, colour: Colour) -> list[PurePosixPath]:
-        return [self.node.layout.log(colour)]
 
     # ---- shared ---------------------------------------------------------------------
 

@@ -21,6 +21,18 @@ class ProcessSupervisor(Supervisor):
         sid = slotplan.parse_pid(result.stdout)
         return state.replace(pid=sid, sid=sid)
 
+    async def exited(self, colour: Colour, state: SlotState, probe: Probe) -> str | None:
+        sid = self.session(state)
+        if sid is None:
+            return None
+        if not probe.session_alive:
+            return "the process exited"
+        strangers = [pid for pid, lst in probe.listeners.items() if lst.sid != sid]
+        if strangers:
+            return (f"port {self.cfg.slots.port(colour)} is held by pid {strangers[0]}, which "
+                    "is not the slot's own process")
+        return None
+
     def session(self, state: SlotState | None) -> int | None:
         return state.pid if state else None
 

@@ -1,0 +1,101 @@
+"""Builders for slots run by systemd: a template unit per app (``bluegreen-<app>@.service``,
+the colour as instance), the per-slot start script a unit runs, and the systemctl and
+journalctl command lines."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import PurePosixPath
+
+from bluegreen.config import Colour, Config, HostConfig
+from bluegreen.plan.files import Argv, sh, sudo
+from bluegreen.plan.layout import Layout
+from bluegreen.plan.slot import Slot
+from bluegreen.plan.template import render_file
+
+UNIT_DIR = PurePosixPath("/etc/systemd/system")
+SHOW_PROPERTIES = ("ActiveState", "SubState", "MainPID", "NRestarts", "ExecMainStatus",
+                   "UnitFileState")
+# `check`: the host runs systemd as its init (what sd_booted() tests).
+DETECT = ["test", "-d", "/run/systemd/system"]
+
+
+def unit_prefix(cfg: Config) -> str:
+    return f"bluegreen-{cfg.app}"
+
+
+def unit(cfg: Config, colour: Colour) -> str:
+    return f"{unit_prefix(cfg)}@{colour.value}.service"
+
+
+def unit_path(cfg: Config) -> PurePosixPath:
+    return UNIT_DIR / f"{unit_prefix(cfg)}@.service"
+
+
+def user_of(hc: HostConfig) -> str | None:
+    """The SSH user the slots run as (None: root)."""
+    user = hc.address.rpartition("@")[0] if "@" in hc.address else ""
+    return user if user and user != "root" else None
+
+
+def render_unit(cfg: Config, layout: Layout, hc: HostConfig) -> str:
+    """The template unit: the built-in one, or ``run.unit_template``."""
+    context = {"app": cfg.app, "unit_prefix": unit_prefix(cfg),
+               "slots_dir": str(layout.root / "slots"), "deploy_to": str(layout.root),
+               "stop_timeout": f"{cfg.run.stop_timeout:g}", "user": user_of(hc)}
+    return render_file(cfg, "run.unit_template", cfg.run.unit_template,
+                       "systemd-slot.service.j2", context)
+
+
+def start_script(cfg: Config, slot: Slot) -> str:
+    """What a colour's unit runs: the slot's release, from ``run.cwd``, with its env."""
+    assert cfg.run.command is not None
+    return ("#!/bin/sh\n"
+            f"# Written by bluegreen: {slot.release_id} on {slot.colour}.\n"
+            f"cd {shlex.quote(slot.cwd(cfg))} || exit 1\n"
+            f". {shlex.quote(str(slot.layout.slot_env(slot.colour)))}\n"
+            f"exec sh -c {shlex.quote(slot.render(cfg, cfg.run.command))}\n")
+
+
+def start_script_path(layout: Layout, colour: Colour) -> PurePosixPath:
+    return layout.slot(colour) / "start.sh"
+
+
+def install_unit(cfg: Config, use_sudo: bool) -> Argv:
+    """Replace the unit file with stdin and make systemd read it."""
+    return sudo(sh('tmp="$(dirname "$1")/.$(basename "$1").bluegreen-tmp"; '
+                   'cat > "$tmp" && chmod 0644 "$tmp" && mv -f "$tmp" "$1" && '
+                   "systemctl daemon-reload", unit_path(cfg)), use_sudo)
+
+
+def start(cfg: Config, colour: Colour, use_sudo: bool) -> Argv:
+    """Enable the colour's unit (it starts at boot) and (re)start it now."""
+    return sudo(sh('systemctl enable -q "$1" 2>&1 && systemctl reset-failed "$1" 2>/dev/null; '
+                   'systemctl restart "$1"', unit(cfg, colour)), use_sudo)
+
+
+def stop(cfg: Config, colour: Colour, use_sudo: bool) -> Argv:
+    """Stop the colour's unit (systemd signals its whole cgroup, then kills it after
+    TimeoutStopSec); it stays enabled, so a deploy's restart follows."""
+    return sudo(["systemctl", "stop", unit(cfg, colour)], use_sudo)
+
+
+def disable(cfg: Config, colour: Colour, use_sudo: bool) -> Argv:
+    """Stop the colour's unit and keep it stopped across reboots."""
+    return sudo(sh('systemctl disable -q --now "$1" && { systemctl reset-failed "$1" '
+                   "2>/dev/null; exit 0; }", unit(cfg, colour)), use_sudo)
+
+
+def show(cfg: Config, colour: Colour) -> Argv:
+    return ["systemctl", "show", "-p", ",".join(SHOW_PROPERTIES), unit(cfg, colour)]
+
+
+def parse_show(output: str) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in output.splitlines() if "=" in line)
+
+
+def journal(cfg: Config, colour: Colour, lines: int, follow: bool, use_sudo: bool) -> Argv:
+    """The colour's unit's journal: its last ``lines`` lines (and new ones with ``follow``)."""
+    argv = ["journalctl", "-u", unit(cfg, colour), "-n", str(lines), "--no-pager",
+            "-o", "short-iso", "-q"]
+    return sudo([*argv, "-f"] if follow else argv, use_sudo)

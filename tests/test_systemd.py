@@ -1,0 +1,213 @@
+"""Slots under systemd on real Debian servers with systemd as PID 1 (namespaces over an
+overlay of /, see tests/systemd_host.py): the system nginx and `systemctl reload nginx`,
+units per colour, a power cut and boot, the journal."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from bluegreen.demo.nginx import build_sample
+from conftest import BLUEGREEN, SERVER_NAME, Answer, get, to_toml
+from systemd_host import SystemdHost, SystemdLab
+
+APP = "testapp"
+UNIT = f"/etc/systemd/system/bluegreen-{APP}@.service"
+
+
+class Site:
+    """A user's project deploying to one systemd server, as root over SSH."""
+
+    def __init__(self, lab: SystemdLab, host: SystemdHost, dir: Path) -> None:
+        self.lab, self.host, self.dir = lab, host, dir
+        self.home = dir / "home"
+        self.home.mkdir(parents=True)
+        self.run: dict[str, Any] = {}
+        self.write_config()
+
+    def write_config(self) -> None:
+        data: dict[str, Any] = {
+            "app": APP,
+            "release": {"version": "1.0.0", "artifact": "artifacts/sample-{version}.tar.gz"},
+            "run": {"command": "exec python3 app.py", "health_timeout": 15, "stop_timeout": 5,
+                    "drain_timeout": 2, **self.run},
+            "slots": {"blue": 4000, "green": 5000},
+            "proxy": {"server_name": SERVER_NAME, "listen": "80",
+                      "reload": "systemctl reload nginx"},
+            "hosts": [{"address": f"root@{self.host.address}", "name": "web1",
+                       "deploy_to": f"/srv/{APP}", "identity_file": str(self.lab.client_key),
+                       "known_hosts": str(self.lab.known_hosts)}],
+        }
+        (self.dir / "bluegreen.toml").write_text(to_toml(data))
+
+    def bg(self, *args: str, check: int | bool = True) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run([*BLUEGREEN, *args], cwd=self.dir, capture_output=True, text=True,
+                              timeout=180, env={**os.environ, "HOME": str(self.home),
+                                                "COLUMNS": "200", "NO_COLOR": "1"})
+        expected = 0 if check is True else check
+        if check is not False and proc.returncode != expected:
+            raise AssertionError(f"bluegreen {' '.join(args)} exited {proc.returncode}, "
+                                 f"expected {expected}\n{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    def deploy(self, version: str, *args: str, mode: str | None = None,
+               check: int | bool = True) -> subprocess.CompletedProcess[str]:
+        built = build_sample(self.dir / "build", version, mode)
+        dest = self.dir / "artifacts" / f"sample-{version}.tar.gz"
+        dest.parent.mkdir(exist_ok=True)
+        shutil.copyfile(built, dest)
+        return self.bg("deploy", "--version", version, *args, check=check)
+
+    def answer(self) -> Answer:
+        return get(80, address=self.host.address, timeout=2)
+
+    def status(self) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads(self.bg("status", "--json").stdout)["hosts"][0]
+        return data
+
+    def unit(self, colour: str, prop: str) -> str:
+        return self.host.exec("systemctl", "show", "-p", prop, "--value",
+                              f"bluegreen-{APP}@{colour}.service").stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SystemdLab]:
+    lab = SystemdLab(tmp_path_factory.mktemp("systemd"))
+    try:
+        yield lab
+    finally:
+        lab.down()
+
+
+@pytest.fixture(scope="module")
+def server(lab: SystemdLab) -> SystemdHost:
+    """One server for the tests that need no reboot (each cleans up after itself)."""
+    host = lab.add()
+    host.boot()
+    return host
+
+
+@pytest.fixture
+def site(lab: SystemdLab, server: SystemdHost, tmp_path: Path) -> Iterator[Site]:
+    s = Site(lab, server, tmp_path / "project")
+    yield s
+    server.shell(f"systemctl disable -q --now 'bluegreen-{APP}@blue' 'bluegreen-{APP}@green'; "
+                 f"rm -rf /srv/{APP} {UNIT} /etc/nginx/sites-enabled/{APP} "
+                 f"/etc/nginx/sites-available/{APP}-*; systemctl daemon-reload; "
+                 "systemctl reload nginx", check=False)
+
+
+def test_deploy_promote_rollback_under_systemd(site: Site) -> None:
+    check = site.bg("check")
+    assert "slots run under systemd" in check.stdout, check.stdout
+    site.bg("setup")
+    unit = site.host.exec("cat", UNIT).stdout
+    assert "ExecStart=/bin/sh /srv/testapp/slots/%i/start.sh" in unit
+    verify = site.host.exec("systemd-analyze", "verify", f"bluegreen-{APP}@blue.service",
+                            check=False)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert "installing" not in site.bg("setup").stderr  # idempotent: no daemon-reload
+
+    site.deploy("1.0.0")
+    assert (site.answer().colour, site.answer().version) == ("blue", "1.0.0")
+    site.deploy("2.0.0")
+    assert (site.answer().colour, site.answer().version) == ("green", "2.0.0")
+    for colour in ("blue", "green"):
+        assert site.unit(colour, "ActiveState") == "active"
+        assert site.unit(colour, "UnitFileState") == "enabled"
+    status = site.status()
+    green = status["slots"]["green"]
+    assert green["unit"]["active_state"] == "active" and green["unit"]["enabled"] is True
+    assert green["unit"]["main_pid"] and green["own"] is True and green["healthy"] is True
+    # The secrets file stays out of the unit's properties.
+    env = site.unit("green", "Environment") + site.unit("green", "EnvironmentFiles")
+    assert "BLUEGREEN" not in env and "PORT" not in env
+
+    site.bg("rollback")
+    assert (site.answer().colour, site.answer().version) == ("blue", "1.0.0")
+    site.bg("promote", "green")
+    assert site.answer().version == "2.0.0"
+
+    # systemd restarts a crashed slot; status tells.
+    pid = int(site.unit("green", "MainPID"))
+    site.host.exec("kill", "-9", str(pid))
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and site.unit("green", "NRestarts") == "0":
+        time.sleep(0.1)
+    while time.monotonic() < deadline and site.answer().version != "2.0.0":
+        time.sleep(0.1)
+    assert site.answer().version == "2.0.0"
+    assert site.status()["slots"]["green"]["unit"]["restarts"] >= 1
+
+    logs = site.bg("logs", "-n", "50").stdout
+    assert "2.0.0" in logs or "listening" in logs.lower(), logs
+
+    site.bg("stop", "blue")
+    assert site.unit("blue", "UnitFileState") == "disabled"
+    assert site.unit("blue", "ActiveState") in ("inactive", "failed")
+
+
+def test_unhealthy_release_under_systemd_shows_journal_and_stays_off(site: Site) -> None:
+    site.bg("setup")
+    site.deploy("1.0.0")
+    out = site.deploy("2.0.0", mode="exit", check=5)
+    assert "restarted" in out.stderr or "exited" in out.stderr, out.stderr
+    assert "last lines" in out.stderr
+    assert site.answer().version == "1.0.0"
+    # A release that never became healthy is not started again at boot.
+    assert site.unit("green", "UnitFileState") == "disabled"
+
+
+def test_unit_template_override(site: Site) -> None:
+    (site.dir / "unit.j2").write_text(
+        "[Unit]\nDescription=custom {{ app }} %i\n[Service]\nType=exec\n"
+        "ExecStart=/bin/sh {{ slots_dir }}/%i/start.sh\nTimeoutStopSec={{ stop_timeout }}\n"
+        "Restart=always\n[Install]\nWantedBy=multi-user.target\n")
+    site.run = {"unit_template": "unit.j2"}
+    site.write_config()
+    site.bg("setup")
+    assert "Description=custom testapp %i" in site.host.exec("cat", UNIT).stdout
+    site.deploy("1.0.0")
+    assert site.unit("blue", "Restart") == "always"
+    assert site.answer().version == "1.0.0"
+
+
+def test_power_cut_after_two_deploys_serves_the_live_release_on_boot(
+        lab: SystemdLab, tmp_path: Path) -> None:
+    host = lab.add()
+    host.boot()
+    site = Site(lab, host, tmp_path / "project")
+    site.bg("setup")
+    site.deploy("1.0.0")
+    site.deploy("2.0.0")
+    assert (site.answer().colour, site.answer().version) == ("green", "2.0.0")
+
+    host.power_cut()
+    assert site.answer().status == 0  # the server is off
+    host.boot()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and site.answer().version != "2.0.0":
+        time.sleep(0.05)
+    answer = site.answer()
+    assert (answer.colour, answer.version) == ("green", "2.0.0")
+    status = site.status()
+    assert status["live"] == "green" and status["slots"]["blue"]["healthy"] is True
+    site.bg("rollback")  # the idle colour came back too: rollback is instant
+    assert site.answer().version == "1.0.0"
+
+    # A colour that `stop` stopped stays stopped after a reboot.
+    site.bg("stop", "green")
+    host.power_cut()
+    host.boot()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and site.answer().version != "1.0.0":
+        time.sleep(0.05)
+    assert site.answer().version == "1.0.0"
+    assert site.unit("green", "ActiveState") == "inactive"
