@@ -35,13 +35,21 @@ def test_layout() -> None:
 
 
 def test_switch_is_atomic_rename_of_a_dot_link() -> None:
-    argv = nginx.switch(CFG, Colour.GREEN)
-    assert argv == ["sh", "-c", 'ln -sfn "$1" "$2" && mv -Tf "$2" "$3"', "sh",
-                    "/etc/nginx/sites-available/shop-green",
-                    "/etc/nginx/sites-enabled/.shop.bluegreen-tmp",
-                    "/etc/nginx/sites-enabled/shop"]
-    sudo_cfg = CFG.model_copy(update={"proxy": CFG.proxy.model_copy(update={"sudo": True})})
-    assert nginx.switch(sudo_cfg, Colour.GREEN)[:3] == ["sudo", "-n", "sh"]
+    steps = nginx.switch(CFG, Colour.GREEN, False)
+    assert steps == [["sh", "-c", 'ln -sfn "$1" "$2" && mv -Tf "$2" "$3"', "sh",
+                      "/etc/nginx/sites-available/shop-green",
+                      "/etc/nginx/sites-enabled/.shop.bluegreen-tmp",
+                      "/etc/nginx/sites-enabled/shop"]]
+    # Under sudo: fixed argv only (no `sh -c`), so sudoers can allow exactly these.
+    assert nginx.switch(CFG, Colour.GREEN, True) == [
+        ["sudo", "-n", "ln", "-sfn", "/etc/nginx/sites-available/shop-green",
+         "/etc/nginx/sites-enabled/.shop.bluegreen-tmp"],
+        ["sudo", "-n", "mv", "-Tf", "/etc/nginx/sites-enabled/.shop.bluegreen-tmp",
+         "/etc/nginx/sites-enabled/shop"]]
+    assert nginx.write_site(CFG, Colour.BLUE, True) == [
+        ["sudo", "-n", "tee", "/etc/nginx/sites-available/.shop-blue.bluegreen-tmp"],
+        ["sudo", "-n", "mv", "-f", "/etc/nginx/sites-available/.shop-blue.bluegreen-tmp",
+         "/etc/nginx/sites-available/shop-blue"]]
 
 
 def test_rendered_site_file() -> None:
@@ -207,7 +215,7 @@ def test_systemd_unit_and_start_script() -> None:
     ]
     assert systemd.stop(CFG, Colour.GREEN, True) == [
         "sudo", "-n", "systemctl", "stop", "bluegreen-shop@green.service"]
-    assert systemd.journal(CFG, Colour.BLUE, 5, False, False) == [
+    assert systemd.journal(CFG, Colour.BLUE, 5, False) == [
         "journalctl", "-u", "bluegreen-shop@blue.service", "-n", "5", "--no-pager", "-o",
         "short-iso", "-q"]
     assert systemd.parse_show("ActiveState=active\nNRestarts=2\n") == {

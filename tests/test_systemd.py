@@ -25,8 +25,9 @@ UNIT = f"/etc/systemd/system/bluegreen-{APP}@.service"
 class Site:
     """A user's project deploying to one systemd server, as root over SSH."""
 
-    def __init__(self, lab: SystemdLab, host: SystemdHost, dir: Path) -> None:
-        self.lab, self.host, self.dir = lab, host, dir
+    def __init__(self, lab: SystemdLab, host: SystemdHost, dir: Path,
+                 user: str = "root") -> None:
+        self.lab, self.host, self.dir, self.user = lab, host, dir, user
         self.home = dir / "home"
         self.home.mkdir(parents=True)
         self.run: dict[str, Any] = {}
@@ -41,9 +42,10 @@ class Site:
             "slots": {"blue": 4000, "green": 5000},
             "proxy": {"server_name": SERVER_NAME, "listen": "80",
                       "reload": "systemctl reload nginx"},
-            "hosts": [{"address": f"root@{self.host.address}", "name": "web1",
+            "hosts": [{"address": f"{self.user}@{self.host.address}", "name": "web1",
                        "deploy_to": f"/srv/{APP}", "identity_file": str(self.lab.client_key),
-                       "known_hosts": str(self.lab.known_hosts)}],
+                       "known_hosts": str(self.lab.known_hosts),
+                       **({"sudo": True} if self.user != "root" else {})}],
         }
         (self.dir / "bluegreen.toml").write_text(to_toml(data))
 
@@ -211,3 +213,68 @@ def test_power_cut_after_two_deploys_serves_the_live_release_on_boot(
         time.sleep(0.05)
     assert site.answer().version == "1.0.0"
     assert site.unit("green", "ActiveState") == "inactive"
+
+
+# The one-time preparation of a server for a deploy user, as docs/servers.md gives it.
+PREPARE_DEPLOY_USER = f"""
+useradd --create-home --shell /bin/bash deploy
+install -d -m 0700 -o deploy -g deploy /home/deploy/.ssh
+install -m 0600 -o deploy -g deploy /root/.ssh/authorized_keys /home/deploy/.ssh/
+install -d -o deploy -g deploy /srv/{APP}
+usermod -aG systemd-journal deploy
+"""
+
+
+def test_least_privilege_deploy_user_with_only_the_printed_sudoers(
+        lab: SystemdLab, server: SystemdHost, tmp_path: Path) -> None:
+    server.shell(PREPARE_DEPLOY_USER)
+    site = Site(lab, server, tmp_path / "project", user="deploy")
+    check = site.bg("check", check=1)
+    assert "sudo" in check.stdout and "--print-sudoers" in check.stdout, check.stdout
+
+    drop_in = site.bg("setup", "--print-sudoers").stdout
+    lines = [line for line in drop_in.splitlines() if not line.startswith("#")]
+    assert lines and all(line.startswith("deploy ALL=(root) NOPASSWD: /") for line in lines)
+    assert not any(w in drop_in for w in ("*", " sh ", "/bin/sh", "bash", "ALL\n"))
+    assert "/usr/bin/systemctl restart bluegreen-testapp@green.service" in drop_in
+    assert "/usr/sbin/nginx -t" in drop_in and "/usr/bin/systemctl reload nginx" in drop_in
+    server.exec("sh", "-c", "cat > /etc/sudoers.d/bluegreen-testapp && chmod 0440 "
+                "/etc/sudoers.d/bluegreen-testapp && visudo -cf /etc/sudoers.d/bluegreen-testapp",
+                input=drop_in)
+
+    # Files whose content runs as root (the unit, the site files) are not in the drop-in:
+    # setup says an admin installs them, and prints the script for that.
+    assert " tee " not in drop_in and "sites-available/testapp-blue" not in drop_in.replace(
+        "ln -sfn /etc/nginx/sites-available/testapp-blue", "")
+    out = site.bg("setup", check=1)
+    assert "--print-root-files" in out.stderr and "not installed" in out.stderr
+    server.exec("sh", "-s", input=site.bg("setup", "--print-root-files").stdout)
+
+    assert "every host is ready" in site.bg("check").stdout
+    site.bg("setup")
+    site.deploy("1.0.0")
+    site.deploy("2.0.0")
+    assert (site.answer().colour, site.answer().version) == ("green", "2.0.0")
+    main_pid = site.unit("green", "MainPID")
+    assert server.exec("ps", "-o", "user=", "-p", main_pid).stdout.strip() == "deploy"
+    assert server.exec("stat", "-c", "%U", f"/etc/nginx/sites-available/{APP}-green"
+                       ).stdout.strip() == "root"
+    site.bg("rollback")
+    assert site.answer().version == "1.0.0"
+    assert "1.0.0" in site.bg("logs", "--color", "blue", "-n", "100").stdout
+    site.bg("stop", "green")
+    assert site.unit("green", "UnitFileState") == "disabled"
+
+    # Nothing outside the drop-in: no other unit, no shell, no other file.
+    ssh = ["ssh", "-i", str(lab.client_key), "-o", "BatchMode=yes",
+           "-o", f"UserKnownHostsFile={lab.known_hosts}", f"deploy@{server.address}"]
+    for refused in ("sudo -n systemctl stop nginx", "sudo -n sh -c id",
+                    "sudo -n tee /etc/passwd </dev/null",
+                    "sudo -n systemctl restart bluegreen-other@blue.service"):
+        proc = subprocess.run([*ssh, refused], capture_output=True, text=True, timeout=30)
+        assert proc.returncode != 0, refused
+    server.shell(f"systemctl disable -q --now bluegreen-{APP}@blue bluegreen-{APP}@green; "
+                 f"rm -rf /srv/{APP} {UNIT} /etc/sudoers.d/bluegreen-{APP} "
+                 f"/etc/nginx/sites-enabled/{APP} /etc/nginx/sites-available/{APP}-*; "
+                 "systemctl daemon-reload; systemctl reload nginx; userdel -r deploy",
+                 check=False)

@@ -164,12 +164,26 @@ def check(state: State) -> None:
 
 @main.command(help="Create the layout under deploy_to and write the proxy's files (nginx: both "
                    "site files, and the link to blue if there is none; haproxy: the config "
-                   "file, and the map file with blue if there is none), test and reload the "
-                   "proxy.")
+                   "file, and the map file with blue if there is none), install the systemd "
+                   "unit (slots under systemd), test and reload the proxy.")
+@click.option("--print-sudoers", is_flag=True,
+              help="Print the sudoers drop-in a non-root deploy user (hosts[].sudo = true) "
+                   "needs: exactly the commands bluegreen runs as root, with the full paths "
+                   "found on the (first) host. Changes nothing.")
+@click.option("--print-root-files", is_flag=True,
+              help="Print a script an admin runs as root once (with sudo = true): it "
+                   "installs the files whose content runs as root (the systemd unit, the "
+                   "nginx site files or HAProxy config). Changes nothing.")
 @json_events
 @common
-def setup(state: State, json_out: bool) -> None:
+def setup(state: State, json_out: bool, print_sudoers: bool, print_root_files: bool) -> None:
     ctx = load(state)
+    if print_root_files:
+        click.echo(run(state, lambda: workflow.print_root_files(ctx)), nl=False)
+        return
+    if print_sudoers:
+        click.echo(run(state, lambda: workflow.print_sudoers(ctx)), nl=False)
+        return
     run(state, lambda: workflow.setup(ctx))
     if json_out:
         emit_json({"ok": True, "hosts": [h.label for h in ctx.hosts]})

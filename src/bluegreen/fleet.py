@@ -48,6 +48,19 @@ class Node:
         self.out.debug(self.name, "$ " + describe(argv)[:300])
         return await self.host.run(argv, input=input, timeout=timeout, check=check)
 
+    async def run_steps(self, steps: list[list[str]], *, input: str | None = None,
+                        timeout: float = 60, check: bool = True) -> Result:
+        """Run ``steps`` in order, ``input`` to the first; stop at the first that fails
+        (its result, or CommandFailed with ``check``)."""
+        result: Result | None = None
+        for i, argv in enumerate(steps):
+            result = await self.run(argv, input=input if i == 0 else None, timeout=timeout,
+                                    check=check)
+            if not result.ok:
+                break
+        assert result is not None, "no steps"
+        return result
+
 
 @dataclass
 class Fleet:

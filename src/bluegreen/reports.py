@@ -13,7 +13,7 @@ from bluegreen.config import Colour, Config, HostConfig
 from bluegreen.errors import SplitBrain
 from bluegreen.fleet import Node, open_fleet
 from bluegreen.output import Reporter
-from bluegreen.plan import check as checkplan
+from bluegreen.plan import check as checkplan, sudoers
 from bluegreen.proxies import Proxy
 from bluegreen.switch import split_brain
 from bluegreen.topology import AppHost, build
@@ -49,7 +49,7 @@ async def _check_host(node: Node, proxy: Proxy | None, *, app: bool) -> list[Che
                                                  node.layout.root if app else None))
     report = checkplan.parse_host_probe(result.stdout)
     for path, state in report.dirs.items():
-        ok = state == "ok" or (state == "not-writable" and node.cfg.proxy.sudo)
+        ok = state == "ok" or (state == "not-writable" and (node.cfg.proxy.sudo or node.hc.sudo))
         out.append(CheckItem(node.name, f"directory {path}", ok,
                              "present" if ok else state.replace("-", " ")))
     if report.deploy_to:
@@ -64,10 +64,27 @@ async def _check_host(node: Node, proxy: Proxy | None, *, app: bool) -> list[Che
         supervisor, why = await supervisors.choose(node)
         out.append(CheckItem(node.name, f"slots run under {supervisor.mode}",
                              True if supervisor.mode == "systemd" else None, why))
+    if node.hc.sudo or node.cfg.proxy.sudo:
+        out.append(await _sudo_row(node, app))
     if proxy is not None:
         out.extend(CheckItem(node.name, item, ok, detail)
                    for item, ok, detail in await proxy.checks())
     return out
+
+
+async def _sudo_row(node: Node, app: bool) -> CheckItem:
+    """Whether sudo lets the SSH user run what bluegreen needs, without a password."""
+    systemd_slots = app and (await supervisors.choose(node))[0].mode == "systemd"
+    commands = sudoers.privileged(node.cfg, systemd_slots)
+    result = await node.run(sudoers.may_run(commands[-1]), check=False)
+    if result.ok:
+        return CheckItem(node.name, "sudo", True, f"allows `{' '.join(commands[-1])}` "
+                         "without a password")
+    why = (result.stderr.strip() or result.stdout.strip()).splitlines()
+    return CheckItem(node.name, "sudo", False,
+                     f"`sudo -n` cannot run `{' '.join(commands[-1])}`"
+                     + (f" ({why[-1]})" if why else "")
+                     + "; install the drop-in `bluegreen setup --print-sudoers` prints")
 
 
 async def status(cfg: Config, hosts: list[HostConfig], out: Reporter) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from bluegreen.errors import BlueGreenError, ConfigError
 from bluegreen.fleet import each, open_fleet
 from bluegreen.hooks import run_hook
 from bluegreen.output import Reporter
-from bluegreen.plan import files, history
+from bluegreen.plan import admin, files, history, sudoers
 from bluegreen.plan.slot import SlotState, env_script, slot_command
 from bluegreen.releases import deploy_target, migrate_on, prune_host, upload
 from bluegreen.switch import finish_interrupted, refuse_split, switch_all
@@ -105,6 +105,31 @@ async def setup(ctx: Context) -> None:
                 p.node.say(f"ready; live colour is {live or Colour.BLUE}")
 
             await each(topo.proxies, one, ctx.out)
+
+
+async def print_sudoers(ctx: Context) -> str:
+    """The sudoers drop-in for the first selected host's SSH user (`sudo = true`), with the
+    full paths found on that host."""
+    hc = ctx.hosts[0]
+    user = sudoers.user_of(hc)
+    if user is None or user == "root":
+        raise ConfigError(f"hosts: {hc.label} has no non-root user in its address "
+                          "(\"deploy@host\"): --print-sudoers is for a deploy user with "
+                          "sudo = true")
+    async with open_fleet(ctx.cfg, [hc], ctx.out) as fleet:
+        node = fleet.apps[0]
+        supervisor, _ = await supervisors.choose(node)
+        commands = sudoers.privileged(ctx.cfg, supervisor.mode == "systemd")
+        found = await node.run(sudoers.resolve(sorted({c[0] for c in commands})))
+    return sudoers.drop_in(ctx.cfg, user, commands, sudoers.parse_resolve(found.stdout))
+
+
+async def print_root_files(ctx: Context) -> str:
+    """A script an admin runs as root to install what a deploy user may not write."""
+    hc = ctx.hosts[0]
+    async with open_fleet(ctx.cfg, [hc], ctx.out) as fleet:
+        supervisor, _ = await supervisors.choose(fleet.apps[0])
+    return admin.script(ctx.cfg, hc, supervisor.mode == "systemd")
 
 
 async def _install_supervisor(a: AppHost) -> None:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import PurePosixPath
 
 Argv = list[str]
+# Commands run one after the other, stdin (if any) to the first. Under sudo each step is a
+# fixed argv, so the sudoers drop-in can name it exactly (`plan.sudoers`).
+Steps = list[Argv]
 
 
 def sh(script: str, *args: str | PurePosixPath) -> Argv:
@@ -17,8 +21,10 @@ def sudo(argv: Argv, use_sudo: bool) -> Argv:
 
 
 def shell_command(command: str, use_sudo: bool) -> Argv:
-    """A user's shell command from the config (e.g. ``proxy.reload``), with sudo if set."""
-    return sudo(["sh", "-c", command], use_sudo)
+    """A user's shell command from the config (e.g. ``proxy.reload``). Under sudo it runs
+    without a shell, as its words, so that sudoers can allow exactly it (and not `sh -c`,
+    which would allow anything)."""
+    return ["sudo", "-n", *shlex.split(command)] if use_sudo else ["sh", "-c", command]
 
 
 def write_file(path: PurePosixPath, mode: str = "0644") -> Argv:
@@ -30,14 +36,17 @@ def write_file(path: PurePosixPath, mode: str = "0644") -> Argv:
     )
 
 
-def replace_config(path: PurePosixPath, use_sudo: bool) -> Argv:
-    """Atomically replace a proxy config file with stdin, mode 0644; the temp file has a
-    dot name in the same dir, which ``*.conf``-style includes do not match."""
-    return sudo(
-        sh('tmp="$(dirname "$1")/.$(basename "$1").bluegreen-tmp"; '
-           'cat > "$tmp" && chmod 0644 "$tmp" && mv -f "$tmp" "$1"', path),
-        use_sudo,
-    )
+def replace_config(path: PurePosixPath, use_sudo: bool) -> Steps:
+    """Atomically replace a root-owned config file with stdin, mode 0644; the temp file has
+    a dot name in the same dir, which ``*.conf``-style includes do not match."""
+    tmp = path.parent / f".{path.name}.bluegreen-tmp"
+    if use_sudo:
+        return [["sudo", "-n", "tee", str(tmp)], ["sudo", "-n", "mv", "-f", str(tmp), str(path)]]
+    return [sh('cat > "$1" && chmod 0644 "$1" && mv -f "$1" "$2"', tmp, path)]
+
+
+def remove_config(path: PurePosixPath, use_sudo: bool) -> Argv:
+    return sudo(["rm", "-f", str(path)], use_sudo)
 
 
 def append_file(path: PurePosixPath) -> Argv:

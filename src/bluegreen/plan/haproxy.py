@@ -15,7 +15,7 @@ import re
 from pathlib import PurePosixPath
 
 from bluegreen.config import Colour, Config, HAProxySettings, render
-from bluegreen.plan.files import Argv, replace_config, sh, sudo
+from bluegreen.plan.files import Argv, Steps, remove_config, replace_config, sh
 from bluegreen.plan.template import render_proxy_config
 
 MAP_KEY = "live"
@@ -91,13 +91,13 @@ def parse_map(text: str) -> str | None:
     return None
 
 
-def write(cfg: Config, path: PurePosixPath) -> Argv:
+def write(cfg: Config, path: PurePosixPath, use_sudo: bool) -> Steps:
     """Replace the config or map file ``path`` with stdin, atomically."""
-    return replace_config(path, cfg.proxy.sudo)
+    return replace_config(path, use_sudo)
 
 
-def remove(cfg: Config, path: PurePosixPath) -> Argv:
-    return sudo(["rm", "-f", "--", str(path)], cfg.proxy.sudo)
+def remove(cfg: Config, path: PurePosixPath, use_sudo: bool) -> Argv:
+    return remove_config(path, use_sudo)
 
 
 def old_processes(current: int) -> Argv:

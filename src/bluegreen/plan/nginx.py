@@ -7,7 +7,7 @@ import shlex
 from pathlib import PurePosixPath
 
 from bluegreen.config import Colour, Config, NginxSettings, render
-from bluegreen.plan.files import Argv, replace_config, sh, sudo
+from bluegreen.plan.files import Argv, Steps, remove_config, replace_config, sh
 from bluegreen.plan.template import render_proxy_config
 
 
@@ -62,19 +62,19 @@ def colour_of_target(cfg: Config, target: str) -> Colour | None:
     return None
 
 
-def switch(cfg: Config, colour: Colour) -> Argv:
+def switch(cfg: Config, colour: Colour, use_sudo: bool) -> Steps:
     """Point the live link at ``colour`` atomically: a new link under a dot name, which
     the usual ``sites-enabled/*`` include does not match, renamed over the live one."""
     dest = link(cfg)
     tmp = dest.parent / f".{dest.name}.bluegreen-tmp"
-    return sudo(
-        sh('ln -sfn "$1" "$2" && mv -Tf "$2" "$3"', available(cfg, colour), tmp, dest),
-        cfg.proxy.sudo,
-    )
+    if use_sudo:
+        return [["sudo", "-n", "ln", "-sfn", str(available(cfg, colour)), str(tmp)],
+                ["sudo", "-n", "mv", "-Tf", str(tmp), str(dest)]]
+    return [sh('ln -sfn "$1" "$2" && mv -Tf "$2" "$3"', available(cfg, colour), tmp, dest)]
 
 
-def remove_link(cfg: Config) -> Argv:
-    return sudo(["rm", "-f", "--", str(link(cfg))], cfg.proxy.sudo)
+def remove_link(cfg: Config, use_sudo: bool) -> Argv:
+    return remove_config(link(cfg), use_sudo)
 
 
 def old_workers() -> Argv:
@@ -92,12 +92,13 @@ Finding = tuple[str, bool | None, str]
 
 def inspect(cfg: Config) -> Argv:
     """Print nginx's version, then the lines of its full config (``test`` with ``-T``)
-    that set the directives `advice` looks at."""
+    that set the directives `advice` looks at (as the SSH user: without root, only the
+    version may show)."""
     test = render(cfg.proxy.test, app=cfg.app)
     binary = next((w for w in shlex.split(test) if w.rsplit("/", 1)[-1] == "nginx"), "nginx")
-    return sudo(sh('"$1" -v 2>&1; sh -c "$2 -T" 2>/dev/null | grep -E '
-                   '"^[[:space:]]*(worker_shutdown_timeout|keepalive_min_timeout)[[:space:]]"',
-                   binary, test), cfg.proxy.sudo)
+    return sh('"$1" -v 2>&1; sh -c "$2 -T" 2>/dev/null | grep -E '
+              '"^[[:space:]]*(worker_shutdown_timeout|keepalive_min_timeout)[[:space:]]"',
+              binary, test)
 
 
 def advice(output: str) -> list[Finding]:
@@ -135,9 +136,9 @@ def advice(output: str) -> list[Finding]:
     return rows
 
 
-def write_site(cfg: Config, colour: Colour) -> Argv:
+def write_site(cfg: Config, colour: Colour, use_sudo: bool) -> Steps:
     """Replace the ``colour`` site file with stdin, atomically."""
-    return replace_config(available(cfg, colour), cfg.proxy.sudo)
+    return replace_config(available(cfg, colour), use_sudo)
 
 
 def deployment_id_request(cfg: Config) -> tuple[str, str]:

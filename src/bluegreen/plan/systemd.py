@@ -61,29 +61,42 @@ def start_script_path(layout: Layout, colour: Colour) -> PurePosixPath:
     return layout.slot(colour) / "start.sh"
 
 
-def install_unit(cfg: Config, use_sudo: bool) -> Argv:
-    """Replace the unit file with stdin and make systemd read it."""
-    return sudo(sh('tmp="$(dirname "$1")/.$(basename "$1").bluegreen-tmp"; '
-                   'cat > "$tmp" && chmod 0644 "$tmp" && mv -f "$tmp" "$1" && '
-                   "systemctl daemon-reload", unit_path(cfg)), use_sudo)
+def install_unit(cfg: Config) -> Argv:
+    """Replace the unit file with stdin and make systemd read it. Never under sudo: a
+    user who may write a system unit may run anything as root, so with `sudo = true` the
+    unit is installed once by an admin (`bluegreen setup --print-unit`)."""
+    return sh('tmp="$(dirname "$1")/.$(basename "$1").bluegreen-tmp"; '
+              'cat > "$tmp" && chmod 0644 "$tmp" && mv -f "$tmp" "$1" && '
+              "systemctl daemon-reload", unit_path(cfg))
 
 
-def start(cfg: Config, colour: Colour, use_sudo: bool) -> Argv:
-    """Enable the colour's unit (it starts at boot) and (re)start it now."""
-    return sudo(sh('systemctl enable -q "$1" 2>&1 && systemctl reset-failed "$1" 2>/dev/null; '
-                   'systemctl restart "$1"', unit(cfg, colour)), use_sudo)
+def systemctl(use_sudo: bool, *args: str) -> Argv:
+    return sudo(["systemctl", *args], use_sudo)
+
+
+def enable(cfg: Config, colour: Colour, use_sudo: bool) -> Argv:
+    """The colour's unit starts at boot."""
+    return systemctl(use_sudo, "enable", "-q", unit(cfg, colour))
+
+
+def reset_failed(cfg: Config, colour: Colour, use_sudo: bool) -> Argv:
+    """Forget that the unit failed (and its start limit), so it can be started again."""
+    return systemctl(use_sudo, "reset-failed", unit(cfg, colour))
+
+
+def restart(cfg: Config, colour: Colour, use_sudo: bool) -> Argv:
+    return systemctl(use_sudo, "restart", unit(cfg, colour))
 
 
 def stop(cfg: Config, colour: Colour, use_sudo: bool) -> Argv:
     """Stop the colour's unit (systemd signals its whole cgroup, then kills it after
     TimeoutStopSec); it stays enabled, so a deploy's restart follows."""
-    return sudo(["systemctl", "stop", unit(cfg, colour)], use_sudo)
+    return systemctl(use_sudo, "stop", unit(cfg, colour))
 
 
 def disable(cfg: Config, colour: Colour, use_sudo: bool) -> Argv:
     """Stop the colour's unit and keep it stopped across reboots."""
-    return sudo(sh('systemctl disable -q --now "$1" && { systemctl reset-failed "$1" '
-                   "2>/dev/null; exit 0; }", unit(cfg, colour)), use_sudo)
+    return systemctl(use_sudo, "disable", "-q", "--now", unit(cfg, colour))
 
 
 def show(cfg: Config, colour: Colour) -> Argv:
@@ -94,8 +107,9 @@ def parse_show(output: str) -> dict[str, str]:
     return dict(line.split("=", 1) for line in output.splitlines() if "=" in line)
 
 
-def journal(cfg: Config, colour: Colour, lines: int, follow: bool, use_sudo: bool) -> Argv:
-    """The colour's unit's journal: its last ``lines`` lines (and new ones with ``follow``)."""
+def journal(cfg: Config, colour: Colour, lines: int, follow: bool) -> Argv:
+    """The colour's unit's journal: its last ``lines`` lines (and new ones with ``follow``).
+    A non-root user reads it as a member of the `systemd-journal` group."""
     argv = ["journalctl", "-u", unit(cfg, colour), "-n", str(lines), "--no-pager",
             "-o", "short-iso", "-q"]
-    return sudo([*argv, "-f"] if follow else argv, use_sudo)
+    return [*argv, "-f"] if follow else argv

@@ -9,7 +9,7 @@ from __future__ import annotations
 import abc
 import asyncio
 from pathlib import PurePosixPath
-from typing import ClassVar
+from typing import ClassVar, NoReturn
 
 from bluegreen import health
 from bluegreen.config import Colour, parse_listen, render
@@ -37,6 +37,11 @@ class Proxy(abc.ABC):
     @property
     def name(self) -> str:
         return self.node.name
+
+    @property
+    def sudo(self) -> bool:
+        """Whether the proxy's files and commands need root through `sudo -n`."""
+        return self.cfg.proxy.sudo or self.node.hc.sudo
 
     @property
     def upstreams(self) -> list[str]:
@@ -120,7 +125,7 @@ class Proxy(abc.ABC):
 
     def command(self, value: str) -> list[str]:
         """``proxy.test`` or ``proxy.reload`` as argv (with sudo when configured)."""
-        return files.shell_command(render(value, app=self.cfg.app), self.cfg.proxy.sudo)
+        return files.shell_command(render(value, app=self.cfg.app), self.sudo)
 
     async def test(self) -> None:
         result = await self.node.run(self.command(self.cfg.proxy.test), check=False, timeout=60)
@@ -136,6 +141,13 @@ class Proxy(abc.ABC):
             output = (result.stderr.strip() or result.stdout.strip())[-2000:]
             raise ProxyError(f"`{self.cfg.proxy.reload}` failed (is {self.kind} running?):"
                              f"\n{output}", host=self.name, detail=output)
+
+    def refuse_root_file(self, path: PurePosixPath, current: str) -> NoReturn:
+        """With sudo, a file whose content runs as root is the admin's to install."""
+        raise ProxyError(f"{path} is {'out of date' if current else 'not installed'}; with "
+                         "sudo = true an admin installs it (its content runs as root): "
+                         "`bluegreen setup --print-root-files` prints the script for that",
+                         host=self.name)
 
     async def read(self, path: PurePosixPath) -> str:
         return (await self.node.run(files.read_file(path))).stdout

@@ -91,13 +91,15 @@ class HAProxyProxy(Proxy):
         current = await self.read(path)
         if current == text:
             return None
-        await self.node.run(haproxy.write(self.cfg, path), input=text)
+        if self.sudo:
+            self.refuse_root_file(path, current)
+        await self.node.run_steps(haproxy.write(self.cfg, path, self.sudo), input=text)
         self.node.say(f"wrote {path}")
         return current
 
     async def _write_map(self, colour: Colour) -> None:
-        await self.node.run(haproxy.write(self.cfg, haproxy.map_file(self.cfg)),
-                         input=haproxy.map_text(colour))
+        await self.node.run_steps(haproxy.write(self.cfg, haproxy.map_file(self.cfg),
+                                                self.sudo), input=haproxy.map_text(colour))
 
     async def setup(self, live: Colour | None) -> None:
         previous = await self.write_config()
@@ -109,9 +111,10 @@ class HAProxyProxy(Proxy):
         except ProxyError:
             path = haproxy.config_file(self.cfg)
             if previous:
-                await self.node.run(haproxy.write(self.cfg, path), input=previous)
+                await self.node.run_steps(haproxy.write(self.cfg, path, self.sudo),
+                                          input=previous)
             elif previous == "":
-                await self.node.run(haproxy.remove(self.cfg, path))
+                await self.node.run(haproxy.remove(self.cfg, path, self.sudo))
             if live is None:
                 await self.restore(None)
             self.node.say("config and map file put back; HAProxy not reloaded")
@@ -137,7 +140,8 @@ class HAProxyProxy(Proxy):
                 await self.test()
             except ProxyError:
                 path = haproxy.config_file(self.cfg)
-                await self.node.run(haproxy.write(self.cfg, path), input=previous)
+                await self.node.run_steps(haproxy.write(self.cfg, path, self.sudo),
+                                          input=previous)
                 raise
             self.node.say("reloading HAProxy for the new config (the live colour stays "
                        f"{live})")
@@ -167,7 +171,7 @@ class HAProxyProxy(Proxy):
 
     async def restore(self, previous: Colour | None) -> None:
         if previous is None:
-            await self.node.run(haproxy.remove(self.cfg, haproxy.map_file(self.cfg)))
+            await self.node.run(haproxy.remove(self.cfg, haproxy.map_file(self.cfg), self.sudo))
         else:
             await self._write_map(previous)
 

@@ -38,9 +38,12 @@ class NginxProxy(Proxy):
     async def write_site(self, colour: Colour) -> bool:
         """Write the colour's site file if its content differs; True when it changed."""
         text = nginx.render_site(self.cfg, colour, self.upstreams)
-        if await self.read(nginx.available(self.cfg, colour)) == text:
+        current = await self.read(nginx.available(self.cfg, colour))
+        if current == text:
             return False
-        await self.node.run(nginx.write_site(self.cfg, colour), input=text)
+        if self.sudo:
+            self.refuse_root_file(nginx.available(self.cfg, colour), current)
+        await self.node.run_steps(nginx.write_site(self.cfg, colour, self.sudo), input=text)
         self.node.say(f"wrote {nginx.available(self.cfg, colour)}")
         return True
 
@@ -49,13 +52,14 @@ class NginxProxy(Proxy):
         changed = [c for c in Colour if await self.write_site(c)]
         if live is None:
             self.node.say(f"linking {nginx.link(self.cfg)} -> blue")
-            await self.node.run(nginx.switch(self.cfg, Colour.BLUE))
+            await self.node.run_steps(nginx.switch(self.cfg, Colour.BLUE, self.sudo))
         try:
             await self.test()
         except ProxyError:
             for c in changed:
                 if previous[c]:
-                    await self.node.run(nginx.write_site(self.cfg, c), input=previous[c])
+                    await self.node.run_steps(nginx.write_site(self.cfg, c, self.sudo),
+                                              input=previous[c])
             if live is None:
                 await self.restore(None)
             self.node.say("site files and link put back; nginx not reloaded")
@@ -84,7 +88,7 @@ class NginxProxy(Proxy):
             raise
 
     async def _link_and_test(self, target: Colour, previous: Colour | None) -> None:
-        await self.node.run(nginx.switch(self.cfg, target))
+        await self.node.run_steps(nginx.switch(self.cfg, target, self.sudo))
         try:
             await self.test()
         except ProxyError:
@@ -94,9 +98,9 @@ class NginxProxy(Proxy):
 
     async def restore(self, previous: Colour | None) -> None:
         if previous is None:
-            await self.node.run(nginx.remove_link(self.cfg))
+            await self.node.run(nginx.remove_link(self.cfg, self.sudo))
         else:
-            await self.node.run(nginx.switch(self.cfg, previous))
+            await self.node.run_steps(nginx.switch(self.cfg, previous, self.sudo))
 
     async def apply(self) -> None:
         await self.test()

@@ -4,8 +4,10 @@ restarts a crashed slot, stops its whole cgroup, and keeps its output in the jou
 
 from __future__ import annotations
 
+from pathlib import PurePosixPath
+
 from bluegreen.config import Colour
-from bluegreen.errors import CommandFailed
+from bluegreen.errors import BlueGreenError, CommandFailed
 from bluegreen.plan import files, systemd
 from bluegreen.plan.slot import Probe, Slot, SlotState
 from bluegreen.supervisors.base import StartFailed, Supervisor
@@ -19,20 +21,33 @@ class SystemdSupervisor(Supervisor):
         return self.node.hc.sudo
 
     async def install(self) -> bool:
-        """Write the template unit if it differs, and `daemon-reload` only then."""
+        """Write the template unit if it differs, and `daemon-reload` only then. With
+        `sudo = true` an admin installs it (writing a system unit is root's power)."""
         text = systemd.render_unit(self.cfg, self.node.layout, self.node.hc)
         path = systemd.unit_path(self.cfg)
         if (await self.node.run(files.read_file(path))).stdout == text:
             return False
+        if self.sudo:
+            raise BlueGreenError(
+                f"{path} is {'not installed' if not await self._exists(path) else 'out of date'}"
+                "; a user who may write a system unit may run anything as root, so with "
+                "`sudo = true` an admin installs it: `bluegreen setup --print-root-files` "
+                "prints the script for that",
+                host=self.node.name)
         self.node.say(f"installing {path}")
-        await self.node.run(systemd.install_unit(self.cfg, self.sudo), input=text)
+        await self.node.run(systemd.install_unit(self.cfg), input=text)
         return True
+
+    async def _exists(self, path: PurePosixPath) -> bool:
+        return (await self.node.run(files.exists(path), check=False)).ok
 
     async def launch(self, slot: Slot, state: SlotState) -> SlotState:
         path = systemd.start_script_path(self.node.layout, slot.colour)
         await self.node.run(files.write_file(path, "0755"),
                             input=systemd.start_script(self.cfg, slot))
-        result = await self.node.run(systemd.start(self.cfg, slot.colour, self.sudo),
+        await self.node.run(systemd.enable(self.cfg, slot.colour, self.sudo))
+        await self.node.run(systemd.reset_failed(self.cfg, slot.colour, self.sudo), check=False)
+        result = await self.node.run(systemd.restart(self.cfg, slot.colour, self.sudo),
                                      check=False, timeout=self.cfg.run.health_timeout + 30)
         if not result.ok:
             output = (result.stderr.strip() or result.stdout.strip())[-500:]
@@ -64,10 +79,12 @@ class SystemdSupervisor(Supervisor):
         # A release that never became healthy must not be started again at boot.
         await self.node.run(systemd.disable(self.cfg, slot.colour, self.sudo), check=False,
                             timeout=self.cfg.run.stop_timeout + 30)
+        await self.node.run(systemd.reset_failed(self.cfg, slot.colour, self.sudo), check=False)
 
     async def retire(self, colour: Colour) -> None:
         await self.node.run(systemd.disable(self.cfg, colour, self.sudo),
                             timeout=self.cfg.run.stop_timeout + 30)
+        await self.node.run(systemd.reset_failed(self.cfg, colour, self.sudo), check=False)
 
     async def details(self, colour: Colour) -> dict[str, object] | None:
         unit = await self.unit_state(colour)
@@ -79,4 +96,4 @@ class SystemdSupervisor(Supervisor):
                 "exit_status": int(unit.get("ExecMainStatus") or 0)}
 
     def logs(self, colour: Colour, slot: Slot | None, lines: int, follow: bool) -> list[str]:
-        return systemd.journal(self.cfg, colour, lines, follow, self.sudo)
+        return systemd.journal(self.cfg, colour, lines, follow)
