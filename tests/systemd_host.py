@@ -7,7 +7,6 @@ every process at once and `boot()` starts it again on the same disk."""
 from __future__ import annotations
 
 import os
-import shlex
 import signal
 import socket
 import subprocess
@@ -89,6 +88,7 @@ class SystemdHost:
     index: int
     subnet: int
     client_key: Path
+    known_hosts: Path
     proc: subprocess.Popen[bytes] | None = None
     boots: int = 0
     booted_at: float = 0.0
@@ -125,6 +125,12 @@ class SystemdHost:
         (self.upper / "etc" / "hostname").write_text(self.name + "\n")
         for unit in MASKED:
             os.symlink("/dev/null", self.upper / "etc" / "systemd" / "system" / unit)
+        # Root's .bashrc here runs `pyenv init`, whose rehash takes a lock file at each
+        # login; a power cut during a login leaves it, and every later login then waits
+        # for it. A server with such an rc file needs the stale lock removed at boot.
+        (self.upper / "etc" / "tmpfiles.d").mkdir(parents=True)
+        (self.upper / "etc" / "tmpfiles.d" / "pyenv-lock.conf").write_text(
+            "r /root/.pyenv/shims/.pyenv-shim\n")
         sh("ip", "netns", "add", self.ns)
         veth = f"{self.name[:10]}v"
         sh("ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", self.ns)
@@ -146,12 +152,21 @@ class SystemdHost:
         self.booted_at = started
         self._up = True
         self._wait_port(22, timeout, log)
-        state = self.exec("systemctl", "is-system-running", "--wait", check=False,
-                          timeout=timeout).stdout.strip()
-        if state not in ("running", "degraded"):
-            raise TimeoutError(f"{self.name}: systemd says {state!r}; boot log:\n"
-                               f"{log_tail(log)}")
+        # Asked over SSH as the recipe does: a login also waits for logind and root's
+        # user manager, which the first login after a boot starts.
+        proc = subprocess.run([*self.ssh, "systemctl", "is-system-running", "--wait"],
+                              capture_output=True, text=True, timeout=timeout)
+        if proc.stdout.strip() not in ("running", "degraded"):
+            raise TimeoutError(f"{self.name}: systemd says {proc.stdout.strip()!r} "
+                               f"({proc.stderr.strip()}); boot log:\n{log_tail(log)}")
         return time.monotonic() - started
+
+    @property
+    def ssh(self) -> list[str]:
+        """An ssh command line to the server as root, with strict host-key checking."""
+        return ["ssh", "-i", str(self.client_key), "-o", "StrictHostKeyChecking=yes",
+                "-o", f"UserKnownHostsFile={self.known_hosts}", "-o", "BatchMode=yes",
+                "-o", "ConnectTimeout=10", f"root@{self.address}"]
 
     def _wait_port(self, port: int, timeout: float, log: Path) -> None:
         deadline = time.monotonic() + timeout
@@ -245,7 +260,7 @@ class SystemdLab:
     def add(self) -> SystemdHost:
         i = len(self.hosts) + 1
         host = SystemdHost(f"sd{self.tag}h{i}", self.base / f"h{i}", i, self.subnet,
-                           self.client_key)
+                           self.client_key, self.known_hosts)
         host.install(self.bridge)
         self.hosts.append(host)
         # Every server shares this machine's host key (the overlay's /etc/ssh).
@@ -258,14 +273,3 @@ class SystemdLab:
         for host in self.hosts:
             host.remove()
         sh("ip", "link", "del", self.bridge, check=False)
-
-
-def ssh_argv(lab: SystemdLab, host: SystemdHost, user: str = "root") -> list[str]:
-    """An ssh command line to the server with strict host-key checking."""
-    return ["ssh", "-i", str(lab.client_key), "-o", "StrictHostKeyChecking=yes",
-            "-o", f"UserKnownHostsFile={lab.known_hosts}", "-o", "BatchMode=yes",
-            f"{user}@{host.address}"]
-
-
-def quote(argv: list[str]) -> str:
-    return shlex.join(argv)

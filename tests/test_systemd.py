@@ -266,8 +266,7 @@ def test_least_privilege_deploy_user_with_only_the_printed_sudoers(
     assert site.unit("green", "UnitFileState") == "disabled"
 
     # Nothing outside the drop-in: no other unit, no shell, no other file.
-    ssh = ["ssh", "-i", str(lab.client_key), "-o", "BatchMode=yes",
-           "-o", f"UserKnownHostsFile={lab.known_hosts}", f"deploy@{server.address}"]
+    ssh = [*server.ssh[:-1], f"deploy@{server.address}"]
     for refused in ("sudo -n systemctl stop nginx", "sudo -n sh -c id",
                     "sudo -n tee /etc/passwd </dev/null",
                     "sudo -n systemctl restart bluegreen-other@blue.service"):
@@ -278,3 +277,67 @@ def test_least_privilege_deploy_user_with_only_the_printed_sudoers(
                  f"/etc/nginx/sites-enabled/{APP} /etc/nginx/sites-available/{APP}-*; "
                  "systemctl daemon-reload; systemctl reload nginx; userdel -r deploy",
                  check=False)
+
+
+def deploy_until(site: Site, version: str, marker: str) -> str:
+    """Start `bluegreen deploy` of ``version`` and cut the server's power as soon as the
+    deploy prints ``marker``; returns what it printed (it ends with a lost connection)."""
+    built = build_sample(site.dir / "build", version)
+    (site.dir / "artifacts").mkdir(exist_ok=True)
+    shutil.copyfile(built, site.dir / "artifacts" / f"sample-{version}.tar.gz")
+    proc = subprocess.Popen([*BLUEGREEN, "deploy", "--version", version], cwd=site.dir,
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                            env={**os.environ, "HOME": str(site.home)})
+    assert proc.stderr is not None
+    seen = ""
+    for line in proc.stderr:
+        seen += line
+        if marker in line:
+            site.host.power_cut()
+            break
+    else:
+        raise AssertionError(f"never reached {marker!r}:\n{seen}")
+    seen += proc.stderr.read()
+    assert proc.wait(60) == 3, seen  # the connection was lost: exit 3
+    return seen
+
+
+# The step lines of a deploy to a server whose idle slot runs the release before.
+POWER_CUT_STEPS = ["uploading", "unpacking", "draining", "stopping", "starting", "is healthy",
+                   "switching"]
+
+
+def test_power_cut_at_each_deploy_step_boots_serving_and_rerun_converges(
+        lab: SystemdLab, tmp_path: Path) -> None:
+    host = lab.add()
+    host.boot()
+    site = Site(lab, host, tmp_path / "project")
+    site.bg("setup")
+    site.deploy("1.0.0")
+    site.deploy("2.0.0")
+    live = ("green", "2.0.0")
+    for n, marker in enumerate(POWER_CUT_STEPS):
+        version = f"3.{n}.0"
+        seen = deploy_until(site, version, marker)
+        host.boot()
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and site.answer().version is None:
+            time.sleep(0.05)
+        answer = site.answer()
+        # After the boot the site serves: the live release, or (cut mid-switch) the new one.
+        served = (answer.colour, answer.version)
+        assert served == live or (marker == "switching" and served[1] == version), (
+            marker, served, seen)
+        status = site.status()
+        assert status["live"] == answer.colour and status["proxy_answer"] == answer.colour
+        # The lock of the run that died is reported as such, and a re-run finishes the job.
+        out = site.deploy(version, check=False)
+        if out.returncode == 4:
+            assert "locked by" in out.stderr
+            site.bg("unlock")
+            out = site.deploy(version, check=False)
+        assert out.returncode == 0, (marker, out.stderr)
+        answer = site.answer()
+        assert answer.version == version, (marker, answer)
+        assert site.status()["slots"][answer.colour]["unit"]["enabled"] is True
+        live = (answer.colour or "", version)

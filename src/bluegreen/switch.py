@@ -8,7 +8,7 @@ from typing import Awaitable, Callable
 
 from bluegreen import records
 from bluegreen.config import Colour
-from bluegreen.errors import BlueGreenError, ProxyError, SplitBrain
+from bluegreen.errors import BlueGreenError, ConnectError, ProxyError, SplitBrain
 from bluegreen.fleet import each
 from bluegreen.output import Reporter
 from bluegreen.proxies import Proxy
@@ -136,6 +136,13 @@ async def switch_all(topo: Topology, targets: dict[str, Colour], event: str, use
         first, first_err = failures[0]
         for p, err in failures[1:]:
             out.error(f"[{p.name}] {step} failed too: {_reason(err)}")
+        lost = next(((p, e) for p, e in failures if isinstance(e, ConnectError)), None)
+        if lost is not None:
+            # The connection died mid-step: whether that proxy switched is unknown here.
+            raise ConnectError(
+                f"{event} interrupted at step '{step}': {_reason(lost[1])}; the switch may be "
+                "half done there: the next setup, deploy, promote, rollback or stop finishes "
+                "it (the target is healthy) or puts it back", host=lost[0].name)
         raise ProxyError(
             f"{event} failed at step '{step}': {_reason(first_err)}"
             + (f"; switched back: {', '.join(p.name for p in switched)}" if switched else
