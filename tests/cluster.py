@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bluegreen.demo.haproxy import PrivateHAProxy
-from conftest import log_tail, sshd_config, with_home
+from conftest import log_tail, private_subnet, sshd_config, with_home
 
 NGINX_PREFIX = "/srv/nginx"  # the same path on every host (each has its own /srv)
 # Every host also runs a HAProxy (its frontend exists only once bluegreen writes one).
@@ -68,7 +68,7 @@ class Cluster:
 
     @property
     def subnet(self) -> int:
-        return 20 + os.getpid() % 200
+        return private_subnet()
 
     @property
     def bridge(self) -> str:

@@ -26,6 +26,13 @@ BLUEGREEN = [sys.executable, "-m", "bluegreen"]
 SERVER_NAME = "testapp.test"
 
 
+def private_subnet() -> int:
+    """The third octet of a /24 for this test process's bridges: distinct for each
+    pytest-xdist worker of a run (up to 5 workers), and most likely from other runs."""
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+    return 20 + (os.getpid() % 40) * 5 + worker % 5
+
+
 def wait_port(port: int, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from conftest import log_tail
+from conftest import log_tail, private_subnet
 
 HIERARCHIES = ("systemd", "unified", "cpu", "cpuacct", "cpuset", "memory", "devices",
                "freezer", "blkio", "pids")
@@ -247,7 +247,7 @@ class SystemdLab:
     def __init__(self, base: Path) -> None:
         self.base = base
         self.tag = f"{os.getpid() % 100000:05d}"
-        self.subnet = 20 + os.getpid() % 200
+        self.subnet = private_subnet()
         self.bridge = f"bgsd{self.tag}"
         self.hosts: list[SystemdHost] = []
         self.client_key = base / "id_ed25519"

@@ -20,12 +20,13 @@ class Fleet:
     """A project deploying to every host of a cluster."""
 
     def __init__(self, cluster: Cluster, dir: Path, balanced: bool = False,
-                 kind: str = "nginx") -> None:
+                 kind: str = "nginx", balancers: int = 1) -> None:
         self.cluster = cluster
         self.kind = kind
-        # balanced: the first host is a load balancer in front of the others.
-        self.balancers = cluster.hosts[:1] if balanced else []
-        self.apps = cluster.hosts[1:] if balanced else cluster.hosts
+        # balanced: the first host(s) are load balancers in front of the others.
+        count = balancers if balanced else 0
+        self.balancers = cluster.hosts[:count]
+        self.apps = cluster.hosts[count:]
         self.dir = dir
         self.home = dir / "home"
         self.home.mkdir()
@@ -323,5 +324,84 @@ def test_haproxy_on_every_host_all_or_nothing(tmp_path: Path) -> None:
         for h in cluster.hosts:
             map_file = h.dir / "srv" / "haproxy" / "conf.d" / "testapp.map"
             assert map_file.read_text().splitlines()[-1] == "live green"
+    finally:
+        cluster.down()
+
+
+class Load:
+    """An independent client in a thread: keep-alive-free GETs through the given balancers,
+    counting failures and which releases answered."""
+
+    def __init__(self, hosts: list[NsHost]) -> None:
+        import threading
+
+        self.hosts = hosts
+        self.failures: list[str] = []
+        self.versions: set[str | None] = set()
+        self.requests = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for h in self.hosts:
+                a = get_from(h)
+                self.requests += 1
+                if a.status != 200:
+                    self.failures.append(f"{h.name}: {a.status} {a.body[:80]}")
+                self.versions.add(a.version)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
+def test_host_selection_behind_balancers_and_balancers_that_disagree(tmp_path: Path) -> None:
+    """h1, h2 balance h3, h4. A switch limited by --host would send the balancers' traffic
+    to h4's slot, which nobody checked: refused. Balancers on different colours are put
+    back on one by `promote COLOUR`."""
+    cluster = Cluster(tmp_path / "cluster", 4)
+    (tmp_path / "cluster").mkdir()
+    try:
+        cluster.up()
+        (tmp_path / "project").mkdir()
+        fleet = Fleet(cluster, tmp_path / "project", balanced=True, balancers=2)
+        lb1, lb2 = cluster.hosts[:2]
+        fleet.bg("setup")
+        fleet.deploy("1.0.0")
+        load = Load([lb1, lb2])
+        try:
+            for args in (["deploy", "--version", "2.0.0", "--host", "h3"],
+                         ["promote", "--host", "h3"], ["rollback", "--host", "h3"]):
+                if args[0] == "deploy":
+                    out = fleet.deploy("2.0.0", "--host", "h3", check=2)
+                else:
+                    out = fleet.bg(*args, check=2)
+                assert "--host with [[load_balancers]]" in out.stderr and "h4" in out.stderr
+            fleet.deploy("2.0.0", "--host", "h3", "--no-promote")  # staging one host is fine
+            out = fleet.bg("promote", check=1)  # checks every app host: h4's green is empty
+            assert "[h4] green is not healthy" in out.stderr and "nothing was switched" in out.stderr
+        finally:
+            load.stop()
+        assert load.requests > 20 and load.failures == [], load.failures
+        assert load.versions == {"1.0.0"}  # never the release that was only staged
+
+        # A balancer put on green by hand: the balancers disagree.
+        nginx = fleet.cluster.nginx_commands()
+        lb2.exec("ln", "-sfn", f"{nginx['sites_available']}/testapp-green",
+                 f"{nginx['sites_enabled']}/testapp")
+        lb2.exec("sh", "-c", nginx["reload"])
+        data = json.loads(fleet.bg("status", "--json").stdout)
+        assert data["split_brain"] is True
+        assert "promote blue" in " ".join(data["problems"])
+        out = fleet.deploy("3.0.0", check=1)
+        assert "split brain" in out.stderr and "`bluegreen promote blue`" in out.stderr
+        out = fleet.bg("promote", "blue")
+        assert "[h2] switching green -> blue" in out.stderr
+        data = json.loads(fleet.bg("status", "--json").stdout)
+        assert data["split_brain"] is False
+        assert [lb["live"] for lb in data["load_balancers"]] == ["blue", "blue"]
+        assert {get_from(lb).version for lb in (lb1, lb2) for _ in range(5)} == {"1.0.0"}
     finally:
         cluster.down()

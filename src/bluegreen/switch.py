@@ -136,17 +136,15 @@ async def switch_all(topo: Topology, targets: dict[str, Colour], event: str, use
         first, first_err = failures[0]
         for p, err in failures[1:]:
             out.error(f"[{p.name}] {step} failed too: {_reason(err)}")
-        lost = next(((p, e) for p, e in failures if isinstance(e, ConnectError)), None)
-        if lost is not None:
-            # The connection died mid-step: whether that proxy switched is unknown here.
-            raise ConnectError(
-                f"{event} interrupted at step '{step}': {_reason(lost[1])}; the switch may be "
-                "half done there: the next setup, deploy, promote, rollback or stop finishes "
-                "it (the target is healthy) or puts it back", host=lost[0].name)
+        lost = [p.name for p, e in failures if isinstance(e, ConnectError)]
         raise ProxyError(
             f"{event} failed at step '{step}': {_reason(first_err)}"
-            + (f"; switched back: {', '.join(p.name for p in switched)}" if switched else
-               "; no host was switched"),
+            + (f"; switched back: {', '.join(p.name for p in switched)}" if switched else "")
+            # A connection lost mid-step: whether that proxy switched is unknown here.
+            + (f"; the switch may be half done on {', '.join(lost)} (the connection was "
+               "lost): the next setup, deploy, promote, rollback or stop finishes it (the "
+               "target is healthy) or puts it back" if lost else
+               "" if switched else "; no host was switched"),
             host=first.name)
     for a in topo.apps:
         state = await a.slots.state(targets[a.name])

@@ -77,6 +77,18 @@ async def locked(ctx: Context, topo: Topology) -> AsyncIterator[None]:
         yield
 
 
+def _refuse_partial_switch(ctx: Context, what: str) -> None:
+    """With load balancers, a switch moves the traffic of every app host: one limited by
+    --host would send traffic to slots nobody checked (invariant 6). Refused, exit 2."""
+    skipped = [h.label for h in ctx.cfg.hosts if h not in ctx.hosts]
+    if ctx.cfg.load_balancers and skipped:
+        raise ConfigError(
+            f"--host with [[load_balancers]]: {what} switches the load balancers, which send "
+            f"traffic to the slots of every app host, and {', '.join(skipped)} would not be "
+            "checked; run it without --host (`deploy --host NAME --no-promote` stages a "
+            "release on some hosts; `promote` then checks every one)")
+
+
 async def _failed(ctx: Context, topo: Topology, err: BlueGreenError) -> None:
     await records.record_failure([a.node for a in topo.apps], ctx.user, err)
 
@@ -150,6 +162,8 @@ class DeployResult:
 
 async def deploy(ctx: Context, art: Artifact, *, promote: bool = True) -> DeployResult:
     """Upload, start and health-check the release on each host's idle slot, then switch."""
+    if promote:
+        _refuse_partial_switch(ctx, "deploy")
     secrets = load_secrets(ctx.cfg)
     ctx.out.add_secrets(list(secrets.values()))
     async with connected(ctx) as topo, locked(ctx, topo):
@@ -212,15 +226,19 @@ async def _deploy_host(a: AppHost, art: Artifact, target: Colour, live: Colour |
 
 async def promote(ctx: Context, colour: Colour | None, *,
                   event: str = "promote") -> dict[str, Colour]:
-    """Switch every host to ``colour`` (default: the idle one) after checking it is healthy."""
+    """Switch every host to ``colour`` (default: the idle one) after checking it is healthy.
+    A colour named puts every proxy on it, also load balancers that disagree."""
+    _refuse_partial_switch(ctx, event)
     async with connected(ctx) as topo, locked(ctx, topo):
         apps = topo.apps
         if colour is None:
             await refuse_split(topo, event, ctx.out)
+            lives = await each(apps, lambda a: a.require_live(), ctx.out)
+            targets = {a.name: live.other for a, live in zip(apps, lives)}
         else:
             await finish_interrupted(topo, ctx.out)
-        lives = await each(apps, lambda a: a.require_live(), ctx.out)
-        targets = {a.name: colour or live.other for a, live in zip(apps, lives)}
+            targets = {a.name: colour for a in apps}
+        proxy_lives = await each(topo.proxies, lambda p: p.live_colour(), ctx.out)
         first = apps[0]
         state = await first.slots.state(targets[first.name])
         hook_args: dict[str, Any] = {"colour": targets[first.name].value,
@@ -229,7 +247,7 @@ async def promote(ctx: Context, colour: Colour | None, *,
         before: Callable[[], Awaitable[None]] | None = None
         if event == "rollback":
             await each(apps, lambda a: _can_roll_back(a, targets[a.name]), ctx.out)
-        elif any(targets[a.name] is not live for a, live in zip(apps, lives)):
+        elif any(live is not targets[apps[0].name] for live in proxy_lives):
             before = lambda: run_hook(ctx.cfg, "pre_promote", ctx.out, **hook_args)  # noqa: E731
         try:
             await switch_all(topo, targets, event, ctx.user, ctx.out, before)

@@ -6,7 +6,7 @@ import re
 import shlex
 from pathlib import PurePosixPath
 
-from bluegreen.config import Colour, Config, NginxSettings, render
+from bluegreen.config import Colour, Config, NginxSettings, parse_listen, render
 from bluegreen.plan.files import Argv, Steps, remove_config, replace_config, sh
 from bluegreen.plan.template import render_proxy_config
 
@@ -77,10 +77,26 @@ def remove_link(cfg: Config, use_sudo: bool) -> Argv:
     return remove_config(link(cfg), use_sudo)
 
 
-def old_workers() -> Argv:
-    """The pids of nginx workers still serving a configuration from before a reload
-    (nginx retitles them "worker process is shutting down")."""
-    return ["pgrep", "-f", "^nginx: worker process is shutting down"]
+def old_workers(cfg: Config) -> Argv:
+    """The pids of this nginx's workers still serving a configuration from before a reload
+    (nginx retitles them "worker process is shutting down"). This nginx: the master of the
+    processes listening on ``proxy.listen``'s port, so another nginx on the machine that
+    reloads does not stretch a drain. When the SSH user cannot see those processes (not
+    root), every nginx's are counted."""
+    _, port = parse_listen(cfg.proxy.listen)
+    return sh(
+        'masters=""\n'
+        'for p in $(ss -Htlnp "sport = :$1" | grep -o "pid=[0-9]*" | cut -d= -f2 | sort -u); do\n'
+        '  [ "$(cat "/proc/$p/comm" 2>/dev/null)" = nginx ] || continue\n'
+        '  pp=$(ps -o ppid= -p "$p" | tr -d " ")\n'
+        '  if [ "$(cat "/proc/$pp/comm" 2>/dev/null)" = nginx ]; then masters="$masters $pp"; '
+        'else masters="$masters $p"; fi\n'
+        "done\n"
+        'if [ -z "$masters" ]; then pgrep -f "^nginx: worker process is shutting down"; exit 0; fi\n'
+        'for m in $(echo $masters | tr " " "\\n" | sort -u); do\n'
+        '  pgrep -P "$m" -f "^nginx: worker process is shutting down"\n'
+        "done\n"
+        "exit 0\n", str(port))
 
 
 KEEPALIVE_MIN_TIMEOUT_SINCE = (1, 27, 4)

@@ -107,7 +107,7 @@ class NginxProxy(Proxy):
         await self.reload()
 
     async def old_workers(self) -> int:
-        result = await self.node.run(nginx.old_workers(), check=False)
+        result = await self.node.run(nginx.old_workers(self.cfg), check=False)
         return len(result.stdout.split())
 
     async def checks(self) -> list[Finding]:
