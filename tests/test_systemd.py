@@ -352,8 +352,10 @@ def test_haproxy_kind_on_a_systemd_server_survives_a_power_cut(
     setup reloads it with `systemctl reload haproxy`, the switch goes through its runtime
     API, and after a power cut it serves the live colour from the map file."""
     host = lab.add()
-    host.shell("rm -f /etc/systemd/system/haproxy.service && mkdir -p /etc/haproxy/conf.d && "
-               "echo 'EXTRAOPTS=\"-f /etc/haproxy/conf.d\"' > /etc/default/haproxy")
+    (host.upper / "etc" / "systemd" / "system" / "haproxy.service").unlink()  # unmasked
+    (host.upper / "etc" / "haproxy" / "conf.d").mkdir(parents=True)
+    (host.upper / "etc" / "default").mkdir()
+    (host.upper / "etc" / "default" / "haproxy").write_text('EXTRAOPTS="-f /etc/haproxy/conf.d"\n')
     host.boot()
     assert host.exec("systemctl", "is-active", "haproxy").stdout.strip() == "active"
     site = Site(lab, host, tmp_path / "project")
