@@ -70,6 +70,7 @@ def main() -> None:
     results: dict[str, object] = {}
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)
+        (base / "lab").mkdir()
         lab = SystemdLab(base / "lab")
         cluster = Cluster(base / "cluster", 1)
         (base / "cluster").mkdir()
@@ -84,6 +85,7 @@ def main() -> None:
             results["power_cut"] = {k: statistics.median(c[k] for c in cuts if k in c)
                                     for k in cuts[0]}
             cluster.up()
+            (base / "fleet").mkdir()
             fleet = Fleet(cluster, base / "fleet")
             fleet.bg("setup")
             fleet.deploy("1.0.0")
@@ -92,7 +94,7 @@ def main() -> None:
                 deploys, promotes = [], []
                 for i in range(args.rounds):
                     deploys.append(timed(target.deploy, f"5.{i}.0"))
-                    promotes.append(timed(target.bg, "rollback"))
+                    promotes.append(timed(target.bg, "rollback"))  # = promote the other colour
                     target.bg("promote")
                 speed[name] = {"deploy": statistics.median(deploys),
                                "promote": statistics.median(promotes)}
