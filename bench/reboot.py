@@ -18,7 +18,6 @@ import statistics
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,9 +25,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from cluster import Cluster  # noqa: E402
 from conftest import get  # noqa: E402
-from systemd_host import SystemdLab  # noqa: E402
+from systemd_host import Site, SystemdLab  # noqa: E402
 from test_multihost import Fleet  # noqa: E402
-from test_systemd import Site  # noqa: E402
 
 
 def idle_healthy(site: Site, port: int) -> bool:

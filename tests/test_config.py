@@ -106,7 +106,7 @@ def test_presets_are_valid_configs(preset: str, tmp_path: Path) -> None:
     cfg = parse_config(tomllib.loads(text), tmp_path)
     assert cfg.app == "shop-api"
     if preset == "elixir":
-        assert cfg.run.start == "bin/shop-api daemon" and cfg.run.stop == "bin/shop-api stop"
+        assert cfg.run.command == "exec bin/shop-api start" and cfg.run.start is None
         assert cfg.run.env["RELEASE_NODE"] == "{app}_{color}"
         assert cfg.run.env["RELEASE_TMP"] == "{slot_dir}/tmp"
         assert cfg.run.migrate == "bin/shop-api eval 'ShopApi.Release.migrate()'"

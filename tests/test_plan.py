@@ -205,7 +205,7 @@ def test_systemd_unit_and_start_script() -> None:
     assert "ExecStart=/bin/sh /srv/shop/slots/%i/start.sh" in unit
     assert "User=deploy" in unit and "TimeoutStopSec=30" in unit
     as_root = CFG.hosts[0].model_copy(update={"address": "root@web1"})
-    assert "User=" not in systemd.render_unit(CFG, layout, as_root)
+    assert "User=root" in systemd.render_unit(CFG, layout, as_root)
     s = slot.Slot(Colour.GREEN, 5000, layout, "1.0.0-abc", "1.0.0")
     script = systemd.start_script(CFG, s)
     assert script.splitlines()[2:] == [

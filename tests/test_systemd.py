@@ -1,91 +1,20 @@
 """Slots under systemd on real Debian servers with systemd as PID 1 (namespaces over an
 overlay of /, see tests/systemd_host.py): the system nginx and `systemctl reload nginx`,
-units per colour, a power cut and boot, the journal."""
+units per colour, the journal, a least-privilege deploy user, an Elixir release. Power cuts
+are in test_systemd_power.py."""
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import subprocess
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import pytest
 
-from bluegreen.demo.nginx import build_sample
-from conftest import BLUEGREEN, SERVER_NAME, Answer, get, to_toml
-from systemd_host import SystemdHost, SystemdLab
-
-APP = "testapp"
-UNIT = f"/etc/systemd/system/bluegreen-{APP}@.service"
-
-
-class Site:
-    """A user's project deploying to one systemd server, as root over SSH."""
-
-    def __init__(self, lab: SystemdLab, host: SystemdHost, dir: Path,
-                 user: str = "root") -> None:
-        self.lab, self.host, self.dir, self.user = lab, host, dir, user
-        self.home = dir / "home"
-        self.home.mkdir(parents=True)
-        self.run: dict[str, Any] = {}
-        self.proxy: dict[str, Any] = {"listen": "80", "reload": "systemctl reload nginx"}
-        self.write_config()
-
-    def write_config(self) -> None:
-        data: dict[str, Any] = {
-            "app": APP,
-            "release": {"version": "1.0.0", "artifact": "artifacts/sample-{version}.tar.gz"},
-            "run": {"command": "exec python3 app.py", "health_timeout": 15, "stop_timeout": 5,
-                    "drain_timeout": 2, **self.run},
-            "slots": {"blue": 4000, "green": 5000},
-            "proxy": {"server_name": SERVER_NAME, **self.proxy},
-            "hosts": [{"address": f"{self.user}@{self.host.address}", "name": "web1",
-                       "deploy_to": f"/srv/{APP}", "identity_file": str(self.lab.client_key),
-                       "known_hosts": str(self.lab.known_hosts),
-                       **({"sudo": True} if self.user != "root" else {})}],
-        }
-        (self.dir / "bluegreen.toml").write_text(to_toml(data))
-
-    def bg(self, *args: str, check: int | bool = True) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run([*BLUEGREEN, *args], cwd=self.dir, capture_output=True, text=True,
-                              timeout=180, env={**os.environ, "HOME": str(self.home),
-                                                "COLUMNS": "200", "NO_COLOR": "1"})
-        expected = 0 if check is True else check
-        if check is not False and proc.returncode != expected:
-            raise AssertionError(f"bluegreen {' '.join(args)} exited {proc.returncode}, "
-                                 f"expected {expected}\n{proc.stdout}\n{proc.stderr}")
-        return proc
-
-    def deploy(self, version: str, *args: str, mode: str | None = None,
-               check: int | bool = True) -> subprocess.CompletedProcess[str]:
-        built = build_sample(self.dir / "build", version, mode)
-        dest = self.dir / "artifacts" / f"sample-{version}.tar.gz"
-        dest.parent.mkdir(exist_ok=True)
-        shutil.copyfile(built, dest)
-        return self.bg("deploy", "--version", version, *args, check=check)
-
-    def answer(self) -> Answer:
-        return get(80, address=self.host.address, timeout=2)
-
-    def status(self) -> dict[str, Any]:
-        data: dict[str, Any] = json.loads(self.bg("status", "--json").stdout)["hosts"][0]
-        return data
-
-    def unit(self, colour: str, prop: str) -> str:
-        return self.host.exec("systemctl", "show", "-p", prop, "--value",
-                              f"bluegreen-{APP}@{colour}.service").stdout.strip()
-
-
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SystemdLab]:
-    lab = SystemdLab(tmp_path_factory.mktemp("systemd"))
-    try:
-        yield lab
-    finally:
-        lab.down()
+from conftest import BLUEGREEN
+from systemd_host import APP, UNIT, Site, SystemdHost, SystemdLab, lab  # noqa: F401 (fixture)
 
 
 @pytest.fixture(scope="module")
@@ -181,40 +110,6 @@ def test_unit_template_override(site: Site) -> None:
     assert site.answer().version == "1.0.0"
 
 
-def test_power_cut_after_two_deploys_serves_the_live_release_on_boot(
-        lab: SystemdLab, tmp_path: Path) -> None:
-    host = lab.add()
-    host.boot()
-    site = Site(lab, host, tmp_path / "project")
-    site.bg("setup")
-    site.deploy("1.0.0")
-    site.deploy("2.0.0")
-    assert (site.answer().colour, site.answer().version) == ("green", "2.0.0")
-
-    host.power_cut()
-    assert site.answer().status == 0  # the server is off
-    host.boot()
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline and site.answer().version != "2.0.0":
-        time.sleep(0.05)
-    answer = site.answer()
-    assert (answer.colour, answer.version) == ("green", "2.0.0")
-    status = site.status()
-    assert status["live"] == "green" and status["slots"]["blue"]["healthy"] is True
-    site.bg("rollback")  # the idle colour came back too: rollback is instant
-    assert site.answer().version == "1.0.0"
-
-    # A colour that `stop` stopped stays stopped after a reboot.
-    site.bg("stop", "green")
-    host.power_cut()
-    host.boot()
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline and site.answer().version != "1.0.0":
-        time.sleep(0.05)
-    assert site.answer().version == "1.0.0"
-    assert site.unit("green", "ActiveState") == "inactive"
-
-
 # The one-time preparation of a server for a deploy user, as docs/servers.md gives it.
 PREPARE_DEPLOY_USER = f"""
 useradd --create-home --shell /bin/bash deploy
@@ -279,103 +174,45 @@ def test_least_privilege_deploy_user_with_only_the_printed_sudoers(
                  check=False)
 
 
-def deploy_until(site: Site, version: str, marker: str) -> str:
-    """Start `bluegreen deploy` of ``version`` and cut the server's power as soon as the
-    deploy prints ``marker``; returns what it printed (it ends with a lost connection)."""
-    built = build_sample(site.dir / "build", version)
-    (site.dir / "artifacts").mkdir(exist_ok=True)
-    shutil.copyfile(built, site.dir / "artifacts" / f"sample-{version}.tar.gz")
-    proc = subprocess.Popen([*BLUEGREEN, "deploy", "--version", version], cwd=site.dir,
-                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-                            env={**os.environ, "HOME": str(site.home)})
-    assert proc.stderr is not None
-    seen = ""
-    for line in proc.stderr:
-        seen += line
-        if marker in line:
-            site.host.power_cut()
-            break
-    else:
-        raise AssertionError(f"never reached {marker!r}:\n{seen}")
-    seen += proc.stderr.read()
-    # The connection was lost: exit 3, or 1 during the switch (nothing switched elsewhere),
-    # saying the switch may be half done there.
-    status = proc.wait(60)
-    assert status == 3 or (status == 1 and "may be half done" in seen), seen
-    return seen
 
 
-# The step lines of a deploy to a server whose idle slot runs the release before.
-POWER_CUT_STEPS = ["uploading", "unpacking", "draining", "stopping", "starting", "is healthy",
-                   "switching"]
+def test_elixir_release_in_the_foreground_under_systemd(site: Site, tmp_path: Path) -> None:
+    """The Elixir preset's way under systemd: `bin/APP start` in the foreground, a node per
+    colour (RELEASE_NODE), migrations with the slot's release, a console on the slot's node."""
+    import pexpect
 
+    from test_elixir import build_elixir_release
 
-def test_power_cut_at_each_deploy_step_boots_serving_and_rerun_converges(
-        lab: SystemdLab, tmp_path: Path) -> None:
-    host = lab.add()
-    host.boot()
-    site = Site(lab, host, tmp_path / "project")
-    site.bg("setup")
-    site.deploy("1.0.0")
-    site.deploy("2.0.0")
-    live = ("green", "2.0.0")
-    for n, marker in enumerate(POWER_CUT_STEPS):
-        version = f"3.{n}.0"
-        seen = deploy_until(site, version, marker)
-        host.boot()
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and site.answer().version is None:
-            time.sleep(0.05)
-        answer = site.answer()
-        # After the boot the site serves: the live release, or (cut mid-switch) the new one.
-        served = (answer.colour, answer.version)
-        assert served == live or (marker == "switching" and served[1] == version), (
-            marker, served, seen)
-        status = site.status()
-        assert status["live"] == answer.colour and status["proxy_answer"] == answer.colour
-        # The lock of the run that died is reported as such, and a re-run finishes the job.
-        out = site.deploy(version, check=False)
-        if out.returncode == 4:
-            assert "locked by" in out.stderr
-            site.bg("unlock")
-            out = site.deploy(version, check=False)
-        assert out.returncode == 0, (marker, out.stderr)
-        answer = site.answer()
-        assert answer.version == version, (marker, answer)
-        assert site.status()["slots"][answer.colour]["unit"]["enabled"] is True
-        live = (answer.colour or "", version)
-
-
-def test_haproxy_kind_on_a_systemd_server_survives_a_power_cut(
-        lab: SystemdLab, tmp_path: Path) -> None:
-    """The system HAProxy (haproxy.service, conf.d loaded through /etc/default/haproxy):
-    setup reloads it with `systemctl reload haproxy`, the switch goes through its runtime
-    API, and after a power cut it serves the live colour from the map file."""
-    host = lab.add()
-    (host.upper / "etc" / "systemd" / "system" / "haproxy.service").unlink()  # unmasked
-    (host.upper / "etc" / "haproxy" / "conf.d").mkdir(parents=True)
-    (host.upper / "etc" / "default").mkdir()
-    (host.upper / "etc" / "default" / "haproxy").write_text('EXTRAOPTS="-f /etc/haproxy/conf.d"\n')
-    host.boot()
-    assert host.exec("systemctl", "is-active", "haproxy").stdout.strip() == "active"
-    site = Site(lab, host, tmp_path / "project")
-    site.proxy = {"kind": "haproxy", "listen": "8080", "reload": ""}
+    tree = build_elixir_release(tmp_path / "elixir")
+    site.run = {"command": "exec bin/bgapp start", "migrate": "bin/bgapp eval "
+                "'Bgapp.Release.migrate()'", "console": "bin/bgapp remote", "health_timeout": 30,
+                "stop_timeout": 15, "env": {"RELEASE_NODE": "{app}_{color}",
+                                             "RELEASE_TMP": "{slot_dir}/tmp",
+                                             "MIGRATIONS_FILE": "{deploy_to}/migrations.log"}}
     site.write_config()
     site.bg("setup")
-    site.deploy("1.0.0")
-    pid = host.exec("systemctl", "show", "-p", "MainPID", "--value", "haproxy").stdout.strip()
-    site.deploy("2.0.0")
-    answer = get(8080, address=host.address)
-    assert (answer.colour, answer.version) == ("green", "2.0.0")
-    # The switch went through the runtime API: the same HAProxy, not restarted.
-    assert host.exec("systemctl", "show", "-p", "MainPID", "--value",
-                     "haproxy").stdout.strip() == pid
-    host.power_cut()
-    host.boot()
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline and get(8080, address=host.address).version != "2.0.0":
-        time.sleep(0.05)
-    answer = get(8080, address=host.address)
-    assert (answer.colour, answer.version) == ("green", "2.0.0")
+    for version in ("1.0.0", "2.0.0", "3.0.0", "4.0.0"):
+        (tree / "VERSION").write_text(version + "\n")
+        artifact = site.dir / "artifacts" / f"sample-{version}.tar.gz"
+        artifact.parent.mkdir(exist_ok=True)
+        subprocess.run(["tar", "-czf", str(artifact), "-C", str(tree), "."], check=True)
+        site.bg("deploy", "--version", version)
+    # Each colour was stopped and started again since the first deploy: the node still
+    # reachable for the console proves the port mapper (epmd.service) outlives the slots.
+    assert site.answer().body.startswith("hello from 4.0.0 (green)")
+    assert site.unit("blue", "ActiveState") == "active"  # both nodes run side by side
+    migrations = site.host.exec("cat", f"/srv/{APP}/migrations.log").stdout
+    assert "migrated 4.0.0 colour=green" in migrations
+    pid = site.unit("green", "MainPID")
+    child = pexpect.spawn(BLUEGREEN[0], [*BLUEGREEN[1:], "console"], cwd=str(site.dir),
+                          env={**os.environ, "HOME": str(site.home), "TERM": "xterm"},
+                          encoding="utf-8", timeout=30)
+    try:
+        child.expect(r"iex\([^)]*testapp_green@[^)]*\)\d+>")
+        child.sendline('IO.puts("answer=#{node()}/#{Bgapp.version()}")')
+        child.expect(r"answer=testapp_green@[^/\s]+/4\.0\.0\r\n")
+    finally:
+        child.terminate(force=True)
+    assert site.unit("green", "MainPID") == pid  # the console did not disturb the node
     site.bg("rollback")
-    assert get(8080, address=host.address).version == "1.0.0"
+    assert site.answer().body.startswith("hello from 3.0.0 (blue)")
