@@ -283,6 +283,51 @@ class Project:
             kill_listeners(port)
 
 
+@dataclass(frozen=True)
+class LiveSlot:
+    """Everything about the live slot that no deploy may touch (invariants 1 and 2), and
+    the proxy's state: compared before and after a command."""
+
+    colour: str
+    pid: int | None  # the process listening on the live port
+    state: str  # slots/<colour>/state.json
+    env: str  # slots/<colour>/env
+    release: str  # sha256 over the live release dir's paths and contents
+    link: str  # the nginx link's target (haproxy: the map file's text)
+    proxy_workers: tuple[int, ...]  # nginx's worker pids: a reload replaces them
+
+
+def live_slot(p: Project) -> LiveSlot:
+    """A snapshot of ``p``'s live slot and proxy, read directly from disk and /proc."""
+    import hashlib
+
+    if isinstance(p.nginx, PrivateNginx):
+        link = os.readlink(p.nginx.sites_enabled / "testapp")
+        colour = link.rsplit("-", 1)[1]
+    else:
+        link = (p.nginx.prefix / "conf.d" / "testapp.map").read_text()
+        colour = link.split()[1]
+    slot = p.deploy_to / "slots" / colour
+    state = (slot / "state.json").read_text()
+    release = Path(json.loads(state)["cwd"])
+    digest = hashlib.sha256()
+    for path in sorted(release.rglob("*")):
+        digest.update(str(path.relative_to(release)).encode())
+        if path.is_file():
+            digest.update(path.read_bytes())
+    port = p.blue if colour == "blue" else p.green
+    out = subprocess.run(["ss", "-Htlnp", f"sport = :{port}"], capture_output=True,
+                         text=True).stdout
+    import re
+
+    pids = sorted({int(x) for x in re.findall(r"pid=(\d+)", out)})
+    master = p.nginx.pid()
+    workers = subprocess.run(["pgrep", "-P", str(master)], capture_output=True,
+                             text=True).stdout.split() if master else []
+    return LiveSlot(colour, pids[0] if pids else None, state, (slot / "env").read_text(),
+                    digest.hexdigest(), link, tuple(sorted(int(w) for w in workers)))
+
+
 def kill_listeners(port: int) -> None:
     out = subprocess.run(["ss", "-Htlnp", f"sport = :{port}"], capture_output=True,
                          text=True).stdout

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 
-from conftest import Project, get
+from conftest import Project, get, live_slot
 
 
 def setup(p: Project) -> None:
@@ -94,7 +94,9 @@ def test_promote_already_live_and_explicit_promote(project: Project) -> None:
 def test_app_that_exits_at_start_is_not_promoted(project: Project) -> None:
     setup(project)
     project.deploy("1.0.0")
+    before = live_slot(project)
     out = project.deploy("2.0.0", mode="exit", check=5)
+    assert live_slot(project) == before  # the live slot's process, files, link: untouched
     assert "the process exited" in out.stderr
     assert "exiting at start on purpose" in out.stderr  # the log tail
     a = project.answer()
@@ -111,7 +113,9 @@ def test_never_healthy_release_is_not_promoted(project: Project) -> None:
     project.write_config()
     setup(project)
     project.deploy("1.0.0")
+    before = live_slot(project)
     out = project.deploy("2.0.0", mode="unhealthy", check=5)
+    assert live_slot(project) == before
     assert "answered HTTP 500" in out.stderr
     assert "listening on 127.0.0.1" in out.stderr  # log tail shown
     a = project.answer()
@@ -130,7 +134,9 @@ def test_foreign_process_on_idle_port(project: Project) -> None:
         from conftest import wait_port
 
         wait_port(project.green)
+        before = live_slot(project)
         out = project.deploy("2.0.0", check=5)
+        assert live_slot(project) == before
         assert "not the slot's own" in out.stderr
         assert squatter.poll() is None  # not ours: left alone
         a = project.answer()
@@ -148,14 +154,15 @@ def test_rejected_site_template_puts_link_back(project: Project) -> None:
     template.write_text("server { listen {{ listen }}; this_is_not_a_directive on; }\n")
     project.extra_proxy = {"template": "broken.conf.j2"}
     project.write_config()
-    master_before = project.nginx.pid()
+    before = live_slot(project)
     out = project.bg("promote", check=1)
     assert "rejected the site" in out.stderr
     assert "link put back to blue" in out.stderr
     assert project.link_target().endswith("testapp-blue")
     a = project.answer()
     assert (a.colour, a.version) == ("blue", "1.0.0")
-    assert project.nginx.pid() == master_before
+    # Nothing reloaded: a reload would have replaced nginx's workers (its master stays).
+    assert live_slot(project) == before
 
 
 def test_lock_held_exits_4_and_unlock_clears_it(project: Project) -> None:
@@ -320,3 +327,27 @@ def test_build_version_command_and_prune(local_project: Project) -> None:
     assert p.answer().version == "5.0.2"
     out = p.bg("prune", "--keep", "1")
     assert "removed 0 release(s)" in out.stdout  # both remaining releases are in slots
+
+
+def test_deploys_never_touch_the_live_slot(project: Project) -> None:
+    """Invariant 2, checked on the slot itself: a deploy to the idle colour, a re-deploy of
+    the live release (a no-op there) and one whose release is already uploaded leave the
+    live slot's process, state, env and release files as they were."""
+    setup(project)
+    project.deploy("1.0.0")
+    before = live_slot(project)
+    # The same artifact again (rebuilding it would give another sha256: gzip's mtime).
+    out = project.bg("deploy", "--version", "1.0.0")  # the live release: nothing to do
+    assert "already live on blue; nothing to deploy here" in out.stderr
+    assert "uploading" not in out.stderr
+    assert live_slot(project) == before
+    project.deploy("2.0.0", "--no-promote")
+    assert live_slot(project) == before
+    project.bg("promote")
+    live_green = live_slot(project)
+    assert live_green.colour == "green" and live_green.proxy_workers != before.proxy_workers
+    project.bg("rollback")
+    before = live_slot(project)
+    out = project.bg("deploy", "--version", "2.0.0", "--no-promote")  # already on the host
+    assert "already on the host; upload skipped" in out.stderr
+    assert live_slot(project) == before
