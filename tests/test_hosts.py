@@ -98,13 +98,23 @@ def test_secrets_never_printed_and_metacharacters_stay_text(project: Project) ->
                  (project.deploy_to / "history.jsonl").read_text()):
         assert secret not in text
     assert "db password is ********" in out2.stderr  # the log tail, masked
+    # Every remote command shown (-v), the JSON progress lines, the logs and check.
+    project.artifact("3.0.0")
+    verbose = project.bg("deploy", "--version", "3.0.0", "-v", "--json")
+    assert json.loads(verbose.stdout)["ok"] is True and '"level"' in verbose.stderr
+    logs = project.bg("logs", "-n", "500")
+    assert "db password is ********" in logs.stdout
+    check = project.bg("check")
+    for text in (verbose.stdout, verbose.stderr, logs.stdout, logs.stderr, check.stdout,
+                 check.stderr):
+        assert secret not in text
     for marker in ("pwned1", "pwned2", "pwned3"):
         assert not (project.dir / marker).exists()
     shared = project.deploy_to / "shared" / ".env"
     assert oct(shared.stat().st_mode & 0o777) == "0o600"
     assert oct((project.deploy_to / "slots" / "blue" / "env").stat().st_mode & 0o777) == "0o600"
     # The app got the values as plain text.
-    pid = project.status()["slots"]["blue"]["pid"]
+    pid = project.status()["slots"]["green"]["pid"]
     environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
     assert f"DATABASE_PASSWORD={secret}".encode() in environ
     assert f"QUOTED=a b $(touch {project.dir}/pwned1)".encode() in environ
