@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import time
+from typing import IO
 
 from conftest import BLUEGREEN, Project
 
@@ -54,6 +55,24 @@ def test_failing_pre_hook_changes_nothing(project: Project) -> None:
     assert (a.colour, a.version) == ("blue", "1.0.0")
 
 
+def read_until(stream: IO[str], marker: str, timeout: float) -> str:
+    """Lines from ``stream`` until one holds ``marker`` or ``timeout`` passes (never blocks
+    past it)."""
+    import select
+
+    seen = ""
+    deadline = time.monotonic() + timeout
+    while marker not in seen:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([stream], [], [], left)[0]:
+            break
+        line = stream.readline()
+        if not line:
+            break
+        seen += line
+    return seen
+
+
 def test_logs_show_and_follow_the_slot_log(project: Project) -> None:
     p = project
     p.bg("setup")
@@ -64,18 +83,15 @@ def test_logs_show_and_follow_the_slot_log(project: Project) -> None:
     assert "1.0.0" not in out.stdout
     out = p.bg("logs", "--color", "blue", "-n", "1")
     assert out.stdout.strip() == f"sample app 1.0.0 (blue) listening on 127.0.0.1:{p.blue}"
-    follower = subprocess.Popen([*BLUEGREEN, "logs", "-f", "--color", "blue", "-n", "0"],
+    follower = subprocess.Popen([*BLUEGREEN, "logs", "-f", "--color", "blue", "-n", "1"],
                                 cwd=p.dir, env={**os.environ, "HOME": str(p.home)},
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        time.sleep(1.0)
-        p.bg("stop", "blue")  # the app logs its shutdown: the follower must print it
         assert follower.stdout is not None
-        deadline = time.monotonic() + 20
-        seen = ""
-        while time.monotonic() < deadline and "stopped" not in seen:
-            seen += follower.stdout.readline()
-        assert "sample app 1.0.0 (blue) stopped" in seen
+        # Its first line (the last one there) says it follows: only then stop the slot.
+        assert "listening" in read_until(follower.stdout, "listening", 20)
+        p.bg("stop", "blue")  # the app logs its shutdown: the follower must print it
+        assert "sample app 1.0.0 (blue) stopped" in read_until(follower.stdout, "stopped", 20)
     finally:
         follower.terminate()
         follower.wait(10)

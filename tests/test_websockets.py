@@ -80,11 +80,18 @@ def drain_ends_early(p: Project, stack: ExitStack) -> None:
     deploy = subprocess.Popen([*BLUEGREEN, "deploy", "--version", "3.0.0"], cwd=p.dir,
                               env={**os.environ, "HOME": str(p.home)}, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
-    time.sleep(2)
-    assert deploy.poll() is None  # still draining green's three websockets
+    assert deploy.stderr is not None
+    seen = ""
+    while "draining green" not in seen:  # the drain has begun, with three websockets open
+        line = deploy.stderr.readline()
+        assert line, seen
+        seen += line
+    time.sleep(0.5)
+    assert deploy.poll() is None  # still draining them
     for c in clients:
         c.close()
     _, err = deploy.communicate(timeout=60)
+    err = seen + err
     assert deploy.returncode == 0, err
     assert time.monotonic() - started < 15
     assert "still open after drain_timeout" not in err
