@@ -11,7 +11,7 @@ from typing import Callable
 
 import pytest
 
-from conftest import BLUEGREEN, Project
+from conftest import BLUEGREEN, Project, live_slot
 
 # Progress lines that begin each step of a deploy (plain mode: stderr is not a terminal).
 STEPS = {
@@ -44,10 +44,11 @@ def app_pids(p: Project) -> set[int]:
 
 
 def run_until(p: Project, marker: str, args: list[str],
-              on_marker: Callable[[subprocess.Popen[str]], None]) -> tuple[int, str]:
-    """Run `bluegreen deploy ARGS` and call ``on_marker`` as soon as it prints ``marker``
+              on_marker: Callable[[subprocess.Popen[str]], None],
+              command: str = "deploy") -> tuple[int, str]:
+    """Run `bluegreen COMMAND ARGS` and call ``on_marker`` as soon as it prints ``marker``
     (the progress line that begins a step); returns its exit status and output."""
-    proc = subprocess.Popen([*BLUEGREEN, "deploy", *args], cwd=p.dir, stderr=subprocess.PIPE,
+    proc = subprocess.Popen([*BLUEGREEN, command, *args], cwd=p.dir, stderr=subprocess.PIPE,
                             stdout=subprocess.DEVNULL, text=True,
                             env={**os.environ, "HOME": str(p.home)})
     assert proc.stderr is not None
@@ -63,9 +64,10 @@ def run_until(p: Project, marker: str, args: list[str],
     return proc.wait(60), seen
 
 
-def kill_at(p: Project, marker: str, *args: str) -> str:
-    """Run `bluegreen deploy ARGS` and SIGKILL it as soon as it prints ``marker``."""
-    status, seen = run_until(p, marker, list(args), lambda proc: proc.send_signal(signal.SIGKILL))
+def kill_at(p: Project, marker: str, *args: str, command: str = "deploy") -> str:
+    """Run `bluegreen COMMAND ARGS` and SIGKILL it as soon as it prints ``marker``."""
+    status, seen = run_until(p, marker, list(args), lambda proc: proc.send_signal(signal.SIGKILL),
+                             command)
     assert status == -signal.SIGKILL, seen
     return seen
 
@@ -85,10 +87,14 @@ def killed_then_rerun(p: Project, step: str) -> None:
     p.deploy("1.0.0", mode="slow-stop")
     p.deploy("2.0.0")
     p.artifact("3.0.0")
+    before = live_slot(p)
     kill_at(p, STEPS[step], "--version", "3.0.0")
-    # Whatever the step, something healthy still answers through the proxy.
     a = p.answer()
-    assert a.status == 200 and a.version in ("2.0.0", "3.0.0"), a
+    if step in ("switch", "verified"):  # the switch may have begun
+        assert a.status == 200 and a.version in ("2.0.0", "3.0.0"), a
+    else:  # before the switch: exactly as it was, live slot untouched
+        assert (a.status, a.colour, a.version) == (200, "green", "2.0.0"), a
+        assert live_slot(p) == before
     # The killed run's lock stays; the next run names it as stale and `unlock` clears it.
     out = p.bg("deploy", "--version", "3.0.0", check=4)
     assert "is gone: that run died" in out.stderr

@@ -1,0 +1,102 @@
+"""Invariant 3 for every command that changes a host: each is killed (SIGKILL) as soon as
+it prints each of its progress lines, then the state right after the kill is checked, the
+dead run's lock is named, and a re-run after `unlock` finishes the job. On one host here;
+on many hosts (a kill between the switch's phases) in test_multihost.py."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import Project, live_slot
+from test_faults import kill_at
+
+# (command and arguments, the progress line to kill it at)
+PROMOTE = [("promote", "switching blue -> green"), ("promote", "live is green")]
+ROLLBACK = [("rollback", "switching green -> blue"), ("rollback", "live is blue")]
+STOP = [("stop blue", "draining blue"), ("stop blue", "stopping blue")]
+PRUNE = [("prune --keep 1", "pruning")]
+
+
+def two_releases(p: Project, *, promote: bool = True) -> None:
+    p.bg("setup")
+    p.deploy("1.0.0")
+    if promote:
+        p.deploy("2.0.0")
+    else:
+        p.deploy("2.0.0", "--no-promote")
+
+
+def rerun(p: Project, args: list[str]) -> None:
+    """The next run names the dead holder (when the kill came before the lock was
+    released); after `unlock` the same command finishes."""
+    out = p.bg(*args, check=False)
+    if out.returncode == 4:
+        assert "is gone: that run died" in out.stderr
+        p.bg("unlock")
+        out = p.bg(*args, check=False)
+    assert out.returncode == 0, out.stderr
+
+
+def consistent(p: Project) -> dict[str, object]:
+    """After any command: the link, the proxy's answer and what answers agree."""
+    st = p.status()
+    a = p.answer()
+    assert st["live"] == st["proxy_answer"] == a.colour, (st, a)
+    return st
+
+
+@pytest.mark.parametrize("command,marker", PROMOTE + ROLLBACK)
+def test_switch_commands_killed_then_rerun(local_project: Project, command: str,
+                                           marker: str) -> None:
+    p = local_project
+    two_releases(p, promote=command == "rollback")
+    args = command.split()
+    kill_at(p, marker, *args[1:], command=args[0])
+    # Killed mid-switch: the link may name the new colour while nginx serves the old one;
+    # either release answers, both slots still run, and the next command settles it.
+    a = p.answer()
+    assert a.status == 200 and a.version in ("1.0.0", "2.0.0"), a
+    assert all(p.status()["slots"][c]["healthy"] for c in ("blue", "green"))
+    # Re-run as the colour it was to reach: a second `rollback` (or `promote` without a
+    # colour) after one that had finished would switch back again.
+    want = "green" if command == "promote" else "blue"
+    rerun(p, ["promote", want])
+    st = consistent(p)
+    assert st["live"] == want and p.answer().version == ("2.0.0" if want == "green" else "1.0.0")
+
+
+@pytest.mark.parametrize("command,marker", STOP)
+def test_stop_killed_then_rerun(local_project: Project, command: str, marker: str) -> None:
+    p = local_project
+    two_releases(p)
+    before = live_slot(p)
+    kill_at(p, marker, "blue", command="stop")
+    assert live_slot(p) == before  # the live slot (green) is not touched
+    rerun(p, ["stop", "blue"])
+    st = consistent(p)
+    assert st["slots"]["blue"]["running"] is False and st["live"] == "green"
+    assert live_slot(p) == before
+
+
+def test_setup_killed_then_rerun(local_project: Project) -> None:
+    p = local_project
+    kill_at(p, "wrote ", command="setup")  # after the lock, while writing the site files
+    rerun(p, ["setup"])
+    consistent(p)
+    assert p.answer().colour == "blue"
+
+
+@pytest.mark.parametrize("command,marker", PRUNE)
+def test_prune_killed_then_rerun(local_project: Project, command: str, marker: str) -> None:
+    p = local_project
+    p.bg("setup")
+    for version in ("1.0.0", "2.0.0", "3.0.0", "4.0.0"):
+        p.deploy(version)  # keep = 5 by default: nothing pruned yet
+    before = live_slot(p)
+    kill_at(p, marker, "--keep", "1", command="prune")
+    assert live_slot(p) == before
+    rerun(p, command.split())
+    releases = sorted(d.name.split("-")[0] for d in (p.deploy_to / "releases").iterdir()
+                      if not d.name.startswith("."))
+    assert releases == ["3.0.0", "4.0.0"]  # the live and the idle slot's, never pruned
+    consistent(p)
