@@ -65,6 +65,8 @@ class Cluster:
     count: int
     tag: str = field(default_factory=lambda: f"{os.getpid() % 100000:05d}")
     hosts: list[NsHost] = field(default_factory=list)
+    boot_script: str = "true"  # run first in each host (a test makes it fail)
+    ssh_timeout: float = 15
 
     @property
     def subnet(self) -> int:
@@ -117,7 +119,8 @@ class Cluster:
         (hdir / "srv" / "haproxy" / "conf.d").mkdir(parents=True)
         (hdir / "srv" / "haproxy" / "haproxy.cfg").write_text(HAPROXY.config_text())
         script = (
-            f'hostname h{i} && {_srv_mounts(hdir / "srv")} && mkdir -p /run/sshd && '
+            f'{self.boot_script} && hostname h{i} && {_srv_mounts(hdir / "srv")} && '
+            'mkdir -p /run/sshd && '
             f'nginx -p {NGINX_PREFIX} -c {NGINX_PREFIX}/nginx.conf -e {NGINX_PREFIX}/error.log && '
             f'{shlex.join(HAPROXY.command("-D", "-p", str(HAPROXY.pid_file)))} && '
             f'/usr/sbin/sshd -D -e -f {hdir}/sshd_config 2>>{hdir}/sshd.log; '
@@ -132,10 +135,10 @@ class Cluster:
             stdout=subprocess.DEVNULL, stderr=open(hdir / "host.log", "wb"), cwd="/")
         return NsHost(f"h{i}", ns, address, hdir, proc)
 
-    def _wait_ssh(self, host: NsHost, timeout: float = 15) -> None:
+    def _wait_ssh(self, host: NsHost) -> None:
         import socket
 
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + self.ssh_timeout
         while time.monotonic() < deadline:
             with socket.socket() as sock:
                 sock.settimeout(0.5)

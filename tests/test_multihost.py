@@ -405,3 +405,14 @@ def test_host_selection_behind_balancers_and_balancers_that_disagree(tmp_path: P
         assert {get_from(lb).version for lb in (lb1, lb2) for _ in range(5)} == {"1.0.0"}
     finally:
         cluster.down()
+
+
+def test_a_host_that_fails_to_start_shows_its_own_output(tmp_path: Path) -> None:
+    cluster = Cluster(tmp_path / "cluster", 1, boot_script="echo 'disk on fire' >&2 && false",
+                      ssh_timeout=2)
+    (tmp_path / "cluster").mkdir()
+    try:
+        with pytest.raises(TimeoutError, match="(?s)did not come up.*disk on fire"):
+            cluster.up()
+    finally:
+        cluster.down()
