@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
 import subprocess
 
 from conftest import Project, get, live_slot
@@ -182,6 +184,34 @@ def test_lock_held_exits_4_and_unlock_clears_it(project: Project) -> None:
     assert "no lock" in project.bg("unlock").stdout
     project.deploy("1.0.0")
     assert project.answer().version == "1.0.0"
+
+
+def test_every_changing_command_waits_for_the_lock(local_project: Project) -> None:
+    """Invariant 4 across commands: while a run holds the lock (this test's own pid, so it
+    is alive), every command that changes the host exits 4 naming it and changes nothing."""
+    p = local_project
+    p.extra_run = {"migrate": "echo migrated >> {deploy_to}/migrated"}
+    p.write_config()
+    setup(p)
+    p.deploy("1.0.0")
+    p.deploy("2.0.0")
+    lock = p.deploy_to / "lock"
+    lock.mkdir()
+    (lock / "info.json").write_text(json.dumps({
+        "user": "bob", "host": socket.gethostname(), "pid": os.getpid(),
+        "command": "bluegreen deploy", "started": "2026-11-29T10:00:00+00:00"}))
+    before = live_slot(p)
+    history = (p.deploy_to / "history.jsonl").read_text()
+    migrated = (p.deploy_to / "migrated").read_text()  # by the two deploys
+    for args in (["setup"], ["deploy", "--version", "2.0.0"], ["promote", "blue"],
+                 ["rollback"], ["stop", "blue"], ["prune", "--keep", "1"], ["migrate"]):
+        out = p.bg(*args, check=4)
+        assert f"locked by bob@{socket.gethostname()} pid {os.getpid()}" in out.stderr, args
+        assert "that run died" not in out.stderr  # the holder is alive
+    assert live_slot(p) == before
+    assert (p.deploy_to / "history.jsonl").read_text() == history
+    assert (p.deploy_to / "migrated").read_text() == migrated
+    assert p.status()["slots"]["blue"]["healthy"]  # status takes no lock
 
 
 def test_stop_refuses_live_and_stops_idle(project: Project) -> None:
