@@ -6,8 +6,9 @@ import json
 import os
 import socket
 import subprocess
+from pathlib import Path
 
-from conftest import Project, get, live_slot
+from conftest import SERVER_NAME, Project, get, live_slot
 
 
 def setup(p: Project) -> None:
@@ -381,3 +382,27 @@ def test_deploys_never_touch_the_live_slot(project: Project) -> None:
     out = project.bg("deploy", "--version", "2.0.0", "--no-promote")  # already on the host
     assert "already on the host; upload skipped" in out.stderr
     assert live_slot(project) == before
+
+
+def test_deploys_switches_and_drains_under_an_independent_client(project: Project,
+                                                                  tmp_path: Path) -> None:
+    """Zero downtime as a client in a process of its own sees it, over SSH too: deploys
+    (the third drains and stops the colour live two deploys ago), a rollback and a promote,
+    on keep-alive and fresh connections: not one failed request."""
+    from loadclient import LoadClient
+
+    p = project
+    setup(p)
+    p.deploy("1.0.0")
+    client = LoadClient(tmp_path / "load.json", SERVER_NAME, [f"127.0.0.1:{p.nginx.port}"])
+    try:
+        p.deploy("2.0.0")
+        out = p.deploy("3.0.0")
+        assert "stopping blue" in out.stderr
+        p.bg("rollback")
+        p.bg("promote")
+    finally:
+        report = client.stop()
+    assert report["failures"] == [], report
+    assert report["requests"] > 50 and set(report["versions"]) <= {"1.0.0", "2.0.0", "3.0.0"}
+    assert report["versions"].get("3.0.0") and report["versions"].get("2.0.0")

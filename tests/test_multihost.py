@@ -114,19 +114,32 @@ def fleet(tmp_path: Path) -> Iterator[Fleet]:
         cluster.down()
 
 
-def test_all_hosts_flip_together(fleet: Fleet) -> None:
+def test_all_hosts_flip_together(fleet: Fleet, tmp_path: Path) -> None:
+    from loadclient import LoadClient
+
     fleet.deploy("1.0.0")
     assert fleet.answers() == [("blue", "1.0.0")] * 3
-    out = fleet.deploy("2.0.0")
-    assert fleet.answers() == [("green", "2.0.0")] * 3
-    for h in ("h1", "h2", "h3"):
-        assert f"[{h}] live is green (2.0.0-" in out.stderr
-    data = json.loads(fleet.bg("status", "--json").stdout)
-    assert data["split_brain"] is False
-    assert [h["live"] for h in data["hosts"]] == ["green"] * 3
-    assert all(h["slots"]["blue"]["healthy"] for h in data["hosts"])
-    fleet.bg("rollback")
-    assert fleet.answers() == [("blue", "1.0.0")] * 3
+    # A client of its own on every host's proxy through all of it: 0 failed requests.
+    client = LoadClient(tmp_path / "load.json", SERVER_NAME,
+                        [f"{h.address}:80" for h in fleet.cluster.hosts])
+    try:
+        out = fleet.deploy("2.0.0")
+        assert fleet.answers() == [("green", "2.0.0")] * 3
+        for h in ("h1", "h2", "h3"):
+            assert f"[{h}] live is green (2.0.0-" in out.stderr
+        data = json.loads(fleet.bg("status", "--json").stdout)
+        assert data["split_brain"] is False
+        assert [h["live"] for h in data["hosts"]] == ["green"] * 3
+        assert all(h["slots"]["blue"]["healthy"] for h in data["hosts"])
+        fleet.bg("rollback")
+        assert fleet.answers() == [("blue", "1.0.0")] * 3
+        fleet.bg("promote")
+        assert "stopping blue" in fleet.deploy("3.0.0").stderr  # drained, then stopped
+        assert fleet.answers() == [("blue", "3.0.0")] * 3
+    finally:
+        report = client.stop()
+    assert report["failures"] == [] and report["requests"] > 100, report
+    assert set(report["versions"]) == {"1.0.0", "2.0.0", "3.0.0"}
     events = json.loads(fleet.bg("history", "--json").stdout)
     assert sorted(e["host"] for e in events if e["event"] == "rollback") == ["h1", "h2", "h3"]
 

@@ -1,0 +1,97 @@
+"""An independent load client, in a process of its own: GETs through one or more proxies
+until told to stop, half on keep-alive connections and half on fresh ones, and a JSON
+report of what it saw. A request that fails is a failure, with one exception: a reused
+keep-alive connection that the proxy had closed while idle (the error comes before any
+byte of a response), which every HTTP client retries; those are counted apart.
+
+    python tests/loadclient.py OUT.json HOST_HEADER ADDRESS:PORT [ADDRESS:PORT ...]
+
+SIGTERM ends it; it writes OUT.json then."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+
+def run(out: Path, host_header: str, targets: list[str]) -> None:
+    stop = False
+
+    def on_term(*_: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    report: dict[str, Any] = {"requests": 0, "failures": [], "idle_closed": 0,
+                              "versions": {}, "colours": {}}
+    kept: dict[str, http.client.HTTPConnection] = {}
+    turn = 0
+    while not stop:
+        for target in targets:
+            turn += 1
+            address, port = target.rsplit(":", 1)
+            reuse = turn % 2 == 0 and target in kept
+            conn = kept.get(target) if reuse else http.client.HTTPConnection(
+                address, int(port), timeout=10)
+            assert conn is not None
+            try:
+                conn.request("GET", "/", headers={"Host": host_header})
+                resp = conn.getresponse()
+                resp.read()
+            except (http.client.RemoteDisconnected, ConnectionResetError,
+                    BrokenPipeError) as exc:
+                conn.close()
+                kept.pop(target, None)
+                if reuse:  # closed by the proxy while idle: a client retries it
+                    report["idle_closed"] += 1
+                else:
+                    report["failures"].append(f"{time.time():.3f} {target}: {exc!r}")
+                continue
+            except OSError as exc:
+                conn.close()
+                kept.pop(target, None)
+                report["failures"].append(f"{time.time():.3f} {target}: {exc!r}")
+                continue
+            report["requests"] += 1
+            if resp.status != 200:
+                report["failures"].append(f"{time.time():.3f} {target}: HTTP {resp.status}")
+            version = resp.getheader("X-App-Version") or "?"
+            colour = resp.getheader("X-Deployment-Id") or "?"
+            report["versions"][version] = report["versions"].get(version, 0) + 1
+            report["colours"][colour] = report["colours"].get(colour, 0) + 1
+            if resp.getheader("Connection", "").lower() == "close":
+                conn.close()
+                kept.pop(target, None)
+            elif not reuse:
+                old = kept.pop(target, None)
+                if old is not None:
+                    old.close()
+                kept[target] = conn
+    out.write_text(json.dumps(report))
+
+
+class LoadClient:
+    """Start the client; ``stop()`` returns its report."""
+
+    def __init__(self, out: Path, host_header: str, targets: list[str]) -> None:
+        self.out = out
+        self.proc = subprocess.Popen([sys.executable, __file__, str(out), host_header,
+                                      *targets])
+        time.sleep(0.3)  # under way before the command under test starts
+        assert self.proc.poll() is None, "the load client died at start"
+
+    def stop(self) -> dict[str, Any]:
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(30)
+        report: dict[str, Any] = json.loads(self.out.read_text())
+        return report
+
+
+if __name__ == "__main__":
+    run(Path(sys.argv[1]), sys.argv[2], sys.argv[3:])
