@@ -1,0 +1,102 @@
+"""Commands and flags a user relies on, each through the CLI on a real nginx and real app
+processes: what they print and what they change."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+
+from conftest import BLUEGREEN, Project, live_slot
+
+
+def test_json_results_of_setup_rollback_stop_prune_and_history_fields(
+        local_project: Project) -> None:
+    p = local_project
+    assert json.loads(p.bg("setup", "--json").stdout) == {"ok": True, "hosts": ["web1"]}
+    p.deploy("1.0.0")
+    p.deploy("2.0.0")
+    p.deploy("3.0.0")
+    assert json.loads(p.bg("rollback", "--json").stdout) == {"ok": True,
+                                                              "live": {"web1": "green"}}
+    assert json.loads(p.bg("stop", "blue", "--json").stdout) == {
+        "ok": True, "stopped": "blue", "hosts": ["web1"]}
+    removed = json.loads(p.bg("prune", "--keep", "1", "--json").stdout)
+    assert removed["ok"] is True and [r.split("-")[0] for r in removed["removed"]["web1"]] == [
+        "1.0.0"]
+    assert not any(d.name.startswith("1.0.0") for d in (p.deploy_to / "releases").iterdir())
+    events = json.loads(p.bg("history", "--json", "-n", "3").stdout)
+    assert len(events) == 3 and [e["event"] for e in events] == ["prune", "stop", "rollback"]
+    for e in events:
+        assert set(e) == {"time", "event", "host", "color", "release", "version", "user",
+                          "detail"}
+        assert e["host"] == "web1" and e["time"][:4].isdigit()
+    assert events[2]["color"] == "green" and events[2]["version"] == "2.0.0"
+    text = p.bg("history", "-n", "1").stdout
+    assert "prune" in text and "1.0.0" in text
+
+
+def test_skip_build_and_verbose(local_project: Project) -> None:
+    p = local_project
+    p.write_config(release={"version": "1.0.0", "artifact": "artifacts/sample-{version}.tar.gz",
+                            "build": "exit 7"})
+    p.bg("setup")
+    p.artifact("1.0.0")
+    out = p.bg("deploy", "--version", "1.0.0", check=1)
+    assert "build" in out.stderr  # the failing build stopped it
+    out = p.bg("deploy", "--version", "1.0.0", "--skip-build", "-v")
+    assert "$ " in out.stderr and "tar" in out.stderr  # -v shows every remote command
+    assert p.answer().version == "1.0.0"
+
+
+def test_failing_post_hook_is_a_warning(local_project: Project) -> None:
+    p = local_project
+    p.write_config(hooks={"post_deploy": "echo 'chat is down' >&2; exit 9"})
+    p.bg("setup")
+    out = p.deploy("1.0.0")  # exit 0
+    assert "chat is down" in out.stderr and "warning" in out.stderr
+    assert p.answer().version == "1.0.0"
+
+
+def test_verify_failure_switches_back(local_project: Project) -> None:
+    """Phase 3 fails: the link is switched but the proxy keeps answering the old colour
+    (here: a reload that does nothing). The link is put back; exit 1 names the step."""
+    p = local_project
+    p.bg("setup")
+    p.deploy("1.0.0")
+    p.deploy("2.0.0", "--no-promote")
+    p.extra_proxy = {"reload": "true"}
+    p.write_config()
+    before = live_slot(p)
+    out = p.bg("promote", check=1)
+    assert "step 'verify through the proxy'" in out.stderr and "switched back" in out.stderr
+    assert live_slot(p) == before  # the link is back on blue, nginx never reloaded
+    assert p.answer().version == "1.0.0"
+
+
+def test_init_presets_through_the_cli(tmp_path: Path) -> None:
+    import subprocess
+
+    for preset in ("elixir", "generic", "python"):
+        d = tmp_path / preset
+        d.mkdir()
+        out = subprocess.run([*BLUEGREEN, "init", "--preset", preset, "--app", "shop"], cwd=d,
+                             capture_output=True, text=True, check=True)
+        assert "wrote bluegreen.toml" in out.stdout
+        cfg = tomllib.loads((d / "bluegreen.toml").read_text())
+        assert cfg["app"] == "shop"
+        again = subprocess.run([*BLUEGREEN, "init", "--preset", preset], cwd=d,
+                               capture_output=True, text=True)
+        assert again.returncode == 2 and "--force" in again.stderr
+
+
+def test_check_exit_3_when_a_host_cannot_be_reached(local_project: Project) -> None:
+    from conftest import free_port
+
+    p = local_project
+    p.host_override = {"address": "root@127.0.0.1", "port": free_port(),
+                       "known_hosts": str(p.dir / "known_hosts")}
+    (p.dir / "known_hosts").write_text("")
+    p.write_config()
+    out = p.bg("check", check=3)
+    assert "FAIL" in out.stdout and "connect" in out.stdout
