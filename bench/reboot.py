@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from cluster import Cluster  # noqa: E402
 from conftest import get  # noqa: E402
 from systemd_host import Site, SystemdLab  # noqa: E402
+from test_systemd_power import two_deploys  # noqa: E402
 from test_multihost import Fleet  # noqa: E402
 
 
@@ -73,12 +74,7 @@ def main() -> None:
         cluster = Cluster(base / "cluster", 1)
         (base / "cluster").mkdir()
         try:
-            host = lab.add()
-            host.boot()
-            site = Site(lab, host, base / "site")
-            site.bg("setup")
-            site.deploy("1.0.0")
-            site.deploy("2.0.0")
+            site = two_deploys(lab, base / "site")
             cuts = [one_power_cut(site) for _ in range(args.rounds)]
             results["power_cut"] = {k: statistics.median(c[k] for c in cuts if k in c)
                                     for k in cuts[0]}

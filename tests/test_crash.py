@@ -5,7 +5,12 @@ on many hosts (a kill between the switch's phases) in test_multihost.py."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
+
+from bluegreen.demo.nginx import build_sample
 
 from conftest import Project, live_slot
 from test_faults import kill_at
@@ -100,3 +105,39 @@ def test_prune_killed_then_rerun(local_project: Project, command: str, marker: s
                       if not d.name.startswith("."))
     assert releases == ["3.0.0", "4.0.0"]  # the live and the idle slot's, never pruned
     consistent(p)
+
+
+@pytest.mark.parametrize("marker", ["uploading", "starting 3.0.0", "switching"])
+def test_deploy_on_three_hosts_killed_then_rerun(tmp_path: Path, marker: str) -> None:
+    """Many hosts: a deploy killed at a step leaves every host serving what it served (or,
+    from the switch on, each host's link and answer agreeing), and a re-run converges."""
+    from cluster import Cluster
+    from test_multihost import Fleet
+
+    cluster = Cluster(tmp_path / "cluster", 3)
+    (tmp_path / "cluster").mkdir()
+    try:
+        cluster.up()
+        (tmp_path / "project").mkdir()
+        fleet = Fleet(cluster, tmp_path / "project")
+        fleet.bg("setup")
+        fleet.deploy("1.0.0")
+        fleet.deploy("2.0.0")
+        build = fleet.dir / "artifacts" / "sample-3.0.0.tar.gz"
+        build.write_bytes(build_sample(fleet.dir / "build", "3.0.0").read_bytes())
+        kill_at(fleet, marker, "--version", "3.0.0")  # type: ignore[arg-type]
+        answers = fleet.answers()
+        if marker == "switching":
+            assert all(v in ("2.0.0", "3.0.0") for _, v in answers), answers
+        else:
+            assert answers == [("green", "2.0.0")] * 3
+        out = fleet.bg("deploy", "--version", "3.0.0", check=False)
+        if out.returncode == 4:
+            fleet.bg("unlock")
+            out = fleet.bg("deploy", "--version", "3.0.0")
+        assert out.returncode == 0
+        assert fleet.answers() == [("blue", "3.0.0")] * 3
+        data = json.loads(fleet.bg("status", "--json").stdout)
+        assert data["split_brain"] is False
+    finally:
+        cluster.down()

@@ -222,11 +222,24 @@ def test_split_brain_is_shown_and_deploy_refused(fleet: Fleet) -> None:
 
 
 def test_boot_limit(fleet: Fleet) -> None:
-    fleet.extra = {"deploy": {"boot_limit": 1}}
+    """boot_limit = 1: the hosts start their slot one after the other, each once the one
+    before is healthy; judged by when each host's new process started (/proc), not by the
+    log."""
+    from datetime import datetime
+
+    fleet.extra = {"deploy": {"boot_limit": 1}, "run": {
+        "command": "sleep 0.5; exec python3 app.py", "health_timeout": 10, "stop_timeout": 5,
+        "drain_timeout": 2}}
     fleet.write_config()
     out = fleet.deploy("1.0.0")
     assert "waiting for a boot slot" in out.stderr
     assert fleet.answers() == [("blue", "1.0.0")] * 3
+    starts = sorted(datetime.fromisoformat(json.loads(
+        (h.dir / "srv" / "app" / "slots" / "blue" / "state.json").read_text())["started"])
+        for h in fleet.cluster.hosts)
+    gaps = [(b - a).total_seconds() for a, b in zip(starts, starts[1:])]
+    # Each start waited for the previous slot's 0.5 s boot and health check.
+    assert all(gap >= 0.5 for gap in gaps), gaps
 
 
 def test_load_balancer_topology(tmp_path: Path) -> None:
@@ -427,5 +440,23 @@ def test_a_host_that_fails_to_start_shows_its_own_output(tmp_path: Path) -> None
     try:
         with pytest.raises(TimeoutError, match="(?s)did not come up.*disk on fire"):
             cluster.up()
+    finally:
+        cluster.down()
+
+
+def test_status_with_an_unreachable_balancer(tmp_path: Path) -> None:
+    cluster = Cluster(tmp_path / "cluster", 3)
+    (tmp_path / "cluster").mkdir()
+    try:
+        cluster.up()
+        (tmp_path / "project").mkdir()
+        fleet = Fleet(cluster, tmp_path / "project", balanced=True)
+        fleet.bg("setup")
+        fleet.deploy("1.0.0")
+        cluster.hosts[0].kill_sshd()
+        data = json.loads(fleet.bg("status", "--json", check=3).stdout)
+        assert data["load_balancers"][0]["reachable"] is False
+        assert "error" in data["load_balancers"][0]
+        assert all(h["reachable"] and h["slots"]["blue"]["own"] for h in data["hosts"])
     finally:
         cluster.down()

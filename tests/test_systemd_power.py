@@ -4,26 +4,32 @@ keeps its live colour."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 import time
 from pathlib import Path
 
 
 from bluegreen.demo.nginx import build_sample
-from conftest import BLUEGREEN, get
+from conftest import get
 from systemd_host import Site, SystemdLab, lab  # noqa: F401 (fixture)
+from test_faults import run_until
+
+
+def two_deploys(lab: SystemdLab, project: Path) -> Site:
+    """A new server, set up, with 1.0.0 deployed to blue and 2.0.0 live on green."""
+    host = lab.add()
+    host.boot()
+    site = Site(lab, host, project)
+    site.bg("setup")
+    site.deploy("1.0.0")
+    site.deploy("2.0.0")
+    return site
 
 
 def test_power_cut_after_two_deploys_serves_the_live_release_on_boot(
         lab: SystemdLab, tmp_path: Path) -> None:
-    host = lab.add()
-    host.boot()
-    site = Site(lab, host, tmp_path / "project")
-    site.bg("setup")
-    site.deploy("1.0.0")
-    site.deploy("2.0.0")
+    site = two_deploys(lab, tmp_path / "project")
+    host = site.host
     assert (site.answer().colour, site.answer().version) == ("green", "2.0.0")
 
     host.power_cut()
@@ -56,22 +62,10 @@ def deploy_until(site: Site, version: str, marker: str) -> str:
     built = build_sample(site.dir / "build", version)
     (site.dir / "artifacts").mkdir(exist_ok=True)
     shutil.copyfile(built, site.dir / "artifacts" / f"sample-{version}.tar.gz")
-    proc = subprocess.Popen([*BLUEGREEN, "deploy", "--version", version], cwd=site.dir,
-                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-                            env={**os.environ, "HOME": str(site.home)})
-    assert proc.stderr is not None
-    seen = ""
-    for line in proc.stderr:
-        seen += line
-        if marker in line:
-            site.host.power_cut()
-            break
-    else:
-        raise AssertionError(f"never reached {marker!r}:\n{seen}")
-    seen += proc.stderr.read()
+    status, seen = run_until(site, marker, ["--version", version],  # type: ignore[arg-type]
+                             lambda proc: site.host.power_cut())
     # The connection was lost: exit 3, or 1 during the switch (nothing switched elsewhere),
     # saying the switch may be half done there.
-    status = proc.wait(60)
     assert status == 3 or (status == 1 and "may be half done" in seen), seen
     return seen
 
@@ -83,12 +77,8 @@ POWER_CUT_STEPS = ["uploading", "unpacking", "draining", "stopping", "starting",
 
 def test_power_cut_at_each_deploy_step_boots_serving_and_rerun_converges(
         lab: SystemdLab, tmp_path: Path) -> None:
-    host = lab.add()
-    host.boot()
-    site = Site(lab, host, tmp_path / "project")
-    site.bg("setup")
-    site.deploy("1.0.0")
-    site.deploy("2.0.0")
+    site = two_deploys(lab, tmp_path / "project")
+    host = site.host
     live = ("green", "2.0.0")
     for n, marker in enumerate(POWER_CUT_STEPS):
         version = f"3.{n}.0"
