@@ -271,7 +271,8 @@ class Project:
         return os.readlink(self.nginx.sites_enabled / "testapp")
 
     def cleanup(self) -> None:
-        """Kill every process the slots started (by session id, then by port)."""
+        """Kill every process the slots started (by session id, then by their environment,
+        which names this project's releases: never another test's process)."""
         for colour in ("blue", "green"):
             pid_file = self.deploy_to / "slots" / colour / "pid"
             if pid_file.exists():
@@ -279,8 +280,11 @@ class Project:
                     os.killpg(int(pid_file.read_text().strip()), signal.SIGKILL)
                 except (ProcessLookupError, ValueError, PermissionError):
                     pass
-        for port in (self.blue, self.green):
-            kill_listeners(port)
+        for pid in app_pids(self):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 @dataclass(frozen=True)
@@ -328,16 +332,20 @@ def live_slot(p: Project) -> LiveSlot:
                     digest.hexdigest(), link, tuple(sorted(int(w) for w in workers)))
 
 
-def kill_listeners(port: int) -> None:
-    out = subprocess.run(["ss", "-Htlnp", f"sport = :{port}"], capture_output=True,
-                         text=True).stdout
-    import re
-
-    for pid in set(re.findall(r"pid=(\d+)", out)):
-        try:
-            os.kill(int(pid), signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+def app_pids(p: Project) -> set[int]:
+    """Every live process started for this project's slots (found by its environment)."""
+    marker = f"BLUEGREEN_RELEASE_DIR={p.deploy_to}/releases/".encode()
+    pids = set()
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if marker in (proc / "environ").read_bytes():
+                    stat = (proc / "stat").read_text()
+                    if stat.rsplit(")", 1)[1].split()[0] != "Z":
+                        pids.add(int(proc.name))
+            except OSError:
+                continue
+    return pids
 
 
 def to_toml(data: dict[str, Any]) -> str:

@@ -179,3 +179,23 @@ def test_haproxy_kind_defaults_and_keys() -> None:
 ])
 def test_bad_haproxy_settings(proxy: dict[str, object], expected: str) -> None:
     assert expected in error_of(with_("proxy", proxy))
+
+
+@pytest.mark.parametrize("change,expected", [
+    # behind balancers the slots must listen where the balancers reach them
+    ({"load_balancers": [{"address": "root@lb1"}], "hosts": [{"address": "root@web1"}]},
+     "slots.bind: behind load_balancers"),
+    ({"load_balancers": [{"address": "root@lb1"}], "hosts": [{"address": "local"}],
+      "slots": {"bind": "{private_address}"}}, "not \"local\""),
+    ({"load_balancers": [{"address": "root@lb1", "name": "web1"}],
+      "hosts": [{"address": "root@10.0.0.2", "name": "web1"}],
+      "slots": {"bind": "{private_address}"}}, "two hosts are named 'web1'"),
+    ({"load_balancers": [{"address": "lb 1"}], "hosts": [{"address": "root@10.0.0.2"}],
+      "slots": {"bind": "{private_address}"}}, "load_balancers[0].address"),
+])
+def test_load_balancer_config_errors(change: dict[str, object], expected: str) -> None:
+    import copy
+
+    data = copy.deepcopy(GOOD)
+    data.update(change)
+    assert expected in error_of(data)

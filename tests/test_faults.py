@@ -11,7 +11,7 @@ from typing import Callable
 
 import pytest
 
-from conftest import BLUEGREEN, Project, live_slot
+from conftest import BLUEGREEN, Project, app_pids, live_slot
 
 # Progress lines that begin each step of a deploy (plain mode: stderr is not a terminal).
 STEPS = {
@@ -25,22 +25,6 @@ STEPS = {
     "verified": "live is blue",
 }
 SSH_STEPS = {"upload", "stop", "start", "switch"}
-
-
-def app_pids(p: Project) -> set[int]:
-    """Every process started for this project's slots (found by its environment)."""
-    marker = f"BLUEGREEN_RELEASE_DIR={p.deploy_to}/releases/".encode()
-    pids = set()
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                if marker in (proc / "environ").read_bytes():
-                    stat = (proc / "stat").read_text()
-                    if stat.rsplit(")", 1)[1].split()[0] != "Z":
-                        pids.add(int(proc.name))
-            except OSError:
-                continue
-    return pids
 
 
 def run_until(p: Project, marker: str, args: list[str],
