@@ -100,3 +100,88 @@ def test_check_exit_3_when_a_host_cannot_be_reached(local_project: Project) -> N
     p.write_config()
     out = p.bg("check", check=3)
     assert "FAIL" in out.stdout and "connect" in out.stdout
+
+
+HOST_CHECKING_APP = r'''
+import os, http.server
+ALLOWED = "myapp.example.com"
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        if self.headers.get("Host", "").split(":")[0] != ALLOWED:
+            code, body = 400, b"Bad Request (Invalid HTTP_HOST header)"  # as Django answers
+        elif self.path == "/health" and os.path.exists("REDIRECT"):
+            code, body = 301, b"to https"
+        else:
+            code, body = 200, f"hello from {open('VERSION').read().strip()}".encode()
+        self.send_response(code)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("X-App-Version", open("VERSION").read().strip())
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a): pass
+http.server.ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever()
+'''
+
+
+def host_checking_artifact(p: Project, version: str, redirect: bool = False) -> None:
+    import tarfile
+
+    src = p.dir / "build" / f"hostapp-{version}"
+    src.mkdir(parents=True, exist_ok=True)
+    (src / "app.py").write_text(HOST_CHECKING_APP)
+    (src / "VERSION").write_text(version + "\n")
+    if redirect:
+        (src / "REDIRECT").write_text("")
+    (p.dir / "artifacts").mkdir(exist_ok=True)
+    with tarfile.open(p.dir / "artifacts" / f"sample-{version}.tar.gz", "w:gz") as tar:
+        for f in sorted(src.iterdir()):
+            tar.add(f, arcname=f.name)
+
+
+def test_health_host_and_health_status_for_real_frameworks(local_project: Project) -> None:
+    """An app that checks the Host header (Django's ALLOWED_HOSTS answers 400 otherwise) and
+    one whose health path redirects (301): `run.health_host`, `run.health_status`."""
+    p = local_project
+    p.bg("setup")
+    host_checking_artifact(p, "1.0.0")
+    out = p.bg("deploy", "--version", "1.0.0", check=5)  # Host: testapp.test (server_name)
+    assert "answered HTTP 400, not one of health_status=200-299" in out.stderr
+    p.extra_run = {"health_host": "myapp.example.com", "health_interval": 0.05}
+    p.write_config()
+    p.bg("deploy", "--version", "1.0.0")
+    host_checking_artifact(p, "2.0.0", redirect=True)
+    out = p.bg("deploy", "--version", "2.0.0", check=5)
+    assert "answered HTTP 301" in out.stderr
+    p.extra_run = {**p.extra_run, "health_status": "200-299,301"}
+    p.write_config()
+    p.bg("deploy", "--version", "2.0.0")
+    assert p.status()["slots"]["green"]["version"] == "2.0.0"
+
+
+def test_release_prepare_runs_once_per_release_and_its_failure_changes_nothing(
+        local_project: Project) -> None:
+    p = local_project
+    p.write_config(release={
+        "version": "1.0.0", "artifact": "artifacts/sample-{version}.tar.gz",
+        "prepare": "echo \"preparing for $BLUEGREEN_COLOR on $PORT\"; mkdir -p venv && "
+                   "echo {version} > venv/ready"})
+    p.bg("setup")
+    out = p.deploy("1.0.0")
+    assert "preparing for blue on" in out.stderr or "prepared in" in out.stderr
+    rid = p.status()["slots"]["blue"]["release"]
+    assert (p.deploy_to / "releases" / rid / "venv" / "ready").read_text() == "1.0.0\n"
+    assert not list((p.deploy_to / "slots").rglob("prepare.env"))  # its secrets are gone
+    p.deploy("2.0.0")
+    p.bg("stop", "blue")
+    out = p.bg("deploy", "--version", "1.0.0", "--no-promote")  # the same artifact again
+    assert "was prepared before; prepare skipped" in out.stderr
+
+    p.write_config(release={"version": "1.0.0", "artifact": "artifacts/sample-{version}.tar.gz",
+                            "prepare": "echo 'no wheel for this platform'; exit 3"})
+    before = live_slot(p)
+    out = p.deploy("3.0.0", check=1)
+    assert "prepare failed (exit 3)" in out.stderr and "no wheel for this platform" in out.stderr
+    assert live_slot(p) == before
+    assert p.status()["slots"]["blue"]["healthy"]  # the idle slot was not stopped: rollback
+    p.bg("rollback")
+    assert p.answer().version == "1.0.0"

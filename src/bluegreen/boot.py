@@ -111,11 +111,12 @@ class Boot:
                     pid, listener = next(iter(probe.listeners.items()))
                     return pid, listener.sid
             if resp is not None and not resp.ok:
-                last = f"{self.cfg.run.health_path} answered HTTP {resp.status}"
+                last = (f"{self.cfg.run.health_path} answered HTTP {resp.status}, not one of "
+                        f"health_status={self.cfg.run.health_status}")
             if time.monotonic() >= deadline:
                 raise StartFailed(f"not healthy within health_timeout="
                                   f"{self.cfg.run.health_timeout:g}s ({last})")
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(self.cfg.run.health_interval)
         raise AssertionError("unreachable")
 
     async def _fail(self, slot: Slot, state: SlotState, supervisor: Supervisor,

@@ -46,6 +46,8 @@ def _check_all_placeholders(cfg: Config) -> None:
             _check_placeholders(f"release.{key}", val, BUILD_PLACEHOLDERS)
     if rel.version_command is not None:
         _check_placeholders("release.version_command", rel.version_command, APP_PLACEHOLDERS)
+    if rel.prepare is not None:
+        _check_placeholders("release.prepare", rel.prepare, SLOT_PLACEHOLDERS)
     for key in ("start", "stop", "command", "cwd", "migrate", "console"):
         val = getattr(run, key)
         if val is not None:

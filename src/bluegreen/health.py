@@ -18,16 +18,21 @@ class Response:
     status: int
     headers: dict[str, str]
     body: str
+    # The status codes that count as healthy (``run.health_status``), as ranges.
+    accept: tuple[tuple[int, int], ...] = ((200, 299),)
 
     @property
     def ok(self) -> bool:
-        return 200 <= self.status < 300
+        return any(low <= self.status <= high for low, high in self.accept)
 
 
 async def get(host: Host, address: str, port: int, path: str, *, host_header: str | None = None,
-              timeout: float = 3.0) -> Response:
-    """One ``GET`` to address:port as seen from ``host``; raises OSError or TimeoutError."""
-    return await asyncio.wait_for(_get(host, address, port, path, host_header), timeout)
+              timeout: float = 3.0,
+              accept: tuple[tuple[int, int], ...] = ((200, 299),)) -> Response:
+    """One ``GET`` to address:port as seen from ``host``; raises OSError or TimeoutError.
+    ``accept``: the status ranges the response's ``ok`` accepts."""
+    resp = await asyncio.wait_for(_get(host, address, port, path, host_header), timeout)
+    return Response(resp.status, resp.headers, resp.body, accept)
 
 
 async def _get(host: Host, address: str, port: int, path: str, host_header: str | None) -> Response:

@@ -3,13 +3,15 @@ migration, and pruning old releases."""
 
 from __future__ import annotations
 
+import time
+
 from bluegreen import records
 from bluegreen.artifact import Artifact
 from bluegreen.config import Colour
 from bluegreen.errors import ArtifactError, BlueGreenError, CommandFailed
 from bluegreen.fleet import Node
-from bluegreen.plan import files, release as releaseplan
-from bluegreen.plan.slot import SlotState, slot_command
+from bluegreen.plan import files, release as releaseplan, slot as slotplan
+from bluegreen.plan.slot import Slot, SlotState, slot_command
 from bluegreen.topology import AppHost
 
 
@@ -66,6 +68,36 @@ async def upload(node: Node, art: Artifact) -> None:
         raise CommandFailed(f"unpacking {rid} failed ({await _free_space(node)}); nothing was "
                             f"started and live traffic was not touched:\n{exc.detail}",
                             host=node.name, detail=exc.detail) from None
+
+
+async def prepare(a: AppHost, slot: Slot, secrets: dict[str, str]) -> None:
+    """Run ``release.prepare`` in the new release dir with the slot's env, once per
+    release (a re-run after a crash skips a release prepared before). Its failure stops
+    the deploy before the idle slot is stopped: nothing started, nothing switched."""
+    node, command = a.node, a.node.cfg.release.prepare
+    if not command:
+        return
+    layout = node.layout
+    if (await node.run(files.exists(releaseplan.prepared_marker(layout, slot.release_id)),
+                       check=False)).ok:
+        node.say(f"{slot.release_id} was prepared before; prepare skipped")
+        return
+    env_file = layout.slot(slot.colour) / "prepare.env"
+    await node.run(files.make_dirs([layout.slot(slot.colour)]))
+    await node.run(files.write_file(env_file, "0600"),
+                   input=slotplan.env_script(slotplan.slot_env(node.cfg, slot, secrets)))
+    node.say(f"prepare in {slot.release_dir}: {command}")
+    started = time.monotonic()
+    result = await node.run(releaseplan.prepare(layout, slot.release_id, env_file,
+                                                slot.render(node.cfg, command)),
+                            timeout=1800, check=False)
+    output = node.out.mask(result.stdout.rstrip())
+    if not result.ok:
+        tail = "\n".join(output.splitlines()[-30:])
+        raise BlueGreenError(f"prepare failed (exit {result.exit_status}) in "
+                             f"{slot.release_dir}; nothing was started or switched and live "
+                             f"traffic was not touched:\n{tail}", host=node.name, detail=tail)
+    node.say(f"prepared in {time.monotonic() - started:.1f}s")
 
 
 async def _free_space(node: Node) -> str:

@@ -65,6 +65,11 @@ class Release(_Model):
                                 "device files are refused")
     keep: int = _key(5, "releases kept per host after a deploy; the blue and green slots' "
                      "releases are never pruned", ge=1, le=1000)
+    prepare: str | None = _key(None, "a command run on each host in the new release dir after "
+                               "it is unpacked and before it starts, with the slot's env (e.g. "
+                               "a virtualenv from a wheelhouse in the artifact, `npm ci`); its "
+                               "failure means nothing is started or switched (exit 1); skipped "
+                               "when that release was prepared before")
 
     @field_validator("version")
     @classmethod
@@ -95,6 +100,13 @@ class Run(_Model):
     health_path: str = _key("/health", "`GET http://{bind}:{port}{health_path}` must answer 2xx, "
                             "asked from the host itself (through the SSH connection)")
     health_timeout: PositiveSeconds = _key(30, "seconds for a new release to become healthy")
+    health_host: str | None = _key(None, "the `Host` header of health requests, for apps that "
+                                   "check it (Django's ALLOWED_HOSTS); default: the first name "
+                                   "of `proxy.server_name`")
+    health_status: str = _key("200-299", "the status codes that count as healthy: codes and "
+                              "ranges, e.g. `\"200-299,301\"`")
+    health_interval: Annotated[float, Field(ge=0.01, le=60)] = _key(
+        0.1, "seconds between health requests while a new release starts")
     stop_timeout: PositiveSeconds = _key(30, "seconds for a stopped process to exit before "
                                          "SIGKILL")
     drain_timeout: Annotated[float, Field(ge=0, le=86400)] = _key(
@@ -124,6 +136,19 @@ class Run(_Model):
             raise ValueError("must start with / and contain no spaces")
         return v
 
+    @field_validator("health_status")
+    @classmethod
+    def _health_status(cls, v: str) -> str:
+        status_ranges(v)
+        return v
+
+    @field_validator("health_host")
+    @classmethod
+    def _health_host(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^[A-Za-z0-9.-]+(:\d{1,5})?$", v):
+            raise ValueError("must be a host name, optionally with :port")
+        return v
+
     @field_validator("env")
     @classmethod
     def _env_keys(cls, v: dict[str, str]) -> dict[str, str]:
@@ -143,6 +168,20 @@ class Run(_Model):
                              "foreground command, e.g. `bin/myapp start` for an Elixir "
                              "release) instead of run.start")
         return self
+
+
+def status_ranges(spec: str) -> tuple[tuple[int, int], ...]:
+    """``"200-299,301"`` as ranges; ValueError (in words) on anything else."""
+    out = []
+    for part in spec.split(","):
+        low, _, high = part.strip().partition("-")
+        if not low.isdigit() or (high and not high.isdigit()):
+            raise ValueError(f"{spec!r}: use status codes and ranges such as 200-299,301")
+        pair = (int(low), int(high or low))
+        if not 100 <= pair[0] <= pair[1] <= 599:
+            raise ValueError(f"{spec!r}: codes are 100 to 599, ranges low-high")
+        out.append(pair)
+    return tuple(out)
 
 
 class Slots(_Model):

@@ -8,7 +8,8 @@ import asyncio
 from datetime import datetime, timezone
 
 from bluegreen import health, supervisors
-from bluegreen.config import Colour
+from bluegreen.config import Colour, render
+from bluegreen.settings import status_ranges
 from bluegreen.fleet import Node
 from bluegreen.plan import files
 from bluegreen.plan.slot import Probe, Slot, SlotState
@@ -47,11 +48,15 @@ class Slots:
         return await probe(self.node, colour, sid, pids)
 
     async def health(self, colour: Colour) -> health.Response | None:
-        """GET the slot's health path; None when nothing answers."""
-        port = self.cfg.slots.port(colour)
+        """GET the slot's health path (with ``run.health_host`` as Host; ``ok`` when the
+        status is one of ``run.health_status``); None when nothing answers."""
+        run = self.cfg.run
+        host_header = run.health_host or render(self.cfg.proxy.server_name,
+                                                app=self.cfg.app).split()[0]
         try:
-            return await health.get(self.node.host, self.node.bind, port,
-                                    self.cfg.run.health_path, timeout=3)
+            return await health.get(self.node.host, self.node.bind, self.cfg.slots.port(colour),
+                                    run.health_path, host_header=host_header, timeout=3,
+                                    accept=status_ranges(run.health_status))
         except (OSError, asyncio.TimeoutError):
             return None
 

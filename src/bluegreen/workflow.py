@@ -22,7 +22,7 @@ from bluegreen.hooks import run_hook
 from bluegreen.output import Reporter
 from bluegreen.plan import admin, files, history, sudoers
 from bluegreen.plan.slot import SlotState, env_script, slot_command
-from bluegreen.releases import deploy_target, migrate_on, prune_host, upload
+from bluegreen.releases import deploy_target, migrate_on, prepare, prune_host, upload
 from bluegreen.switch import finish_interrupted, refuse_split, switch_all
 from bluegreen.topology import AppHost, Topology, build
 
@@ -209,6 +209,8 @@ async def deploy(ctx: Context, art: Artifact, *, promote: bool = True) -> Deploy
 async def _deploy_host(a: AppHost, art: Artifact, target: Colour, live: Colour | None,
                        secrets: dict[str, str], boot: asyncio.Semaphore) -> SlotState:
     await upload(a.node, art)
+    slot = a.slots.slot(target, art.release_id, art.version)
+    await prepare(a, slot, secrets)
     layout = a.node.layout
     if a.node.cfg.run.env_file:
         await a.node.run(files.make_dirs([layout.shared_env.parent]))
@@ -219,7 +221,7 @@ async def _deploy_host(a: AppHost, art: Artifact, target: Colour, live: Colour |
     async with boot:  # deploy.boot_limit: at most N hosts stop and start at once
         if target is not live:  # the first deploy starts on the live colour: nothing there
             await a.boot.stop(target)
-        return await a.boot.start(a.slots.slot(target, art.release_id, art.version), secrets)
+        return await a.boot.start(slot, secrets)
 
 
 # ---- promote and rollback -------------------------------------------------------------

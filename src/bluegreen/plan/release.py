@@ -46,7 +46,23 @@ def list_releases(layout: Layout) -> Argv:
 
 
 def remove(layout: Layout, rids: list[str]) -> Argv:
-    return ["rm", "-rf", "--", *[str(layout.release(r)) for r in rids]]
+    """Delete releases (and their `prepare` markers)."""
+    return ["rm", "-rf", "--", *[str(layout.release(r)) for r in rids],
+            *[str(prepared_marker(layout, r)) for r in rids]]
+
+
+def prepared_marker(layout: Layout, rid: str) -> PurePosixPath:
+    """Present once ``release.prepare`` succeeded in the release (a dot name: never taken
+    for a release)."""
+    return layout.releases / f".{rid}.prepared"
+
+
+def prepare(layout: Layout, rid: str, env_file: PurePosixPath, command: str) -> Argv:
+    """Run ``release.prepare`` in the release dir with the slot's env (read from
+    ``env_file``, removed afterwards: it holds secrets); on success mark it prepared."""
+    return sh('cd "$1" || exit 1; . "$2"; rm -f "$2"; sh -c "$3" 2>&1 < /dev/null '
+              '&& touch "$4"', layout.release(rid), env_file, command,
+              prepared_marker(layout, rid))
 
 
 def to_prune(releases_oldest_first: list[str], keep: int, protected: set[str]) -> list[str]:
