@@ -332,12 +332,15 @@ class Site:
                                  f"expected {expected}\n{proc.stdout}\n{proc.stderr}")
         return proc
 
-    def deploy(self, version: str, *args: str, mode: str | None = None,
-               check: int | bool = True) -> subprocess.CompletedProcess[str]:
+    def artifact(self, version: str, mode: str | None = None) -> None:
         built = build_sample(self.dir / "build", version, mode)
         dest = self.dir / "artifacts" / f"sample-{version}.tar.gz"
         dest.parent.mkdir(exist_ok=True)
         shutil.copyfile(built, dest)
+
+    def deploy(self, version: str, *args: str, mode: str | None = None,
+               check: int | bool = True) -> subprocess.CompletedProcess[str]:
+        self.artifact(version, mode)
         return self.bg("deploy", "--version", version, *args, check=check)
 
     def answer(self) -> Answer:

@@ -147,6 +147,7 @@ def test_interrupted_switch_is_finished(local_project_hx: Project) -> None:
 
 def test_check_reports_the_runtime_api(local_project_hx: Project) -> None:
     p = local_project_hx
+    p.artifact("1.0.0")
     out = p.bg("check")
     installed = subprocess.run(["haproxy", "-v"], capture_output=True, text=True).stdout
     version = re.search(r"version (\d+\.\d+\.\d+)", installed)

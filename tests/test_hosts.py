@@ -56,8 +56,13 @@ def test_unreachable_host_exit_3(ssh_project: Project) -> None:
 
 
 def test_check_reports_what_setup_would_do(project: Project) -> None:
+    # The local side first: no artifact and no release.build to make it.
+    out = project.bg("check", check=1)
+    assert "does not exist and there is no release.build" in out.stdout
+    project.artifact("1.0.0")
     out = project.bg("check")
     assert "setup will create it" in out.stdout
+    assert f"port {project.blue} (blue)" in out.stdout and "free" in out.stdout
     assert "setup will link blue" in out.stdout
     assert "passes" in out.stdout  # nginx -t
     assert not project.deploy_to.exists()  # check changes nothing
@@ -78,6 +83,26 @@ def test_check_reports_what_setup_would_do(project: Project) -> None:
     project.write_config()
     out = project.bg("check", check=1)
     assert "FAIL" in out.stdout and "missing" in out.stdout
+    project.extra_proxy = {}
+    project.write_config()
+    project.deploy("1.0.0")
+    # Another app's process on the idle slot's port: named before any deploy fails on it.
+    squatter = subprocess.Popen(["python3", "-m", "http.server", "--bind", "127.0.0.1",
+                                 str(project.green)], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+    try:
+        from conftest import wait_port
+
+        wait_port(project.green)
+        out = project.bg("check", check=1)
+        assert f"held by pid {squatter.pid}, not this app's slot" in out.stdout
+        assert "held by this app's own slot" in out.stdout  # blue: ours
+    finally:
+        squatter.kill()
+        squatter.wait()
+    project.write_config(release={"version": "1.0.0", "build": "no-such-builder --all"})
+    out = project.bg("check", check=1)
+    assert "`no-such-builder` not found" in out.stdout
 
 
 def test_secrets_never_printed_and_metacharacters_stay_text(project: Project) -> None:

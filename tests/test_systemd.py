@@ -36,6 +36,7 @@ def site(lab: SystemdLab, server: SystemdHost, tmp_path: Path) -> Iterator[Site]
 
 
 def test_deploy_promote_rollback_under_systemd(site: Site) -> None:
+    site.artifact("1.0.0")
     check = site.bg("check")
     assert "slots run under systemd" in check.stdout, check.stdout
     site.bg("setup")
@@ -124,6 +125,7 @@ def test_least_privilege_deploy_user_with_only_the_printed_sudoers(
         lab: SystemdLab, server: SystemdHost, tmp_path: Path) -> None:
     server.shell(PREPARE_DEPLOY_USER)
     site = Site(lab, server, tmp_path / "project", user="deploy")
+    site.artifact("1.0.0")
     check = site.bg("check", check=1)
     assert "sudo" in check.stdout and "--print-sudoers" in check.stdout, check.stdout
 

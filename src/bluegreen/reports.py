@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bluegreen import supervisors
-from bluegreen.config import Colour, Config, HostConfig
+from bluegreen.config import Colour, Config, HostConfig, render
 from bluegreen.errors import SplitBrain
 from bluegreen.fleet import Node, open_fleet
 from bluegreen.output import Reporter
@@ -27,19 +27,65 @@ class CheckItem:
     detail: str
 
 
+def check_local(cfg: Config) -> list[CheckItem]:
+    """What a deploy needs on this machine: a build command that exists, or the artifact."""
+    import shlex
+    import shutil
+
+    rel = cfg.release
+    if rel.build:
+        words = shlex.split(render(rel.build, app=cfg.app, version="0"))
+        # The command a shell would run first (after VAR=value assignments).
+        command = next((w for w in words if "=" not in w.split("/")[0]), "")
+        found = bool(command) and (shutil.which(command) is not None or
+                                   cfg.local_path(command).exists())
+        return [CheckItem("local", "release.build", found, f"`{command}` found" if found else
+                          f"`{command}` not found on this machine (release.build)")]
+    if not rel.artifact:
+        return [CheckItem("local", "release.artifact", None,
+                          "no release.build nor release.artifact: deploy needs --artifact")]
+    if rel.version is None:
+        return [CheckItem("local", "release.artifact", None,
+                          "the artifact's name depends on the version: checked at deploy")]
+    path = cfg.local_path(render(rel.artifact, app=cfg.app, version=rel.version))
+    return [CheckItem("local", "release.artifact", path.is_file(),
+                      f"{path} exists" if path.is_file() else
+                      f"{path} does not exist and there is no release.build to make it")]
+
+
 async def check(cfg: Config, hosts: list[HostConfig], out: Reporter) -> list[CheckItem]:
     """Connect to every host and verify tools, proxy and paths; changes nothing."""
+    local = check_local(cfg)
     async with open_fleet(cfg, hosts, out, strict=False) as fleet:
         topo = build(fleet)
         own = not cfg.load_balancers
-        rows = [*(_check_host(a.node, a.proxies[0] if own else None, app=True)
-                  for a in topo.apps),
+        rows = [*(_check_app(a, own) for a in topo.apps),
                 *(_check_host(p.node, p, app=False) for p in ([] if own else topo.proxies))]
         found = {items[0].host: items for items in await asyncio.gather(*rows)}
     failed = {name: [CheckItem(name, "connect", False, exc.message)]
               for name, exc in fleet.unreachable.items()}
-    return [item for hc in [*hosts, *cfg.load_balancers]
-            for item in found.get(hc.label) or failed.get(hc.label, [])]
+    return local + [item for hc in [*hosts, *cfg.load_balancers]
+                    for item in found.get(hc.label) or failed.get(hc.label, [])]
+
+
+async def _check_app(a: AppHost, own_proxy: bool) -> list[CheckItem]:
+    """An app host: its tools, deploy_to, proxy (its own), and whether the slot ports are
+    free or held by this app's own slots (not another app's)."""
+    items = await _check_host(a.node, a.proxies[0] if own_proxy else None, app=True)
+    for colour in Colour:
+        port = a.node.cfg.slots.port(colour)
+        probe = await a.slots.probe(colour)
+        if not probe.listening:
+            items.append(CheckItem(a.name, f"port {port} ({colour})", True, "free"))
+        elif a.slots.owns(colour, await a.slots.state(colour), probe):
+            items.append(CheckItem(a.name, f"port {port} ({colour})", True,
+                                   "held by this app's own slot"))
+        else:
+            pids = ", ".join(str(p) for p in probe.listeners)
+            items.append(CheckItem(a.name, f"port {port} ({colour})", False,
+                                   f"held by pid {pids}, not this app's slot (another app?): "
+                                   f"stop it or change slots.{colour}"))
+    return items
 
 
 async def _check_host(node: Node, proxy: Proxy | None, *, app: bool) -> list[CheckItem]:
