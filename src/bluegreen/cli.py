@@ -143,8 +143,9 @@ def init(preset: str, app_name: str | None, config: str, force: bool) -> None:
                "`bluegreen check`")
 
 
-@main.command(help="Validate the config, connect to every host, verify the proxy and paths, "
-                   "and say what `setup` would create. Changes nothing.")
+@main.command(help="Validate the config, check the local build command (or artifact), connect "
+                   "to every host, verify the proxy, paths and slot ports, say which "
+                   "supervisor runs the slots, and what `setup` would create. Changes nothing.")
 @common
 def check(state: State) -> None:
     ctx = load(state)
