@@ -63,6 +63,12 @@ def test_example_loads() -> None:
     assert cfg.app == "myapp"
 
 
+def test_docs_sections_in_the_cli_match_the_reference() -> None:
+    from bluegreen import cli
+
+    assert cli.DOC_SECTIONS == reference.SECTIONS
+
+
 def test_proxy_kinds_registry_matches_the_settings() -> None:
     assert set(proxies.KINDS) == set(PROXY_SETTINGS)
 

@@ -4,23 +4,40 @@ No SSH and no nginx here."""
 
 from __future__ import annotations
 
-import asyncio
 import functools
+import importlib
 import json
 import sys
 import traceback
 from pathlib import Path
-from typing import Any, Callable, Coroutine, NoReturn, TypeVar
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Callable, Coroutine, NoReturn, TypeVar
 
 import click
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
 
-from bluegreen import __version__, artifact, presets, reference, reports, workflow
-from bluegreen.config import Colour, load_config
+from bluegreen import __version__, presets
 from bluegreen.errors import BlueGreenError
-from bluegreen.output import Reporter
+
+if TYPE_CHECKING:
+    from bluegreen import artifact, reference, reports, workflow
+    from bluegreen.config import Colour
+    from bluegreen.output import Reporter
+else:
+    class _Later(ModuleType):
+        """A module imported when first used: `bluegreen --help` and commands that need
+        no host skip pydantic, rich, asyncssh and Jinja2 (~0.2 s)."""
+
+        def __init__(self, name: str) -> None:
+            super().__init__(name)
+            self.__dict__["_name"] = name
+
+        def __getattr__(self, attr: str) -> Any:
+            return getattr(importlib.import_module(self.__dict__["_name"]), attr)
+
+    artifact = _Later("bluegreen.artifact")
+    reference = _Later("bluegreen.reference")
+    reports = _Later("bluegreen.reports")
+    workflow = _Later("bluegreen.workflow")
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -31,7 +48,35 @@ Exit codes: 0 done; 1 failed, live traffic left as it was; 2 usage or config err
 5 the new release did not become healthy and was not promoted.
 """
 
-COLOURS = click.Choice([c.value for c in Colour])
+COLOURS = click.Choice(["blue", "green"])
+# The sections of `bluegreen docs` (reference.SECTIONS; a test keeps them equal).
+DOC_SECTIONS = ("", "release", "run", "slots", "deploy", "proxy", "hooks", "hosts",
+                "load_balancers")
+
+
+def to_colour(value: str | None) -> Colour | None:
+    from bluegreen.config import Colour
+
+    return Colour(value) if value else None
+
+
+def rich_table(*columns: str, **kw: Any) -> Any:
+    """A rich Table (rich is imported only by the commands that print tables)."""
+    from rich.table import Table
+
+    return Table(*columns, **kw)
+
+
+def rich_print(renderable: Any) -> None:
+    from rich.console import Console
+
+    Console(highlight=False).print(renderable)
+
+
+def escape(text: str) -> str:
+    from rich.markup import escape as rich_escape
+
+    return rich_escape(text)
 
 
 class State:
@@ -43,10 +88,14 @@ class State:
         # --json on a command that changes things: progress as JSON lines on stderr, the
         # result (or the error) as one JSON document on stdout.
         self.events = json_out and events
-        self.out = Reporter(verbose=verbose, mode="json" if self.events else None)
+        from bluegreen.output import Reporter
+
+        self.out: Reporter = Reporter(verbose=verbose, mode="json" if self.events else None)
         self.json = json_out
 
     def context(self) -> workflow.Context:
+        from bluegreen.config import load_config
+
         cfg = load_config(self.config_path)
         return workflow.make_context(cfg, self.out, self.host_names)
 
@@ -87,6 +136,8 @@ def json_data(fn: F) -> F:
 
 def run(state: State, coro_fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
     """Run a workflow coroutine; turn bluegreen errors into ``error: ...`` and exit codes."""
+    import asyncio
+
     try:
         with state.out.session():
             return asyncio.run(coro_fn())
@@ -150,11 +201,11 @@ def init(preset: str, app_name: str | None, config: str, force: bool) -> None:
 def check(state: State) -> None:
     ctx = load(state)
     items = run(state, lambda: reports.check(ctx.cfg, ctx.hosts, ctx.out))
-    table = Table("host", "check", "result", box=None, pad_edge=False)
+    table = rich_table("host", "check", "result", box=None, pad_edge=False)
     for item in items:
         mark = {True: "[green]ok[/]", False: "[red]FAIL[/]", None: "[yellow]note[/]"}[item.ok]
         table.add_row(escape(item.host), escape(item.item), f"{mark} {escape(item.detail)}")
-    Console(highlight=False).print(table)
+    rich_print(table)
     failed = [i for i in items if i.ok is False]
     if any(i.item == "connect" for i in failed):
         sys.exit(3)
@@ -241,7 +292,7 @@ def deploy(state: State, json_out: bool, artifact_path: str | None, version: str
 @common
 def promote(state: State, json_out: bool, colour: str | None) -> None:
     ctx = load(state)
-    targets = run(state, lambda: workflow.promote(ctx, Colour(colour) if colour else None))
+    targets = run(state, lambda: workflow.promote(ctx, to_colour(colour)))
     if json_out:
         emit_json({"ok": True, "live": {h: c.value for h, c in targets.items()}})
         return
@@ -279,6 +330,8 @@ def status(state: State, json_out: bool) -> None:
 
 
 def _print_status(data: dict[str, Any]) -> None:
+    from rich.console import Console
+
     console = Console(highlight=False)
     for lb in data.get("load_balancers", []):
         if lb["reachable"]:
@@ -294,7 +347,7 @@ def _print_status(data: dict[str, Any]) -> None:
         agree = "" if h["proxy_answer"] == h["live"] else " [red](proxy disagrees!)[/]"
         console.print(f"[bold]{escape(h['host'])}[/]: live [bold]{h['live']}[/], proxy answers "
                       f"{escape(str(h['proxy_answer']))}{agree}")
-        table = Table("slot", "release", "port", "pid", "running", "healthy", "conns", box=None)
+        table = rich_table("slot", "release", "port", "pid", "running", "healthy", "conns", box=None)
         for colour, s in h["slots"].items():
             mark = " (live)" if colour == h["live"] else ""
             table.add_row(colour + mark, str(s["release"] or "-"), str(s["port"]),
@@ -315,7 +368,9 @@ def _yes(value: bool) -> str:
 @common
 def stop(state: State, json_out: bool, colour: str) -> None:
     ctx = load(state)
-    run(state, lambda: workflow.stop(ctx, Colour(colour)))
+    target = to_colour(colour)
+    assert target is not None  # click requires the argument
+    run(state, lambda: workflow.stop(ctx, target))
     if json_out:
         emit_json({"ok": True, "stopped": colour, "hosts": [h.label for h in ctx.hosts]})
         return
@@ -333,11 +388,11 @@ def history(state: State, json_out: bool, limit: int | None) -> None:
     if json_out:
         emit_json(events)
         return
-    table = Table("time", "host", "event", "color", "release", "user", "detail", box=None)
+    table = rich_table("time", "host", "event", "color", "release", "user", "detail", box=None)
     for e in events:
         table.add_row(*(escape(str(e.get(k) or "-")) for k in
                         ("time", "host", "event", "color", "release", "user", "detail")))
-    Console(highlight=False).print(table)
+    rich_print(table)
 
 
 @main.command(help="Keep the N newest releases plus the blue and green slots' releases; delete "
@@ -361,7 +416,7 @@ def prune(state: State, json_out: bool, keep: int | None) -> None:
 @common
 def migrate(state: State, colour: str | None) -> None:
     ctx = load(state)
-    run(state, lambda: workflow.migrate(ctx, Colour(colour) if colour else None))
+    run(state, lambda: workflow.migrate(ctx, to_colour(colour)))
 
 
 @main.command(help="An interactive run.console (e.g. `bin/app remote`) in a pty, in a slot's "
@@ -370,7 +425,7 @@ def migrate(state: State, colour: str | None) -> None:
 @common
 def console(state: State, colour: str | None) -> None:
     ctx = load(state)
-    sys.exit(run(state, lambda: workflow.console(ctx, Colour(colour) if colour else None)))
+    sys.exit(run(state, lambda: workflow.console(ctx, to_colour(colour))))
 
 
 @main.command(help="Show a slot's log (default: the live slot): bluegreen's log of a run.command "
@@ -383,7 +438,7 @@ def console(state: State, colour: str | None) -> None:
 def logs(state: State, colour: str | None, follow: bool, lines: int) -> None:
     state.out.quiet = True
     ctx = load(state)
-    run(state, lambda: workflow.logs(ctx, Colour(colour) if colour else None, lines, follow))
+    run(state, lambda: workflow.logs(ctx, to_colour(colour), lines, follow))
 
 
 @main.command(help="Remove a lock left by a run that died (prints who held it, since when).")
@@ -396,7 +451,7 @@ def unlock(state: State) -> None:
 
 @main.command(help="Print the configuration reference (every key of bluegreen.toml, its default "
                    "and meaning), or one SECTION of it: "
-                   + ", ".join(s or "top" for s in reference.SECTIONS) + ".")
+                   + ", ".join(s or "top" for s in DOC_SECTIONS) + ".")
 @click.argument("section", required=False)
 def docs(section: str | None) -> None:
     if section == "top":
