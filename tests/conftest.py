@@ -13,6 +13,7 @@ import sys
 import textwrap
 import time
 import urllib.request
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -24,6 +25,19 @@ from bluegreen.demo.nginx import PrivateNginx, build_sample, free_port
 
 BLUEGREEN = [sys.executable, "-m", "bluegreen"]
 SERVER_NAME = "testapp.test"
+
+
+@contextmanager
+def squatter(port: int) -> Iterator[subprocess.Popen[bytes]]:
+    """A process that is not a slot's (another app, say) listening on ``port``."""
+    proc = subprocess.Popen(["python3", "-m", "http.server", "--bind", "127.0.0.1", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port)
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def private_subnet() -> int:

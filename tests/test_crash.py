@@ -111,16 +111,9 @@ def test_prune_killed_then_rerun(local_project: Project, command: str, marker: s
 def test_deploy_on_three_hosts_killed_then_rerun(tmp_path: Path, marker: str) -> None:
     """Many hosts: a deploy killed at a step leaves every host serving what it served (or,
     from the switch on, each host's link and answer agreeing), and a re-run converges."""
-    from cluster import Cluster
-    from test_multihost import Fleet
+    from test_multihost import running_fleet
 
-    cluster = Cluster(tmp_path / "cluster", 3)
-    (tmp_path / "cluster").mkdir()
-    try:
-        cluster.up()
-        (tmp_path / "project").mkdir()
-        fleet = Fleet(cluster, tmp_path / "project")
-        fleet.bg("setup")
+    with running_fleet(tmp_path, 3) as fleet:
         fleet.deploy("1.0.0")
         fleet.deploy("2.0.0")
         build = fleet.dir / "artifacts" / "sample-3.0.0.tar.gz"
@@ -139,5 +132,3 @@ def test_deploy_on_three_hosts_killed_then_rerun(tmp_path: Path, marker: str) ->
         assert fleet.answers() == [("blue", "3.0.0")] * 3
         data = json.loads(fleet.bg("status", "--json").stdout)
         assert data["split_brain"] is False
-    finally:
-        cluster.down()

@@ -8,7 +8,7 @@ import socket
 import subprocess
 from pathlib import Path
 
-from conftest import SERVER_NAME, Project, get, live_slot
+from conftest import SERVER_NAME, Project, get, live_slot, squatter
 
 
 def setup(p: Project) -> None:
@@ -130,23 +130,14 @@ def test_never_healthy_release_is_not_promoted(project: Project) -> None:
 def test_foreign_process_on_idle_port(project: Project) -> None:
     setup(project)
     project.deploy("1.0.0")
-    squatter = subprocess.Popen(["python3", "-m", "http.server", "--bind", "127.0.0.1",
-                                 str(project.green)], stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
-    try:
-        from conftest import wait_port
-
-        wait_port(project.green)
+    with squatter(project.green) as other:
         before = live_slot(project)
         out = project.deploy("2.0.0", check=5)
         assert live_slot(project) == before
         assert "not the slot's own" in out.stderr
-        assert squatter.poll() is None  # not ours: left alone
+        assert other.poll() is None  # not ours: left alone
         a = project.answer()
         assert (a.colour, a.version) == ("blue", "1.0.0")
-    finally:
-        squatter.kill()
-        squatter.wait()
 
 
 def test_rejected_site_template_puts_link_back(project: Project) -> None:

@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 
 from bluegreen.demo.nginx import PrivateNginx
-from conftest import Project, free_port
+from conftest import Project, free_port, squatter
 
 
 def test_wrong_host_key_is_refused(ssh_project: Project, tmp_path: Path) -> None:
@@ -87,19 +87,10 @@ def test_check_reports_what_setup_would_do(project: Project) -> None:
     project.write_config()
     project.deploy("1.0.0")
     # Another app's process on the idle slot's port: named before any deploy fails on it.
-    squatter = subprocess.Popen(["python3", "-m", "http.server", "--bind", "127.0.0.1",
-                                 str(project.green)], stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
-    try:
-        from conftest import wait_port
-
-        wait_port(project.green)
+    with squatter(project.green) as other:
         out = project.bg("check", check=1)
-        assert f"held by pid {squatter.pid}, not this app's slot" in out.stdout
+        assert f"held by pid {other.pid}, not this app's slot" in out.stdout
         assert "held by this app's own slot" in out.stdout  # blue: ours
-    finally:
-        squatter.kill()
-        squatter.wait()
     project.write_config(release={"version": "1.0.0", "build": "no-such-builder --all"})
     out = project.bg("check", check=1)
     assert "`no-such-builder` not found" in out.stdout

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -97,6 +98,22 @@ def get_from(host: NsHost) -> Answer:
                           resp.headers.get("X-App-Version"))
     except OSError as exc:
         return Answer(0, str(exc), None, None)
+
+
+@contextmanager
+def running_fleet(tmp_path: Path, count: int, **kw: Any) -> Iterator[Fleet]:
+    """``count`` namespaced hosts, a project deploying to them (``kw``: Fleet's options),
+    set up; torn down at the end."""
+    cluster = Cluster(tmp_path / "cluster", count)
+    (tmp_path / "cluster").mkdir()
+    try:
+        cluster.up()
+        (tmp_path / "project").mkdir()
+        fleet = Fleet(cluster, tmp_path / "project", **kw)
+        fleet.bg("setup")
+        yield fleet
+    finally:
+        cluster.down()
 
 
 @pytest.fixture
@@ -387,14 +404,8 @@ def test_host_selection_behind_balancers_and_balancers_that_disagree(tmp_path: P
     """h1, h2 balance h3, h4. A switch limited by --host would send the balancers' traffic
     to h4's slot, which nobody checked: refused. Balancers on different colours are put
     back on one by `promote COLOUR`."""
-    cluster = Cluster(tmp_path / "cluster", 4)
-    (tmp_path / "cluster").mkdir()
-    try:
-        cluster.up()
-        (tmp_path / "project").mkdir()
-        fleet = Fleet(cluster, tmp_path / "project", balanced=True, balancers=2)
-        lb1, lb2 = cluster.hosts[:2]
-        fleet.bg("setup")
+    with running_fleet(tmp_path, 4, balanced=True, balancers=2) as fleet:
+        lb1, lb2 = fleet.cluster.hosts[:2]
         fleet.deploy("1.0.0")
         load = Load([lb1, lb2])
         try:
@@ -429,8 +440,6 @@ def test_host_selection_behind_balancers_and_balancers_that_disagree(tmp_path: P
         assert data["split_brain"] is False
         assert [lb["live"] for lb in data["load_balancers"]] == ["blue", "blue"]
         assert {get_from(lb).version for lb in (lb1, lb2) for _ in range(5)} == {"1.0.0"}
-    finally:
-        cluster.down()
 
 
 def test_a_host_that_fails_to_start_shows_its_own_output(tmp_path: Path) -> None:
@@ -445,18 +454,10 @@ def test_a_host_that_fails_to_start_shows_its_own_output(tmp_path: Path) -> None
 
 
 def test_status_with_an_unreachable_balancer(tmp_path: Path) -> None:
-    cluster = Cluster(tmp_path / "cluster", 3)
-    (tmp_path / "cluster").mkdir()
-    try:
-        cluster.up()
-        (tmp_path / "project").mkdir()
-        fleet = Fleet(cluster, tmp_path / "project", balanced=True)
-        fleet.bg("setup")
+    with running_fleet(tmp_path, 3, balanced=True) as fleet:
         fleet.deploy("1.0.0")
-        cluster.hosts[0].kill_sshd()
+        fleet.cluster.hosts[0].kill_sshd()
         data = json.loads(fleet.bg("status", "--json", check=3).stdout)
         assert data["load_balancers"][0]["reachable"] is False
         assert "error" in data["load_balancers"][0]
         assert all(h["reachable"] and h["slots"]["blue"]["own"] for h in data["hosts"])
-    finally:
-        cluster.down()
