@@ -22,6 +22,7 @@ from bluegreen.hooks import run_hook
 from bluegreen.output import Reporter
 from bluegreen.plan import admin, files, history, sudoers
 from bluegreen.plan.slot import SlotState, env_script, slot_command
+from bluegreen.proxies import Proxy
 from bluegreen.releases import deploy_target, migrate_on, prepare, prune_host, upload
 from bluegreen.switch import finish_interrupted, refuse_split, switch_all
 from bluegreen.topology import AppHost, Topology, build
@@ -110,7 +111,7 @@ async def setup(ctx: Context) -> None:
             # killed run left half done towards a colour that is not healthy.
             await finish_interrupted(topo, ctx.out)
 
-            async def one(p: Any) -> None:
+            async def one(p: Proxy) -> None:
                 live = await p.live_colour()
                 await p.setup(live)
                 await p.verify(live or Colour.BLUE)
