@@ -19,7 +19,7 @@ from bluegreen import __version__, presets
 from bluegreen.errors import BlueGreenError
 
 if TYPE_CHECKING:
-    from bluegreen import artifact, reference, reports, workflow
+    from bluegreen import artifact, reference, reports, views, workflow
     from bluegreen.config import Colour
     from bluegreen.output import Reporter
 else:
@@ -38,6 +38,7 @@ else:
     reference = _Later("bluegreen.reference")
     reports = _Later("bluegreen.reports")
     workflow = _Later("bluegreen.workflow")
+    views = _Later("bluegreen.views")
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -58,25 +59,6 @@ def to_colour(value: str | None) -> Colour | None:
     from bluegreen.config import Colour
 
     return Colour(value) if value else None
-
-
-def rich_table(*columns: str, **kw: Any) -> Any:
-    """A rich Table (rich is imported only by the commands that print tables)."""
-    from rich.table import Table
-
-    return Table(*columns, **kw)
-
-
-def rich_print(renderable: Any) -> None:
-    from rich.console import Console
-
-    Console(highlight=False).print(renderable)
-
-
-def escape(text: str) -> str:
-    from rich.markup import escape as rich_escape
-
-    return rich_escape(text)
 
 
 class State:
@@ -201,11 +183,7 @@ def init(preset: str, app_name: str | None, config: str, force: bool) -> None:
 def check(state: State) -> None:
     ctx = load(state)
     items = run(state, lambda: reports.check(ctx.cfg, ctx.hosts, ctx.out))
-    table = rich_table("host", "check", "result", box=None, pad_edge=False)
-    for item in items:
-        mark = {True: "[green]ok[/]", False: "[red]FAIL[/]", None: "[yellow]note[/]"}[item.ok]
-        table.add_row(escape(item.host), escape(item.item), f"{mark} {escape(item.detail)}")
-    rich_print(table)
+    views.print_check(items)
     failed = [i for i in items if i.ok is False]
     if any(i.item == "connect" for i in failed):
         sys.exit(3)
@@ -324,42 +302,9 @@ def status(state: State, json_out: bool) -> None:
     if json_out:
         emit_json(data)
     else:
-        _print_status(data)
+        views.print_status(data)
     if any(not h["reachable"] for h in [*data["hosts"], *data.get("load_balancers", [])]):
         sys.exit(3)
-
-
-def _print_status(data: dict[str, Any]) -> None:
-    from rich.console import Console
-
-    console = Console(highlight=False)
-    for lb in data.get("load_balancers", []):
-        if lb["reachable"]:
-            console.print(f"[bold]{escape(lb['host'])}[/] (load balancer): live "
-                          f"[bold]{lb['live']}[/], answers {escape(str(lb['proxy_answer']))}")
-        else:
-            console.print(f"[bold]{escape(lb['host'])}[/] (load balancer): [red]unreachable[/] "
-                          f"({escape(lb['error'])})")
-    for h in data["hosts"]:
-        if not h["reachable"]:
-            console.print(f"[bold]{escape(h['host'])}[/]: [red]unreachable[/] ({escape(h['error'])})")
-            continue
-        agree = "" if h["proxy_answer"] == h["live"] else " [red](proxy disagrees!)[/]"
-        console.print(f"[bold]{escape(h['host'])}[/]: live [bold]{h['live']}[/], proxy answers "
-                      f"{escape(str(h['proxy_answer']))}{agree}")
-        table = rich_table("slot", "release", "port", "pid", "running", "healthy", "conns", box=None)
-        for colour, s in h["slots"].items():
-            mark = " (live)" if colour == h["live"] else ""
-            table.add_row(colour + mark, str(s["release"] or "-"), str(s["port"]),
-                          str(s["pid"] or "-"), _yes(s["running"]), _yes(s["healthy"]),
-                          str(s["connections"]))
-        console.print(table)
-    for problem in data.get("problems", []):
-        console.print(f"[bold red]{escape(problem)}[/]")
-
-
-def _yes(value: bool) -> str:
-    return "yes" if value else "no"
 
 
 @main.command(help="Drain and stop an idle slot (the live one is refused).")
@@ -388,11 +333,7 @@ def history(state: State, json_out: bool, limit: int | None) -> None:
     if json_out:
         emit_json(events)
         return
-    table = rich_table("time", "host", "event", "color", "release", "user", "detail", box=None)
-    for e in events:
-        table.add_row(*(escape(str(e.get(k) or "-")) for k in
-                        ("time", "host", "event", "color", "release", "user", "detail")))
-    rich_print(table)
+    views.print_history(events)
 
 
 @main.command(help="Keep the N newest releases plus the blue and green slots' releases; delete "

@@ -1,54 +1,28 @@
 """The models of ``bluegreen.toml``: validated, frozen, each key with its default and
 the description `bluegreen docs` prints (see ``reference``). Loading and the checks
-that span keys (placeholders) are in ``config``."""
+that span keys (placeholders) are in ``config``; the plain values in ``values``; the
+proxy kinds in ``proxy_settings``."""
 
 from __future__ import annotations
 
-import enum
 import re
-import string
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from bluegreen.errors import ConfigError
+from bluegreen.proxy_settings import (PROXY_SETTINGS, HAProxySettings, NginxSettings, P,
+                                      ProxySettings)
+from bluegreen.values import (APP_PLACEHOLDERS, APP_RE, BUILD_PLACEHOLDERS, ENV_KEY_RE,
+                              SLOT_PLACEHOLDERS, VERSION_RE, Colour, Model as _Model,
+                              Port, PositiveSeconds, check_version, key as _key,
+                              parse_listen, placeholders_in, render, status_ranges)
 
-APP_RE = r"^[a-z][a-z0-9_-]{0,39}$"
-VERSION_RE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._+-]{0,63}$")
-ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-# Placeholders each kind of value may use.
-SLOT_PLACEHOLDERS = frozenset(
-    {"app", "color", "port", "version", "release_dir", "slot_dir", "deploy_to", "bind"}
-)
-BUILD_PLACEHOLDERS = frozenset({"app", "version"})
-APP_PLACEHOLDERS = frozenset({"app"})
-
-
-class Colour(str, enum.Enum):
-    BLUE = "blue"
-    GREEN = "green"
-
-    @property
-    def other(self) -> Colour:
-        return Colour.GREEN if self is Colour.BLUE else Colour.BLUE
-
-    def __str__(self) -> str:
-        return self.value
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
-
-
-PositiveSeconds = Annotated[float, Field(gt=0, le=86400)]
-Port = Annotated[int, Field(ge=1, le=65535)]
-
-
-def _key(default: Any = ..., description: str = "", **kw: Any) -> Any:
-    """A config key: its default and the sentence `bluegreen docs` prints for it."""
-    return Field(default, description=description, **kw)
+__all__ = ["APP_PLACEHOLDERS", "APP_RE", "BUILD_PLACEHOLDERS", "ENV_KEY_RE", "PROXY_SETTINGS",
+           "SLOT_PLACEHOLDERS", "VERSION_RE", "Colour", "Config", "HAProxySettings",
+           "HostConfig", "NginxSettings", "ProxySettings", "check_version", "parse_listen",
+           "placeholders_in", "render", "status_ranges"]
 
 
 class Release(_Model):
@@ -170,20 +144,6 @@ class Run(_Model):
         return self
 
 
-def status_ranges(spec: str) -> tuple[tuple[int, int], ...]:
-    """``"200-299,301"`` as ranges; ValueError (in words) on anything else."""
-    out = []
-    for part in spec.split(","):
-        low, _, high = part.strip().partition("-")
-        if not low.isdigit() or (high and not high.isdigit()):
-            raise ValueError(f"{spec!r}: use status codes and ranges such as 200-299,301")
-        pair = (int(low), int(high or low))
-        if not 100 <= pair[0] <= pair[1] <= 599:
-            raise ValueError(f"{spec!r}: codes are 100 to 599, ranges low-high")
-        out.append(pair)
-    return tuple(out)
-
-
 class Slots(_Model):
     """The two slots' ports and the address they listen on."""
 
@@ -200,97 +160,6 @@ class Slots(_Model):
 
     def port(self, colour: Colour) -> int:
         return self.blue if colour is Colour.BLUE else self.green
-
-
-class _ProxyCommon(_Model):
-    server_name: str = _key("localhost", "the site's names; the first is the `Host` used to ask "
-                            "the proxy `/deployment_id`")
-    listen: str = _key("80", "nginx: a `listen` value; haproxy: `[address:]port`. The proxy is "
-                       "asked on its address (127.0.0.1 if none) and port")
-    test: str = ""
-    reload: str = ""
-    sudo: bool = _key(False, "prefix proxy commands and file writes with `sudo -n`")
-    template: str | None = _key(None, "your own Jinja2 template for the proxy's file "
-                                "(docs/configuration.md lists its variables)")
-
-    @field_validator("test", "reload", mode="before")
-    @classmethod
-    def _kind_default(cls, v: Any, info: Any) -> Any:
-        """An empty `test`/`reload` takes the kind's default."""
-        return v or cls.model_fields[info.field_name].default
-
-    @field_validator("server_name")
-    @classmethod
-    def _server_name(cls, v: str) -> str:
-        if not re.match(r"^[A-Za-z0-9_.*{}~^\\$-]+( [A-Za-z0-9_.*{}~^\\$-]+)*$", v):
-            raise ValueError("must be nginx server names separated by single spaces")
-        return v
-
-    @field_validator("listen")
-    @classmethod
-    def _listen(cls, v: str) -> str:
-        parse_listen(v)
-        return v
-
-
-class NginxSettings(_ProxyCommon):
-    """`proxy.kind = "nginx"`: a site file per colour and a live link; switch = link + reload."""
-
-    kind: Literal["nginx"] = _key("nginx", "`nginx` (site file per colour, switch = link + "
-                                  "reload) or `haproxy` (switch through the runtime API, no "
-                                  "reload)")
-    sites_available: str = _key("/etc/nginx/sites-available", "nginx: where the two site "
-                                "files go")
-    sites_enabled: str = _key("/etc/nginx/sites-enabled", "nginx: where the live link goes")
-    site: str = _key("{app}", "nginx: file names `{site}-blue`, `{site}-green`; link "
-                     "`sites_enabled/{site}`")
-    test: str = _key("nginx -t", "shell command on the host that tests the proxy's config "
-                     "(haproxy: run by `setup`, or when the config file had to change)")
-    reload: str = _key("nginx -s reload", "shell command on the host that reloads the proxy "
-                       "(e.g. `systemctl reload nginx`)")
-
-    @field_validator("site")
-    @classmethod
-    def _site(cls, v: str) -> str:
-        if "/" in v or v.startswith(".") or not v:
-            raise ValueError("must be a plain file name (no '/', not starting with '.')")
-        return v
-
-
-class HAProxySettings(_ProxyCommon):
-    """`proxy.kind = "haproxy"`: one config file, a map file holding the live colour, and
-    the runtime API the switch goes through (no reload)."""
-
-    kind: Literal["haproxy"]
-    config_file: str = _key("/etc/haproxy/conf.d/{app}.cfg", "haproxy: the file bluegreen "
-                            "writes (a frontend, a backend per colour); HAProxy must load it")
-    map_file: str = _key("/etc/haproxy/conf.d/{app}.map", "haproxy: holds `live blue` or "
-                         "`live green`, the persistent live colour, read when HAProxy starts")
-    socket: str = _key("/run/haproxy/admin.sock", "haproxy: the runtime API (`stats socket ... "
-                       "level admin`), a path on the host or `address:port`")
-    test: str = _key("haproxy -c -q -f /etc/haproxy/haproxy.cfg -f /etc/haproxy/conf.d",
-                     "shell command on the host that tests the proxy's config")
-    reload: str = _key("systemctl reload haproxy", "shell command on the host that reloads "
-                       "the proxy")
-
-    @model_validator(mode="after")
-    def _paths(self) -> HAProxySettings:
-        if len(self.listen.split()) != 1:
-            raise ValueError(f"listen: {self.listen!r}: with kind = \"haproxy\" use "
-                             "[address:]port only")
-        for key in ("config_file", "map_file"):
-            if not getattr(self, key).startswith("/") or re.search(r"\s", getattr(self, key)):
-                raise ValueError(f"{key}: must be an absolute path without spaces")
-        if not (self.socket.startswith("/") or re.match(r"^[\w.-]+:\d{1,5}$", self.socket)):
-            raise ValueError("socket: must be a unix socket path or address:port")
-        return self
-
-
-# The proxy kinds by name (bluegreen.proxies.KINDS implements each; a test keeps them equal).
-PROXY_SETTINGS: dict[str, type[_ProxyCommon]] = {"nginx": NginxSettings,
-                                                 "haproxy": HAProxySettings}
-P = TypeVar("P", bound=_ProxyCommon)
-ProxySettings = Annotated[NginxSettings | HAProxySettings, Field(discriminator="kind")]
 
 
 class HostConfig(_Model):
@@ -457,42 +326,3 @@ class Config(_Model):
                 f"--host {unknown[0]}: no such host; known: {', '.join(known)}"
             )
         return [known[n] for n in dict.fromkeys(names)]
-
-
-def parse_listen(listen: str) -> tuple[str, int]:
-    """The address and port the proxy listens on, from an nginx ``listen`` value."""
-    first = listen.split()[0] if listen.split() else ""
-    addr, _, port = first.rpartition(":")
-    if not addr:
-        addr = "127.0.0.1"
-    if addr in ("*", "0.0.0.0", "[::]"):
-        addr = "127.0.0.1"
-    addr = addr.strip("[]")
-    if not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise ValueError(f"{listen!r} has no port (expected e.g. '80' or '127.0.0.1:8080')")
-    return addr, int(port)
-
-
-def check_version(version: str) -> str:
-    if not VERSION_RE.match(version):
-        raise ValueError(
-            f"version {version!r} must match [0-9A-Za-z][0-9A-Za-z._+-]{{0,63}}"
-        )
-    return version
-
-
-def placeholders_in(value: str) -> set[str]:
-    """The placeholder names in ``value``; raises ValueError on a malformed one."""
-    names: set[str] = set()
-    for _, field, spec, conv in string.Formatter().parse(value):
-        if field is None:
-            continue
-        if not field.isidentifier() or spec or conv:
-            raise ValueError(f"malformed placeholder {{{field}}}; use {{{{ and }}}} for braces")
-        names.add(field)
-    return names
-
-
-def render(value: str, **context: object) -> str:
-    """Fill the placeholders of a config string."""
-    return value.format(**context)

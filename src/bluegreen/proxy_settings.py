@@ -1,0 +1,100 @@
+"""The proxy kinds' settings (`[proxy]`), one model per kind, chosen by `kind`."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import Field, field_validator, model_validator
+
+from bluegreen.values import Model as _Model, key as _key, parse_listen
+
+class _ProxyCommon(_Model):
+    server_name: str = _key("localhost", "the site's names; the first is the `Host` used to ask "
+                            "the proxy `/deployment_id`")
+    listen: str = _key("80", "nginx: a `listen` value; haproxy: `[address:]port`. The proxy is "
+                       "asked on its address (127.0.0.1 if none) and port")
+    test: str = ""
+    reload: str = ""
+    sudo: bool = _key(False, "prefix proxy commands and file writes with `sudo -n`")
+    template: str | None = _key(None, "your own Jinja2 template for the proxy's file "
+                                "(docs/configuration.md lists its variables)")
+
+    @field_validator("test", "reload", mode="before")
+    @classmethod
+    def _kind_default(cls, v: Any, info: Any) -> Any:
+        """An empty `test`/`reload` takes the kind's default."""
+        return v or cls.model_fields[info.field_name].default
+
+    @field_validator("server_name")
+    @classmethod
+    def _server_name(cls, v: str) -> str:
+        if not re.match(r"^[A-Za-z0-9_.*{}~^\\$-]+( [A-Za-z0-9_.*{}~^\\$-]+)*$", v):
+            raise ValueError("must be nginx server names separated by single spaces")
+        return v
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        parse_listen(v)
+        return v
+
+
+class NginxSettings(_ProxyCommon):
+    """`proxy.kind = "nginx"`: a site file per colour and a live link; switch = link + reload."""
+
+    kind: Literal["nginx"] = _key("nginx", "`nginx` (site file per colour, switch = link + "
+                                  "reload) or `haproxy` (switch through the runtime API, no "
+                                  "reload)")
+    sites_available: str = _key("/etc/nginx/sites-available", "nginx: where the two site "
+                                "files go")
+    sites_enabled: str = _key("/etc/nginx/sites-enabled", "nginx: where the live link goes")
+    site: str = _key("{app}", "nginx: file names `{site}-blue`, `{site}-green`; link "
+                     "`sites_enabled/{site}`")
+    test: str = _key("nginx -t", "shell command on the host that tests the proxy's config "
+                     "(haproxy: run by `setup`, or when the config file had to change)")
+    reload: str = _key("nginx -s reload", "shell command on the host that reloads the proxy "
+                       "(e.g. `systemctl reload nginx`)")
+
+    @field_validator("site")
+    @classmethod
+    def _site(cls, v: str) -> str:
+        if "/" in v or v.startswith(".") or not v:
+            raise ValueError("must be a plain file name (no '/', not starting with '.')")
+        return v
+
+
+class HAProxySettings(_ProxyCommon):
+    """`proxy.kind = "haproxy"`: one config file, a map file holding the live colour, and
+    the runtime API the switch goes through (no reload)."""
+
+    kind: Literal["haproxy"]
+    config_file: str = _key("/etc/haproxy/conf.d/{app}.cfg", "haproxy: the file bluegreen "
+                            "writes (a frontend, a backend per colour); HAProxy must load it")
+    map_file: str = _key("/etc/haproxy/conf.d/{app}.map", "haproxy: holds `live blue` or "
+                         "`live green`, the persistent live colour, read when HAProxy starts")
+    socket: str = _key("/run/haproxy/admin.sock", "haproxy: the runtime API (`stats socket ... "
+                       "level admin`), a path on the host or `address:port`")
+    test: str = _key("haproxy -c -q -f /etc/haproxy/haproxy.cfg -f /etc/haproxy/conf.d",
+                     "shell command on the host that tests the proxy's config")
+    reload: str = _key("systemctl reload haproxy", "shell command on the host that reloads "
+                       "the proxy")
+
+    @model_validator(mode="after")
+    def _paths(self) -> HAProxySettings:
+        if len(self.listen.split()) != 1:
+            raise ValueError(f"listen: {self.listen!r}: with kind = \"haproxy\" use "
+                             "[address:]port only")
+        for key in ("config_file", "map_file"):
+            if not getattr(self, key).startswith("/") or re.search(r"\s", getattr(self, key)):
+                raise ValueError(f"{key}: must be an absolute path without spaces")
+        if not (self.socket.startswith("/") or re.match(r"^[\w.-]+:\d{1,5}$", self.socket)):
+            raise ValueError("socket: must be a unix socket path or address:port")
+        return self
+
+
+# The proxy kinds by name (bluegreen.proxies.KINDS implements each; a test keeps them equal).
+PROXY_SETTINGS: dict[str, type[_ProxyCommon]] = {"nginx": NginxSettings,
+                                                 "haproxy": HAProxySettings}
+P = TypeVar("P", bound=_ProxyCommon)
+ProxySettings = Annotated[NginxSettings | HAProxySettings, Field(discriminator="kind")]

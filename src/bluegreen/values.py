@@ -1,0 +1,100 @@
+"""The plain values and helpers the config models are made of: colours, placeholders,
+listen values, versions, status ranges, and the base model with described keys."""
+
+from __future__ import annotations
+
+import enum
+import re
+import string
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+APP_RE = r"^[a-z][a-z0-9_-]{0,39}$"
+VERSION_RE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._+-]{0,63}$")
+ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+# Placeholders each kind of value may use.
+SLOT_PLACEHOLDERS = frozenset(
+    {"app", "color", "port", "version", "release_dir", "slot_dir", "deploy_to", "bind"}
+)
+BUILD_PLACEHOLDERS = frozenset({"app", "version"})
+APP_PLACEHOLDERS = frozenset({"app"})
+
+
+class Colour(str, enum.Enum):
+    BLUE = "blue"
+    GREEN = "green"
+
+    @property
+    def other(self) -> Colour:
+        return Colour.GREEN if self is Colour.BLUE else Colour.BLUE
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+PositiveSeconds = Annotated[float, Field(gt=0, le=86400)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+def key(default: Any = ..., description: str = "", **kw: Any) -> Any:
+    """A config key: its default and the sentence `bluegreen docs` prints for it."""
+    return Field(default, description=description, **kw)
+
+
+def status_ranges(spec: str) -> tuple[tuple[int, int], ...]:
+    """``"200-299,301"`` as ranges; ValueError (in words) on anything else."""
+    out = []
+    for part in spec.split(","):
+        low, _, high = part.strip().partition("-")
+        if not low.isdigit() or (high and not high.isdigit()):
+            raise ValueError(f"{spec!r}: use status codes and ranges such as 200-299,301")
+        pair = (int(low), int(high or low))
+        if not 100 <= pair[0] <= pair[1] <= 599:
+            raise ValueError(f"{spec!r}: codes are 100 to 599, ranges low-high")
+        out.append(pair)
+    return tuple(out)
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """The address and port the proxy listens on, from an nginx ``listen`` value."""
+    first = listen.split()[0] if listen.split() else ""
+    addr, _, port = first.rpartition(":")
+    if not addr:
+        addr = "127.0.0.1"
+    if addr in ("*", "0.0.0.0", "[::]"):
+        addr = "127.0.0.1"
+    addr = addr.strip("[]")
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"{listen!r} has no port (expected e.g. '80' or '127.0.0.1:8080')")
+    return addr, int(port)
+
+
+def check_version(version: str) -> str:
+    if not VERSION_RE.match(version):
+        raise ValueError(
+            f"version {version!r} must match [0-9A-Za-z][0-9A-Za-z._+-]{{0,63}}"
+        )
+    return version
+
+
+def placeholders_in(value: str) -> set[str]:
+    """The placeholder names in ``value``; raises ValueError on a malformed one."""
+    names: set[str] = set()
+    for _, field, spec, conv in string.Formatter().parse(value):
+        if field is None:
+            continue
+        if not field.isidentifier() or spec or conv:
+            raise ValueError(f"malformed placeholder {{{field}}}; use {{{{ and }}}} for braces")
+        names.add(field)
+    return names
+
+
+def render(value: str, **context: object) -> str:
+    """Fill the placeholders of a config string."""
+    return value.format(**context)
