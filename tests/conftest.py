@@ -219,7 +219,7 @@ class Project:
                          identity_file=str(self.sshd.client_key),
                          known_hosts=str(self.sshd.known_hosts))
         entry.update(self.host_override)
-        return entry
+        return {k: v for k, v in entry.items() if v is not None}  # None: leave the key out
 
     def write_config(self, **sections: Any) -> Path:
         run = {"command": "exec python3 app.py", "health_timeout": 8, "stop_timeout": 5,

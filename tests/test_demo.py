@@ -38,3 +38,39 @@ def test_demo_runs_the_cycle_under_load_and_cleans_up(kind: str) -> None:
     assert not Path(match.group(2)).exists()
     with socket.socket() as sock:
         assert sock.connect_ex(("127.0.0.1", int(match.group(1)))) != 0
+
+
+def test_demo_keep_leaves_it_serving(tmp_path: Path) -> None:
+    """--keep: the proxy and the app stay up, and the printed curl works; then the test
+    cleans up as the printed note says."""
+    import os
+    import shlex
+    import shutil
+    import signal
+    import time
+
+    proc = subprocess.run([sys.executable, "-m", "bluegreen", "demo", "--duration", "0.5",
+                           "--keep"], capture_output=True, text=True, timeout=180,
+                          env={"PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin",
+                               "COLUMNS": "400", "HOME": "/nonexistent"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    curl = re.search(r"curl -H 'Host: (\S+)' http://127\.0\.0\.1:(\d+)/", proc.stdout)
+    files = re.search(r"Files: (\S+)\s+nginx: (.+)", proc.stdout)
+    assert curl and files, proc.stdout
+    base = Path(files.group(1))
+    try:
+        import urllib.request
+
+        req = urllib.request.Request(f"http://127.0.0.1:{curl.group(2)}/",
+                                     headers={"Host": curl.group(1)})
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            assert resp.status == 200 and resp.headers["X-Deployment-Id"] == "blue"
+    finally:
+        for pid_file in base.glob("srv/slots/*/pid"):
+            try:
+                os.killpg(int(pid_file.read_text()), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass
+        subprocess.run(shlex.split(files.group(2).strip()), capture_output=True)
+        time.sleep(0.2)
+        shutil.rmtree(base, ignore_errors=True)

@@ -163,3 +163,23 @@ def test_relative_key_paths_are_relative_to_the_config_file(ssh_project: Project
     p.bg("setup", "-c", "deploy/bluegreen.toml")
     status = json.loads(p.bg("status", "--json", "-c", "deploy/bluegreen.toml").stdout)
     assert status["hosts"][0]["reachable"] is True and status["hosts"][0]["live"] == "blue"
+
+
+def test_default_known_hosts_is_the_users_and_never_written(ssh_project: Project) -> None:
+    """No `known_hosts` in the config: ~/.ssh/known_hosts is used. Missing, or without this
+    host's key: exit 3 and nothing added; with the key: it connects."""
+    p = ssh_project
+    assert p.sshd is not None
+    p.host_override = {"known_hosts": None}
+    p.write_config()
+    out = p.bg("setup", check=3)
+    assert "no known_hosts file" in out.stderr and not p.deploy_to.exists()
+    ssh_dir = p.home / ".ssh"
+    ssh_dir.mkdir()
+    (ssh_dir / "known_hosts").write_text("")
+    out = p.bg("setup", check=3)
+    assert "not accepted" in out.stderr or "host key" in out.stderr
+    assert (ssh_dir / "known_hosts").read_text() == ""  # never added
+    (ssh_dir / "known_hosts").write_text(p.sshd.known_hosts.read_text())
+    p.bg("setup")
+    assert p.status()["live"] == "blue"
