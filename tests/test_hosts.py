@@ -183,3 +183,31 @@ def test_default_known_hosts_is_the_users_and_never_written(ssh_project: Project
     (ssh_dir / "known_hosts").write_text(p.sshd.known_hosts.read_text())
     p.bg("setup")
     assert p.status()["live"] == "blue"
+
+
+def test_a_command_that_exits_before_reading_its_input_is_not_a_lost_connection(
+        ssh_project: Project) -> None:
+    """Over a real sshd: a remote command that exits without reading its stdin (as the
+    lock command does when the lock is held: exit 73 at once) gives its exit status; the
+    input that could not be sent is not a lost connection (exit 3). Seen in CI as a held
+    lock reported as exit 3 on a loaded machine; a large input makes the race certain."""
+    import asyncio
+
+    from bluegreen.config import HostConfig
+    from bluegreen.hosts import connect
+
+    assert ssh_project.sshd is not None
+    cfg = HostConfig(address="root@127.0.0.1", port=ssh_project.sshd.port,
+                     identity_file=str(ssh_project.sshd.client_key),
+                     known_hosts=str(ssh_project.sshd.known_hosts))
+
+    async def go() -> int:
+        host = await connect(cfg)
+        try:
+            result = await host.run(["sh", "-c", "exit 73"], input="x" * 20_000_000,
+                                    check=False)
+            return result.exit_status
+        finally:
+            await host.close()
+
+    assert asyncio.run(go()) == 73

@@ -108,7 +108,16 @@ class SSHHost:
                   timeout: float = 60, check: bool = True) -> Result:
         command = shlex.join(argv)
         try:
-            proc = await self._conn.run(command, input=input, check=False, timeout=timeout)
+            process = await self._conn.create_process(command)
+            try:
+                if input is not None:
+                    process.stdin.write(input)
+                process.stdin.write_eof()
+            except (BrokenPipeError, ConnectionError):
+                # The command ended before reading its input (e.g. the lock is held: exit
+                # 73 at once); its exit status, not this write, says what happened.
+                pass
+            proc = await process.wait(check=False, timeout=timeout)
         except asyncssh.TimeoutError:
             raise CommandFailed(f"{describe(argv)} timed out after {timeout:g}s",
                                 host=self.name) from None
