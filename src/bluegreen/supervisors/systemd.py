@@ -4,8 +4,6 @@ restarts a crashed slot, stops its whole cgroup, and keeps its output in the jou
 
 from __future__ import annotations
 
-from pathlib import PurePosixPath
-
 from bluegreen.config import Colour
 from bluegreen.errors import BlueGreenError, CommandFailed
 from bluegreen.plan import files, systemd
@@ -25,21 +23,19 @@ class SystemdSupervisor(Supervisor):
         `sudo = true` an admin installs it (writing a system unit is root's power)."""
         text = systemd.render_unit(self.cfg, self.node.layout, self.node.hc)
         path = systemd.unit_path(self.cfg)
-        if (await self.node.run(files.read_file(path))).stdout == text:
+        current = (await self.node.run(files.read_file(path))).stdout
+        if current == text:
             return False
         if self.sudo:
             raise BlueGreenError(
-                f"{path} is {'not installed' if not await self._exists(path) else 'out of date'}"
-                "; a user who may write a system unit may run anything as root, so with "
-                "`sudo = true` an admin installs it: `bluegreen setup --print-root-files` "
-                "prints the script for that",
+                f"{path} is {'out of date' if current else 'not installed'}; a user who may "
+                "write a system unit may run anything as root, so with `sudo = true` an "
+                "admin installs it: `bluegreen setup --print-root-files` prints the script "
+                "for that",
                 host=self.node.name)
         self.node.say(f"installing {path}")
         await self.node.run(systemd.install_unit(self.cfg), input=text)
         return True
-
-    async def _exists(self, path: PurePosixPath) -> bool:
-        return (await self.node.run(files.exists(path), check=False)).ok
 
     async def launch(self, slot: Slot, state: SlotState) -> SlotState:
         path = systemd.start_script_path(self.node.layout, slot.colour)
