@@ -185,3 +185,25 @@ def test_release_prepare_runs_once_per_release_and_its_failure_changes_nothing(
     assert p.status()["slots"]["blue"]["healthy"]  # the idle slot was not stopped: rollback
     p.bg("rollback")
     assert p.answer().version == "1.0.0"
+
+
+def test_tables_off_a_terminal_are_not_cut(local_project: Project) -> None:
+    """`bluegreen history | cat`: every value whole, also with no COLUMNS set."""
+    import os
+    import subprocess
+
+    p = local_project
+    p.bg("setup")
+    p.deploy("1.0.0")
+    rid = p.status()["slots"]["blue"]["release"]
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    for command in ("history", "status", "check"):
+        out = subprocess.run([*BLUEGREEN, command], cwd=p.dir, capture_output=True, text=True,
+                             env={**env, "HOME": str(p.home)})
+        assert "…" not in out.stdout, out.stdout
+        if command != "check":
+            assert rid in out.stdout, out.stdout
+    history = subprocess.run([*BLUEGREEN, "history"], cwd=p.dir, capture_output=True,
+                             text=True, env={**env, "HOME": str(p.home)}).stdout
+    # The time is whole too: a row starts with the full ISO date.
+    assert any(line.strip().startswith("20") and "web1" in line for line in history.splitlines())

@@ -199,3 +199,20 @@ def test_load_balancer_config_errors(change: dict[str, object], expected: str) -
     data = copy.deepcopy(GOOD)
     data.update(change)
     assert expected in error_of(data)
+
+
+@pytest.mark.parametrize("change,expected", [
+    ({"run": {"command": "a", "helth_path": "/h"}},
+     "run.helth_path: unknown key (did you mean 'health_path'?)"),
+    ({"hosts": [{"address": "local", "deploy_too": "/x"}]},
+     "hosts[0].deploy_too: unknown key (did you mean 'deploy_to'?)"),
+    ({"proxy": {"kind": "haproxy", "map_fle": "/x.map"}}, "(did you mean 'map_file'?)"),
+    ({"relase": {}}, "relase: unknown key (did you mean 'release'?)"),
+    ({"hosts": "web1.example.com"}, "hosts: must be a list of tables"),
+])
+def test_unknown_keys_get_a_suggestion(change: dict[str, object], expected: str) -> None:
+    import copy
+
+    data = copy.deepcopy(GOOD)
+    data.update(change)
+    assert expected in error_of(data)

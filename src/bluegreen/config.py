@@ -6,11 +6,12 @@ Nothing here touches a host.
 
 from __future__ import annotations
 
+import difflib
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from bluegreen.errors import ConfigError
 from bluegreen.settings import (APP_PLACEHOLDERS, BUILD_PLACEHOLDERS, ENV_KEY_RE,
@@ -88,12 +89,37 @@ def _describe(err: dict[str, Any]) -> str:
                 key in model.model_fields for model in PROXY_SETTINGS.values()):
             return f"proxy: {key} is not used by kind = {kind!r}"
     if err["type"] == "extra_forbidden":
-        msg = "unknown key"
+        msg = "unknown key" + _did_you_mean(loc)
+    elif loc == ("hosts",) and err["type"] == "list_type":
+        msg = ("must be a list of tables: write each host as\n  [[hosts]]\n  address = "
+               "\"deploy@web1.example.com\"")
     elif err["type"] == "missing":
         msg = "required key is missing"
     elif err["type"] == "union_tag_invalid":
         loc, msg = (*loc, "kind"), "must be " + " or ".join(repr(k) for k in PROXY_SETTINGS)
     return f"{_key_path(loc)}: {msg}"
+
+
+def _did_you_mean(loc: tuple[int | str, ...]) -> str:
+    """` (did you mean 'x'?)` for an unknown key close to a known one at the same place."""
+    models: list[type[BaseModel]] = [Config]
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        inner: list[type[BaseModel]] = []
+        for model in models:
+            field = model.model_fields.get(part)
+            if field is None:
+                continue
+            for kind in [field.annotation, *get_args(field.annotation),
+                         *(a for t in get_args(field.annotation) for a in get_args(t))]:
+                if isinstance(kind, type) and issubclass(kind, BaseModel):
+                    inner.append(kind)
+        models = inner
+    known = {name for model in models for name, f in model.model_fields.items()
+             if not f.exclude}
+    close = difflib.get_close_matches(str(loc[-1]), sorted(known), n=1, cutoff=0.7)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def parse_config(data: dict[str, Any], base_dir: Path) -> Config:

@@ -3,6 +3,7 @@ the data itself. Imported only by those commands."""
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from rich.console import Console
@@ -12,12 +13,18 @@ from rich.table import Table
 from bluegreen.reports import CheckItem
 
 
+def console() -> Console:
+    """On a terminal, its width; off one (`| cat`, a file), wide enough that no value is
+    cut (rich would assume 80 columns)."""
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 10_000)
+
+
 def print_check(items: list[CheckItem]) -> None:
     table = Table("host", "check", "result", box=None, pad_edge=False)
     for item in items:
         mark = {True: "[green]ok[/]", False: "[red]FAIL[/]", None: "[yellow]note[/]"}[item.ok]
         table.add_row(escape(item.host), escape(item.item), f"{mark} {escape(item.detail)}")
-    Console(highlight=False).print(table)
+    console().print(table)
 
 
 def print_history(events: list[dict[str, Any]]) -> None:
@@ -25,34 +32,34 @@ def print_history(events: list[dict[str, Any]]) -> None:
     for e in events:
         table.add_row(*(escape(str(e.get(k) or "-")) for k in
                         ("time", "host", "event", "color", "release", "user", "detail")))
-    Console(highlight=False).print(table)
+    console().print(table)
 
 
 def print_status(data: dict[str, Any]) -> None:
-    console = Console(highlight=False)
+    out = console()
     for lb in data.get("load_balancers", []):
         if lb["reachable"]:
-            console.print(f"[bold]{escape(lb['host'])}[/] (load balancer): live "
-                          f"[bold]{lb['live']}[/], answers {escape(str(lb['proxy_answer']))}")
+            out.print(f"[bold]{escape(lb['host'])}[/] (load balancer): live "
+                      f"[bold]{lb['live']}[/], answers {escape(str(lb['proxy_answer']))}")
         else:
-            console.print(f"[bold]{escape(lb['host'])}[/] (load balancer): [red]unreachable[/] "
-                          f"({escape(lb['error'])})")
+            out.print(f"[bold]{escape(lb['host'])}[/] (load balancer): [red]unreachable[/] "
+                      f"({escape(lb['error'])})")
     for h in data["hosts"]:
         if not h["reachable"]:
-            console.print(f"[bold]{escape(h['host'])}[/]: [red]unreachable[/] ({escape(h['error'])})")
+            out.print(f"[bold]{escape(h['host'])}[/]: [red]unreachable[/] ({escape(h['error'])})")
             continue
         agree = "" if h["proxy_answer"] == h["live"] else " [red](proxy disagrees!)[/]"
-        console.print(f"[bold]{escape(h['host'])}[/]: live [bold]{h['live']}[/], proxy answers "
-                      f"{escape(str(h['proxy_answer']))}{agree}")
+        out.print(f"[bold]{escape(h['host'])}[/]: live [bold]{h['live']}[/], proxy answers "
+                  f"{escape(str(h['proxy_answer']))}{agree}")
         table = Table("slot", "release", "port", "pid", "running", "healthy", "conns", box=None)
         for colour, s in h["slots"].items():
             mark = " (live)" if colour == h["live"] else ""
             table.add_row(colour + mark, str(s["release"] or "-"), str(s["port"]),
                           str(s["pid"] or "-"), yes(s["running"]), yes(s["healthy"]),
                           str(s["connections"]))
-        console.print(table)
+        out.print(table)
     for problem in data.get("problems", []):
-        console.print(f"[bold red]{escape(problem)}[/]")
+        out.print(f"[bold red]{escape(problem)}[/]")
 
 
 def yes(value: bool) -> str:
