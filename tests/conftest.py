@@ -168,6 +168,32 @@ def nginx(tmp_path: Path) -> Iterator[PrivateNginx]:
     server.stop()
 
 
+def run_cli(cwd: Path, home: Path, args: tuple[str, ...] | list[str], *,
+            check: bool | int = True, timeout: float = 120,
+            input: str | None = None) -> subprocess.CompletedProcess[str]:
+    """`bluegreen ARGS` in ``cwd`` with its own HOME, as a user would run it; ``check``:
+    the exit code expected (True: 0, False: any)."""
+    env = {**os.environ, "HOME": str(home), "COLUMNS": "200", "NO_COLOR": "1"}
+    proc = subprocess.run([*BLUEGREEN, *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout, input=input)
+    expected = 0 if check is True else check
+    if check is not False and proc.returncode != expected:
+        raise AssertionError(
+            f"bluegreen {' '.join(args)} exited {proc.returncode}, expected {expected}\n"
+            f"--- stdout ---\n{proc.stdout}\n--- stderr ---\n{proc.stderr}")
+    return proc
+
+
+def sample_artifact(project_dir: Path, version: str, mode: str | None = None) -> Path:
+    """The sample app at ``version`` (a broken one with ``mode``) where the test configs'
+    `release.artifact` points: artifacts/sample-VERSION.tar.gz."""
+    built = build_sample(project_dir / "build", version, mode)
+    dest = project_dir / "artifacts" / f"sample-{version}.tar.gz"
+    dest.parent.mkdir(exist_ok=True)
+    shutil.copyfile(built, dest)
+    return dest
+
+
 @dataclass
 class Answer:
     status: int
@@ -246,24 +272,12 @@ class Project:
 
     def artifact(self, version: str, mode: str | None = None) -> Path:
         """Build the sample app at ``version`` (a broken one with ``mode``)."""
-        built = build_sample(self.dir / "build", version, mode)
-        dest = self.dir / "artifacts" / f"sample-{version}.tar.gz"
-        dest.parent.mkdir(exist_ok=True)
-        shutil.copyfile(built, dest)
-        return dest
+        return sample_artifact(self.dir, version, mode)
 
     def bg(self, *args: str, check: bool | int = True, timeout: float = 120,
            input: str | None = None) -> subprocess.CompletedProcess[str]:
         """Run `bluegreen ARGS` in the project dir, as a user would."""
-        env = {**os.environ, "HOME": str(self.home), "COLUMNS": "200", "NO_COLOR": "1"}
-        proc = subprocess.run([*BLUEGREEN, *args], cwd=self.dir, env=env, capture_output=True,
-                              text=True, timeout=timeout, input=input)
-        expected = 0 if check is True else check
-        if check is not False and proc.returncode != expected:
-            raise AssertionError(
-                f"bluegreen {' '.join(args)} exited {proc.returncode}, expected {expected}\n"
-                f"--- stdout ---\n{proc.stdout}\n--- stderr ---\n{proc.stderr}")
-        return proc
+        return run_cli(self.dir, self.home, args, check=check, timeout=timeout, input=input)
 
     def deploy(self, version: str, *extra: str, check: bool | int = True,
                mode: str | None = None) -> subprocess.CompletedProcess[str]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -19,8 +18,8 @@ from typing import Any, Iterator
 
 import pytest
 
-from bluegreen.demo.nginx import build_sample
-from conftest import BLUEGREEN, SERVER_NAME, Answer, get, log_tail, private_subnet, to_toml
+from conftest import (SERVER_NAME, Answer, get, log_tail, private_subnet, run_cli,
+                      sample_artifact, to_toml)
 
 HIERARCHIES = ("systemd", "unified", "cpu", "cpuacct", "cpuset", "memory", "devices",
                "freezer", "blkio", "pids")
@@ -323,20 +322,10 @@ class Site:
         (self.dir / "bluegreen.toml").write_text(to_toml(data))
 
     def bg(self, *args: str, check: int | bool = True) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run([*BLUEGREEN, *args], cwd=self.dir, capture_output=True, text=True,
-                              timeout=180, env={**os.environ, "HOME": str(self.home),
-                                                "COLUMNS": "200", "NO_COLOR": "1"})
-        expected = 0 if check is True else check
-        if check is not False and proc.returncode != expected:
-            raise AssertionError(f"bluegreen {' '.join(args)} exited {proc.returncode}, "
-                                 f"expected {expected}\n{proc.stdout}\n{proc.stderr}")
-        return proc
+        return run_cli(self.dir, self.home, args, check=check, timeout=180)
 
     def artifact(self, version: str, mode: str | None = None) -> None:
-        built = build_sample(self.dir / "build", version, mode)
-        dest = self.dir / "artifacts" / f"sample-{version}.tar.gz"
-        dest.parent.mkdir(exist_ok=True)
-        shutil.copyfile(built, dest)
+        sample_artifact(self.dir, version, mode)
 
     def deploy(self, version: str, *args: str, mode: str | None = None,
                check: int | bool = True) -> subprocess.CompletedProcess[str]:

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from bluegreen.demo.nginx import build_sample
 
-from conftest import Project, live_slot
+from conftest import Project, live_slot, sample_artifact
 from test_faults import kill_at
 
 # (command and arguments, the progress line to kill it at)
@@ -116,8 +115,7 @@ def test_deploy_on_three_hosts_killed_then_rerun(tmp_path: Path, marker: str) ->
     with running_fleet(tmp_path, 3) as fleet:
         fleet.deploy("1.0.0")
         fleet.deploy("2.0.0")
-        build = fleet.dir / "artifacts" / "sample-3.0.0.tar.gz"
-        build.write_bytes(build_sample(fleet.dir / "build", "3.0.0").read_bytes())
+        sample_artifact(fleet.dir, "3.0.0")
         kill_at(fleet, marker, "--version", "3.0.0")  # type: ignore[arg-type]
         answers = fleet.answers()
         if marker == "switching":

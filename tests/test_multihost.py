@@ -12,9 +12,8 @@ from typing import Any, Iterator
 
 import pytest
 
-from bluegreen.demo.nginx import build_sample
 from cluster import Cluster, NsHost
-from conftest import BLUEGREEN, SERVER_NAME, Answer, to_toml
+from conftest import SERVER_NAME, Answer, run_cli, sample_artifact, to_toml
 
 
 class Fleet:
@@ -61,19 +60,10 @@ class Fleet:
                 "known_hosts": str(self.cluster.known_hosts)}
 
     def bg(self, *args: str, check: int | bool = True) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run([*BLUEGREEN, *args], cwd=self.dir, capture_output=True, text=True,
-                              timeout=180, env={**os.environ, "HOME": str(self.home)})
-        expected = 0 if check is True else check
-        if check is not False and proc.returncode != expected:
-            raise AssertionError(f"bluegreen {' '.join(args)} exited {proc.returncode}\n"
-                                 f"{proc.stdout}\n{proc.stderr}")
-        return proc
+        return run_cli(self.dir, self.home, args, check=check, timeout=180)
 
     def deploy(self, version: str, *args: str, check: int | bool = True) -> subprocess.CompletedProcess[str]:
-        built = build_sample(self.dir / "build", version)
-        dest = self.dir / "artifacts" / f"sample-{version}.tar.gz"
-        dest.parent.mkdir(exist_ok=True)
-        dest.write_bytes(built.read_bytes())
+        sample_artifact(self.dir, version)
         return self.bg("deploy", "--version", version, *args, check=check)
 
     def answers(self) -> list[tuple[str | None, str | None]]:

@@ -4,12 +4,10 @@ keeps its live colour."""
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
 
-from bluegreen.demo.nginx import build_sample
 from conftest import get
 from systemd_host import Site, SystemdLab, lab  # noqa: F401 (fixture)
 from test_faults import run_until
@@ -59,9 +57,7 @@ def test_power_cut_after_two_deploys_serves_the_live_release_on_boot(
 def deploy_until(site: Site, version: str, marker: str) -> str:
     """Start `bluegreen deploy` of ``version`` and cut the server's power as soon as the
     deploy prints ``marker``; returns what it printed (it ends with a lost connection)."""
-    built = build_sample(site.dir / "build", version)
-    (site.dir / "artifacts").mkdir(exist_ok=True)
-    shutil.copyfile(built, site.dir / "artifacts" / f"sample-{version}.tar.gz")
+    site.artifact(version)
     status, seen = run_until(site, marker, ["--version", version],  # type: ignore[arg-type]
                              lambda proc: site.host.power_cut())
     # The connection was lost: exit 3, or 1 during the switch (nothing switched elsewhere),
