@@ -4,14 +4,20 @@ report of what it saw. A request that fails is a failure, with one exception: a 
 keep-alive connection that the proxy had closed while idle (the error comes before any
 byte of a response), which every HTTP client retries; those are counted apart.
 
-    python tests/loadclient.py OUT.json HOST_HEADER ADDRESS:PORT [ADDRESS:PORT ...]
+    python tests/loadclient.py OUT.json HOST_HEADER [https://]ADDRESS:PORT [...]
 
-SIGTERM ends it; it writes OUT.json then."""
+An https:// target is asked over TLS, trusting only the certificate file named by
+LOADCLIENT_CA (no name check: targets are addresses); the report counts the certificates
+served, by SHA-256, so a test sees a renewal take effect. SIGTERM ends it; it writes
+OUT.json then."""
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import json
+import os
+import ssl
 import signal
 import subprocess
 import sys
@@ -29,16 +35,22 @@ def run(out: Path, host_header: str, targets: list[str]) -> None:
 
     signal.signal(signal.SIGTERM, on_term)
     report: dict[str, Any] = {"requests": 0, "failures": [], "idle_closed": 0,
-                              "versions": {}, "colours": {}}
+                              "versions": {}, "colours": {}, "certificates": {}}
+    context = None
+    if os.environ.get("LOADCLIENT_CA"):
+        context = ssl.create_default_context(cafile=os.environ["LOADCLIENT_CA"])
+        context.check_hostname = False
     kept: dict[str, http.client.HTTPConnection] = {}
     turn = 0
     while not stop:
         for target in targets:
             turn += 1
-            address, port = target.rsplit(":", 1)
+            address, port = target.removeprefix("https://").rsplit(":", 1)
             reuse = turn % 2 == 0 and target in kept
-            conn = kept.get(target) if reuse else http.client.HTTPConnection(
-                address, int(port), timeout=10)
+            conn = kept.get(target) if reuse else (
+                http.client.HTTPSConnection(address, int(port), timeout=10, context=context)
+                if target.startswith("https://") else
+                http.client.HTTPConnection(address, int(port), timeout=10))
             assert conn is not None
             try:
                 conn.request("GET", "/", headers={"Host": host_header})
@@ -59,6 +71,10 @@ def run(out: Path, host_header: str, targets: list[str]) -> None:
                 report["failures"].append(f"{time.time():.3f} {target}: {exc!r}")
                 continue
             report["requests"] += 1
+            if not reuse and isinstance(conn.sock, ssl.SSLSocket):
+                der = conn.sock.getpeercert(binary_form=True) or b""
+                digest = hashlib.sha256(der).hexdigest()[:16]
+                report["certificates"][digest] = report["certificates"].get(digest, 0) + 1
             if resp.status != 200:
                 report["failures"].append(f"{time.time():.3f} {target}: HTTP {resp.status}")
             version = resp.getheader("X-App-Version") or "?"
@@ -79,10 +95,12 @@ def run(out: Path, host_header: str, targets: list[str]) -> None:
 class LoadClient:
     """Start the client; ``stop()`` returns its report."""
 
-    def __init__(self, out: Path, host_header: str, targets: list[str]) -> None:
+    def __init__(self, out: Path, host_header: str, targets: list[str],
+                 ca: Path | None = None) -> None:
         self.out = out
+        env = {**os.environ, **({"LOADCLIENT_CA": str(ca)} if ca else {})}
         self.proc = subprocess.Popen([sys.executable, __file__, str(out), host_header,
-                                      *targets])
+                                      *targets], env=env)
         time.sleep(0.3)  # under way before the command under test starts
         assert self.proc.poll() is None, "the load client died at start"
 

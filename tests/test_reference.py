@@ -46,8 +46,11 @@ def test_example_names_every_key() -> None:
     missing = []
     for key in reference.keys():
         leaf = key.path.rsplit(".", 1)[-1].removesuffix("[]")
-        text = sections.get(key.section, "")
-        if key.path == "load_balancers[]":
+        text = "".join(v for k, v in sections.items()
+                       if k == key.section or k.startswith(key.section + "."))
+        if key.path in sections:  # a table, e.g. [proxy.tls]
+            found = True
+        elif key.path == "load_balancers[]":
             found = "load_balancers" in sections
         elif key.path == "run.env":
             found = "run.env" in sections

@@ -61,6 +61,11 @@ def _check_all_placeholders(cfg: Config) -> None:
                 "config_file", "map_file", "socket"):
         if key in type(proxy).model_fields:
             _check_placeholders(f"proxy.{key}", getattr(proxy, key), APP_PLACEHOLDERS)
+    if proxy.tls is not None:
+        for key in ("certificate", "certificate_key", "acme_root"):
+            if getattr(proxy.tls, key) is not None:
+                _check_placeholders(f"proxy.tls.{key}", getattr(proxy.tls, key),
+                                    APP_PLACEHOLDERS)
     _check_placeholders("slots.bind", cfg.slots.bind, frozenset({"app", "private_address"}))
     for i, host in enumerate(cfg.hosts):
         _check_placeholders(f"hosts[{i}].deploy_to", host.deploy_to, APP_PLACEHOLDERS)

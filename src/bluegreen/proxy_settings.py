@@ -9,6 +9,42 @@ from pydantic import Field, field_validator, model_validator
 
 from bluegreen.values import Model as _Model, key as _key, parse_listen
 
+class TLSSettings(_Model):
+    """`[proxy.tls]`: HTTPS on the proxy, with certificates the host already has (e.g. from
+    certbot); bluegreen never reads or copies the key."""
+
+    certificate: str = _key(..., "TLS: path on the host of the certificate chain (PEM; "
+                            "placeholders allowed). HAProxy: the certificate and key in one "
+                            "PEM, or the key beside it as `<certificate>.key`")
+    certificate_key: str | None = _key(None, "TLS: path on the host of the private key "
+                                       "(default: inside `certificate`). HAProxy: only "
+                                       "`<certificate>.key` or the certificate itself")
+    listen: str = _key("443", "TLS: the HTTPS listener, like `proxy.listen`; verify and "
+                       "status ask it with SNI = the first `server_name`")
+    redirect_http: bool = _key(True, "TLS: the plain `proxy.listen` answers 301 to https "
+                               "(except `/deployment_id` and, with `acme_root`, "
+                               "`/.well-known/acme-challenge/`)")
+    acme_root: str | None = _key(None, "TLS, nginx only: a directory on the host served for "
+                                 "`/.well-known/acme-challenge/` on plain HTTP (certbot "
+                                 "--webroot -w ACME_ROOT)")
+    hsts: bool = _key(False, "TLS: add `Strict-Transport-Security: max-age=31536000` to "
+                      "HTTPS answers (browsers then refuse plain HTTP for a year)")
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        parse_listen(v)
+        return v
+
+    @field_validator("certificate", "certificate_key", "acme_root")
+    @classmethod
+    def _path(cls, v: str | None) -> str | None:
+        if v is not None and (not v.startswith("/") or re.search(r"[\s;'\"{}]",
+                                                                      re.sub(r"\{\w+\}", "", v))):
+            raise ValueError("must be an absolute path without spaces, quotes or ';'")
+        return v
+
+
 class _ProxyCommon(_Model):
     server_name: str = _key("localhost", "the site's names; the first is the `Host` used to ask "
                             "the proxy `/deployment_id`")
@@ -19,6 +55,8 @@ class _ProxyCommon(_Model):
     sudo: bool = _key(False, "prefix proxy commands and file writes with `sudo -n`")
     template: str | None = _key(None, "your own Jinja2 template for the proxy's file "
                                 "(docs/configuration.md lists its variables)")
+    tls: TLSSettings | None = _key(None, "`[proxy.tls]`: serve HTTPS (see its keys and "
+                                   "docs/https.md)")
 
     @field_validator("test", "reload", mode="before")
     @classmethod
@@ -85,6 +123,19 @@ class HAProxySettings(_ProxyCommon):
         if len(self.listen.split()) != 1:
             raise ValueError(f"listen: {self.listen!r}: with kind = \"haproxy\" use "
                              "[address:]port only")
+        tls = self.tls
+        if tls is not None:
+            if len(tls.listen.split()) != 1:
+                raise ValueError(f"tls.listen: {tls.listen!r}: with kind = \"haproxy\" use "
+                                 "[address:]port only")
+            if tls.certificate_key not in (None, tls.certificate, tls.certificate + ".key"):
+                raise ValueError("tls.certificate_key: HAProxy loads the key from the "
+                                 "certificate's PEM or from `<certificate>.key` beside it; "
+                                 f"put it at {tls.certificate}.key and leave this key out")
+            if tls.acme_root is not None:
+                raise ValueError("tls.acme_root: HAProxy serves no files; renew with "
+                                 "`certbot --standalone --http-01-port N` behind a "
+                                 "backend, or a DNS challenge (docs/https.md)")
         for key in ("config_file", "map_file"):
             if not getattr(self, key).startswith("/") or re.search(r"\s", getattr(self, key)):
                 raise ValueError(f"{key}: must be an absolute path without spaces")

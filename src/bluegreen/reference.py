@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, get_args
 
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
@@ -61,13 +61,22 @@ def _proxy_keys() -> list[Key]:
 
 
 def _model_keys(model: type[BaseModel], prefix: str, section: str) -> list[Key]:
-    return [Key(prefix + name, section, _default(field), field.description or "")
-            for name, field in model.model_fields.items()]
+    """The model's keys; a key holding a table (e.g. `proxy.tls`) is followed by its own."""
+    out = []
+    for name, field in model.model_fields.items():
+        out.append(Key(prefix + name, section, _default(field), field.description or ""))
+        table = _model_of(field.annotation)
+        if table is not None:
+            out.extend(_model_keys(table, f"{prefix}{name}.", section))
+    return out
 
 
 def _model_of(annotation: Any) -> type[BaseModel] | None:
-    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) \
-        else None
+    """The model a field holds (also as ``Model | None``), or None."""
+    for candidate in (annotation, *get_args(annotation)):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
 
 
 def _default(field: Any) -> str:

@@ -17,6 +17,9 @@ from bluegreen.proxies import Proxy
 from bluegreen.supervisors.base import probe
 
 LOG_TAIL = 20
+# What the proxy adds to every request when it terminates TLS; health requests carry it
+# too, so an app that redirects plain HTTP to https answers them 200.
+FORWARDED_HTTPS = {"X-Forwarded-Proto": "https"}
 
 
 def now_iso() -> str:
@@ -48,15 +51,17 @@ class Slots:
         return await probe(self.node, colour, sid, pids)
 
     async def health(self, colour: Colour) -> health.Response | None:
-        """GET the slot's health path (with ``run.health_host`` as Host; ``ok`` when the
-        status is one of ``run.health_status``); None when nothing answers."""
+        """GET the slot's health path (with ``run.health_host`` as Host, and, with TLS on
+        the proxy, ``X-Forwarded-Proto: https`` as the proxy sends; ``ok`` when the status
+        is one of ``run.health_status``); None when nothing answers."""
         run = self.cfg.run
         host_header = run.health_host or render(self.cfg.proxy.server_name,
                                                 app=self.cfg.app).split()[0]
         try:
             return await health.get(self.node.host, self.node.bind, self.cfg.slots.port(colour),
                                     run.health_path, host_header=host_header, timeout=3,
-                                    accept=status_ranges(run.health_status))
+                                    accept=status_ranges(run.health_status),
+                                    headers=FORWARDED_HTTPS if self.cfg.proxy.tls else None)
         except (OSError, asyncio.TimeoutError):
             return None
 

@@ -4,7 +4,8 @@ GET /health -> 200 "ok"; GET / -> "hello from <version> (<colour>)"; GET /ws: a
 websocket echo that names the version and colour it runs on. The version comes
 from the VERSION file next to this script. A MODE file, if present, makes a deliberately
 broken release: "exit" (exits at start), "unhealthy" (/health answers 500), "slow-stop"
-(keeps serving for 1.5 s after SIGTERM, like a node that takes its time to shut down).
+(keeps serving for 1.5 s after SIGTERM, like a node that takes its time to shut down),
+"https-only" (not a broken one: 301 to https unless X-Forwarded-Proto is https).
 SIGTERM stops accepting, finishes requests in flight, then exits.
 """
 
@@ -51,7 +52,13 @@ class Handler(BaseHTTPRequestHandler):
     disable_nagle_algorithm = True
 
     def do_GET(self) -> None:
-        if self.path == "/ws" and self.headers.get("Upgrade", "").lower() == "websocket":
+        if MODE == "https-only" and self.headers.get("X-Forwarded-Proto") != "https":
+            # as Django's SECURE_SSL_REDIRECT behind a proxy that sets X-Forwarded-Proto
+            self.send_response(301)
+            self.send_header("Location", f"https://{self.headers.get('Host')}{self.path}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        elif self.path == "/ws" and self.headers.get("Upgrade", "").lower() == "websocket":
             self.websocket()
         elif self.path == "/health":
             if MODE == "unhealthy":

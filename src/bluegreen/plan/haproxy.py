@@ -15,6 +15,7 @@ import re
 from pathlib import PurePosixPath
 
 from bluegreen.config import Colour, Config, HAProxySettings, render
+from bluegreen.plan.nginx import tls_context
 from bluegreen.plan.files import Argv, Steps, remove_config, replace_config, sh
 from bluegreen.plan.template import render_proxy_config
 
@@ -69,6 +70,7 @@ def render_config(cfg: Config, servers: list[tuple[str, str]]) -> str:
         "listen": cfg.proxy.listen,
         "map_file": str(map_file(cfg)),
         "server_name": render(cfg.proxy.server_name, app=cfg.app),
+        "tls": tls_context(cfg, bind),
         "backends": {
             c.value: [(server_name(label), f"{address}:{cfg.slots.port(c)}")
                       for label, address in servers]

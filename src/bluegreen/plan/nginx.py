@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import shlex
+from collections.abc import Callable
 from pathlib import PurePosixPath
 
 from bluegreen.config import Colour, Config, NginxSettings, parse_listen, render
@@ -44,8 +45,33 @@ def render_site(cfg: Config, colour: Colour, addresses: list[str] | None = None)
         "server_name": render(cfg.proxy.server_name, app=cfg.app),
         "listen": cfg.proxy.listen,
         "site": site_name(cfg),
+        "tls": tls_context(cfg),
     }
     return render_proxy_config(cfg, "nginx-site.conf.j2", context)
+
+
+def tls_context(cfg: Config, bind: Callable[[str], str] | None = None
+                ) -> dict[str, object] | None:
+    """``[proxy.tls]`` for the templates, paths rendered; None without TLS. ``bind``:
+    HAProxy's form of a listen value (``tls.bind``)."""
+    tls = cfg.proxy.tls
+    if tls is None:
+        return None
+    certificate = render(tls.certificate, app=cfg.app)
+    _, port = parse_listen(tls.listen)
+    return {
+        "listen": tls.listen,
+        "bind": bind(tls.listen) if bind else tls.listen,
+        "certificate": certificate,
+        "certificate_key": render(tls.certificate_key, app=cfg.app) if tls.certificate_key
+        else certificate,
+        "redirect_http": tls.redirect_http,
+        "acme_root": render(tls.acme_root, app=cfg.app) if tls.acme_root else None,
+        "hsts": tls.hsts,
+        "port": port,
+        # what a redirect to https adds after the host: nothing on the default port
+        "port_suffix": "" if port == 443 else f":{port}",
+    }
 
 
 def read_link(cfg: Config) -> Argv:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+from datetime import datetime, timezone
 from pathlib import PurePosixPath
 from typing import ClassVar, NoReturn
 
@@ -18,6 +19,7 @@ from bluegreen.fleet import Node
 from bluegreen.plan import files
 from bluegreen.plan.nginx import Finding, deployment_id_request
 
+CERT_WARN_DAYS = 14
 VERIFY_TIMEOUT = 10.0
 VERIFY_STREAK = 3  # old nginx workers answer the previous colour for ~100 ms after a reload
 
@@ -97,13 +99,19 @@ class Proxy(abc.ABC):
 
     # ---- shared by the kinds --------------------------------------------------------
 
+    async def ask(self) -> health.Response:
+        """GET /deployment_id from the proxy, on its host: on the TLS listener with SNI =
+        the first server name when ``[proxy.tls]`` is set, else on ``proxy.listen``."""
+        tls = self.cfg.proxy.tls
+        address, port = parse_listen(tls.listen if tls else self.cfg.proxy.listen)
+        path, host_header = deployment_id_request(self.cfg)
+        return await health.get(self.node.host, address, port, path, host_header=host_header,
+                                timeout=3, tls_name=host_header if tls else None)
+
     async def answer(self) -> str | None:
         """What the proxy answers on /deployment_id, asked from its host."""
-        address, port = parse_listen(self.cfg.proxy.listen)
-        path, host_header = deployment_id_request(self.cfg)
         try:
-            resp = await health.get(self.node.host, address, port, path,
-                                    host_header=host_header, timeout=3)
+            resp = await self.ask()
         except (OSError, asyncio.TimeoutError):
             return None
         return resp.body.strip() if resp.ok else f"HTTP {resp.status}"
@@ -152,6 +160,22 @@ class Proxy(abc.ABC):
     async def read(self, path: PurePosixPath) -> str:
         return (await self.node.run(files.read_file(path))).stdout
 
+    async def tls_rows(self, set_up: bool) -> list[Finding]:
+        """The certificate the TLS listener serves: its names and days to expiry (a
+        warning under ``CERT_WARN_DAYS``); nothing without ``[proxy.tls]``. Before
+        ``setup`` (``set_up`` False) a listener that does not answer yet is expected."""
+        if self.cfg.proxy.tls is None:
+            return []
+        item = f"certificate on {self.cfg.proxy.tls.listen}"
+        try:
+            resp = await self.ask()
+        except (OSError, asyncio.TimeoutError) as exc:
+            if not set_up:
+                return [(item, None, "not served yet: `nginx -t` after setup checks the "
+                         "certificate files")]
+            return [(item, False, f"no TLS answer: {exc or 'timed out'}")]
+        return [certificate_finding(item, resp.certificate, deployment_id_request(self.cfg)[1])]
+
     async def file_row(self, what: str, path: PurePosixPath) -> Finding:
         exists = (await self.node.run(files.exists(path), check=False)).ok
         return (f"{what} {path}", True, "present" if exists else "setup will write it")
@@ -160,3 +184,37 @@ class Proxy(abc.ABC):
         test = await self.node.run(self.command(self.cfg.proxy.test), check=False)
         return (f"proxy test `{self.cfg.proxy.test}`", test.ok, "passes" if test.ok else
                 (test.stderr.strip() or test.stdout.strip())[-300:])
+
+
+def certificate_finding(item: str, der: bytes | None, name: str) -> Finding:
+    """A `check` row for a served certificate: fails when it is expired or does not name
+    ``name``; a note (None) under CERT_WARN_DAYS days to expiry."""
+    from cryptography import x509  # a dependency of asyncssh; needed only here
+
+    if der is None:
+        return (item, False, "the listener presented no certificate")
+    cert = x509.load_der_x509_certificate(der)
+    try:
+        names = cert.extensions.get_extension_for_class(
+            x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
+    except x509.ExtensionNotFound:
+        names = []
+    expires = cert.not_valid_after_utc
+    days = (expires - datetime.now(timezone.utc)).total_seconds() / 86400
+    detail = (f"{', '.join(names) or 'no DNS names'}; expires {expires:%Y-%m-%d} "
+              f"({days:.0f} days)")
+    if days <= 0:
+        return (item, False, f"EXPIRED: {detail}")
+    if not any(_matches(pattern, name) for pattern in names):
+        return (item, False, f"does not name {name!r}: {detail}")
+    if days < CERT_WARN_DAYS:
+        return (item, None, f"renew soon: {detail}")
+    return (item, True, detail)
+
+
+def _matches(pattern: str, name: str) -> bool:
+    """Whether a certificate's DNS name covers ``name`` (one leading wildcard label)."""
+    pattern, name = pattern.lower(), name.lower()
+    if pattern.startswith("*."):
+        return "." in name and name.split(".", 1)[1] == pattern[2:]
+    return pattern == name

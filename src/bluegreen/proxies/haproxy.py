@@ -208,6 +208,7 @@ class HAProxyProxy(Proxy):
                         f"HAProxy {haproxy.parse_version(info)}"))
         except ProxyError as exc:
             out.append((f"runtime API {haproxy.socket(cfg)}", False, exc.message))
+        live = None
         try:
             live = await self.live_colour()
             out.append((f"map {haproxy.map_file(cfg)}", True,
@@ -215,4 +216,5 @@ class HAProxyProxy(Proxy):
         except ProxyError as exc:
             out.append((f"map {haproxy.map_file(cfg)}", False, exc.message))
         out.append(await self.file_row("config file", haproxy.config_file(cfg)))
+        out.extend(await self.tls_rows(set_up=live is not None))
         return out

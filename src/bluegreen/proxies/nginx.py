@@ -111,7 +111,7 @@ class NginxProxy(Proxy):
         return len(result.stdout.split())
 
     async def checks(self) -> list[Finding]:
-        cfg, out = self.cfg, [await self.test_row()]
+        cfg, out, live = self.cfg, [await self.test_row()], None
         try:
             live = await self.live_colour()
             out.append((f"link {nginx.link(cfg)}", True,
@@ -120,6 +120,7 @@ class NginxProxy(Proxy):
             out.append((f"link {nginx.link(cfg)}", False, exc.message))
         for c in Colour:
             out.append(await self.file_row("site file", nginx.available(cfg, c)))
+        out.extend(await self.tls_rows(set_up=live is not None))
         out.extend(await self._advice())
         return out
 
