@@ -169,11 +169,11 @@ def nginx(tmp_path: Path) -> Iterator[PrivateNginx]:
 
 
 def run_cli(cwd: Path, home: Path, args: tuple[str, ...] | list[str], *,
-            check: bool | int = True, timeout: float = 120,
-            input: str | None = None) -> subprocess.CompletedProcess[str]:
-    """`bluegreen ARGS` in ``cwd`` with its own HOME, as a user would run it; ``check``:
-    the exit code expected (True: 0, False: any)."""
-    env = {**os.environ, "HOME": str(home), "COLUMNS": "200", "NO_COLOR": "1"}
+            check: bool | int = True, timeout: float = 120, input: str | None = None,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`bluegreen ARGS` in ``cwd`` with its own HOME (and ``env`` added), as a user would
+    run it; ``check``: the exit code expected (True: 0, False: any)."""
+    env = {**os.environ, "HOME": str(home), "COLUMNS": "200", "NO_COLOR": "1", **(env or {})}
     proc = subprocess.run([*BLUEGREEN, *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=timeout, input=input)
     expected = 0 if check is True else check

@@ -7,6 +7,7 @@ import json
 import tomllib
 from pathlib import Path
 
+from bluegreen import presets
 from conftest import BLUEGREEN, Project, live_slot
 
 
@@ -77,7 +78,7 @@ def test_verify_failure_switches_back(local_project: Project) -> None:
 def test_init_presets_through_the_cli(tmp_path: Path) -> None:
     import subprocess
 
-    for preset in ("elixir", "generic", "python"):
+    for preset in presets.NAMES:
         d = tmp_path / preset
         d.mkdir()
         out = subprocess.run([*BLUEGREEN, "init", "--preset", preset, "--app", "shop"], cwd=d,

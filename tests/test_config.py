@@ -110,6 +110,8 @@ def test_presets_are_valid_configs(preset: str, tmp_path: Path) -> None:
         assert cfg.run.env["RELEASE_NODE"] == "{app}_{color}"
         assert cfg.run.env["RELEASE_TMP"] == "{slot_dir}/tmp"
         assert cfg.run.migrate == "bin/shop-api eval 'ShopApi.Release.migrate()'"
+    if preset in ("python", "django", "fastapi"):  # a package name, not the app's dashes
+        assert "shop_api." in (cfg.run.command or "") and cfg.release.prepare
 
 
 def test_documented_example_config_loads() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from importlib import resources
 
-NAMES = ["generic", "python", "elixir"]
+NAMES = ["generic", "python", "django", "fastapi", "elixir"]
 
 
 def app_name_from(text: str) -> str:
@@ -19,4 +19,6 @@ def app_name_from(text: str) -> str:
 def render(preset: str, app: str) -> str:
     text = resources.files("bluegreen").joinpath(f"presets/{preset}.toml").read_text()
     module = "".join(part.capitalize() for part in re.split(r"[-_]", app) if part)
-    return text.replace("MODULE", module).replace("APP", app)
+    # PKG: the app's name as a Python package (a dash is not allowed there)
+    return text.replace("MODULE", module).replace("PKG", app.replace("-", "_")).replace(
+        "APP", app)
