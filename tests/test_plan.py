@@ -161,15 +161,31 @@ def test_rendered_haproxy_config() -> None:
         assert f"server web_1 10.0.0.1:{port}" in text and f"server web2 10.0.0.2:{port}" in text
         assert f"set-header X-Deployment-Id {colour}" in text
     assert haproxy.bind("80") == ":80"
-    assert haproxy.map_text(Colour.GREEN).endswith("live green\n")
-    assert haproxy.parse_map(haproxy.map_text(Colour.GREEN)) == "green"
-    assert haproxy.parse_map("# nothing\n") is None
+    assert haproxy.map_text(HX, Colour.GREEN).endswith("live green\n")
+    assert haproxy.parse_map(HX, haproxy.map_text(HX, Colour.GREEN)) == "green"
+    assert haproxy.parse_map(HX, "# nothing\n") is None
+
+
+def test_haproxy_shared_map_keeps_other_apps_lines() -> None:
+    cfg = HX.model_copy(update={"proxy": HX.proxy.model_copy(update={
+        "shared_frontend": True, "server_name": "shop.example.com Shop.example.org"})})
+    other = "# head\nblog.example.com blog_blue\n"
+    text = haproxy.map_text(cfg, Colour.GREEN, other)
+    assert text.splitlines()[1:] == ["blog.example.com blog_blue",
+                                     "shop.example.com shop_green", "shop.example.org shop_green"]
+    assert haproxy.parse_map(cfg, text) == "green"
+    assert haproxy.parse_map(cfg, text.replace("org shop_green", "org shop_blue")) == "blue, green"
+    assert haproxy.without_app(cfg, text).splitlines()[1:] == ["blog.example.com blog_blue"]
+    assert haproxy.set_live(cfg, Colour.BLUE) == (
+        "set map /etc/haproxy/conf.d/shop.map shop.example.com shop_blue; "
+        "set map /etc/haproxy/conf.d/shop.map shop.example.org shop_blue")
+    assert "\nfrontend " not in haproxy.render_config(cfg, [("web1", "127.0.0.1")])
 
 
 def test_haproxy_runtime_answers() -> None:
     assert haproxy.set_live(HX, Colour.GREEN) == "set map /etc/haproxy/conf.d/shop.map live green"
-    assert haproxy.parse_show_map("0x55d5c live blue\n\n") == "blue"
-    assert haproxy.parse_show_map("\n") is None
+    assert haproxy.parse_show_map(HX, "0x55d5c live blue\n\n") == "blue"
+    assert haproxy.parse_show_map(HX, "\n") is None
     assert haproxy.runtime_error("\n") is None
     assert haproxy.runtime_error("Unknown map identifier.\n") == "Unknown map identifier."
     stat = haproxy.parse_stat(

@@ -58,7 +58,7 @@ def _check_all_placeholders(cfg: Config) -> None:
     if run.env_file is not None:
         _check_placeholders("run.env_file", run.env_file, APP_PLACEHOLDERS)
     for key in ("server_name", "sites_available", "sites_enabled", "site", "test", "reload",
-                "config_file", "map_file", "socket"):
+                "config_file", "map_file", "socket", "frontend_file"):
         if key in type(proxy).model_fields:
             _check_placeholders(f"proxy.{key}", getattr(proxy, key), APP_PLACEHOLDERS)
     if proxy.tls is not None:

@@ -102,6 +102,9 @@ class NginxSettings(_ProxyCommon):
         return v
 
 
+SHARED_MAP = "/etc/haproxy/conf.d/bluegreen-sites.map"
+
+
 class HAProxySettings(_ProxyCommon):
     """`proxy.kind = "haproxy"`: one config file, a map file holding the live colour, and
     the runtime API the switch goes through (no reload)."""
@@ -109,6 +112,13 @@ class HAProxySettings(_ProxyCommon):
     kind: Literal["haproxy"]
     config_file: str = _key("/etc/haproxy/conf.d/{app}.cfg", "haproxy: the file bluegreen "
                             "writes (a frontend, a backend per colour); HAProxy must load it")
+    shared_frontend: bool = _key(False, "haproxy: several apps share one frontend on "
+                                 "`listen` (and `tls.listen`), routed by `server_name`: "
+                                 "`frontend_file` holds it and `map_file` (default "
+                                 "`" + SHARED_MAP + "`) maps each app's names to its live "
+                                 "backend (docs/topologies.md)")
+    frontend_file: str = _key("/etc/haproxy/conf.d/bluegreen-frontend.cfg", "haproxy, with "
+                              "`shared_frontend`: the frontend every app writes alike")
     map_file: str = _key("/etc/haproxy/conf.d/{app}.map", "haproxy: holds `live blue` or "
                          "`live green`, the persistent live colour, read when HAProxy starts")
     socket: str = _key("/run/haproxy/admin.sock", "haproxy: the runtime API (`stats socket ... "
@@ -117,6 +127,14 @@ class HAProxySettings(_ProxyCommon):
                      "shell command on the host that tests the proxy's config")
     reload: str = _key("systemctl reload haproxy", "shell command on the host that reloads "
                        "the proxy")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shared_map(cls, data: Any) -> Any:
+        """With a shared frontend, the apps' names share one map file by default."""
+        if isinstance(data, dict) and data.get("shared_frontend") and "map_file" not in data:
+            return {**data, "map_file": SHARED_MAP}
+        return data
 
     @model_validator(mode="after")
     def _paths(self) -> HAProxySettings:
@@ -136,7 +154,10 @@ class HAProxySettings(_ProxyCommon):
                 raise ValueError("tls.acme_root: HAProxy serves no files; renew with "
                                  "`certbot --standalone --http-01-port N` behind a "
                                  "backend, or a DNS challenge (docs/https.md)")
-        for key in ("config_file", "map_file"):
+        if self.shared_frontend and any(c in self.server_name for c in "*~^$\\{}"):
+            raise ValueError("server_name: with shared_frontend, plain host names only (they "
+                             "are keys of the map file)")
+        for key in ("config_file", "map_file", "frontend_file"):
             if not getattr(self, key).startswith("/") or re.search(r"\s", getattr(self, key)):
                 raise ValueError(f"{key}: must be an absolute path without spaces")
         if not (self.socket.startswith("/") or re.match(r"^[\w.-]+:\d{1,5}$", self.socket)):

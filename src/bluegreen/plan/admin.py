@@ -20,7 +20,9 @@ def proxy_files(cfg: Config, hc: HostConfig | None) -> list[tuple[PurePosixPath,
     hosts = cfg.hosts if hc is None else [hc]
     servers = [(h.label, cfg.bind_address(h)) for h in hosts]
     if isinstance(cfg.proxy, HAProxySettings):
-        return [(haproxy.config_file(cfg), haproxy.render_config(cfg, servers))]
+        shared = [(haproxy.frontend_file(cfg), haproxy.render_frontend(cfg))
+                  ] if haproxy.shared(cfg) else []
+        return shared + [(haproxy.config_file(cfg), haproxy.render_config(cfg, servers))]
     return [(nginx.available(cfg, c), nginx.render_site(cfg, c, [a for _, a in servers]))
             for c in Colour]
 

@@ -17,7 +17,7 @@ from pathlib import PurePosixPath
 from bluegreen.config import Colour, Config, HAProxySettings, render
 from bluegreen.plan.nginx import tls_context
 from bluegreen.plan.files import Argv, Steps, remove_config, replace_config, sh
-from bluegreen.plan.template import render_proxy_config
+from bluegreen.plan.template import render_file, render_proxy_config
 
 MAP_KEY = "live"
 SHOW_STAT = "show stat"  # runtime API: per-server counters (CSV)
@@ -71,6 +71,7 @@ def render_config(cfg: Config, servers: list[tuple[str, str]]) -> str:
         "map_file": str(map_file(cfg)),
         "server_name": render(cfg.proxy.server_name, app=cfg.app),
         "tls": tls_context(cfg, bind),
+        "shared": shared(cfg),
         "backends": {
             c.value: [(server_name(label), f"{address}:{cfg.slots.port(c)}")
                       for label, address in servers]
@@ -80,17 +81,72 @@ def render_config(cfg: Config, servers: list[tuple[str, str]]) -> str:
     return render_proxy_config(cfg, "haproxy.cfg.j2", context)
 
 
-def map_text(colour: Colour) -> str:
-    return f"# bluegreen: the live colour; `bluegreen promote` changes it\n{MAP_KEY} {colour.value}\n"
+def shared(cfg: Config) -> bool:
+    return settings(cfg).shared_frontend
 
 
-def parse_map(text: str) -> str | None:
-    """The value of the "live" key in a map file, or None when the file has none."""
-    for line in text.splitlines():
-        parts = line.split()
-        if len(parts) == 2 and parts[0] == MAP_KEY:
-            return parts[1]
-    return None
+def frontend_file(cfg: Config) -> PurePosixPath:
+    return PurePosixPath(render(settings(cfg).frontend_file, app=cfg.app))
+
+
+def map_keys(cfg: Config) -> list[str]:
+    """The map file keys this app owns: "live" in its own map file; with a shared
+    frontend, its server names (the frontend looks the request's host up there)."""
+    if shared(cfg):
+        return render(cfg.proxy.server_name, app=cfg.app).lower().split()
+    return [MAP_KEY]
+
+
+def map_value(cfg: Config, colour: Colour) -> str:
+    """What the app's keys map to: the colour, or (shared) the colour's backend suffix."""
+    return f"{ident(cfg)}_{colour.value}" if shared(cfg) else colour.value
+
+
+def colour_of_value(cfg: Config, value: str | None) -> str | None:
+    """The colour a map value names (for a shared map: this app's), else the value."""
+    if value is not None and shared(cfg) and value.startswith(f"{ident(cfg)}_"):
+        return value[len(ident(cfg)) + 1:]
+    return value
+
+
+def render_frontend(cfg: Config) -> str:
+    """With ``shared_frontend``: the frontend every app on this HAProxy writes alike (it
+    depends only on the listeners and the map file, never on one app)."""
+    tls = tls_context(cfg, bind)
+    if tls is not None:  # every app's PEM in one directory; HAProxy picks one by SNI
+        tls["certificate"] = str(PurePosixPath(str(tls["certificate"])).parent) + "/"
+    return render_file(cfg, "proxy.template", None, "haproxy-frontend.cfg.j2", {
+        "bind": bind(cfg.proxy.listen), "tls": tls, "map_file": str(map_file(cfg))})
+
+
+def map_text(cfg: Config, colour: Colour, current: str = "") -> str:
+    """The map file with this app's keys on ``colour``: other apps' lines (a shared map)
+    are kept as they are."""
+    keys = map_keys(cfg)
+    kept = [line for line in current.splitlines()
+            if line.strip() and not line.startswith("#") and line.split()[0] not in keys]
+    head = ("# bluegreen: each app's server names -> its live backend; `bluegreen promote` "
+            "changes them" if shared(cfg) else "# bluegreen: the live colour; `bluegreen "
+            "promote` changes it")
+    return "\n".join([head, *kept, *(f"{k} {map_value(cfg, colour)}" for k in keys)]) + "\n"
+
+
+def without_app(cfg: Config, current: str) -> str:
+    """A shared map file without this app's lines."""
+    keys = map_keys(cfg)
+    return "".join(line + "\n" for line in current.splitlines()
+                   if not line.split() or line.split()[0] not in keys)
+
+
+def parse_map(cfg: Config, text: str) -> str | None:
+    """The live colour this app's keys name in a map file (None when it has none); when
+    its keys disagree, what they say, so that the caller reports it."""
+    values = {parts[0]: parts[1] for parts in map(str.split, text.splitlines())
+              if len(parts) == 2 and parts[0] in map_keys(cfg)}
+    if not values:
+        return None
+    found = {colour_of_value(cfg, v) for v in values.values()}
+    return found.pop() if len(found) == 1 else ", ".join(sorted(str(v) for v in found))
 
 
 def write(cfg: Config, path: PurePosixPath, use_sudo: bool) -> Steps:
@@ -134,24 +190,29 @@ def parse_version(info: str) -> str:
 # ---- runtime API ------------------------------------------------------------------
 
 def set_live(cfg: Config, colour: Colour) -> str:
-    return f"set map {map_file(cfg)} {MAP_KEY} {colour.value}"
+    """One runtime API line setting every key of this app (commands joined by ';' run in
+    order on one connection)."""
+    return "; ".join(f"set map {map_file(cfg)} {k} {map_value(cfg, colour)}"
+                     for k in map_keys(cfg))
 
 
-def add_live(cfg: Config, colour: Colour) -> str:
-    return f"add map {map_file(cfg)} {MAP_KEY} {colour.value}"
+def add_live(cfg: Config, colour: Colour, keys: list[str]) -> str:
+    return "; ".join(f"add map {map_file(cfg)} {k} {map_value(cfg, colour)}" for k in keys)
 
 
 def show_live(cfg: Config) -> str:
     return f"show map {map_file(cfg)}"
 
 
-def parse_show_map(text: str) -> str | None:
-    """The live colour in ``show map`` output (lines of "<ref> <key> <value>")."""
-    for line in text.splitlines():
-        parts = line.split()
-        if len(parts) == 3 and parts[1] == MAP_KEY:
-            return parts[2]
-    return None
+def parse_show_map(cfg: Config, text: str) -> str | None:
+    """This app's live colour in ``show map`` output (lines of "<ref> <key> <value>")."""
+    return parse_map(cfg, "\n".join(" ".join(line.split()[1:]) for line in text.splitlines()))
+
+
+def missing_keys(cfg: Config, show_map: str) -> list[str]:
+    """This app's keys that the running map lacks (removed by hand, or a name added)."""
+    present = {line.split()[1] for line in show_map.splitlines() if len(line.split()) == 3}
+    return [k for k in map_keys(cfg) if k not in present]
 
 
 def runtime_error(answer: str) -> str | None:

@@ -26,17 +26,20 @@ class HAProxyProxy(Proxy):
 
     @property
     def directories(self) -> list[PurePosixPath]:
-        return [haproxy.config_file(self.cfg).parent, haproxy.map_file(self.cfg).parent]
+        out = [haproxy.config_file(self.cfg).parent, haproxy.map_file(self.cfg).parent]
+        return out + ([haproxy.frontend_file(self.cfg).parent] if haproxy.shared(self.cfg)
+                      else [])
 
     async def live_colour(self) -> Colour | None:
         path = haproxy.map_file(self.cfg)
         text = await self.read(path)
-        if not text:
-            return None
-        value = haproxy.parse_map(text)
+        value = haproxy.parse_map(self.cfg, text)
+        if value is None and (haproxy.shared(self.cfg) or not text):
+            return None  # before setup (a shared map may hold other apps' lines)
         if value not in (Colour.BLUE.value, Colour.GREEN.value):
-            raise ProxyError(f"{path} has no 'live blue' or 'live green' line (it says "
-                             f"{value!r}); fix it or run `bluegreen setup`", host=self.name)
+            keys = " ".join(haproxy.map_keys(self.cfg))
+            raise ProxyError(f"{path}: the lines of {keys} do not name blue or green (they "
+                             f"say {value!r}); fix it or run `bluegreen setup`", host=self.name)
         return Colour(value)
 
     async def runtime(self, command: str) -> str:
@@ -72,20 +75,27 @@ class HAProxyProxy(Proxy):
     async def running_colour(self) -> str | None:
         """The live colour in the running HAProxy's memory (None: it has no such map)."""
         answer = await self.runtime(haproxy.show_live(self.cfg))
-        return haproxy.parse_show_map(answer)
+        return haproxy.parse_show_map(self.cfg, answer)
 
     async def _set_running(self, colour: Colour) -> None:
         answer = await self.runtime(haproxy.set_live(self.cfg, colour))
         error = haproxy.runtime_error(answer)
-        if error and "not found" in error.lower():  # the key was removed by hand
-            error = haproxy.runtime_error(await self.runtime(haproxy.add_live(self.cfg, colour)))
+        if error and "not found" in error.lower():  # a key removed by hand, or a new name
+            missing = haproxy.missing_keys(self.cfg, await self.runtime(
+                haproxy.show_live(self.cfg)))
+            error = haproxy.runtime_error(
+                await self.runtime(haproxy.add_live(self.cfg, colour, missing))) if missing \
+                else error
         if error:
             raise ProxyError(f"HAProxy refused `{haproxy.set_live(self.cfg, colour)}`: {error}",
                              host=self.name)
 
     async def write_config(self) -> str | None:
-        """Write the config file if its content differs; returns the previous content
-        ("" when there was none) if it changed, None if not."""
+        """Write the config file (and a shared frontend missing so far) if its content
+        differs; returns the previous content ("" when there was none) if it changed,
+        None if not."""
+        if haproxy.shared(self.cfg):
+            await self._write_frontend()
         path = haproxy.config_file(self.cfg)
         text = haproxy.render_config(self.cfg, self.servers)
         current = await self.read(path)
@@ -97,9 +107,35 @@ class HAProxyProxy(Proxy):
         self.node.say(f"wrote {path}")
         return current
 
-    async def _write_map(self, colour: Colour) -> None:
-        await self.node.run_steps(haproxy.write(self.cfg, haproxy.map_file(self.cfg),
-                                                self.sudo), input=haproxy.map_text(colour))
+    async def _write_frontend(self) -> None:
+        """The shared frontend: written when missing; an existing one must be the same
+        (another app wrote it, with the same listeners), else nothing is changed."""
+        path = haproxy.frontend_file(self.cfg)
+        text = haproxy.render_frontend(self.cfg)
+        current = await self.read(path)
+        if current == text:
+            return
+        if current:
+            raise ProxyError(f"{path} (the frontend the apps on this HAProxy share) differs "
+                             "from this app's: the apps must agree on proxy.listen, "
+                             "[proxy.tls] (listen, certificate directory, redirect_http, "
+                             "hsts) and map_file. If the difference is intended, remove the "
+                             "file and run `bluegreen setup` for every app", host=self.name)
+        if self.sudo:
+            self.refuse_root_file(path, current)
+        await self.node.run_steps(haproxy.write(self.cfg, path, self.sudo), input=text)
+        self.node.say(f"wrote {path}")
+
+    async def _write_map(self, colour: Colour | None) -> None:
+        """Put this app's keys on ``colour`` in the map file (None: remove them), keeping
+        other apps' lines. Two apps switching within the same instant on one host could
+        each write the other's old line; the running HAProxy is right either way, and
+        `bluegreen setup` of the app rewrites its lines."""
+        path = haproxy.map_file(self.cfg)
+        current = await self.read(path) if haproxy.shared(self.cfg) else ""
+        text = (haproxy.map_text(self.cfg, colour, current) if colour is not None
+                else haproxy.without_app(self.cfg, current))
+        await self.node.run_steps(haproxy.write(self.cfg, path, self.sudo), input=text)
 
     async def setup(self, live: Colour | None) -> None:
         previous = await self.write_config()
@@ -170,10 +206,10 @@ class HAProxyProxy(Proxy):
             raise
 
     async def restore(self, previous: Colour | None) -> None:
-        if previous is None:
-            await self.node.run(haproxy.remove(self.cfg, haproxy.map_file(self.cfg), self.sudo))
-        else:
+        if previous is not None or haproxy.shared(self.cfg):
             await self._write_map(previous)
+        else:
+            await self.node.run(haproxy.remove(self.cfg, haproxy.map_file(self.cfg), self.sudo))
 
     async def apply(self) -> None:
         live = await self.live_colour()
@@ -216,5 +252,18 @@ class HAProxyProxy(Proxy):
         except ProxyError as exc:
             out.append((f"map {haproxy.map_file(cfg)}", False, exc.message))
         out.append(await self.file_row("config file", haproxy.config_file(cfg)))
+        if haproxy.shared(cfg):
+            out.append(await self._frontend_row())
         out.extend(await self.tls_rows(set_up=live is not None))
         return out
+
+    async def _frontend_row(self) -> Finding:
+        path = haproxy.frontend_file(self.cfg)
+        current = await self.read(path)
+        item = f"shared frontend {path}"
+        if not current:
+            return (item, True, "setup will write it")
+        if current == haproxy.render_frontend(self.cfg):
+            return (item, True, "present, as this app would write it")
+        return (item, False, "differs from this app's (listen, [proxy.tls] or map_file): "
+                "setup would refuse")

@@ -1,0 +1,76 @@
+"""Several apps on one server and one HAProxy, sharing its port through one frontend
+(`proxy.shared_frontend`), each switched by its own lines of the shared map file, never
+touching the other's traffic; a restarted HAProxy brings each back on its own colour."""
+
+from __future__ import annotations
+
+import http.client
+from pathlib import Path
+
+from conftest import SERVER_NAME, Project, make_project
+from loadclient import LoadClient
+
+
+def host_get(port: int, host: str, path: str = "/") -> tuple[int, str | None, str]:
+    """Status, X-App-Version and body of a GET with the Host ``host``."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    conn.request("GET", path, headers={"Host": host})
+    resp = conn.getresponse()
+    return resp.status, resp.getheader("X-App-Version"), resp.read().decode()
+
+
+def shared(p: Project, app: str, server_name: str) -> None:
+    hx = p.nginx
+    p.extra_proxy = {"shared_frontend": True, "server_name": server_name,
+                     "map_file": f"{hx.conf_d}/bluegreen-sites.map",  # type: ignore[union-attr]
+                     "frontend_file": f"{hx.conf_d}/bluegreen-frontend.cfg"}  # type: ignore
+    p.write_config(app=app)
+
+
+def test_two_apps_share_one_haproxy_frontend_and_switch_apart(local_project_hx: Project,
+                                                             tmp_path: Path) -> None:
+    one = local_project_hx
+    (tmp_path / "second").mkdir()
+    two = make_project(tmp_path / "second", one.nginx, None)
+    try:
+        shared(one, "testapp", SERVER_NAME)
+        shared(two, "shop", "shop.test www.shop.test")
+        port = one.nginx.port
+        for p, version in ((one, "1.0.0"), (two, "5.0.0")):
+            p.bg("setup")
+            p.deploy(version)
+        assert host_get(port, SERVER_NAME)[1] == "1.0.0"
+        assert host_get(port, "shop.test")[1] == "5.0.0"
+        assert host_get(port, "WWW.shop.test:80")[1] == "5.0.0"  # case and port ignored
+        assert host_get(port, "nobody.test")[:1] == (404,)
+        assert "shared frontend" in one.bg("check").stdout
+
+        # Switching one app under load on both: the other's traffic never moves.
+        client = LoadClient(tmp_path / "load.json", "shop.test", [f"127.0.0.1:{port}"])
+        try:
+            one.deploy("2.0.0")
+            one.bg("rollback")
+            one.bg("promote")
+        finally:
+            report = client.stop()
+        assert report["failures"] == [] and set(report["versions"]) == {"5.0.0"}, report
+        assert host_get(port, SERVER_NAME)[1] == "2.0.0"
+        lines = (one.nginx.conf_d / "bluegreen-sites.map").read_text().splitlines()  # type: ignore
+        assert sorted(line for line in lines if not line.startswith("#")) == [
+            "shop.test shop_blue", f"{SERVER_NAME} testapp_green", "www.shop.test shop_blue"]
+        assert one.status()["proxy_answer"] == "green" and two.status()["proxy_answer"] == "blue"
+
+        # A restarted HAProxy reads the map file: each app on its own live colour.
+        one.nginx.stop()
+        one.nginx.start()
+        assert host_get(port, SERVER_NAME)[1] == "2.0.0"
+        assert host_get(port, "shop.test")[1] == "5.0.0"
+
+        # An app whose frontend would differ (here: another map file) may not rewrite it.
+        two.extra_proxy["map_file"] = f"{two.nginx.conf_d}/other.map"  # type: ignore
+        two.write_config(app="shop")
+        out = two.bg("setup", check=1)
+        assert "the apps must agree on proxy.listen" in out.stderr
+        assert host_get(port, SERVER_NAME)[1] == "2.0.0"
+    finally:
+        two.cleanup()
