@@ -94,6 +94,17 @@ def served_digest(port: int) -> str:
     return hashlib.sha256(ssl.PEM_cert_to_DER_cert(pem)).hexdigest()[:16]
 
 
+def wss_echo(port: int, ca: Path, message: str) -> str:
+    """A websocket over TLS (wss://) to the sample app's echo, through the proxy."""
+    context = ssl.create_default_context(cafile=str(ca))
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    with ExitStack() as stack:
+        ws = stack.enter_context(connect(f"wss://{SERVER_NAME}/ws", sock=sock, ssl=context,
+                                         open_timeout=5))
+        ws.send(message)
+        return str(ws.recv(timeout=5))
+
+
 def tls_project(p: Project, tmp_path: Path, ca: CertificateAuthority, days: int,
                 **tls: object) -> tuple[Path, Path, int]:
     cert, key = tmp_path / "fullchain.pem", tmp_path / "privkey.pem"
@@ -174,14 +185,7 @@ def test_https_site_switches_verified_over_tls_and_renewal_never_moves_traffic(
     row = check_row(p, port)
     assert "renew soon" not in row and "(90 days)" in row, row
 
-    # A websocket over wss reaches the live colour.
-    context = ssl.create_default_context(cafile=str(ca.path))
-    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
-    with ExitStack() as stack:
-        ws = stack.enter_context(connect(f"wss://{SERVER_NAME}/ws", sock=sock, ssl=context,
-                                         open_timeout=5))
-        ws.send("hi")
-        assert ws.recv(timeout=5) == "hi from 2.0.0 (green)"
+    assert wss_echo(port, ca.path, "hi") == "hi from 2.0.0 (green)"
 
 
 def test_haproxy_serves_https_and_verifies_the_switch_over_tls(hx_project: Project,
@@ -213,6 +217,7 @@ def test_haproxy_serves_https_and_verifies_the_switch_over_tls(hx_project: Proje
     assert report["failures"] == [], report
     assert report["versions"].get("1.0.0") and report["versions"].get("2.0.0"), report
     assert p.status()["proxy_answer"] == "blue"
+    assert wss_echo(port, ca.path, "hi") == "hi from 1.0.0 (blue)"
 
 
 def test_check_fails_a_certificate_that_is_expired_or_for_another_name(tmp_path: Path) -> None:
