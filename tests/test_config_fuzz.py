@@ -80,7 +80,8 @@ def test_malformed_configs_are_config_errors(mutations: list[Any], extra: dict[s
         assert exc.exit_code == 2
         # Each problem starts with the key path, rooted at a top-level key of the file.
         message = exc.message.removeprefix("invalid config: ")
-        for problem in message.split("; "):
+        # problems are joined by "; " (a value quoted in one may hold "; " too)
+        for problem in re.split(r"; (?=\(top level\)|[A-Za-z_][\w.\[\]]*: )", message):
             root = re.split(r"[.\[:]", problem, maxsplit=1)[0]
             if problem.startswith(("(top level)", "base_dir")):
                 continue

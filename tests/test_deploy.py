@@ -397,3 +397,27 @@ def test_deploys_switches_and_drains_under_an_independent_client(project: Projec
     assert report["failures"] == [], report
     assert report["requests"] > 50 and set(report["versions"]) <= {"1.0.0", "2.0.0", "3.0.0"}
     assert report["versions"].get("3.0.0") and report["versions"].get("2.0.0")
+
+
+def test_promote_without_a_colour_only_goes_forward(local_project: Project) -> None:
+    """A retried `promote` (a CI job run twice) must not put the old release back: the
+    second one refuses (exit 1, nothing changed, a hint); `rollback` says which release it
+    goes back to; `promote` then goes forward again; naming the colour always works."""
+    p = local_project
+    setup(p)
+    p.deploy("1.0.0")
+    p.deploy("2.0.0", "--no-promote")
+    p.bg("promote")
+    assert p.answer().version == "2.0.0"
+    before = live_slot(p)
+    again = p.bg("promote", check=1)
+    assert "nothing newer to promote: blue holds 1.0.0" in again.stderr, again.stderr
+    assert "`bluegreen rollback`" in again.stderr and "`bluegreen promote blue`" in again.stderr
+    assert live_slot(p) == before and p.answer().version == "2.0.0"
+    back = p.bg("rollback")
+    assert "rolling back to 1.0.0-" in back.stderr and "away from 2.0.0-" in back.stderr
+    assert p.answer().version == "1.0.0"
+    p.bg("promote")  # forward to the newer release again
+    assert p.answer().version == "2.0.0"
+    p.bg("promote", "blue")  # on purpose
+    assert p.answer().version == "1.0.0"

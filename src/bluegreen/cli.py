@@ -263,8 +263,11 @@ def deploy(state: State, json_out: bool, artifact_path: str | None, version: str
         click.echo(f"{host}: {result.release} on {colour}: {what}")
 
 
-@main.command(help="Health-check the target colour (default: the idle one) on every host, "
-                   "switch the proxy to it, and verify through the proxy.")
+@main.command(help="Health-check the target colour on every host, switch the proxy to it, "
+                   "and verify through the proxy. Without COLOUR: the idle colour, only when "
+                   "it holds a release started after the live one (e.g. `deploy "
+                   "--no-promote`), so a repeated promote never goes back; to go back, "
+                   "`rollback` or name the colour.")
 @click.argument("colour", type=COLOURS, required=False)
 @json_events
 @common
@@ -278,7 +281,8 @@ def promote(state: State, json_out: bool, colour: str | None) -> None:
         click.echo(f"{host}: live is {c}")
 
 
-@main.command(help="Promote the previously live colour (it must still be running and healthy).")
+@main.command(help="Promote the previously live colour (it must still be running and "
+                   "healthy); says which release it goes back to.")
 @json_events
 @common
 def rollback(state: State, json_out: bool) -> None:

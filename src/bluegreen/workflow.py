@@ -250,8 +250,12 @@ async def promote(ctx: Context, colour: Colour | None, *,
         before: Callable[[], Awaitable[None]] | None = None
         if event == "rollback":
             await each(apps, lambda a: _can_roll_back(a, targets[a.name]), ctx.out)
-        elif any(live is not targets[apps[0].name] for live in proxy_lives):
-            before = lambda: run_hook(ctx.cfg, "pre_promote", ctx.out, **hook_args)  # noqa: E731
+        else:
+            if colour is None:
+                await each(apps, lambda a: _newer_than_live(a, targets[a.name]), ctx.out)
+            if any(live is not targets[apps[0].name] for live in proxy_lives):
+                before = lambda: run_hook(  # noqa: E731
+                    ctx.cfg, "pre_promote", ctx.out, **hook_args)
         try:
             await switch_all(topo, targets, event, ctx.user, ctx.out, before)
         except BlueGreenError as err:
@@ -270,6 +274,24 @@ async def _can_roll_back(a: AppHost, target: Colour) -> None:
             + ("has never run a release" if state is None else
                f"is {state.status} ({state.release})")
             + "; deploy again instead", host=a.name)
+    live = await a.slots.state(target.other)
+    a.node.say(f"rolling back to {state.release} on {target} (started {state.started})"
+               + (f", away from {live.release} on {target.other}" if live else ""))
+
+
+async def _newer_than_live(a: AppHost, target: Colour) -> None:
+    """`promote` without a colour moves forward only: the idle colour must hold a release
+    started after the live one's (e.g. `deploy --no-promote`). Run twice (a retried CI
+    job), it would otherwise put the old release back."""
+    idle, live = await a.slots.state(target), await a.slots.state(target.other)
+    if idle is None or live is None or idle.started > live.started:
+        return  # newer, or nothing to compare (the health check says what is missing)
+    raise BlueGreenError(
+        f"nothing newer to promote: {target} holds {idle.release}, started before the live "
+        f"{live.release} on {target.other}, so promoting it would go "
+        f"back, not forward (a repeated promote?). Nothing was changed. To go back on "
+        f"purpose: `bluegreen rollback`; to switch to {target} anyway: `bluegreen promote "
+        f"{target}`", host=a.name)
 
 
 async def rollback(ctx: Context) -> dict[str, Colour]:
