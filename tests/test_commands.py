@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import time
 from typing import IO
@@ -92,8 +93,11 @@ def test_logs_show_and_follow_the_slot_log(project: Project) -> None:
         assert "listening" in read_until(follower.stdout, "listening", 20)
         p.bg("stop", "blue")  # the app logs its shutdown: the follower must print it
         assert "sample app 1.0.0 (blue) stopped" in read_until(follower.stdout, "stopped", 20)
+        follower.send_signal(signal.SIGINT)  # Ctrl-C: the way to stop following
+        assert follower.wait(10) == 0
+        assert follower.stderr is not None and follower.stderr.read() == ""
     finally:
-        follower.terminate()
+        follower.kill()
         follower.wait(10)
 
 
@@ -134,3 +138,21 @@ def test_live_progress_on_a_terminal(local_project: Project) -> None:
     screen = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", child.before)
     # The per-host table, redrawn in place, ends on the host's last step.
     assert re.search(r"web1\s+[\d.]+s\s+live is blue \(1\.0\.0-", screen), screen
+
+
+def test_a_lock_without_holder_info_is_explained_and_cleared(local_project: Project) -> None:
+    """A lock dir with no info.json (a run killed between `mkdir` and writing it): status
+    explains it, a deploy is refused with exit 4 and the remedy, `unlock` clears it."""
+    p = local_project
+    p.bg("setup")
+    p.deploy("1.0.0")
+    (p.deploy_to / "lock").mkdir()
+    st = p.bg("status")
+    assert "lock is held but names no holder" in st.stdout and "bluegreen unlock" in st.stdout
+    assert "names no holder" in p.status()["lock"]
+    out = p.deploy("2.0.0", check=4)
+    assert "names no holder" in out.stderr and "`bluegreen unlock` clears it" in out.stderr
+    assert "sh -c" not in out.stderr
+    assert "removed" in p.bg("unlock").stdout
+    assert p.status()["lock"] is None
+    p.deploy("2.0.0")

@@ -116,8 +116,10 @@ def json_data(fn: F) -> F:
                         help="One JSON document on stdout.")(fn)
 
 
-def run(state: State, coro_fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
-    """Run a workflow coroutine; turn bluegreen errors into ``error: ...`` and exit codes."""
+def run(state: State, coro_fn: Callable[[], Coroutine[Any, Any, T]], *,
+        stop_on_interrupt: bool = False) -> T:
+    """Run a workflow coroutine; turn bluegreen errors into ``error: ...`` and exit codes.
+    ``stop_on_interrupt``: Ctrl-C is the normal way to end it (`logs -f`): exit 0, quietly."""
     import asyncio
 
     try:
@@ -126,6 +128,8 @@ def run(state: State, coro_fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
     except BlueGreenError as exc:
         fail(state, exc)
     except KeyboardInterrupt:
+        if stop_on_interrupt:
+            sys.exit(0)
         state.out.error("interrupted; if a lock was left behind, `bluegreen unlock` clears it")
         sys.exit(130)
 
@@ -376,14 +380,16 @@ def console(state: State, colour: str | None) -> None:
 @main.command(help="Show a slot's log (default: the live slot): bluegreen's log of a run.command "
                    "app, plus the release's own log ($RELEASE_TMP/log) for a run.start app.")
 @click.option("--color", "colour", type=COLOURS, help="The slot (default: live).")
-@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines (Ctrl-C stops).")
+@click.option("-f", "--follow", is_flag=True,
+              help="Keep printing new lines (Ctrl-C stops, with exit 0).")
 @click.option("-n", "lines", type=click.IntRange(min=0), default=100, show_default=True,
               help="How many lines to show.")
 @common
 def logs(state: State, colour: str | None, follow: bool, lines: int) -> None:
     state.out.quiet = True
     ctx = load(state)
-    run(state, lambda: workflow.logs(ctx, to_colour(colour), lines, follow))
+    run(state, lambda: workflow.logs(ctx, to_colour(colour), lines, follow),
+        stop_on_interrupt=follow)
 
 
 @main.command(help="Remove a lock left by a run that died (prints who held it, since when).")

@@ -21,8 +21,8 @@ async def acquire(node: Node, info: lock.LockInfo) -> None:
     result = await node.run(lock.acquire(node.layout), input=info.to_json(), check=False)
     if result.exit_status == lock.HELD:
         _, holder = await read_lock(node)
-        raise LockHeld(describe_holder(node, holder) + "; wait for it, or if it is gone, run "
-                       "`bluegreen unlock`", host=node.name)
+        raise LockHeld(describe_holder(node, holder) + "; wait for it, or if no bluegreen "
+                       "command is running, `bluegreen unlock` clears it", host=node.name)
     if result.exit_status == lock.NOT_SET_UP:
         raise BlueGreenError(f"{node.layout.root} does not exist: run `bluegreen setup` first",
                              host=node.name)
@@ -41,7 +41,8 @@ async def read_lock(node: Node) -> tuple[bool, lock.LockInfo | None]:
 
 def describe_holder(node: Node, holder: lock.LockInfo | None) -> str:
     if holder is None:
-        return f"{node.layout.lock} is held (no readable holder info)"
+        return (f"{node.layout.lock} is held but names no holder (a run killed while taking "
+                "it, or a full disk)")
     text = f"locked by {holder.describe()}"
     if holder.host == socket.gethostname() and not _pid_alive(holder.pid):
         text += f" (pid {holder.pid} is gone: that run died)"

@@ -8,7 +8,7 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any
 
-from bluegreen import supervisors
+from bluegreen import records, supervisors
 from bluegreen.config import Colour, Config, HostConfig, render
 from bluegreen.errors import SplitBrain
 from bluegreen.fleet import Node, open_fleet
@@ -195,5 +195,7 @@ async def _status_host(a: AppHost) -> dict[str, Any]:
         unit = await supervisors.of_state(a.node, state).details(c) if state else None
         if unit is not None:
             slots[c.value]["unit"] = unit
+    held, holder = await records.read_lock(a.node)
     return {"host": a.name, "reachable": True, "live": live.value if live else None,
-            "proxy_answer": answer, "slots": slots}
+            "proxy_answer": answer, "slots": slots,
+            "lock": records.describe_holder(a.node, holder) if held else None}

@@ -58,6 +58,9 @@ def print_status(data: dict[str, Any]) -> None:
                           str(s["pid"] or "-"), yes(s["running"]), yes(s["healthy"]),
                           str(s["connections"]))
         out.print(table)
+        if h.get("lock"):
+            out.print(f"[yellow]{escape(h['lock'])}[/]; if no bluegreen command is running, "
+                      "`bluegreen unlock` clears it")
     for problem in data.get("problems", []):
         out.print(f"[bold red]{escape(problem)}[/]")
 

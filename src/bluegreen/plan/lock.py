@@ -58,7 +58,10 @@ def acquire(layout: Layout) -> Argv:
 
 
 def read(layout: Layout) -> Argv:
-    return sh('if [ -d "$1" ]; then echo held; cat "$1/info.json" 2>/dev/null; fi', layout.lock)
+    """Print "held" and the holder's info when locked (the info may be missing: a run
+    killed between `mkdir` and writing it, or a full disk); nothing when not."""
+    return sh('if [ -d "$1" ]; then echo held; cat "$1/info.json" 2>/dev/null; fi; true',
+              layout.lock)
 
 
 def release(layout: Layout) -> Argv:
