@@ -156,3 +156,45 @@ def test_a_lock_without_holder_info_is_explained_and_cleared(local_project: Proj
     assert "removed" in p.bg("unlock").stdout
     assert p.status()["lock"] is None
     p.deploy("2.0.0")
+
+
+def test_exec_runs_in_the_slot_with_its_env_and_passes_the_exit_status(
+        project: Project) -> None:
+    """`exec -- CMD`: in the live slot's release dir, with env_file secrets (as Kamal's
+    `app exec` lacked on fresh servers, kamal#1180), stdin passed on, CMD's exit status."""
+    p = project
+    (p.dir / ".env.production").write_text("API_TOKEN=tok-for-exec-7\n")
+    p.extra_run = {"env_file": ".env.production"}
+    p.write_config()
+    p.bg("setup")
+    p.deploy("1.0.0")
+    p.deploy("2.0.0")
+    out = p.bg("exec", "--", "sh", "-c", 'echo "$API_TOKEN $BLUEGREEN_COLOR"; cat VERSION')
+    assert out.stdout.split() == ["tok-for-exec-7", "green", "2.0.0"], out
+    out = p.bg("exec", "--color", "blue", "--", "cat", "VERSION")
+    assert out.stdout.strip() == "1.0.0"
+    assert p.bg("exec", "--", "cat", input="from stdin\n").stdout == "from stdin\n"
+    failed = p.bg("exec", "--", "sh", "-c", "echo oops >&2; exit 7", check=7)
+    assert "oops" in failed.stderr and "exited 7" in failed.stderr
+    # Arguments reach CMD as they were, not re-split by a shell.
+    out = p.bg("exec", "--", "printf", "%s|", "a b", "$HOME", "'q'")
+    assert out.stdout == "a b|$HOME|'q'|"
+
+
+def test_exec_interactive_gets_a_terminal_on_the_server(ssh_project: Project) -> None:
+    import pexpect
+
+    p = ssh_project
+    p.bg("setup")
+    p.deploy("1.0.0")
+    child = pexpect.spawn(BLUEGREEN[0], [*BLUEGREEN[1:], "exec", "-i", "--", "sh", "-c",
+                                         'tty; read line; echo "got $line"; exit 3'],
+                          cwd=str(p.dir), env={**os.environ, "HOME": str(p.home),
+                                               "TERM": "xterm"},
+                          encoding="utf-8", timeout=30)
+    child.expect(r"/dev/pts/\d+")
+    child.sendline("typed")
+    child.expect("got typed")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 3

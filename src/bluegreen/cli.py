@@ -377,6 +377,25 @@ def console(state: State, colour: str | None) -> None:
     sys.exit(run(state, lambda: workflow.console(ctx, to_colour(colour))))
 
 
+@main.command("exec", help="Run CMD ARGS... in a slot's release dir (default: the live "
+                           "slot) with the slot's environment and secrets, e.g. `bluegreen "
+                           "exec -- bin/rails runner 'p User.count'`; exits with CMD's "
+                           "status. Standard input is passed on (`exec -- psql < dump.sql`).",
+              context_settings={"allow_interspersed_args": False})
+@click.option("--color", "colour", type=COLOURS, help="The slot (default: live).")
+@click.option("--all-hosts", is_flag=True, help="On every selected host in turn (default: "
+              "the first; choose one with --host). Exit status: the first that is not 0.")
+@click.option("-i", "--interactive", is_flag=True, help="Give CMD a terminal on the host "
+              "(a pty), as `console` does; one host only.")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED, metavar="-- CMD ARGS...")
+@common
+def exec_(state: State, colour: str | None, all_hosts: bool, interactive: bool,
+          command: tuple[str, ...]) -> None:
+    ctx = load(state)
+    sys.exit(run(state, lambda: workflow.exec_command(
+        ctx, to_colour(colour), list(command), all_hosts=all_hosts, pty=interactive)))
+
+
 @main.command(help="Show a slot's log (default: the live slot): bluegreen's log of a run.command "
                    "app, plus the release's own log ($RELEASE_TMP/log) for a run.start app.")
 @click.option("--color", "colour", type=COLOURS, help="The slot (default: live).")

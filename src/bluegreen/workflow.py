@@ -4,6 +4,7 @@ connect, lock, act, record, unlock. Read-only reports are in ``reports``."""
 from __future__ import annotations
 
 import asyncio
+import shlex
 import getpass
 import os
 import sys
@@ -379,6 +380,30 @@ async def console(ctx: Context, colour: Colour | None) -> int:
         return await a.node.host.interactive(
             slot_command(state.cwd, a.node.layout.slot_env(target),
                          slot.render(ctx.cfg, ctx.cfg.run.console)), pty=True)
+
+
+async def exec_command(ctx: Context, colour: Colour | None, argv: list[str], *,
+                       all_hosts: bool, pty: bool) -> int:
+    """Run ``argv`` in a slot's release dir (default: the live slot) with the slot's
+    environment and secrets, on one host (or each in turn); its exit status (with
+    ``all_hosts``: the first host's that is not 0). Standard input and output are the
+    caller's; ``pty``: a terminal on the host, as `console`."""
+    command = shlex.join(argv)
+    async with connected(ctx) as topo:
+        apps = topo.apps if all_hosts else [_one_host(ctx, topo, "exec")]
+        if pty and len(apps) > 1:
+            raise ConfigError("exec -i runs on one host: choose it with --host")
+        status = 0
+        for a in apps:
+            target = colour or await a.require_live()
+            state = await _slot_state(a, target)
+            a.node.say(f"exec on {target} ({state.release}): {command}")
+            code = await a.node.host.interactive(
+                slot_command(state.cwd, a.node.layout.slot_env(target), command), pty=pty)
+            if code != 0:
+                a.node.warn(f"exited {code}")
+            status = status or code
+        return status
 
 
 async def logs(ctx: Context, colour: Colour | None, lines: int, follow: bool) -> None:

@@ -11,6 +11,7 @@ import contextlib
 import os
 import shlex
 import shutil
+import stat
 import sys
 import termios
 import tty
@@ -24,6 +25,23 @@ from bluegreen.errors import CommandFailed, ConnectError
 from bluegreen.hosts.base import Result, check_result, describe
 
 CONNECT_TIMEOUT = 15.0
+
+
+def _stdin() -> Any:
+    """This process's stdin as asyncssh can read it: a character device that is not a
+    terminal (/dev/null, as under cron or CI) cannot be polled, so it is sent as empty."""
+    try:
+        mode = os.fstat(sys.stdin.fileno()).st_mode
+    except (OSError, ValueError):
+        return asyncssh.DEVNULL
+    if stat.S_ISCHR(mode) and not os.isatty(sys.stdin.fileno()):
+        return asyncssh.DEVNULL
+    return _copy(sys.stdin, "rb")
+
+
+def _copy(stream: Any, mode: str) -> Any:
+    """An unbuffered file on a duplicate of ``stream``'s descriptor."""
+    return os.fdopen(os.dup(stream.fileno()), mode, buffering=0)
 
 
 class _SSHStream:
@@ -157,8 +175,12 @@ class SSHHost:
 
     async def interactive(self, argv: Sequence[str], *, pty: bool) -> int:
         command = shlex.join(argv)
-        options: dict[str, Any] = {"stdin": sys.stdin.buffer, "stdout": sys.stdout.buffer,
-                                   "stderr": sys.stderr.buffer, "encoding": None}
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # asyncssh closes the files it was given when the command ends: give it copies,
+        # so that this process can still write (a second host, the error message).
+        options: dict[str, Any] = {"stdin": _stdin(), "stdout": _copy(sys.stdout, "wb"),
+                                   "stderr": _copy(sys.stderr, "wb"), "encoding": None}
         if pty:
             cols, rows = shutil.get_terminal_size()
             options.update(term_type=os.environ.get("TERM", "xterm"), term_size=(cols, rows))
