@@ -4,6 +4,8 @@ processes: what they print and what they change."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import tomllib
 from pathlib import Path
 
@@ -208,3 +210,33 @@ def test_tables_off_a_terminal_are_not_cut(local_project: Project) -> None:
                              text=True, env={**env, "HOME": str(p.home)}).stdout
     # The time is whole too: a row starts with the full ISO date.
     assert any(line.strip().startswith("20") and "web1" in line for line in history.splitlines())
+
+
+def test_completion_script_completes_commands_colours_and_hosts(tmp_path: Path) -> None:
+    """`eval "$(bluegreen completion bash)"` in a real bash, then what a Tab offers."""
+    (tmp_path / "bluegreen.toml").write_text(
+        'app = "shop"\n[release]\nartifact = "x.tar.gz"\n[run]\ncommand = "x {port}"\n'
+        '[[hosts]]\nname = "web-a"\naddress = "root@10.0.0.1"\n'
+        '[[hosts]]\nname = "web-b"\naddress = "root@10.0.0.2"\n')
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "bluegreen").write_text(f"#!/bin/sh\nexec {' '.join(BLUEGREEN)} \"$@\"\n")
+    (bindir / "bluegreen").chmod(0o755)
+
+    def tab(*words: str) -> list[str]:
+        script = ('eval "$(bluegreen completion bash)"; COMPREPLY=(); '
+                  f'COMP_WORDS=({" ".join(repr(w) for w in words)}); '
+                  f'COMP_CWORD={len(words) - 1}; _bluegreen_completion bluegreen; '
+                  'printf "%s\\n" "${COMPREPLY[@]}"')
+        proc = subprocess.run(["bash", "-c", script], cwd=tmp_path, capture_output=True,
+                              text=True, env={**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}"})
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout.split()
+
+    assert tab("bluegreen", "prom") == ["promote"]
+    assert tab("bluegreen", "promote", "") == ["blue", "green"]
+    assert tab("bluegreen", "status", "--host", "") == ["web-a", "web-b"]
+    assert tab("bluegreen", "status", "--host", "web-b") == ["web-b"]
+    for shell in ("zsh", "fish"):
+        out = subprocess.run([*BLUEGREEN, "completion", shell], capture_output=True, text=True)
+        assert out.returncode == 0 and "_BLUEGREEN_COMPLETE" in out.stdout

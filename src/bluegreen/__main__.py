@@ -1,3 +1,4 @@
 from bluegreen.cli import main
 
-main()
+# The same name (and completion variable, _BLUEGREEN_COMPLETE) as the `bluegreen` script.
+main(prog_name="bluegreen")

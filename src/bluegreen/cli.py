@@ -82,13 +82,26 @@ class State:
         return workflow.make_context(cfg, self.out, self.host_names)
 
 
+def _complete_hosts(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
+    """Shell completion of --host: the host names of the config (-c, or ./bluegreen.toml)."""
+    from bluegreen.config import load_config
+    from bluegreen.errors import BlueGreenError
+
+    try:
+        cfg = load_config(ctx.params.get("config"))
+    except BlueGreenError:
+        return []
+    return [h.label for h in [*cfg.hosts, *cfg.load_balancers] if h.label.startswith(incomplete)]
+
+
 def common(fn: F) -> F:
     """The options every command takes: -c/--config, --host, -v."""
 
     @click.option("-c", "--config", "config", metavar="PATH",
                   help="Config file (default: ./bluegreen.toml).")
     @click.option("--host", "hosts", multiple=True, metavar="NAME",
-                  help="Only this host (hosts[].name); repeatable.")
+                  help="Only this host (hosts[].name); repeatable.",
+                  shell_complete=_complete_hosts)
     @click.option("-v", "--verbose", is_flag=True, help="Show each remote command and tracebacks.")
     @functools.wraps(fn)
     def wrapper(config: str | None, hosts: tuple[str, ...], verbose: bool, **kw: Any) -> Any:
@@ -417,6 +430,20 @@ def unlock(state: State) -> None:
     ctx = load(state)
     for host, what in run(state, lambda: workflow.unlock(ctx)):
         click.echo(f"{host}: {what}")
+
+
+@main.command(help="Print the shell completion script for bash, zsh or fish (commands, "
+                   "options, colours and the config's host names complete). bash: `eval "
+                   "\"$(bluegreen completion bash)\"` in ~/.bashrc; zsh: the same in "
+                   "~/.zshrc; fish: `bluegreen completion fish > "
+                   "~/.config/fish/completions/bluegreen.fish`.")
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
+def completion(shell: str) -> None:
+    from click.shell_completion import get_completion_class
+
+    cls = get_completion_class(shell)
+    assert cls is not None
+    click.echo(cls(main, {}, "bluegreen", "_BLUEGREEN_COMPLETE").source())
 
 
 @main.command(help="Print the configuration reference (every key of bluegreen.toml, its default "
