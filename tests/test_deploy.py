@@ -421,3 +421,22 @@ def test_promote_without_a_colour_only_goes_forward(local_project: Project) -> N
     assert p.answer().version == "2.0.0"
     p.bg("promote", "blue")  # on purpose
     assert p.answer().version == "1.0.0"
+
+
+def test_rollback_to_an_older_kept_release(project: Project) -> None:
+    """`rollback --to VERSION`: the kept release starts on the idle colour (no upload) and
+    is promoted once healthy; an unknown one is refused with what is kept."""
+    p = project
+    setup(p)
+    for version in ("1.0.0", "2.0.0", "3.0.0"):
+        p.deploy(version)
+    assert (p.answer().colour, p.answer().version) == ("blue", "3.0.0")
+    out = p.bg("rollback", "--to", "1.0.0")
+    assert "rolling back to 1.0.0-" in out.stderr and "upload skipped" in out.stderr
+    assert "uploading" not in out.stderr
+    assert (p.answer().colour, p.answer().version) == ("green", "1.0.0")
+    assert p.bg("rollback").stdout.strip() == "web1: rolled back; live is blue"  # instant one
+    assert p.answer().version == "3.0.0"
+    missing = p.bg("rollback", "--to", "0.9.0", check=1)
+    assert "no kept release is '0.9.0'" in missing.stderr and "2.0.0-" in missing.stderr
+    assert p.answer().version == "3.0.0"

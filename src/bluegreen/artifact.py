@@ -18,6 +18,14 @@ class Artifact:
     path: Path
     version: str
     sha256: str
+    # A release already kept on the hosts (`rollback --to`): nothing local to upload.
+    kept: bool = False
+
+    @classmethod
+    def of_kept(cls, rid: str) -> Artifact:
+        """A release kept on the hosts, by its id (``VERSION-SHA12``)."""
+        version, _, sha = rid.rpartition("-")
+        return cls(Path(rid), version, sha, kept=True)
 
     @property
     def release_id(self) -> str:

@@ -299,12 +299,20 @@ def promote(state: State, json_out: bool, colour: str | None) -> None:
 
 
 @main.command(help="Promote the previously live colour (it must still be running and "
-                   "healthy); says which release it goes back to.")
+                   "healthy); says which release it goes back to. With --to: start an older "
+                   "release still kept on the hosts on the idle colour and promote it once "
+                   "healthy.")
+@click.option("--to", "to", metavar="RELEASE", help="A kept release: its id "
+              "(`history`, `status`) or a version (its newest kept build).")
 @json_events
 @common
-def rollback(state: State, json_out: bool) -> None:
+def rollback(state: State, json_out: bool, to: str | None) -> None:
     ctx = load(state)
-    targets = run(state, lambda: workflow.rollback(ctx))
+    if to is not None:
+        result = run(state, lambda: workflow.rollback_to(ctx, to))
+        targets = result.targets
+    else:
+        targets = run(state, lambda: workflow.rollback(ctx))
     if json_out:
         emit_json({"ok": True, "live": {h: c.value for h, c in targets.items()}})
         return

@@ -44,6 +44,9 @@ async def upload(node: Node, art: Artifact) -> None:
     if (await node.run(releaseplan.exists(layout, rid), check=False)).ok:
         node.say(f"release {rid} already on the host; upload skipped")
         return
+    if art.kept:
+        raise ArtifactError(f"release {rid} is no longer kept on this host (pruned); nothing "
+                            "was changed", host=node.name)
     dest = releaseplan.upload_path(layout, rid)
     size = art.path.stat().st_size
     node.say(f"uploading {art.path.name} ({size / 1e6:.1f} MB)")
@@ -121,6 +124,17 @@ async def migrate_on(a: AppHost, colour: Colour, state: SlotState) -> None:
     if not result.ok:
         raise BlueGreenError(f"migrate failed (exit {result.exit_status}); nothing was switched "
                              f"and live traffic was not touched", host=node.name, detail=output)
+
+
+async def kept_release(a: AppHost, spec: str) -> str:
+    """The newest release kept on the host whose id is ``spec`` or whose version is."""
+    names = [r for r in (await a.node.run(releaseplan.list_releases(a.node.layout))
+                         ).stdout.split() if not r.startswith(".")]
+    matches = [r for r in names if r == spec or r.rpartition("-")[0] == spec]
+    if not matches:
+        raise BlueGreenError(f"no kept release is {spec!r}; kept here (oldest first): "
+                             + (", ".join(names) or "none"), host=a.node.name)
+    return matches[-1]
 
 
 async def prune_host(a: AppHost, keep: int, user: str) -> list[str]:

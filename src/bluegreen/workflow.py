@@ -24,7 +24,8 @@ from bluegreen.output import Reporter
 from bluegreen.plan import admin, files, history, sudoers
 from bluegreen.plan.slot import SlotState, env_script, slot_command
 from bluegreen.proxies import Proxy
-from bluegreen.releases import deploy_target, migrate_on, prepare, prune_host, upload
+from bluegreen.releases import (deploy_target, kept_release, migrate_on, prepare, prune_host,
+                                upload)
 from bluegreen.switch import finish_interrupted, refuse_split, switch_all
 from bluegreen.topology import AppHost, Topology, build
 
@@ -298,6 +299,19 @@ async def _newer_than_live(a: AppHost, target: Colour) -> None:
 async def rollback(ctx: Context) -> dict[str, Colour]:
     """Promote the previously live colour (it must still be running and healthy)."""
     return await promote(ctx, None, event="rollback")
+
+
+async def rollback_to(ctx: Context, spec: str) -> DeployResult:
+    """Start an older release still kept on every host (by id, or its newest by version)
+    on the idle colour, health-check it and promote it: a deploy without an upload."""
+    async with connected(ctx) as topo:
+        found = await each(topo.apps, lambda a: kept_release(a, spec), ctx.out)
+    if len(set(found)) > 1:
+        raise BlueGreenError(f"the hosts keep different releases for {spec!r}: " + ", ".join(
+            f"{a.name} {rid}" for a, rid in zip(topo.apps, found)) + "; name one by its id")
+    ctx.out.step(None, f"rolling back to {found[0]}: it starts on the idle colour, then is "
+                "promoted once healthy")
+    return await deploy(ctx, Artifact.of_kept(found[0]))
 
 
 # ---- stop, prune, unlock --------------------------------------------------------------
