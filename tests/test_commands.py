@@ -8,7 +8,7 @@ import subprocess
 import time
 from typing import IO
 
-from conftest import BLUEGREEN, Project
+from conftest import BLUEGREEN, Project, app_pids
 
 HOOK = 'echo "$BLUEGREEN_EVENT color=$BLUEGREEN_COLOR version=$BLUEGREEN_VERSION hosts=$BLUEGREEN_HOSTS app=$BLUEGREEN_APP" >> hooks.log'
 
@@ -198,3 +198,20 @@ def test_exec_interactive_gets_a_terminal_on_the_server(ssh_project: Project) ->
     child.expect(pexpect.EOF)
     child.close()
     assert child.exitstatus == 3
+
+
+def test_remove_tears_the_app_down_and_asks_first(project: Project) -> None:
+    p = project
+    p.bg("setup")
+    p.deploy("1.0.0")
+    p.deploy("2.0.0")
+    assert app_pids(p)
+    refused = p.bg("remove", check=2)  # no terminal to confirm on
+    assert "pass --yes" in refused.stderr and p.answer().version == "2.0.0"
+    out = p.bg("remove", "--yes")
+    assert out.stdout.strip() == "web1: removed"
+    assert not app_pids(p) and not p.deploy_to.exists()
+    assert not (p.nginx.sites_enabled / "testapp").exists()  # type: ignore[union-attr]
+    assert list(p.nginx.sites_available.iterdir()) == []  # type: ignore[union-attr]
+    assert p.answer().status in (0, 404) and p.answer().version is None
+    assert p.nginx.pid() is not None  # nginx itself keeps running (other sites)

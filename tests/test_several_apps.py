@@ -72,5 +72,15 @@ def test_two_apps_share_one_haproxy_frontend_and_switch_apart(local_project_hx: 
         out = two.bg("setup", check=1)
         assert "the apps must agree on proxy.listen" in out.stderr
         assert host_get(port, SERVER_NAME)[1] == "2.0.0"
+
+        # Removing one app leaves the other serving, and the shared frontend in place.
+        shared(two, "shop", "shop.test www.shop.test")
+        two.bg("remove", "--yes")
+        assert host_get(port, "shop.test")[0] == 404
+        assert host_get(port, SERVER_NAME)[1] == "2.0.0"
+        lines = (one.nginx.conf_d / "bluegreen-sites.map").read_text().splitlines()  # type: ignore
+        assert [line for line in lines if not line.startswith("#")] == [
+            f"{SERVER_NAME} testapp_green"]
+        assert not (one.nginx.conf_d / "shop.cfg").exists()  # type: ignore[union-attr]
     finally:
         two.cleanup()

@@ -432,6 +432,33 @@ def logs(state: State, colour: str | None, follow: bool, lines: int) -> None:
         stop_on_interrupt=follow)
 
 
+@main.command(help="Tear the app down on every host: each proxy stops sending it traffic "
+                   "(site files and link, or HAProxy config and map lines, removed; proxy "
+                   "reloaded), both slots are drained and stopped (units disabled and "
+                   "removed), and deploy_to (releases, history, env files) is deleted. Asks "
+                   "first on a terminal; elsewhere it needs --yes.")
+@click.option("--yes", is_flag=True, help="Do not ask (required without a terminal).")
+@json_events
+@common
+def remove(state: State, json_out: bool, yes: bool) -> None:
+    ctx = load(state)
+    if not yes:
+        names = ", ".join(h.label for h in [*ctx.hosts, *ctx.cfg.load_balancers])
+        if not sys.stdin.isatty():
+            click.echo(f"error: remove deletes {ctx.cfg.app} from {names}; without a terminal "
+                       "to confirm, pass --yes", err=True)
+            sys.exit(2)
+        click.confirm(f"Remove {ctx.cfg.app} from {names} (slots stopped, site removed, "
+                      "deploy_to deleted)?", abort=True)
+    left = run(state, lambda: workflow.remove(ctx))
+    if json_out:
+        emit_json({"ok": True, "left_for_admin": left})
+        return
+    for host, paths in left.items():
+        click.echo(f"{host}: removed" + (f"; root's files left for an admin: {' '.join(paths)}"
+                                         if paths else ""))
+
+
 @main.command(help="Remove a lock left by a run that died (prints who held it, since when).")
 @common
 def unlock(state: State) -> None:

@@ -4,12 +4,13 @@ connect, lock, act, record, unlock. Read-only reports are in ``reports``."""
 from __future__ import annotations
 
 import asyncio
-import shlex
 import getpass
 import os
+import shlex
 import sys
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import PurePosixPath
 from typing import Any, AsyncIterator, Awaitable, Callable
 
 from dotenv import dotenv_values
@@ -21,7 +22,7 @@ from bluegreen.errors import BlueGreenError, ConfigError
 from bluegreen.fleet import each, open_fleet
 from bluegreen.hooks import run_hook
 from bluegreen.output import Reporter
-from bluegreen.plan import admin, files, history, sudoers
+from bluegreen.plan import admin, files, history, sudoers, systemd as systemdplan
 from bluegreen.plan.slot import SlotState, env_script, slot_command
 from bluegreen.proxies import Proxy
 from bluegreen.releases import (deploy_target, kept_release, migrate_on, prepare, prune_host,
@@ -339,6 +340,37 @@ async def prune(ctx: Context, keep: int) -> dict[str, list[str]]:
     async with connected(ctx) as topo, locked(ctx, topo):
         removed = await each(topo.apps, lambda a: prune_host(a, keep, ctx.user), ctx.out)
     return {a.name: r for a, r in zip(topo.apps, removed)}
+
+
+async def remove(ctx: Context) -> dict[str, list[str]]:
+    """Tear the app down everywhere: each proxy stops sending it traffic (site or config
+    removed, reloaded), then on each app host both slots are drained and stopped (their
+    units disabled, the unit file removed) and ``deploy_to`` is deleted. Returns, per
+    host, the root-owned files left for an admin (with sudo)."""
+    async with connected(ctx) as topo, locked(ctx, topo):
+        left = dict(zip([p.name for p in topo.proxies],
+                        await each(topo.proxies, lambda p: p.remove(), ctx.out)))
+
+        async def teardown(a: AppHost) -> list[PurePosixPath]:
+            for colour in Colour:
+                state = await a.boot.stop(colour)
+                if state is not None:
+                    await supervisors.of_state(a.node, state).retire(colour)
+            unit = systemdplan.unit_path(ctx.cfg)
+            kept: list[PurePosixPath] = []
+            if (await a.node.run(files.exists(unit), check=False)).ok:
+                if a.node.hc.sudo:
+                    kept.append(unit)
+                else:
+                    await a.node.run(files.remove_file(unit))
+                    await a.node.run(systemdplan.systemctl(False, "daemon-reload"))
+            a.node.say(f"removing {a.node.layout.root}")
+            await a.node.run(["rm", "-rf", "--", str(a.node.layout.root)], timeout=600)
+            return kept
+
+        for a, kept in zip(topo.apps, await each(topo.apps, teardown, ctx.out)):
+            left[a.name] = left.get(a.name, []) + kept
+    return {host: [str(p) for p in paths] for host, paths in left.items()}
 
 
 async def unlock(ctx: Context) -> list[tuple[str, str]]:

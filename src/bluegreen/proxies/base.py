@@ -85,6 +85,11 @@ class Proxy(abc.ABC):
         """Make the running proxy serve what the persisted state says."""
 
     @abc.abstractmethod
+    async def remove(self) -> list[PurePosixPath]:
+        """Take this app out of the proxy (`bluegreen remove`): traffic for it stops, the
+        proxy is reloaded. Returns the root-owned files left for an admin (with sudo)."""
+
+    @abc.abstractmethod
     async def checks(self) -> list[Finding]:
         """What `bluegreen check` reports about the proxy; changes nothing."""
 

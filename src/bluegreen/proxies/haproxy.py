@@ -216,6 +216,24 @@ class HAProxyProxy(Proxy):
         if live is not None:
             await self._set_running(live)
 
+    async def remove(self) -> list[PurePosixPath]:
+        """Remove the config file (and the map file, or this app's lines of a shared one),
+        test and reload. Under sudo the config is root's: both are left for an admin."""
+        config, map_path = haproxy.config_file(self.cfg), haproxy.map_file(self.cfg)
+        if self.sudo:
+            return [config] if haproxy.shared(self.cfg) else [config, map_path]
+        if haproxy.shared(self.cfg):
+            await self._write_map(None)
+            await self.runtime("; ".join(f"del map {map_path} {k}"
+                                         for k in haproxy.map_keys(self.cfg)))
+        else:
+            await self.node.run(haproxy.remove(self.cfg, map_path, False))
+        await self.node.run(haproxy.remove(self.cfg, config, False))
+        await self.test()
+        await self.reload()
+        self.node.say(f"removed {config}; HAProxy reloaded")
+        return []
+
     async def old_workers(self) -> int:
         """HAProxy processes left by a reload (of this same config) that still finish
         their connections: they route with the map they had, so they may still send the

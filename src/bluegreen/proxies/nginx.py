@@ -106,6 +106,18 @@ class NginxProxy(Proxy):
         await self.test()
         await self.reload()
 
+    async def remove(self) -> list[PurePosixPath]:
+        """Remove the link, test, reload (the site is gone); then the two site files
+        (root's under sudo: left for an admin)."""
+        await self.node.run(nginx.remove_link(self.cfg, self.sudo))
+        await self.apply()
+        self.node.say(f"removed {nginx.link(self.cfg)}; nginx reloaded")
+        sites = [nginx.available(self.cfg, c) for c in Colour]
+        if self.sudo:
+            return sites
+        await self.node.run(["rm", "-f", "--", *map(str, sites)])
+        return []
+
     async def old_workers(self) -> int:
         result = await self.node.run(nginx.old_workers(self.cfg), check=False)
         return len(result.stdout.split())
