@@ -402,6 +402,8 @@ def to_toml(data: dict[str, Any]) -> str:
 
 
 def toml_value(v: Any) -> str:
+    if isinstance(v, dict):  # an inline table
+        return "{ " + ", ".join(f"{toml_value(k)} = {toml_value(x)}" for k, x in v.items()) + " }"
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, (int, float)):

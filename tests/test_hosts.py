@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 
 from bluegreen.demo.nginx import PrivateNginx
-from conftest import Project, free_port, squatter
+from conftest import Project, free_port, run_cli, squatter
 
 
 def test_wrong_host_key_is_refused(ssh_project: Project, tmp_path: Path) -> None:
@@ -211,3 +211,40 @@ def test_a_command_that_exits_before_reading_its_input_is_not_a_lost_connection(
             await host.close()
 
     assert asyncio.run(go()) == 73
+
+
+def test_secrets_from_the_environment_and_a_command_reach_only_the_env_file(
+        project: Project) -> None:
+    """`[run.secrets]` from bluegreen's environment and from a local command (as a
+    password manager CLI): in the slot's env, never printed (masked even when the app
+    logs them), never written locally, on the host only in 0600 files."""
+    from_env, from_command = "env-Secret-8d1f", "cmd-Secret-77ab"
+    project.extra_run = {
+        "command": 'echo "token $API_TOKEN pass $DB_PASS"; exec python3 app.py',
+        "secrets": {"API_TOKEN": {"env": "CI_API_TOKEN"},
+                    "DB_PASS": {"command": "printf 'cmd-Secret-%s\\n' 77ab"}}}
+    project.write_config()
+    project.bg("setup")
+    project.artifact("1.0.0")
+    env = {"CI_API_TOKEN": from_env}
+    out = run_cli(project.dir, project.home, ["deploy", "--version", "1.0.0", "-v"], env=env)
+    logs = project.bg("logs", "-n", "50")
+    assert "token ******** pass ********" in logs.stdout
+    shown = project.bg("exec", "--", "sh", "-c", 'echo "$API_TOKEN $DB_PASS"')
+    assert shown.stdout.split() == [from_env, from_command]  # the slot has them
+    for text in (out.stdout, out.stderr, logs.stdout, project.bg("status", "--json").stdout,
+                 project.bg("history", "--json").stdout):
+        assert from_env not in text and from_command not in text
+    for path in [*project.dir.rglob("*"), *project.home.rglob("*")]:
+        if path.is_file() and not path.is_relative_to(project.deploy_to):
+            data = path.read_bytes()
+            assert from_env.encode() not in data and from_command.encode() not in data, path
+    holders = {p.relative_to(project.deploy_to) for p in project.deploy_to.rglob("*")
+               if p.is_file() and from_command.encode() in p.read_bytes()}
+    # the env files, and the log the app itself wrote them to (on purpose, above)
+    assert holders == {Path("shared/.env"), Path("slots/blue/env"), Path("slots/blue/log")}
+    for held in ("shared/.env", "slots/blue/env"):
+        assert oct((project.deploy_to / held).stat().st_mode & 0o777) == "0o600"
+    # A secret that cannot be resolved stops the deploy before anything changes.
+    failed = project.bg("deploy", "--version", "1.0.0", check=2)
+    assert "run.secrets.API_TOKEN: $CI_API_TOKEN is not set" in failed.stderr

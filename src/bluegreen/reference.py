@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, get_args
+from typing import Any, get_args, get_origin
 
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
@@ -66,8 +66,9 @@ def _model_keys(model: type[BaseModel], prefix: str, section: str) -> list[Key]:
     for name, field in model.model_fields.items():
         out.append(Key(prefix + name, section, _default(field), field.description or ""))
         table = _model_of(field.annotation)
-        if table is not None:
-            out.extend(_model_keys(table, f"{prefix}{name}.", section))
+        if table is not None:  # a table, or (a dict of them) a table per NAME
+            each = "NAME." if get_origin(field.annotation) is dict else ""
+            out.extend(_model_keys(table, f"{prefix}{name}.{each}", section))
     return out
 
 

@@ -59,6 +59,24 @@ class Release(_Model):
         return self
 
 
+class Secret(_Model):
+    """`[run.secrets] NAME = { env = "VAR" }` or `{ command = "..." }`: a value resolved on
+    this machine at deploy time, never written here, only into the host's 0600 env file."""
+
+    env: str | None = _key(None, "take it from this variable of bluegreen's environment "
+                           "(e.g. set by CI)")
+    command: str | None = _key(None, "take it from this local shell command's output (its "
+                               "last newline dropped), e.g. `op read op://prod/db/password`")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Secret:
+        if (self.env is None) == (self.command is None):
+            raise ValueError("set exactly one of env or command")
+        if self.env is not None and not ENV_KEY_RE.match(self.env):
+            raise ValueError(f"env: {self.env!r} is not a valid variable name")
+        return self
+
+
 class Run(_Model):
     """How a slot runs the app: its command, health check, timeouts and environment."""
 
@@ -93,6 +111,10 @@ class Run(_Model):
                                 "uploaded to `shared/.env` mode 0600; its values are masked in "
                                 "everything bluegreen prints")
     env: dict[str, str] = _key({}, "extra variables for slot commands (placeholders allowed)")
+    secrets: dict[str, Secret] = _key({}, "`[run.secrets]`: `NAME = { env = \"VAR\" }` or "
+                                      "`NAME = { command = \"...\" }`, resolved locally at "
+                                      "deploy time, uploaded only into the 0600 env file "
+                                      "with the env_file's values, masked in all output")
     supervisor: Literal["auto", "systemd", "process"] = _key(
         "auto", "what runs the slots: `systemd` (a unit per colour, enabled, so slots come "
         "back after a reboot; needs `command`), `process` (bluegreen's own detached "
@@ -123,9 +145,9 @@ class Run(_Model):
             raise ValueError("must be a host name, optionally with :port")
         return v
 
-    @field_validator("env")
+    @field_validator("env", "secrets")
     @classmethod
-    def _env_keys(cls, v: dict[str, str]) -> dict[str, str]:
+    def _env_keys(cls, v: dict[str, Any]) -> dict[str, Any]:
         for key in v:
             if not ENV_KEY_RE.match(key):
                 raise ValueError(f"{key!r} is not a valid environment variable name")

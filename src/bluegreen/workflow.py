@@ -18,6 +18,7 @@ from dotenv import dotenv_values
 from bluegreen import records, supervisors
 from bluegreen.artifact import Artifact
 from bluegreen.config import ENV_KEY_RE, Colour, Config, HostConfig
+from bluegreen.settings import Secret
 from bluegreen.errors import BlueGreenError, ConfigError
 from bluegreen.fleet import each, open_fleet
 from bluegreen.hooks import run_hook
@@ -54,17 +55,53 @@ def make_context(cfg: Config, out: Reporter, host_names: tuple[str, ...] = ()) -
 
 
 def load_secrets(cfg: Config) -> dict[str, str]:
-    """The env_file's variables (parsed locally, never by a shell)."""
-    if not cfg.run.env_file:
-        return {}
-    path = cfg.local_path(cfg.run.env_file)
-    if not path.is_file():
-        raise ConfigError(f"run.env_file: {path} does not exist")
-    values = dotenv_values(path, interpolate=False)
-    bad = [k for k in values if not ENV_KEY_RE.match(k)]
-    if bad:
-        raise ConfigError(f"run.env_file: {bad[0]!r} is not a valid variable name")
-    return {k: v or "" for k, v in values.items()}
+    """The env_file's variables (parsed locally, never by a shell), then `[run.secrets]`
+    (from this process's environment, or a local command's output). Never written here."""
+    values: dict[str, str] = {}
+    if cfg.run.env_file:
+        path = cfg.local_path(cfg.run.env_file)
+        if not path.is_file():
+            raise ConfigError(f"run.env_file: {path} does not exist")
+        parsed = dotenv_values(path, interpolate=False)
+        bad = [k for k in parsed if not ENV_KEY_RE.match(k)]
+        if bad:
+            raise ConfigError(f"run.env_file: {bad[0]!r} is not a valid variable name")
+        values = {k: v or "" for k, v in parsed.items()}
+    for name, secret in cfg.run.secrets.items():
+        values[name] = _resolve_secret(cfg, name, secret)
+    return values
+
+
+def _resolve_secret(cfg: Config, name: str, secret: Secret) -> str:
+    if secret.env is not None:
+        if secret.env not in os.environ:
+            raise ConfigError(f"run.secrets.{name}: ${secret.env} is not set in bluegreen's "
+                              "environment")
+        return os.environ[secret.env]
+    assert secret.command is not None
+    import subprocess
+
+    proc = subprocess.run(secret.command, shell=True, cwd=cfg.base_dir, capture_output=True,
+                          text=True, timeout=120, stdin=subprocess.DEVNULL)
+    if proc.returncode != 0:  # its stderr only: stdout may hold the secret
+        raise ConfigError(f"run.secrets.{name}: `{secret.command}` failed (exit "
+                          f"{proc.returncode}): {proc.stderr.strip()[-500:]}")
+    return proc.stdout.removesuffix("\n")
+
+
+async def _mask_host_secrets(ctx: Context, a: AppHost) -> None:
+    """Mask the secrets the host's env file holds: what its slots were given (their local
+    sources, e.g. a CI variable, may not be there now)."""
+    result = await a.node.run(files.read_file(a.node.layout.shared_env), check=False)
+    values = []
+    for line in result.stdout.splitlines():  # `export KEY='value'` (plan.slot.env_script)
+        try:
+            words = shlex.split(line)
+        except ValueError:
+            continue
+        if len(words) == 2 and words[0] == "export" and "=" in words[1]:
+            values.append(words[1].split("=", 1)[1])
+    ctx.out.add_secrets(values)
 
 
 @asynccontextmanager
@@ -216,7 +253,7 @@ async def _deploy_host(a: AppHost, art: Artifact, target: Colour, live: Colour |
     slot = a.slots.slot(target, art.release_id, art.version)
     await prepare(a, slot, secrets)
     layout = a.node.layout
-    if a.node.cfg.run.env_file:
+    if a.node.cfg.run.env_file or a.node.cfg.run.secrets:
         await a.node.run(files.make_dirs([layout.shared_env.parent]))
         await a.node.run(files.write_file(layout.shared_env, "0600"),
                          input=env_script(secrets))
@@ -406,9 +443,9 @@ async def migrate(ctx: Context, colour: Colour | None) -> None:
     """Run ``run.migrate`` in a slot (default: the idle one) with its release and env."""
     if not ctx.cfg.run.migrate:
         raise ConfigError("run.migrate is not set")
-    ctx.out.add_secrets(list(load_secrets(ctx.cfg).values()))
     async with connected(ctx) as topo, locked(ctx, topo):
         a = _one_host(ctx, topo, "migrate")
+        await _mask_host_secrets(ctx, a)
         target = colour or (await a.require_live()).other
         await migrate_on(a, target, await _slot_state(a, target))
 
@@ -454,10 +491,10 @@ async def exec_command(ctx: Context, colour: Colour | None, argv: list[str], *,
 
 async def logs(ctx: Context, colour: Colour | None, lines: int, follow: bool) -> None:
     """Print (or follow) a slot's logs (default: the live one) on each selected host."""
-    ctx.out.add_secrets(list(load_secrets(ctx.cfg).values()))
     async with connected(ctx) as topo:
         apps = [_one_host(ctx, topo, "logs -f")] if follow else topo.apps
         for a in apps:
+            await _mask_host_secrets(ctx, a)
             target = colour or await a.require_live()
             state = await a.slots.state(target)
             argv = a.slots.logs_argv(target, state, lines, follow)
