@@ -50,6 +50,8 @@ def test_example_names_every_key() -> None:
                        if k == key.section or k.startswith(key.section + "."))
         if key.path in sections:  # a table, e.g. [proxy.tls]
             found = True
+        elif ".NAME." in key.path:  # a key of an inline table, e.g. NAME = { env = "..." }
+            found = re.search(rf"\{{[^}}]*\b{re.escape(leaf)}\s*=", text) is not None
         elif key.path == "load_balancers[]":
             found = "load_balancers" in sections
         elif key.path == "run.env":
