@@ -10,7 +10,7 @@ import tomllib
 from pathlib import Path
 
 from bluegreen import presets
-from conftest import BLUEGREEN, Project, live_slot
+from conftest import BLUEGREEN, Project, live_slot, to_toml
 
 
 def test_json_results_of_setup_rollback_stop_prune_and_history_fields(
@@ -240,3 +240,29 @@ def test_completion_script_completes_commands_colours_and_hosts(tmp_path: Path) 
     for shell in ("zsh", "fish"):
         out = subprocess.run([*BLUEGREEN, "completion", shell], capture_output=True, text=True)
         assert out.returncode == 0 and "_BLUEGREEN_COMPLETE" in out.stdout
+
+
+def test_destination_merges_its_file_over_the_config(local_project: Project) -> None:
+    """`-d staging`: bluegreen.staging.toml over bluegreen.toml, tables key by key and
+    [[hosts]] replaced; a bad key names the file it is in; a missing file is exit 2."""
+    p = local_project
+    base = tomllib.loads(p.write_config().read_text())
+    real_host = base["hosts"]
+    base["hosts"] = [{"name": "prod1", "address": "root@192.0.2.1"}]  # never contacted
+    base["run"]["env"] = {"STAGE": "production", "KEEP": "from-base"}
+    (p.dir / "bluegreen.toml").write_text(to_toml(base))
+    (p.dir / "bluegreen.staging.toml").write_text(to_toml(
+        {"run": {"env": {"STAGE": "staging"}}, "hosts": real_host}))
+    p.bg("setup", "-d", "staging")
+    p.artifact("1.0.0")
+    p.bg("deploy", "--version", "1.0.0", "--destination", "staging")
+    out = p.bg("exec", "-d", "staging", "--", "sh", "-c", 'echo "$STAGE $KEEP"')
+    assert out.stdout.split() == ["staging", "from-base"]
+    assert [h["host"] for h in json.loads(p.bg("status", "-d", "staging", "--json").stdout)
+            ["hosts"]] == ["web1"]
+    (p.dir / "bluegreen.staging.toml").write_text(to_toml(
+        {"run": {"helth_path": "/up"}, "hosts": real_host}))
+    bad = p.bg("status", "-d", "staging", check=2)
+    assert "bluegreen.staging.toml: run.helth_path" in bad.stderr, bad.stderr
+    missing = p.bg("status", "-d", "qa", check=2)
+    assert "bluegreen.qa.toml not found" in missing.stderr

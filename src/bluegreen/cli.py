@@ -63,8 +63,10 @@ def to_colour(value: str | None) -> Colour | None:
 
 class State:
     def __init__(self, config: str | None, hosts: tuple[str, ...], verbose: bool,
-                 json_out: bool = False, events: bool = False) -> None:
+                 json_out: bool = False, events: bool = False,
+                 destination: str | None = None) -> None:
         self.config_path = config
+        self.destination = destination
         self.host_names = hosts
         self.verbose = verbose
         # --json on a command that changes things: progress as JSON lines on stderr, the
@@ -78,7 +80,7 @@ class State:
     def context(self) -> workflow.Context:
         from bluegreen.config import load_config
 
-        cfg = load_config(self.config_path)
+        cfg = load_config(self.config_path, self.destination)
         return workflow.make_context(cfg, self.out, self.host_names)
 
 
@@ -88,25 +90,29 @@ def _complete_hosts(ctx: click.Context, param: click.Parameter, incomplete: str)
     from bluegreen.errors import BlueGreenError
 
     try:
-        cfg = load_config(ctx.params.get("config"))
+        cfg = load_config(ctx.params.get("config"), ctx.params.get("destination"))
     except BlueGreenError:
         return []
     return [h.label for h in [*cfg.hosts, *cfg.load_balancers] if h.label.startswith(incomplete)]
 
 
 def common(fn: F) -> F:
-    """The options every command takes: -c/--config, --host, -v."""
+    """The options every command takes: -c/--config, -d/--destination, --host, -v."""
 
     @click.option("-c", "--config", "config", metavar="PATH",
                   help="Config file (default: ./bluegreen.toml).")
+    @click.option("-d", "--destination", "destination", metavar="NAME",
+                  help="Merge bluegreen.NAME.toml (beside the config file) over it: tables "
+                       "key by key, [[hosts]] replaced; e.g. -d staging.")
     @click.option("--host", "hosts", multiple=True, metavar="NAME",
                   help="Only this host (hosts[].name); repeatable.",
                   shell_complete=_complete_hosts)
     @click.option("-v", "--verbose", is_flag=True, help="Show each remote command and tracebacks.")
     @functools.wraps(fn)
-    def wrapper(config: str | None, hosts: tuple[str, ...], verbose: bool, **kw: Any) -> Any:
+    def wrapper(config: str | None, destination: str | None, hosts: tuple[str, ...],
+                verbose: bool, **kw: Any) -> Any:
         events, data = getattr(wrapper, "events", False), getattr(wrapper, "data", False)
-        state = State(config, hosts, verbose, kw.pop("json_out", False), events)
+        state = State(config, hosts, verbose, kw.pop("json_out", False), events, destination)
         if events or data:
             kw["json_out"] = state.json
         return fn(state, **kw)

@@ -7,6 +7,7 @@ Nothing here touches a host.
 from __future__ import annotations
 
 import difflib
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, get_args
@@ -141,18 +142,72 @@ def parse_config(data: dict[str, Any], base_dir: Path) -> Config:
     return cfg
 
 
-def load_config(path: str | Path | None) -> Config:
-    """Read and validate the config file (``./bluegreen.toml`` by default)."""
+def load_config(path: str | Path | None, destination: str | None = None) -> Config:
+    """Read and validate the config file (``./bluegreen.toml`` by default); with a
+    ``destination``, ``<stem>.<destination>.toml`` beside it is merged over it (tables key
+    by key, arrays of tables such as ``[[hosts]]`` replaced), as Kamal's
+    ``deploy.staging.yml``. A problem names the file its key came from."""
     file = Path(path) if path else Path(DEFAULT_CONFIG)
+    hint = "" if path else " (run `bluegreen init` to write one, or pass -c PATH)"
+    data = _read_toml(file, hint)
+    if destination is None:
+        return parse_config(data, file.resolve().parent)
+    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,39}$", destination):
+        raise ConfigError(f"--destination {destination!r}: letters, digits, '-' and '_' only")
+    overlay_file = file.with_name(f"{file.stem}.{destination}{file.suffix or '.toml'}")
+    overlay = _read_toml(overlay_file, f" (destination {destination!r} reads it, merged over "
+                                       f"{file.name})")
+    try:
+        return parse_config(merge(data, overlay), file.resolve().parent)
+    except ConfigError as exc:
+        raise ConfigError(_name_files(exc.message, overlay, file.name, overlay_file.name)
+                          ) from None
+
+
+def _read_toml(file: Path, hint: str) -> dict[str, Any]:
     try:
         text = file.read_text()
     except FileNotFoundError:
-        hint = "" if path else " (run `bluegreen init` to write one, or pass -c PATH)"
         raise ConfigError(f"config file {file} not found{hint}") from None
     except OSError as exc:
         raise ConfigError(f"cannot read config file {file}: {exc.strerror}") from None
     try:
-        data = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{file}: not valid TOML: {exc}") from None
-    return parse_config(data, file.resolve().parent)
+
+
+def merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+    """``overlay`` over ``base``: tables merged key by key, anything else (values, arrays
+    of tables) replaced."""
+    out = dict(base)
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _name_files(message: str, overlay: dict[str, Any], base_name: str, overlay_name: str) -> str:
+    """Prefix each problem of a config error with the file its key was set in."""
+    head = "invalid config: "
+    body = message.removeprefix(head)
+    problems = re.split(r"; (?=\(top level\)|[A-Za-z_][\w.\[\]]*: )", body)
+    named = []
+    for problem in problems:
+        key = problem.split(": ", 1)[0]
+        parts = [p for p in re.split(r"[.\[\]]", key) if p]
+        node: Any = overlay
+        for part in parts:
+            if isinstance(node, dict) and part in node:
+                node = node[part]
+            elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+                node = node[int(part)]
+            else:
+                node = None
+                break
+        in_overlay = node is not None and bool(parts) or (parts and parts[0] in overlay
+                                                           and isinstance(overlay[parts[0]], list))
+        named.append(f"{overlay_name if in_overlay else base_name}: {problem}")
+    return (head if message.startswith(head) else "") + "; ".join(named)
