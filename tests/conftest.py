@@ -292,8 +292,8 @@ class Project:
         return data["hosts"][0]
 
     def history(self) -> list[dict[str, Any]]:
-        data: list[dict[str, Any]] = json.loads(self.bg("history", "--json").stdout)
-        return data
+        events: list[dict[str, Any]] = json.loads(self.bg("history", "--json").stdout)["events"]
+        return events
 
     def link_target(self) -> str:
         return os.readlink(self.nginx.sites_enabled / "testapp")

@@ -16,19 +16,24 @@ from conftest import BLUEGREEN, Project, live_slot, to_toml
 def test_json_results_of_setup_rollback_stop_prune_and_history_fields(
         local_project: Project) -> None:
     p = local_project
-    assert json.loads(p.bg("setup", "--json").stdout) == {"ok": True, "hosts": ["web1"]}
+    # Every result: `schema`, `ok`, and `hosts` as a list of objects with `name`.
+    assert json.loads(p.bg("setup", "--json").stdout) == {
+        "schema": 2, "ok": True, "hosts": [{"name": "web1"}]}
     p.deploy("1.0.0")
     p.deploy("2.0.0")
     p.deploy("3.0.0")
-    assert json.loads(p.bg("rollback", "--json").stdout) == {"ok": True,
-                                                              "live": {"web1": "green"}}
+    assert json.loads(p.bg("rollback", "--json").stdout) == {
+        "schema": 2, "ok": True, "live": {"web1": "green"},
+        "hosts": [{"name": "web1", "live": "green"}]}
     assert json.loads(p.bg("stop", "blue", "--json").stdout) == {
-        "ok": True, "stopped": "blue", "hosts": ["web1"]}
+        "schema": 2, "ok": True, "stopped": "blue", "hosts": [{"name": "web1"}]}
     removed = json.loads(p.bg("prune", "--keep", "1", "--json").stdout)
     assert removed["ok"] is True and [r.split("-")[0] for r in removed["removed"]["web1"]] == [
-        "1.0.0"]
+        "1.0.0"] and removed["hosts"] == [{"name": "web1", "removed": removed["removed"]["web1"]}]
     assert not any(d.name.startswith("1.0.0") for d in (p.deploy_to / "releases").iterdir())
-    events = json.loads(p.bg("history", "--json", "-n", "3").stdout)
+    result = json.loads(p.bg("history", "--json", "-n", "3").stdout)
+    assert (result["schema"], result["ok"], result["hosts"]) == (2, True, [{"name": "web1"}])
+    events = result["events"]
     assert len(events) == 3 and [e["event"] for e in events] == ["prune", "stop", "rollback"]
     for e in events:
         assert set(e) == {"time", "event", "host", "color", "release", "version", "user",
@@ -37,6 +42,16 @@ def test_json_results_of_setup_rollback_stop_prune_and_history_fields(
     assert events[2]["color"] == "green" and events[2]["version"] == "2.0.0"
     text = p.bg("history", "-n", "1").stdout
     assert "prune" in text and "1.0.0" in text
+    status = json.loads(p.bg("status", "--json").stdout)
+    assert (status["schema"], status["ok"], status["hosts"][0]["name"]) == (2, True, "web1")
+    check = json.loads(p.bg("check", "--json").stdout)
+    assert check["schema"] == 2 and check["hosts"][0]["name"] == "web1"
+    assert {"item": "connect", "ok": True, "detail": "connected"} in check["hosts"][0]["items"]
+    assert json.loads(p.bg("unlock", "--json").stdout)["hosts"] == [
+        {"name": "web1", "lock": "no lock"}]
+    lines = [json.loads(line) for line in p.bg("logs", "--json", "-n", "2").stdout.splitlines()]
+    assert len(lines) == 2 and all(set(x) == {"host", "color", "release", "line"} for x in lines)
+    assert lines[0]["host"] == "web1" and lines[0]["color"] == "green"
 
 
 def test_skip_build_and_verbose(local_project: Project) -> None:

@@ -112,12 +112,14 @@ def test_json_progress_events_and_result(project: Project) -> None:
     assert events and all(set(e) == {"time", "elapsed", "level", "host", "message"} for e in events)
     assert any(e["host"] == "web1" and e["message"].startswith("blue is healthy") for e in events)
     result = json.loads(out.stdout)
-    assert result["ok"] is True and result["hosts"] == {"web1": "blue"}
+    assert result["ok"] is True and result["hosts"] == [{"name": "web1", "color": "blue"}]
     assert result["release"].startswith("1.0.0-") and result["promoted"] is True
     out = p.bg("promote", "blue", "--json")
-    assert json.loads(out.stdout) == {"ok": True, "live": {"web1": "blue"}}
+    assert json.loads(out.stdout) == {"schema": 2, "ok": True, "live": {"web1": "blue"},
+                                      "hosts": [{"name": "web1", "live": "blue"}]}
     out = p.bg("stop", "blue", "--json", check=1)
-    assert json.loads(out.stdout)["exit_code"] == 1
+    failure = json.loads(out.stdout)
+    assert (failure["ok"], failure["exit_code"], failure["hosts"][0]["name"]) == (False, 1, "web1")
     assert json.loads(out.stderr.splitlines()[-1])["level"] == "error"
 
 

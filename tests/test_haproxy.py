@@ -59,7 +59,7 @@ def test_setup_deploy_promote_rollback_without_reload(hx_project: Project) -> No
     assert (p.answer().colour, p.answer().version) == ("blue", "3.0.0")
     # Every switch went through the runtime API: the same HAProxy processes throughout.
     assert hx(p).pids() == pids
-    history = json.loads(p.bg("history", "--json").stdout)
+    history = p.history()
     assert [e["event"] for e in history[:4]] == ["promote", "deploy", "promote", "rollback"]
 
 

@@ -147,7 +147,7 @@ def test_all_hosts_flip_together(fleet: Fleet, tmp_path: Path) -> None:
         report = client.stop()
     assert report["failures"] == [] and report["requests"] > 100, report
     assert set(report["versions"]) == {"1.0.0", "2.0.0", "3.0.0"}
-    events = json.loads(fleet.bg("history", "--json").stdout)
+    events = json.loads(fleet.bg("history", "--json").stdout)["events"]
     assert sorted(e["host"] for e in events if e["event"] == "rollback") == ["h1", "h2", "h3"]
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import subprocess
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Callable
 
 from bluegreen.config import Config, check_version, render
 from bluegreen.errors import ArtifactError, BlueGreenError, ConfigError
@@ -65,15 +67,25 @@ def artifact_path(cfg: Config, version: str, override: str | None) -> Path:
     return cfg.local_path(render(cfg.release.artifact, app=cfg.app, version=version))
 
 
-def build(cfg: Config, version: str) -> None:
-    """Run ``release.build`` locally, in the config file's directory."""
+def build(cfg: Config, version: str, echo: Callable[[str], None] | None = None) -> None:
+    """Run ``release.build`` locally, in the config file's directory; each line of its
+    output goes to ``echo`` as it comes (a long build shows progress)."""
     if not cfg.release.build:
         return
     command = render(cfg.release.build, app=cfg.app, version=version)
-    proc = subprocess.run(command, shell=True, cwd=cfg.base_dir, capture_output=True, text=True,
-                          env=None)
+    if echo:
+        echo(f"building: {command}")
+    tail: collections.deque[str] = collections.deque(maxlen=60)
+    with subprocess.Popen(command, shell=True, cwd=cfg.base_dir, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
+                          errors="replace") as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            tail.append(line)
+            if echo:
+                echo("build| " + line.rstrip("\n"))
     if proc.returncode != 0:
-        output = (proc.stdout + proc.stderr).strip()[-3000:]
+        output = "".join(tail).strip()[-3000:]
         raise BlueGreenError(f"build command `{command}` failed (exit {proc.returncode}):\n"
                              f"{output}", detail=output)
 
@@ -126,11 +138,12 @@ def _escapes(path: PurePosixPath) -> bool:
 
 
 def prepare(cfg: Config, *, version: str | None, artifact: str | None,
-            skip_build: bool) -> Artifact:
-    """Build (unless skipped or an artifact is given) and check the artifact to deploy."""
+            skip_build: bool, echo: Callable[[str], None] | None = None) -> Artifact:
+    """Build (unless skipped or an artifact is given) and check the artifact to deploy;
+    ``echo`` gets the build's output line by line."""
     ver = resolve_version(cfg, version)
     if artifact is None and not skip_build:
-        build(cfg, ver)
+        build(cfg, ver, echo)
     path = artifact_path(cfg, ver, artifact)
     if not path.is_file():
         raise ArtifactError(f"artifact {path} does not exist"

@@ -129,10 +129,11 @@ def json_events(fn: F) -> F:
 
 
 def json_data(fn: F) -> F:
-    """--json for a command that prints data."""
+    """--json for a command that prints data (`logs`: JSON lines)."""
     fn.data = True  # type: ignore[attr-defined]
-    return click.option("--json", "json_out", is_flag=True,
-                        help="One JSON document on stdout.")(fn)
+    text = ('JSON lines on stdout, {"host", "color", "release", "line"} per log line.'
+            if fn.__name__ == "logs" else "One JSON document on stdout.")
+    return click.option("--json", "json_out", is_flag=True, help=text)(fn)
 
 
 def run(state: State, coro_fn: Callable[[], Coroutine[Any, Any, T]], *,
@@ -158,7 +159,9 @@ def fail(state: State, exc: BlueGreenError) -> NoReturn:
         traceback.print_exc()
     state.out.error(exc.message)
     if state.events:
-        emit_json({"ok": False, "error": exc.message, "exit_code": exc.exit_code})
+        emit_json({"schema": JSON_SCHEMA, "ok": False, "error": exc.message,
+                   "exit_code": exc.exit_code,
+                   "hosts": [{"name": exc.host, "error": exc.reason}] if exc.host else []})
     sys.exit(exc.exit_code)
 
 
@@ -172,6 +175,16 @@ def load(state: State) -> workflow.Context:
 
 def emit_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2))
+
+
+# The version of every --json result's shape (docs/json.md); 2: `schema`, `ok` and `hosts`
+# as a list of objects with `name` in every result.
+JSON_SCHEMA = 2
+
+
+def emit_result(hosts: list[dict[str, Any]], ok: bool = True, **data: Any) -> None:
+    """A --json result: ``{"schema", "ok", ...data, "hosts": [{"name", ...}, ...]}``."""
+    emit_json({"schema": JSON_SCHEMA, "ok": ok, **data, "hosts": hosts})
 
 
 @click.group(help="Zero-downtime blue-green deploys to one or many Linux servers, switched "
@@ -202,17 +215,29 @@ def init(preset: str, app_name: str | None, config: str, force: bool) -> None:
 @main.command(help="Validate the config, check the local build command (or artifact), connect "
                    "to every host, verify the proxy, paths and slot ports, say which "
                    "supervisor runs the slots, and what `setup` would create. Changes nothing.")
+@json_data
 @common
-def check(state: State) -> None:
+def check(state: State, json_out: bool) -> None:
+    state.out.quiet = json_out
     ctx = load(state)
     items = run(state, lambda: reports.check(ctx.cfg, ctx.hosts, ctx.out))
-    views.print_check(items)
     failed = [i for i in items if i.ok is False]
+    if json_out:
+        def rows(host: str) -> list[dict[str, Any]]:
+            return [{"item": i.item, "ok": i.ok, "detail": i.detail} for i in items
+                    if i.host == host]
+
+        emit_result([{"name": h, "items": rows(h)} for h in dict.fromkeys(
+            i.host for i in items if i.host != reports.LOCAL)], ok=not failed,
+            local=rows(reports.LOCAL))
+    else:
+        views.print_check(items)
     if any(i.item == "connect" for i in failed):
         sys.exit(3)
     if failed:
         sys.exit(1)
-    click.echo("config is valid and every host is ready for `bluegreen setup`")
+    if not json_out:
+        click.echo("config is valid and every host is ready for `bluegreen setup`")
 
 
 @main.command(help="Create the layout under deploy_to and write the proxy's files (nginx: both "
@@ -239,19 +264,25 @@ def setup(state: State, json_out: bool, print_sudoers: bool, print_root_files: b
         return
     run(state, lambda: workflow.setup(ctx))
     if json_out:
-        emit_json({"ok": True, "hosts": [h.label for h in ctx.hosts]})
+        emit_result([{"name": h.label} for h in ctx.hosts])
 
 
 @main.command(help="Run release.build locally and report the artifact and its sha256.")
 @click.option("--version", "version", help="Version to build (default: from the config).")
+@json_data
 @common
-def build(state: State, version: str | None) -> None:
+def build(state: State, json_out: bool, version: str | None) -> None:
     ctx = load(state)
 
     async def go() -> artifact.Artifact:
-        return artifact.prepare(ctx.cfg, version=version, artifact=None, skip_build=False)
+        return artifact.prepare(ctx.cfg, version=version, artifact=None, skip_build=False,
+                                echo=lambda line: ctx.out.step(None, line))
 
     art = run(state, go)
+    if json_out:
+        emit_result([], artifact=str(art.path), version=art.version, sha256=art.sha256,
+                    release=art.release_id)
+        return
     click.echo(f"{art.path}\nversion {art.version}\nsha256 {art.sha256}\nrelease {art.release_id}")
 
 
@@ -271,15 +302,14 @@ def deploy(state: State, json_out: bool, artifact_path: str | None, version: str
 
     async def go() -> workflow.DeployResult:
         art = artifact.prepare(ctx.cfg, version=version, artifact=artifact_path,
-                               skip_build=skip_build)
+                               skip_build=skip_build, echo=lambda line: ctx.out.step(None, line))
         ctx.out.step(None, f"release {art.release_id} ({art.path.name})")
         return await workflow.deploy(ctx, art, promote=not no_promote)
 
     result = run(state, go)
     if json_out:
-        emit_json({"ok": True, "release": result.release, "version": result.version,
-                   "promoted": result.promoted,
-                   "hosts": {h: c.value for h, c in result.targets.items()}})
+        emit_result([{"name": h, "color": c.value} for h, c in result.targets.items()],
+                    release=result.release, version=result.version, promoted=result.promoted)
         return
     for host, colour in result.targets.items():
         what = "live" if result.promoted else "started, not promoted (run `bluegreen promote`)"
@@ -298,7 +328,8 @@ def promote(state: State, json_out: bool, colour: str | None) -> None:
     ctx = load(state)
     targets = run(state, lambda: workflow.promote(ctx, to_colour(colour)))
     if json_out:
-        emit_json({"ok": True, "live": {h: c.value for h, c in targets.items()}})
+        emit_result([{"name": h, "live": c.value} for h, c in targets.items()],
+                    live={h: c.value for h, c in targets.items()})
         return
     for host, c in targets.items():
         click.echo(f"{host}: live is {c}")
@@ -320,7 +351,8 @@ def rollback(state: State, json_out: bool, to: str | None) -> None:
     else:
         targets = run(state, lambda: workflow.rollback(ctx))
     if json_out:
-        emit_json({"ok": True, "live": {h: c.value for h, c in targets.items()}})
+        emit_result([{"name": h, "live": c.value} for h, c in targets.items()],
+                    live={h: c.value for h, c in targets.items()})
         return
     for host, c in targets.items():
         click.echo(f"{host}: rolled back; live is {c}")
@@ -335,7 +367,8 @@ def status(state: State, json_out: bool) -> None:
     ctx = load(state)
     data = run(state, lambda: reports.status(ctx.cfg, ctx.hosts, ctx.out))
     if json_out:
-        emit_json(data)
+        emit_json({"schema": JSON_SCHEMA, "ok": not data["problems"] and all(
+            h["reachable"] for h in [*data["hosts"], *data.get("load_balancers", [])]), **data})
     else:
         views.print_status(data)
     if any(not h["reachable"] for h in [*data["hosts"], *data.get("load_balancers", [])]):
@@ -352,7 +385,7 @@ def stop(state: State, json_out: bool, colour: str) -> None:
     assert target is not None  # click requires the argument
     run(state, lambda: workflow.stop(ctx, target))
     if json_out:
-        emit_json({"ok": True, "stopped": colour, "hosts": [h.label for h in ctx.hosts]})
+        emit_result([{"name": h.label} for h in ctx.hosts], stopped=colour)
         return
     click.echo(f"{colour} stopped")
 
@@ -366,7 +399,8 @@ def history(state: State, json_out: bool, limit: int | None) -> None:
     ctx = load(state)
     events = run(state, lambda: workflow.read_history(ctx, limit))
     if json_out:
-        emit_json(events)
+        names = list(dict.fromkeys(e["host"] for e in events))
+        emit_result([{"name": n} for n in names], events=events)
         return
     views.print_history(events)
 
@@ -380,7 +414,7 @@ def prune(state: State, json_out: bool, keep: int | None) -> None:
     ctx = load(state)
     removed = run(state, lambda: workflow.prune(ctx, keep or ctx.cfg.release.keep))
     if json_out:
-        emit_json({"ok": True, "removed": removed})
+        emit_result([{"name": h, "removed": r} for h, r in removed.items()], removed=removed)
         return
     for host, rids in removed.items():
         click.echo(f"{host}: removed {len(rids)} release(s)" + (": " + " ".join(rids) if rids else ""))
@@ -430,11 +464,12 @@ def exec_(state: State, colour: str | None, all_hosts: bool, interactive: bool,
               help="Keep printing new lines (Ctrl-C stops, with exit 0).")
 @click.option("-n", "lines", type=click.IntRange(min=0), default=100, show_default=True,
               help="How many lines to show.")
+@json_data
 @common
-def logs(state: State, colour: str | None, follow: bool, lines: int) -> None:
+def logs(state: State, colour: str | None, follow: bool, lines: int, json_out: bool) -> None:
     state.out.quiet = True
     ctx = load(state)
-    run(state, lambda: workflow.logs(ctx, to_colour(colour), lines, follow),
+    run(state, lambda: workflow.logs(ctx, to_colour(colour), lines, follow, json_out),
         stop_on_interrupt=follow)
 
 
@@ -458,7 +493,7 @@ def remove(state: State, json_out: bool, yes: bool) -> None:
                       "deploy_to deleted)?", abort=True)
     left = run(state, lambda: workflow.remove(ctx))
     if json_out:
-        emit_json({"ok": True, "left_for_admin": left})
+        emit_result([{"name": h, "left_for_admin": paths} for h, paths in left.items()])
         return
     for host, paths in left.items():
         click.echo(f"{host}: removed" + (f"; root's files left for an admin: {' '.join(paths)}"
@@ -466,10 +501,15 @@ def remove(state: State, json_out: bool, yes: bool) -> None:
 
 
 @main.command(help="Remove a lock left by a run that died (prints who held it, since when).")
+@json_data
 @common
-def unlock(state: State) -> None:
+def unlock(state: State, json_out: bool) -> None:
     ctx = load(state)
-    for host, what in run(state, lambda: workflow.unlock(ctx)):
+    done = run(state, lambda: workflow.unlock(ctx))
+    if json_out:
+        emit_result([{"name": host, "lock": what} for host, what in done])
+        return
+    for host, what in done:
         click.echo(f"{host}: {what}")
 
 

@@ -19,6 +19,11 @@ from bluegreen.switch import split_brain
 from bluegreen.topology import AppHost, build
 
 
+# The host column of `check`'s rows about this machine (the build, the artifact); not a
+# possible host label (`address = "local"` is labelled "local").
+LOCAL = "(this machine)"
+
+
 @dataclass
 class CheckItem:
     host: str
@@ -39,16 +44,16 @@ def check_local(cfg: Config) -> list[CheckItem]:
         command = next((w for w in words if "=" not in w.split("/")[0]), "")
         found = bool(command) and (shutil.which(command) is not None or
                                    cfg.local_path(command).exists())
-        return [CheckItem("local", "release.build", found, f"`{command}` found" if found else
+        return [CheckItem(LOCAL, "release.build", found, f"`{command}` found" if found else
                           f"`{command}` not found on this machine (release.build)")]
     if not rel.artifact:
-        return [CheckItem("local", "release.artifact", None,
+        return [CheckItem(LOCAL, "release.artifact", None,
                           "no release.build nor release.artifact: deploy needs --artifact")]
     if rel.version is None:
-        return [CheckItem("local", "release.artifact", None,
+        return [CheckItem(LOCAL, "release.artifact", None,
                           "the artifact's name depends on the version: checked at deploy")]
     path = cfg.local_path(render(rel.artifact, app=cfg.app, version=rel.version))
-    return [CheckItem("local", "release.artifact", path.is_file(),
+    return [CheckItem(LOCAL, "release.artifact", path.is_file(),
                       f"{path} exists" if path.is_file() else
                       f"{path} does not exist and there is no release.build to make it")]
 
@@ -142,12 +147,13 @@ async def status(cfg: Config, hosts: list[HostConfig], out: Reporter) -> dict[st
         if cfg.load_balancers:
             for p in topo.proxies:
                 live = await p.live_colour()
-                lb_rows[p.name] = {"host": p.name, "reachable": True,
+                lb_rows[p.name] = {"name": p.name, "host": p.name, "reachable": True,
                                    "live": live.value if live else None,
                                    "proxy_answer": await p.answer()}
         rows = dict(zip([a.name for a in topo.apps],
                         await asyncio.gather(*(_status_host(a) for a in topo.apps))))
-    down: dict[str, dict[str, Any]] = {name: {"host": name, "reachable": False, "error": exc.message}
+    down: dict[str, dict[str, Any]] = {name: {"name": name, "host": name, "reachable": False,
+                                              "error": exc.message}
             for name, exc in fleet.unreachable.items()}
     host_rows = [rows.get(h.label) or down[h.label] for h in hosts]
     balancer_rows = [lb_rows.get(h.label) or down[h.label] for h in cfg.load_balancers]
@@ -196,6 +202,7 @@ async def _status_host(a: AppHost) -> dict[str, Any]:
         if unit is not None:
             slots[c.value]["unit"] = unit
     held, holder = await records.read_lock(a.node)
-    return {"host": a.name, "reachable": True, "live": live.value if live else None,
+    return {"name": a.name, "host": a.name, "reachable": True,
+            "live": live.value if live else None,
             "proxy_answer": answer, "slots": slots,
             "lock": records.describe_holder(a.node, holder) if held else None}

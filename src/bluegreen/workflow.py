@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import getpass
+import json
 import os
 import shlex
 import sys
@@ -489,23 +490,35 @@ async def exec_command(ctx: Context, colour: Colour | None, argv: list[str], *,
         return status
 
 
-async def logs(ctx: Context, colour: Colour | None, lines: int, follow: bool) -> None:
-    """Print (or follow) a slot's logs (default: the live one) on each selected host."""
+async def logs(ctx: Context, colour: Colour | None, lines: int, follow: bool,
+               json_lines: bool = False) -> None:
+    """Print (or follow) a slot's logs (default: the live one) on each selected host;
+    ``json_lines``: one ``{"host", "color", "release", "line"}`` object per line."""
     async with connected(ctx) as topo:
         apps = [_one_host(ctx, topo, "logs -f")] if follow else topo.apps
         for a in apps:
             await _mask_host_secrets(ctx, a)
             target = colour or await a.require_live()
             state = await a.slots.state(target)
+            release = state.release if state else None
             argv = a.slots.logs_argv(target, state, lines, follow)
-            if len(apps) > 1:
-                print(f"==> [{a.name}] {target} ({state.release if state else 'no release'}) <==")
+
+            def show(text: str) -> None:
+                text = ctx.out.mask(text)
+                if json_lines:
+                    for line in text.splitlines():
+                        print(json.dumps({"host": a.name, "color": target.value,
+                                          "release": release, "line": line}), flush=True)
+                else:
+                    print(text, end="", flush=True)
+
+            if len(apps) > 1 and not json_lines:
+                print(f"==> [{a.name}] {target} ({release or 'no release'}) <==")
             if follow:
                 async for line in a.node.host.stream(argv):
-                    print(ctx.out.mask(line), end="", flush=True)
+                    show(line)
             else:
-                result = await a.node.run(argv, check=False)
-                print(ctx.out.mask(result.stdout), end="")
+                show((await a.node.run(argv, check=False)).stdout)
 
 
 async def read_history(ctx: Context, limit: int | None) -> list[dict[str, Any]]:
