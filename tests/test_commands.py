@@ -8,7 +8,7 @@ import subprocess
 import time
 from typing import IO
 
-from conftest import BLUEGREEN, Project, app_pids
+from conftest import BLUEGREEN, Project, app_pids, get
 
 HOOK = 'echo "$BLUEGREEN_EVENT color=$BLUEGREEN_COLOR version=$BLUEGREEN_VERSION hosts=$BLUEGREEN_HOSTS app=$BLUEGREEN_APP" >> hooks.log'
 
@@ -217,3 +217,41 @@ def test_remove_tears_the_app_down_and_asks_first(project: Project) -> None:
     assert list(p.nginx.sites_available.iterdir()) == []  # type: ignore[union-attr]
     assert p.answer().status in (0, 404) and p.answer().version is None
     assert p.nginx.pid() is not None  # nginx itself keeps running (other sites)
+
+
+def maintenance_round(p: Project) -> None:
+    """on (503 with the message, /deployment_id still answers, slots untouched, kept by a
+    deploy, shown by status, recorded), then off (served again)."""
+    p.bg("setup")
+    p.deploy("1.0.0")
+    before = app_pids(p)
+    out = p.bg("maintenance", "on", "--message", "Upgrading the database; back at 10:00 & more")
+    assert "maintenance on" in out.stdout
+    answer = p.answer()
+    assert answer.status == 503 and "Upgrading the database; back at 10:00 &amp; more" in \
+        answer.body, answer
+    assert get(p.nginx.port, "/deployment_id").body.strip() == "blue"
+    assert app_pids(p) == before and p.status()["maintenance"] is True
+    assert "maintenance on" in p.bg("status").stdout
+    deployed = p.deploy("2.0.0")
+    assert "maintenance is on" in deployed.stderr
+    assert p.answer().status == 503 and get(p.nginx.port, "/deployment_id").body.strip() == "green"
+    p.bg("maintenance", "off")
+    assert (p.answer().status, p.answer().version) == (200, "2.0.0")
+    assert p.status()["maintenance"] is False
+    events = [(e["event"], e["detail"]) for e in p.history()[:4]]
+    assert ("maintenance", "off") in events
+    assert any(e == "maintenance" and d.startswith("on: Upgrading") for e, d in events)
+
+
+def test_maintenance_mode_with_nginx(project: Project) -> None:
+    maintenance_round(project)
+
+
+def test_maintenance_mode_with_haproxy_through_the_runtime_api(local_project_hx: Project) -> None:
+    p = local_project_hx
+    pids = None
+    p.bg("setup")
+    pids = p.nginx.pids()  # type: ignore[union-attr]
+    maintenance_round(p)
+    assert p.nginx.pids() == pids  # type: ignore[union-attr]  # never reloaded

@@ -473,6 +473,27 @@ def logs(state: State, colour: str | None, follow: bool, lines: int, json_out: b
         stop_on_interrupt=follow)
 
 
+@main.command(help="`maintenance on`: every proxy answers this app's requests with 503 and "
+                   "a page (--message, or proxy.maintenance_page), except /deployment_id; "
+                   "the slots keep running, deploys and promotes keep it on. `maintenance "
+                   "off`: serve the app again. nginx: no reload; HAProxy: through the "
+                   "runtime API. Recorded in history; `status` shows it.")
+@click.argument("state_word", metavar="on|off", type=click.Choice(["on", "off"]))
+@click.option("--message", metavar="TEXT", help="The page's text (default: \"Down for "
+              "maintenance; back shortly.\").")
+@json_events
+@common
+def maintenance(state: State, json_out: bool, state_word: str, message: str | None) -> None:
+    ctx = load(state)
+    on = state_word == "on"
+    proxies = run(state, lambda: workflow.maintenance(ctx, on, message))
+    if json_out:
+        emit_result([{"name": n, "maintenance": on} for n in proxies], maintenance=on)
+        return
+    for name in proxies:
+        click.echo(f"{name}: maintenance {state_word}")
+
+
 @main.command(help="Tear the app down on every host: each proxy stops sending it traffic "
                    "(site files and link, or HAProxy config and map lines, removed; proxy "
                    "reloaded), both slots are drained and stopped (units disabled and "

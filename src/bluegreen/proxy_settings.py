@@ -55,6 +55,9 @@ class _ProxyCommon(_Model):
     sudo: bool = _key(False, "prefix proxy commands and file writes with `sudo -n`")
     template: str | None = _key(None, "your own Jinja2 template for the proxy's file "
                                 "(docs/configuration.md lists its variables)")
+    maintenance_page: str | None = _key(None, "nginx: a local HTML file that `bluegreen "
+                                        "maintenance on` uploads and serves (503) instead "
+                                        "of the page it renders from --message")
     tls: TLSSettings | None = _key(None, "`[proxy.tls]`: serve HTTPS (see its keys and "
                                    "docs/https.md)")
 
@@ -141,6 +144,9 @@ class HAProxySettings(_ProxyCommon):
         if len(self.listen.split()) != 1:
             raise ValueError(f"listen: {self.listen!r}: with kind = \"haproxy\" use "
                              "[address:]port only")
+        if self.maintenance_page is not None:
+            raise ValueError("maintenance_page: the haproxy kind renders its own page from "
+                             "`maintenance on --message`")
         tls = self.tls
         if tls is not None:
             if len(tls.listen.split()) != 1:

@@ -202,7 +202,9 @@ async def _status_host(a: AppHost) -> dict[str, Any]:
         if unit is not None:
             slots[c.value]["unit"] = unit
     held, holder = await records.read_lock(a.node)
+    maintenance = any([await p.in_maintenance() for p in a.proxies])
     return {"name": a.name, "host": a.name, "reachable": True,
             "live": live.value if live else None,
             "proxy_answer": answer, "slots": slots,
-            "lock": records.describe_holder(a.node, holder) if held else None}
+            "lock": records.describe_holder(a.node, holder) if held else None,
+            "maintenance": maintenance}

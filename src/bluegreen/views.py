@@ -49,8 +49,10 @@ def print_status(data: dict[str, Any]) -> None:
             out.print(f"[bold]{escape(h['host'])}[/]: [red]unreachable[/] ({escape(h['error'])})")
             continue
         agree = "" if h["proxy_answer"] == h["live"] else " [red](proxy disagrees!)[/]"
+        maintenance = " [yellow](maintenance on: 503 for every request)[/]" \
+            if h.get("maintenance") else ""
         out.print(f"[bold]{escape(h['host'])}[/]: live [bold]{h['live']}[/], proxy answers "
-                  f"{escape(str(h['proxy_answer']))}{agree}")
+                  f"{escape(str(h['proxy_answer']))}{agree}{maintenance}")
         table = Table("slot", "release", "port", "pid", "running", "healthy", "conns", box=None)
         for colour, s in h["slots"].items():
             mark = " (live)" if colour == h["live"] else ""

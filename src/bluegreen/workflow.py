@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import getpass
+import html
 import json
 import os
 import shlex
@@ -211,6 +212,7 @@ async def deploy(ctx: Context, art: Artifact, *, promote: bool = True) -> Deploy
     async with connected(ctx) as topo, locked(ctx, topo):
         apps = topo.apps
         lives = await refuse_split(topo, "deploy", ctx.out)
+        await warn_if_maintenance(topo, ctx.out)
         names = [a.name for a in apps]
         planned = dict(zip(names, await each(
             apps, lambda a: deploy_target(a, art, lives[a.name]), ctx.out)))
@@ -283,6 +285,7 @@ async def promote(ctx: Context, colour: Colour | None, *,
             await finish_interrupted(topo, ctx.out)
             targets = {a.name: colour for a in apps}
         proxy_lives = await each(topo.proxies, lambda p: p.live_colour(), ctx.out)
+        await warn_if_maintenance(topo, ctx.out)
         first = apps[0]
         state = await first.slots.state(targets[first.name])
         hook_args: dict[str, Any] = {"colour": targets[first.name].value,
@@ -378,6 +381,46 @@ async def prune(ctx: Context, keep: int) -> dict[str, list[str]]:
     async with connected(ctx) as topo, locked(ctx, topo):
         removed = await each(topo.apps, lambda a: prune_host(a, keep, ctx.user), ctx.out)
     return {a.name: r for a, r in zip(topo.apps, removed)}
+
+
+MAINTENANCE_MESSAGE = "Down for maintenance; back shortly."
+
+
+def maintenance_page(message: str) -> str:
+    """The page `maintenance on` serves when `proxy.maintenance_page` is not set."""
+    text = html.escape(message)
+    return ("<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>Maintenance</title>"
+            "<style>body{font-family:sans-serif;margin:15vh auto;max-width:36em;"
+            "text-align:center}</style></head>\n"
+            f"<body><h1>{text}</h1></body></html>\n")
+
+
+async def maintenance(ctx: Context, on: bool, message: str | None) -> list[str]:
+    """Make every proxy answer this app's requests (except /deployment_id) with 503 and a
+    page, or serve it again; the slots keep running. Recorded in each host's history."""
+    text = message or MAINTENANCE_MESSAGE
+    page = maintenance_page(text)
+    if ctx.cfg.proxy.maintenance_page:
+        path = ctx.cfg.local_path(ctx.cfg.proxy.maintenance_page)
+        try:
+            page = path.read_text()
+        except OSError as exc:
+            raise ConfigError(f"proxy.maintenance_page: cannot read {path}: {exc.strerror}"
+                              ) from None
+    async with connected(ctx) as topo, locked(ctx, topo):
+        await each(topo.proxies, lambda p: p.set_maintenance(on, html.escape(text), page),
+                   ctx.out)
+        for a in topo.apps:
+            await records.record(a.node, "maintenance", None, None, ctx.user,
+                                 f"on: {text}" if on else "off")
+        return [p.name for p in topo.proxies]
+
+
+async def warn_if_maintenance(topo: Topology, out: Reporter) -> None:
+    """A deploy or promote during maintenance keeps it on: say so."""
+    if any(await asyncio.gather(*(p.in_maintenance() for p in topo.proxies))):
+        out.warn(None, "maintenance is on: the site keeps answering 503 until `bluegreen "
+                 "maintenance off`")
 
 
 async def remove(ctx: Context) -> dict[str, list[str]]:

@@ -23,7 +23,8 @@ def proxy_files(cfg: Config, hc: HostConfig | None) -> list[tuple[PurePosixPath,
         shared = [(haproxy.frontend_file(cfg), haproxy.render_frontend(cfg))
                   ] if haproxy.shared(cfg) else []
         return shared + [(haproxy.config_file(cfg), haproxy.render_config(cfg, servers))]
-    return [(nginx.available(cfg, c), nginx.render_site(cfg, c, [a for _, a in servers]))
+    page = Layout.of(cfg, hc or cfg.load_balancers[0]).maintenance_page
+    return [(nginx.available(cfg, c), nginx.render_site(cfg, c, [a for _, a in servers], page))
             for c in Colour]
 
 

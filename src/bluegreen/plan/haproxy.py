@@ -72,6 +72,7 @@ def render_config(cfg: Config, servers: list[tuple[str, str]]) -> str:
         "server_name": render(cfg.proxy.server_name, app=cfg.app),
         "tls": tls_context(cfg, bind),
         "shared": shared(cfg),
+        "maintenance_map": str(maintenance_map(cfg)),
         "backends": {
             c.value: [(server_name(label), f"{address}:{cfg.slots.port(c)}")
                       for label, address in servers]
@@ -79,6 +80,26 @@ def render_config(cfg: Config, servers: list[tuple[str, str]]) -> str:
         },
     }
     return render_proxy_config(cfg, "haproxy.cfg.j2", context)
+
+
+def maintenance_map(cfg: Config) -> PurePosixPath:
+    """The map file holding this app's maintenance ``state`` (on/off) and ``message``."""
+    path = map_file(cfg)
+    return path.with_name(f"{path.stem}.maintenance{path.suffix or '.map'}")
+
+
+def maintenance_text(on: bool, message: str) -> str:
+    return (f"# bluegreen: `bluegreen maintenance on|off` changes it\nstate {'on' if on else 'off'}"
+            f"\nmessage {message}\n")
+
+
+def set_maintenance(cfg: Config, on: bool, message: str) -> str:
+    """Runtime API commands for the running HAProxy (a space in a value is escaped)."""
+    path = maintenance_map(cfg)
+    value = " ".join(message.replace("\\", "").split())
+    for char in " ;":  # the runtime API splits words on spaces and commands on ';'
+        value = value.replace(char, "\\" + char)
+    return f"set map {path} state {'on' if on else 'off'}; set map {path} message {value}"
 
 
 def shared(cfg: Config) -> bool:

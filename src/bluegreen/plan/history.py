@@ -8,7 +8,7 @@ from typing import Any
 from bluegreen.plan.files import Argv, append_file, read_file
 from bluegreen.plan.layout import Layout
 
-EVENTS = ("deploy", "promote", "rollback", "stop", "prune", "failed")
+EVENTS = ("deploy", "promote", "rollback", "stop", "prune", "failed", "maintenance")
 
 
 def entry(*, time: str, event: str, host: str, color: str | None, release: str | None,

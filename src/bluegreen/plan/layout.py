@@ -39,6 +39,11 @@ class Layout:
         return self.slot(colour) / "pid"
 
     @property
+    def maintenance_page(self) -> PurePosixPath:
+        """Present while `bluegreen maintenance on`: the page nginx answers (503) with."""
+        return self.root / "shared" / "maintenance.html"
+
+    @property
     def shared_env(self) -> PurePosixPath:
         return self.root / "shared" / ".env"
 

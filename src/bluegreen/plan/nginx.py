@@ -30,9 +30,12 @@ def link(cfg: Config) -> PurePosixPath:
     return PurePosixPath(render(settings(cfg).sites_enabled, app=cfg.app)) / site_name(cfg)
 
 
-def render_site(cfg: Config, colour: Colour, addresses: list[str] | None = None) -> str:
+def render_site(cfg: Config, colour: Colour, addresses: list[str] | None = None,
+                maintenance_page: PurePosixPath | None = None) -> str:
     """The site file for ``colour``: the built-in template or ``proxy.template``. Its
-    upstream lists ``addresses`` (default: 127.0.0.1) at the colour's port."""
+    upstream lists ``addresses`` (default: 127.0.0.1) at the colour's port; while the file
+    ``maintenance_page`` (the proxy host's, `Layout.maintenance_page`) exists, every
+    request but /deployment_id gets it with a 503."""
     port = cfg.slots.port(colour)
     context = {
         "servers": [f"{a}:{port}" for a in (addresses or ["127.0.0.1"])],
@@ -46,6 +49,7 @@ def render_site(cfg: Config, colour: Colour, addresses: list[str] | None = None)
         "listen": cfg.proxy.listen,
         "site": site_name(cfg),
         "tls": tls_context(cfg),
+        "maintenance_page": str(maintenance_page) if maintenance_page else None,
     }
     return render_proxy_config(cfg, "nginx-site.conf.j2", context)
 

@@ -85,6 +85,15 @@ class Proxy(abc.ABC):
         """Make the running proxy serve what the persisted state says."""
 
     @abc.abstractmethod
+    async def set_maintenance(self, on: bool, message: str, page: str) -> None:
+        """Answer every request for this app but /deployment_id with 503 and ``page``
+        (nginx; HAProxy renders ``message``), or (off) serve it again; no slot is touched."""
+
+    @abc.abstractmethod
+    async def in_maintenance(self) -> bool:
+        """Whether `maintenance on` is in effect."""
+
+    @abc.abstractmethod
     async def remove(self) -> list[PurePosixPath]:
         """Take this app out of the proxy (`bluegreen remove`): traffic for it stops, the
         proxy is reloaded. Returns the root-owned files left for an admin (with sudo)."""

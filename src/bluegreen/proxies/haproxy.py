@@ -9,7 +9,7 @@ from pathlib import PurePosixPath
 
 from bluegreen.config import Colour
 from bluegreen.errors import ProxyError
-from bluegreen.plan import haproxy
+from bluegreen.plan import files, haproxy
 from bluegreen.plan.nginx import Finding
 from bluegreen.proxies.base import Proxy
 
@@ -96,6 +96,11 @@ class HAProxyProxy(Proxy):
         None if not."""
         if haproxy.shared(self.cfg):
             await self._write_frontend()
+        else:  # the config reads it: it must exist before `test`
+            maintenance = haproxy.maintenance_map(self.cfg)
+            if not (await self.node.run(files.exists(maintenance), check=False)).ok:
+                await self.node.run_steps(haproxy.write(self.cfg, maintenance, self.sudo),
+                                          input=haproxy.maintenance_text(False, ""))
         path = haproxy.config_file(self.cfg)
         text = haproxy.render_config(self.cfg, self.servers)
         current = await self.read(path)
@@ -215,6 +220,26 @@ class HAProxyProxy(Proxy):
         live = await self.live_colour()
         if live is not None:
             await self._set_running(live)
+
+    async def set_maintenance(self, on: bool, message: str, page: str) -> None:
+        """The maintenance map file (what a restarted HAProxy reads), then the running
+        HAProxy's map through the runtime API: no reload."""
+        if haproxy.shared(self.cfg):
+            raise ProxyError("maintenance mode with proxy.shared_frontend is not supported "
+                             "yet (docs/operations.md)", host=self.name)
+        path = haproxy.maintenance_map(self.cfg)
+        value = " ".join(message.split())
+        await self.node.run_steps(haproxy.write(self.cfg, path, self.sudo),
+                                  input=haproxy.maintenance_text(on, value))
+        error = haproxy.runtime_error(await self.runtime(
+            haproxy.set_maintenance(self.cfg, on, value)))
+        if error:
+            raise ProxyError(f"HAProxy refused the maintenance switch: {error} (is the config "
+                             "up to date? run `bluegreen setup`)", host=self.name)
+
+    async def in_maintenance(self) -> bool:
+        text = await self.read(haproxy.maintenance_map(self.cfg))
+        return any(line.split()[:2] == ["state", "on"] for line in text.splitlines())
 
     async def remove(self) -> list[PurePosixPath]:
         """Remove the config file (and the map file, or this app's lines of a shared one),

@@ -7,7 +7,7 @@ from pathlib import PurePosixPath
 
 from bluegreen.config import Colour
 from bluegreen.errors import ProxyError
-from bluegreen.plan import nginx
+from bluegreen.plan import files, nginx
 from bluegreen.plan.nginx import Finding
 from bluegreen.proxies.base import Proxy
 
@@ -37,7 +37,8 @@ class NginxProxy(Proxy):
 
     async def write_site(self, colour: Colour) -> bool:
         """Write the colour's site file if its content differs; True when it changed."""
-        text = nginx.render_site(self.cfg, colour, self.upstreams)
+        text = nginx.render_site(self.cfg, colour, self.upstreams,
+                                 self.node.layout.maintenance_page)
         current = await self.read(nginx.available(self.cfg, colour))
         if current == text:
             return False
@@ -105,6 +106,26 @@ class NginxProxy(Proxy):
     async def apply(self) -> None:
         await self.test()
         await self.reload()
+
+    async def set_maintenance(self, on: bool, message: str, page: str) -> None:
+        """The page file's existence is the switch: each site file answers 503 with it
+        while it exists (nginx checks per request: no reload)."""
+        path = self.node.layout.maintenance_page
+        if not on:
+            await self.node.run(files.remove_file(path))
+            return
+        live = await self.live_colour()
+        site = await self.read(nginx.available(self.cfg, live or Colour.BLUE))
+        if str(path) not in site:
+            raise ProxyError(f"{nginx.available(self.cfg, live or Colour.BLUE)} predates "
+                             "maintenance mode: run `bluegreen setup` (it rewrites the site "
+                             "files) first", host=self.name)
+        await self.node.run(files.make_dirs([path.parent]))
+        await self.node.run(files.write_file(path, "0644"), input=page)
+
+    async def in_maintenance(self) -> bool:
+        return (await self.node.run(files.exists(self.node.layout.maintenance_page),
+                                    check=False)).ok
 
     async def remove(self) -> list[PurePosixPath]:
         """Remove the link, test, reload (the site is gone); then the two site files
