@@ -281,3 +281,22 @@ def test_destination_merges_its_file_over_the_config(local_project: Project) -> 
     assert "bluegreen.staging.toml: run.helth_path" in bad.stderr, bad.stderr
     missing = p.bg("status", "-d", "qa", check=2)
     assert "bluegreen.qa.toml not found" in missing.stderr
+
+
+def test_build_says_it_runs_how_long_it_took_and_its_output_with_v(
+        local_project: Project) -> None:
+    p = local_project
+    p.artifact("1.0.0")
+    p.write_config(release={
+        "version": "1.0.0", "artifact": "dist/x-{version}.tar.gz",
+        "build": "echo compiling-step-1 && mkdir -p dist && "
+                 "cp artifacts/sample-{version}.tar.gz dist/x-{version}.tar.gz"})
+    out = p.bg("build")
+    assert "building: echo compiling-step-1" in out.stderr and "built in" in out.stderr
+    assert "build| compiling-step-1" not in out.stderr
+    assert "build| compiling-step-1" in p.bg("build", "-v").stderr
+    assert json.loads(p.bg("build", "--json").stdout)["release"].startswith("1.0.0-")
+    p.write_config(release={"version": "1.0.0", "artifact": "dist/x-{version}.tar.gz",
+                            "build": "echo failing-step-output; exit 3"})
+    failed = p.bg("build", check=1)
+    assert "failed (exit 3) after" in failed.stderr and "failing-step-output" in failed.stderr

@@ -49,7 +49,7 @@ def test_good_config_loads_with_defaults() -> None:
     cfg = parse_config(GOOD, Path("/tmp"))
     assert cfg.slots.port(Colour.BLUE) == 4000 and cfg.slots.port(Colour.GREEN) == 5000
     assert cfg.proxy.reload == "nginx -s reload" and cfg.run.health_path == "/health"
-    assert cfg.hosts[0].label == "local" and cfg.hosts[0].port == 22
+    assert cfg.hosts[0].label == "local" and cfg.hosts[0].port is None
     assert Colour.BLUE.other is Colour.GREEN and Colour.GREEN.other is Colour.BLUE
 
 

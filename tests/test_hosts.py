@@ -248,3 +248,29 @@ def test_secrets_from_the_environment_and_a_command_reach_only_the_env_file(
     # A secret that cannot be resolved stops the deploy before anything changes.
     failed = project.bg("deploy", "--version", "1.0.0", check=2)
     assert "run.secrets.API_TOKEN: $CI_API_TOKEN is not set" in failed.stderr
+
+
+def test_closed_port_is_reported_as_such_and_the_port_can_come_from_ssh_config(
+        ssh_project: Project) -> None:
+    """A closed SSH port with no known_hosts file is "connection refused", not a known_hosts
+    problem; a host without `port` in the config uses ~/.ssh/config's Port (and HostName,
+    User), as ssh does."""
+    p = ssh_project
+    assert p.sshd is not None
+    closed = free_port()
+    p.host_override = {"known_hosts": None, "port": closed}
+    p.write_config()
+    out = p.bg("status", check=3)
+    assert f"port {closed}" in out.stdout and "no known_hosts" not in out.stdout, out.stdout
+    assert "refused" in out.stdout.lower() or "connect" in out.stdout.lower()
+    ssh_dir = p.home / ".ssh"
+    ssh_dir.mkdir()
+    (ssh_dir / "known_hosts").write_text(p.sshd.known_hosts.read_text())
+    (ssh_dir / "config").write_text(
+        f"Host web-alias\n    HostName 127.0.0.1\n    Port {p.sshd.port}\n    User root\n"
+        f"    IdentityFile {p.sshd.client_key}\n")
+    p.host_override = {"known_hosts": None, "port": None, "identity_file": None,
+                       "address": "web-alias"}
+    p.write_config()
+    p.bg("setup")
+    assert p.status()["reachable"] is True

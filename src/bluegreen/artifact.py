@@ -6,6 +6,7 @@ import collections
 import hashlib
 import subprocess
 import tarfile
+import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Callable
@@ -67,14 +68,17 @@ def artifact_path(cfg: Config, version: str, override: str | None) -> Path:
     return cfg.local_path(render(cfg.release.artifact, app=cfg.app, version=version))
 
 
-def build(cfg: Config, version: str, echo: Callable[[str], None] | None = None) -> None:
-    """Run ``release.build`` locally, in the config file's directory; each line of its
-    output goes to ``echo`` as it comes (a long build shows progress)."""
+def build(cfg: Config, version: str, echo: Callable[[str], None] | None = None,
+          output: Callable[[str], None] | None = None) -> None:
+    """Run ``release.build`` locally, in the config file's directory: ``echo`` gets a line
+    when it starts and one with its duration; ``output`` each line of its output as it
+    comes (`-v`); its tail is in the error when it fails."""
     if not cfg.release.build:
         return
     command = render(cfg.release.build, app=cfg.app, version=version)
     if echo:
         echo(f"building: {command}")
+    started = time.monotonic()
     tail: collections.deque[str] = collections.deque(maxlen=60)
     with subprocess.Popen(command, shell=True, cwd=cfg.base_dir, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
@@ -82,12 +86,14 @@ def build(cfg: Config, version: str, echo: Callable[[str], None] | None = None) 
         assert proc.stdout is not None
         for line in proc.stdout:
             tail.append(line)
-            if echo:
-                echo("build| " + line.rstrip("\n"))
+            if output:
+                output("build| " + line.rstrip("\n"))
     if proc.returncode != 0:
-        output = "".join(tail).strip()[-3000:]
-        raise BlueGreenError(f"build command `{command}` failed (exit {proc.returncode}):\n"
-                             f"{output}", detail=output)
+        text = "".join(tail).strip()[-3000:]
+        raise BlueGreenError(f"build command `{command}` failed (exit {proc.returncode}) after "
+                             f"{time.monotonic() - started:.1f}s:\n{text}", detail=text)
+    if echo:
+        echo(f"built in {time.monotonic() - started:.1f}s")
 
 
 def sha256_of(path: Path) -> str:
@@ -138,12 +144,13 @@ def _escapes(path: PurePosixPath) -> bool:
 
 
 def prepare(cfg: Config, *, version: str | None, artifact: str | None,
-            skip_build: bool, echo: Callable[[str], None] | None = None) -> Artifact:
+            skip_build: bool, echo: Callable[[str], None] | None = None,
+            output: Callable[[str], None] | None = None) -> Artifact:
     """Build (unless skipped or an artifact is given) and check the artifact to deploy;
-    ``echo`` gets the build's output line by line."""
+    ``echo`` and ``output``: see `build`."""
     ver = resolve_version(cfg, version)
     if artifact is None and not skip_build:
-        build(cfg, ver, echo)
+        build(cfg, ver, echo, output)
     path = artifact_path(cfg, ver, artifact)
     if not path.is_file():
         raise ArtifactError(f"artifact {path} does not exist"

@@ -189,7 +189,8 @@ class HostConfig(_Model):
 
     address: str = _key(..., "`local` (this machine, no SSH) or `[user@]host`")
     name: str | None = _key(None, "used by `--host NAME`; must be unique (default: the address)")
-    port: Port = _key(22, "the SSH port of the host")
+    port: Port | None = _key(None, "the SSH port of the host (default: `Port` for it in "
+                             "~/.ssh/config, else 22)")
     deploy_to: str = _key("/srv/{app}", "absolute path of the layout on the host")
     identity_file: str | None = _key(None, "private key; else ssh-agent and `~/.ssh/config`")
     known_hosts: str | None = _key(None, "host keys are always verified; an unknown or changed "

@@ -76,20 +76,17 @@ class SSHHost:
     async def open(cls, cfg: HostConfig) -> SSHHost:
         user, _, hostname = cfg.address.rpartition("@")
         known_hosts = Path(cfg.known_hosts or "~/.ssh/known_hosts").expanduser()
-        where = f"{cfg.address} port {cfg.port}"
-        if not known_hosts.is_file():
-            raise ConnectError(
-                f"cannot verify {where}: no known_hosts file at {known_hosts}. Add the host's "
-                f"key after checking its fingerprint, e.g. `ssh -p {cfg.port} {cfg.address}` "
-                f"once, or set hosts[].known_hosts",
-                host=cfg.label,
-            )
+        where = cfg.address + (f" port {cfg.port}" if cfg.port else "")
+        # Without the file, connect anyway trusting no key at all: a closed port or a
+        # wrong address is then reported as what it is, and no key is ever accepted.
+        missing = not known_hosts.is_file()
         options: dict[str, Any] = {
-            "port": cfg.port,
-            "known_hosts": str(known_hosts),
+            "known_hosts": asyncssh.import_known_hosts("") if missing else str(known_hosts),
             "connect_timeout": CONNECT_TIMEOUT,
             "keepalive_interval": 15,
         }
+        if cfg.port:  # else ~/.ssh/config's Port for the host, else 22 (as ssh does)
+            options["port"] = cfg.port
         if user:
             options["username"] = user
         if cfg.identity_file:
@@ -97,10 +94,17 @@ class SSHHost:
         try:
             conn = await asyncssh.connect(hostname, **options)
         except asyncssh.HostKeyNotVerifiable as exc:
+            if missing:
+                port = f"-p {cfg.port} " if cfg.port else ""
+                raise ConnectError(
+                    f"cannot verify {where}: no known_hosts file at {known_hosts} (the host "
+                    f"answered; its key was not accepted). Add the host's key after checking "
+                    f"its fingerprint, e.g. `ssh {port}{cfg.address}` once, or set "
+                    "hosts[].known_hosts", host=cfg.label) from None
             raise ConnectError(
                 f"host key of {where} is unknown or has changed ({exc.reason}); it was not "
                 f"accepted. If the server was re-installed, check its fingerprint and update "
-                f"{known_hosts} (ssh-keygen -R '[{hostname}]:{cfg.port}', then connect once "
+                f"{known_hosts} (ssh-keygen -R '[{hostname}]:{cfg.port or 22}', then connect once "
                 f"with ssh)",
                 host=cfg.label,
             ) from None
