@@ -580,3 +580,30 @@ def demo(kind: str, keep: bool, duration: float, verbose: bool) -> None:
     state.out.mode = "plain"  # the demo prints its own table at the end
     run(state, lambda: run_demo(state.out, keep=keep, duration=duration, kind=kind))
 
+
+
+def command_table() -> str:
+    """README's command table, made from the commands' own options and help (a test keeps
+    the README equal to it). The options every config command takes (`common`) are said
+    once, under the table."""
+    import re
+
+    rows = ["| command | what it does | options |", "|---|---|---|"]
+    shared = {"config", "destination", "hosts", "verbose"}
+    for name, command in main.commands.items():
+        ctx = click.Context(command)
+        usage = " ".join(p.make_metavar(ctx) for p in command.params
+                         if isinstance(p, click.Argument))
+        first = re.split(r"\.\s+(?=[A-Z])", command.help or "")[0].rstrip(".")
+        names = {o.name for o in command.params}
+        own = [o for o in command.params if isinstance(o, click.Option) and not o.hidden
+               and not (shared <= names and o.name in shared)]
+        options = ", ".join("/".join(o.opts) + ("" if o.is_flag else f" {o.metavar or (o.name or '').upper()}")
+                            for o in own) + (" + common" if shared <= names else "")
+        cells = [f"`bluegreen {name}{' ' + usage if usage else ''}`", first,
+                 options.removeprefix(" + ") or "-"]
+        rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    rows.append("")
+    rows.append("common: `-c/--config PATH`, `-d/--destination NAME`, `--host NAME` "
+                "(repeatable), `-v/--verbose`.")
+    return "\n".join(rows) + "\n"
