@@ -98,9 +98,10 @@ class Sshd:
                 self.proc.wait()
 
 
-def sshd_config(listen: str, host_key: Path, pid_file: Path, authorized: Path) -> str:
+def sshd_config(listen: str, host_key: Path, pid_file: Path, authorized: Path,
+                log_level: str = "INFO") -> str:
     """A test sshd's config: keys only, root allowed, sftp, forwarding for health checks."""
-    return listen + "\n" + textwrap.dedent(f"""\
+    return listen + "\n" + f"LogLevel {log_level}\n" + textwrap.dedent(f"""\
         HostKey {host_key}
         PidFile {pid_file}
         AuthorizedKeysFile {authorized}
@@ -118,8 +119,9 @@ def sshd_config(listen: str, host_key: Path, pid_file: Path, authorized: Path) -
         """)
 
 
-def start_sshd(base: Path) -> Sshd:
-    """sshd with its own config, host key and authorized key, on a free loopback port."""
+def start_sshd(base: Path, log_level: str = "INFO") -> Sshd:
+    """sshd with its own config, host key and authorized key, on a free loopback port;
+    its log (``log_level``, e.g. DEBUG1 to see each request) in ``base/sshd.log``."""
     base.mkdir(parents=True, exist_ok=True)
     host_key = base / "ssh_host_ed25519_key"
     client_key = base / "id_ed25519"
@@ -131,7 +133,7 @@ def start_sshd(base: Path) -> Sshd:
     port = free_port()
     conf = base / "sshd_config"
     conf.write_text(sshd_config(f"Port {port}\nListenAddress 127.0.0.1", host_key,
-                                base / "sshd.pid", authorized))
+                                base / "sshd.pid", authorized, log_level))
     Path("/run/sshd").mkdir(exist_ok=True)  # privilege separation dir; never removed
     # The test user is root; this machine's /root/.bashrc runs `pyenv init`, which costs
     # ~100 ms per SSH command. A server's login user has no such rc file, so root gets a

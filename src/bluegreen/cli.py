@@ -182,8 +182,13 @@ def emit_json(data: Any) -> None:
 JSON_SCHEMA = 2
 
 
-def emit_result(hosts: list[dict[str, Any]], ok: bool = True, **data: Any) -> None:
-    """A --json result: ``{"schema", "ok", ...data, "hosts": [{"name", ...}, ...]}``."""
+def emit_result(hosts: list[dict[str, Any]], ok: bool = True, out: Reporter | None = None,
+                **data: Any) -> None:
+    """A --json result: ``{"schema", "ok", ...data, "hosts": [{"name", ...}, ...]}``; with
+    ``out``, each host its ``round_trips`` (commands, uploads, connections, total)."""
+    if out is not None:
+        hosts = [{**h, "round_trips": out.round_trips[h["name"]]}
+                 if h["name"] in out.round_trips else h for h in hosts]
     emit_json({"schema": JSON_SCHEMA, "ok": ok, **data, "hosts": hosts})
 
 
@@ -264,7 +269,7 @@ def setup(state: State, json_out: bool, print_sudoers: bool, print_root_files: b
         return
     run(state, lambda: workflow.setup(ctx))
     if json_out:
-        emit_result([{"name": h.label} for h in ctx.hosts])
+        emit_result([{"name": h.label} for h in ctx.hosts], out=ctx.out)
 
 
 @main.command(help="Run release.build locally and report the artifact and its sha256.")
@@ -311,7 +316,7 @@ def deploy(state: State, json_out: bool, artifact_path: str | None, version: str
     result = run(state, go)
     if json_out:
         emit_result([{"name": h, "color": c.value} for h, c in result.targets.items()],
-                    release=result.release, version=result.version, promoted=result.promoted)
+                    out=ctx.out, release=result.release, version=result.version, promoted=result.promoted)
         return
     for host, colour in result.targets.items():
         what = "live" if result.promoted else "started, not promoted (run `bluegreen promote`)"
@@ -331,7 +336,7 @@ def promote(state: State, json_out: bool, colour: str | None) -> None:
     targets = run(state, lambda: workflow.promote(ctx, to_colour(colour)))
     if json_out:
         emit_result([{"name": h, "live": c.value} for h, c in targets.items()],
-                    live={h: c.value for h, c in targets.items()})
+                    out=ctx.out, live={h: c.value for h, c in targets.items()})
         return
     for host, c in targets.items():
         click.echo(f"{host}: live is {c}")
@@ -354,7 +359,7 @@ def rollback(state: State, json_out: bool, to: str | None) -> None:
         targets = run(state, lambda: workflow.rollback(ctx))
     if json_out:
         emit_result([{"name": h, "live": c.value} for h, c in targets.items()],
-                    live={h: c.value for h, c in targets.items()})
+                    out=ctx.out, live={h: c.value for h, c in targets.items()})
         return
     for host, c in targets.items():
         click.echo(f"{host}: rolled back; live is {c}")
@@ -387,7 +392,7 @@ def stop(state: State, json_out: bool, colour: str) -> None:
     assert target is not None  # click requires the argument
     run(state, lambda: workflow.stop(ctx, target))
     if json_out:
-        emit_result([{"name": h.label} for h in ctx.hosts], stopped=colour)
+        emit_result([{"name": h.label} for h in ctx.hosts], out=ctx.out, stopped=colour)
         return
     click.echo(f"{colour} stopped")
 
@@ -416,7 +421,8 @@ def prune(state: State, json_out: bool, keep: int | None) -> None:
     ctx = load(state)
     removed = run(state, lambda: workflow.prune(ctx, keep or ctx.cfg.release.keep))
     if json_out:
-        emit_result([{"name": h, "removed": r} for h, r in removed.items()], removed=removed)
+        emit_result([{"name": h, "removed": r} for h, r in removed.items()], out=ctx.out,
+                    removed=removed)
         return
     for host, rids in removed.items():
         click.echo(f"{host}: removed {len(rids)} release(s)" + (": " + " ".join(rids) if rids else ""))
@@ -490,7 +496,8 @@ def maintenance(state: State, json_out: bool, state_word: str, message: str | No
     on = state_word == "on"
     proxies = run(state, lambda: workflow.maintenance(ctx, on, message))
     if json_out:
-        emit_result([{"name": n, "maintenance": on} for n in proxies], maintenance=on)
+        emit_result([{"name": n, "maintenance": on} for n in proxies], out=ctx.out,
+                    maintenance=on)
         return
     for name in proxies:
         click.echo(f"{name}: maintenance {state_word}")
@@ -516,7 +523,8 @@ def remove(state: State, json_out: bool, yes: bool) -> None:
                       "deploy_to deleted)?", abort=True)
     left = run(state, lambda: workflow.remove(ctx))
     if json_out:
-        emit_result([{"name": h, "left_for_admin": paths} for h, paths in left.items()])
+        emit_result([{"name": h, "left_for_admin": paths} for h, paths in left.items()],
+                    out=ctx.out)
         return
     for host, paths in left.items():
         click.echo(f"{host}: removed" + (f"; root's files left for an admin: {' '.join(paths)}"

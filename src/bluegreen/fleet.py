@@ -10,7 +10,7 @@ from typing import AsyncIterator, Awaitable, Callable, Iterable, Sequence, TypeV
 
 from bluegreen.config import Config, HostConfig
 from bluegreen.errors import BlueGreenError, ConnectError
-from bluegreen.hosts import Host, Result, connect
+from bluegreen.hosts import CountingHost, Host, Result, connect
 from bluegreen.hosts.base import describe
 from bluegreen.output import Reporter
 from bluegreen.plan.layout import Layout
@@ -94,6 +94,9 @@ async def open_fleet(cfg: Config, hosts: list[HostConfig], out: Reporter, *,
                     [nodes[h.label] for h in cfg.load_balancers if h.label in nodes],
                     {hc.label: e for hc, e in failed if isinstance(e, ConnectError)})
     finally:
+        for name, node in nodes.items():
+            if isinstance(node.host, CountingHost):
+                out.count_round_trips(name, node.host.round_trips())
         await asyncio.gather(*(n.host.close() for n in nodes.values()), return_exceptions=True)
 
 

@@ -34,6 +34,16 @@ class Reporter:
         self._start = time.monotonic()
         self._hosts: dict[str, tuple[str, float]] = {}
         self._live: Live | None = None
+        # Per host: remote commands, uploads and connections this command made.
+        self.round_trips: dict[str, dict[str, int]] = {}
+
+    def count_round_trips(self, host: str, counts: dict[str, int]) -> None:
+        """Add a host's round trips (a command may connect more than once); shown with -v."""
+        total = self.round_trips.setdefault(host, {k: 0 for k in counts})
+        for key, value in counts.items():
+            total[key] = total.get(key, 0) + value
+        self.debug(host, f"round trips: {total['total']} ({total['commands']} commands, "
+                         f"{total['uploads']} uploads, {total['connections']} connections)")
 
     def add_secrets(self, values: list[str]) -> None:
         """Values that must never be printed (env_file values)."""

@@ -5,17 +5,19 @@ from __future__ import annotations
 
 from bluegreen.config import HostConfig
 from bluegreen.hosts.base import Host, Result, Stream
+from bluegreen.hosts.counting import CountingHost
 
-__all__ = ["Host", "Result", "Stream", "connect"]
+__all__ = ["CountingHost", "Host", "Result", "Stream", "connect"]
 
 
-async def connect(cfg: HostConfig) -> Host:
-    """An open Host for one ``[[hosts]]`` entry: this machine, or a server over SSH."""
+async def connect(cfg: HostConfig) -> CountingHost:
+    """An open Host for one ``[[hosts]]`` entry: this machine, or a server over SSH; its
+    round trips counted."""
     if cfg.is_local:
         from bluegreen.hosts.local import LocalHost
 
-        return LocalHost(cfg.label)
+        return CountingHost(LocalHost(cfg.label))
     # Imported only when a host is remote: asyncssh takes ~0.1 s to import.
     from bluegreen.hosts.ssh import SSHHost
 
-    return await SSHHost.open(cfg)
+    return CountingHost(await SSHHost.open(cfg))

@@ -1,0 +1,48 @@
+"""Round trips per host, as bluegreen counts them (`--json`, `-v`) and as the server saw
+them (a dedicated sshd logging each request at DEBUG1): the two must agree."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+
+from conftest import PrivateNginx, make_project, start_sshd
+
+
+def seen_by_sshd(log: Path, offset: int) -> dict[str, int]:
+    """What the sshd logged after ``offset``: exec requests, sftp sessions, forwardings."""
+    text = log.read_text(errors="replace")[offset:]
+    return {"commands": len(re.findall(r"req exec", text)),
+            "uploads": len(re.findall(r"req subsystem", text)),
+            "connections": len(re.findall(r"ctype direct-(?:tcpip|streamlocal)", text))}
+
+
+def test_round_trips_counted_by_bluegreen_match_what_the_server_saw(
+        tmp_path: Path, nginx: PrivateNginx) -> None:
+    sshd = start_sshd(tmp_path / "sshd", log_level="DEBUG1")
+    p = make_project(tmp_path, nginx, sshd)
+    log = sshd.dir / "sshd.log"
+    try:
+        p.bg("setup")
+        p.deploy("1.0.0")
+        results = {}
+        for name, args in (("deploy", ["deploy", "--version", "2.0.0", "--json"]),
+                           ("promote", ["promote", "blue", "--json"]),
+                           ("status", ["status", "--json"])):
+            if name == "deploy":
+                p.artifact("2.0.0")
+            offset = len(log.read_text(errors="replace"))
+            out = json.loads(p.bg(*args).stdout)
+            counted = out["hosts"][0].get("round_trips")
+            if name == "status":
+                continue
+            assert counted is not None, out
+            seen = seen_by_sshd(log, offset)
+            assert {k: counted[k] for k in seen} == seen, (name, counted, seen)
+            results[name] = counted["total"]
+        print(f"round trips per host: {results}")
+    finally:
+        p.cleanup()
+        sshd.stop()
