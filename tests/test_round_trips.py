@@ -7,7 +7,6 @@ import json
 import re
 from pathlib import Path
 
-
 from conftest import PrivateNginx, make_project, start_sshd
 
 
