@@ -10,24 +10,24 @@ import tomllib
 from pathlib import Path
 
 from bluegreen import presets
-from conftest import BLUEGREEN, Project, live_slot, to_toml
+from conftest import BLUEGREEN, Project, live_slot, plain_result, to_toml
 
 
 def test_json_results_of_setup_rollback_stop_prune_and_history_fields(
         local_project: Project) -> None:
     p = local_project
     # Every result: `schema`, `ok`, and `hosts` as a list of objects with `name`.
-    assert json.loads(p.bg("setup", "--json").stdout) == {
+    assert plain_result(p.bg("setup", "--json").stdout) == {
         "schema": 2, "ok": True, "hosts": [{"name": "web1"}]}
     p.deploy("1.0.0")
     p.deploy("2.0.0")
     p.deploy("3.0.0")
-    assert json.loads(p.bg("rollback", "--json").stdout) == {
+    assert plain_result(p.bg("rollback", "--json").stdout) == {
         "schema": 2, "ok": True, "live": {"web1": "green"},
         "hosts": [{"name": "web1", "live": "green"}]}
-    assert json.loads(p.bg("stop", "blue", "--json").stdout) == {
+    assert plain_result(p.bg("stop", "blue", "--json").stdout) == {
         "schema": 2, "ok": True, "stopped": "blue", "hosts": [{"name": "web1"}]}
-    removed = json.loads(p.bg("prune", "--keep", "1", "--json").stdout)
+    removed = plain_result(p.bg("prune", "--keep", "1", "--json").stdout)
     assert removed["ok"] is True and [r.split("-")[0] for r in removed["removed"]["web1"]] == [
         "1.0.0"] and removed["hosts"] == [{"name": "web1", "removed": removed["removed"]["web1"]}]
     assert not any(d.name.startswith("1.0.0") for d in (p.deploy_to / "releases").iterdir())

@@ -8,7 +8,7 @@ import subprocess
 import time
 from typing import IO
 
-from conftest import BLUEGREEN, Project, app_pids, get
+from conftest import BLUEGREEN, Project, app_pids, get, plain_result
 
 HOOK = 'echo "$BLUEGREEN_EVENT color=$BLUEGREEN_COLOR version=$BLUEGREEN_VERSION hosts=$BLUEGREEN_HOSTS app=$BLUEGREEN_APP" >> hooks.log'
 
@@ -111,11 +111,11 @@ def test_json_progress_events_and_result(project: Project) -> None:
     events = [json.loads(line) for line in out.stderr.splitlines()]
     assert events and all(set(e) == {"time", "elapsed", "level", "host", "message"} for e in events)
     assert any(e["host"] == "web1" and e["message"].startswith("blue is healthy") for e in events)
-    result = json.loads(out.stdout)
+    result = plain_result(out.stdout)
     assert result["ok"] is True and result["hosts"] == [{"name": "web1", "color": "blue"}]
     assert result["release"].startswith("1.0.0-") and result["promoted"] is True
     out = p.bg("promote", "blue", "--json")
-    assert json.loads(out.stdout) == {"schema": 2, "ok": True, "live": {"web1": "blue"},
+    assert plain_result(out.stdout) == {"schema": 2, "ok": True, "live": {"web1": "blue"},
                                       "hosts": [{"name": "web1", "live": "blue"}]}
     out = p.bg("stop", "blue", "--json", check=1)
     failure = json.loads(out.stdout)

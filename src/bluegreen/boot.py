@@ -56,7 +56,8 @@ class Boot:
                                 host=self.node.name)
         stopped = state.replace(status="stopped")
         await self.slots.write_state(colour, stopped)
-        self.node.say(f"{colour} stopped; port {self.cfg.slots.port(colour)} is free")
+        self.node.say(f"{colour} would be stopped" if self.node.dry else
+                      f"{colour} stopped; port {self.cfg.slots.port(colour)} is free")
         return stopped
 
     async def start(self, slot: Slot, secrets: dict[str, str]) -> SlotState:
@@ -64,7 +65,7 @@ class Boot:
         its health path with 2xx. On failure the new process is stopped (exit 5)."""
         colour, layout = slot.colour, self.node.layout
         probe = await self.slots.probe(colour)
-        if probe.listening:
+        if probe.listening and not self.node.dry:  # a dry run stopped nothing
             self._foreign(colour, probe)
         env_text = slotplan.env_script(slotplan.slot_env(self.cfg, slot, secrets))
         await self.node.run(files.make_dirs([slot.dir, slot.dir / "tmp"]))
@@ -81,6 +82,11 @@ class Boot:
             state = await supervisor.launch(slot, state)
             if state.pid is not None:
                 await self.slots.write_state(colour, state)
+            if self.node.dry:
+                self.node.say(f"would wait up to health_timeout="
+                              f"{self.cfg.run.health_timeout:g}s for {colour} to answer "
+                              f"{self.cfg.run.health_path}")
+                return state.replace(status="running")
             pid, sid = await self._wait_healthy(slot, state, supervisor)
         except StartFailed as exc:
             await self._fail(slot, state, supervisor, str(exc))

@@ -112,10 +112,18 @@ def common(fn: F) -> F:
     def wrapper(config: str | None, destination: str | None, hosts: tuple[str, ...],
                 verbose: bool, **kw: Any) -> Any:
         events, data = getattr(wrapper, "events", False), getattr(wrapper, "data", False)
-        state = State(config, hosts, verbose, kw.pop("json_out", False), events, destination)
+        dry = kw.pop("dry_run", False)
+        state = State(config, hosts, verbose, kw.pop("json_out", False) and not dry, events,
+                      destination)
+        if dry:
+            state.out.dry_run = True
+            state.out.mode = "plain"  # every line, not a live table
         if events or data:
             kw["json_out"] = state.json
-        return fn(state, **kw)
+        result = fn(state, **kw)
+        if dry:
+            click.echo("dry run: nothing was changed on any host")
+        return result
 
     return wrapper  # type: ignore[return-value]
 
@@ -126,6 +134,15 @@ def json_events(fn: F) -> F:
     return click.option("--json", "json_out", is_flag=True,
                         help="Progress as JSON lines on stderr; the result as one JSON "
                              "document on stdout.")(fn)
+
+
+def dry_run_option(fn: F) -> F:
+    """--dry-run: a command that changes hosts says what it would do, changing nothing."""
+    fn.dry = True  # type: ignore[attr-defined]
+    return click.option("--dry-run", "dry_run", is_flag=True,
+                        help="Print each host's steps and the exact commands that would "
+                             "change it (read-only checks still run; secrets masked); "
+                             "change nothing. Exit 0.")(fn)
 
 
 def json_data(fn: F) -> F:
@@ -258,6 +275,7 @@ def check(state: State, json_out: bool) -> None:
                    "installs the files whose content runs as root (the systemd unit, the "
                    "nginx site files or HAProxy config). Changes nothing.")
 @json_events
+@dry_run_option
 @common
 def setup(state: State, json_out: bool, print_sudoers: bool, print_root_files: bool) -> None:
     ctx = load(state)
@@ -301,6 +319,7 @@ def build(state: State, json_out: bool, version: str | None) -> None:
 @click.option("--no-promote", is_flag=True, help="Start and health-check, but do not switch.")
 @click.option("--skip-build", is_flag=True, help="Do not run release.build.")
 @json_events
+@dry_run_option
 @common
 def deploy(state: State, json_out: bool, artifact_path: str | None, version: str | None,
            no_promote: bool, skip_build: bool) -> None:
@@ -330,6 +349,7 @@ def deploy(state: State, json_out: bool, artifact_path: str | None, version: str
                    "`rollback` or name the colour.")
 @click.argument("colour", type=COLOURS, required=False)
 @json_events
+@dry_run_option
 @common
 def promote(state: State, json_out: bool, colour: str | None) -> None:
     ctx = load(state)
@@ -349,6 +369,7 @@ def promote(state: State, json_out: bool, colour: str | None) -> None:
 @click.option("--to", "to", metavar="RELEASE", help="A kept release: its id "
               "(`history`, `status`) or a version (its newest kept build).")
 @json_events
+@dry_run_option
 @common
 def rollback(state: State, json_out: bool, to: str | None) -> None:
     ctx = load(state)
@@ -385,6 +406,7 @@ def status(state: State, json_out: bool) -> None:
 @main.command(help="Drain and stop an idle slot (the live one is refused).")
 @click.argument("colour", type=COLOURS)
 @json_events
+@dry_run_option
 @common
 def stop(state: State, json_out: bool, colour: str) -> None:
     ctx = load(state)
@@ -416,6 +438,7 @@ def history(state: State, json_out: bool, limit: int | None) -> None:
                    "the rest.")
 @click.option("--keep", type=click.IntRange(min=1), help="How many to keep (default: release.keep).")
 @json_events
+@dry_run_option
 @common
 def prune(state: State, json_out: bool, keep: int | None) -> None:
     ctx = load(state)
@@ -510,10 +533,11 @@ def maintenance(state: State, json_out: bool, state_word: str, message: str | No
                    "first on a terminal; elsewhere it needs --yes.")
 @click.option("--yes", is_flag=True, help="Do not ask (required without a terminal).")
 @json_events
+@dry_run_option
 @common
 def remove(state: State, json_out: bool, yes: bool) -> None:
     ctx = load(state)
-    if not yes:
+    if not yes and not state.out.dry_run:
         names = ", ".join(h.label for h in [*ctx.hosts, *ctx.cfg.load_balancers])
         if not sys.stdin.isatty():
             click.echo(f"error: remove deletes {ctx.cfg.app} from {names}; without a terminal "

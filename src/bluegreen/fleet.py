@@ -4,6 +4,7 @@ command uses: one connection per host and per load balancer, opened in parallel.
 from __future__ import annotations
 
 import asyncio
+import shlex
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Awaitable, Callable, Iterable, Sequence, TypeVar
@@ -12,6 +13,7 @@ from bluegreen.config import Config, HostConfig
 from bluegreen.errors import BlueGreenError, ConnectError
 from bluegreen.hosts import CountingHost, Host, Result, connect
 from bluegreen.hosts.base import describe
+from bluegreen.plan.files import Query
 from bluegreen.output import Reporter
 from bluegreen.plan.layout import Layout
 
@@ -42,9 +44,20 @@ class Node:
     def warn(self, message: str) -> None:
         self.out.warn(self.name, message)
 
+    @property
+    def dry(self) -> bool:
+        """`--dry-run`: only commands that read (`plan.files.Query`) run."""
+        return self.out.dry_run
+
     async def run(self, argv: Sequence[str], *, input: str | None = None, timeout: float = 60,
                   check: bool = True) -> Result:
-        """Run ``argv`` on the host (shown with -v)."""
+        """Run ``argv`` on the host (shown with -v). In a dry run, a command that changes
+        the host is printed (in full, secrets masked; its stdin only counted) and taken as
+        done."""
+        if self.dry and not isinstance(argv, Query):
+            stdin = f"  < {len(input.encode())} bytes on stdin" if input else ""
+            self.out.step(self.name, "would run: " + self.out.mask(shlex.join(argv)) + stdin)
+            return Result(tuple(argv), 0, "", "")
         self.out.debug(self.name, "$ " + describe(argv)[:300])
         return await self.host.run(argv, input=input, timeout=timeout, check=check)
 

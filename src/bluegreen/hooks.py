@@ -19,6 +19,9 @@ async def run_hook(cfg: Config, name: str, out: Reporter, *, colour: str | None,
     command = getattr(cfg.hooks, name)
     if not command:
         return
+    if out.dry_run:
+        out.step(None, f"would run hook {name} here: {command}")
+        return
     env = {
         **os.environ,
         "BLUEGREEN_APP": cfg.app,

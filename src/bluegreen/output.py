@@ -36,6 +36,8 @@ class Reporter:
         self._live: Live | None = None
         # Per host: remote commands, uploads and connections this command made.
         self.round_trips: dict[str, dict[str, int]] = {}
+        # `--dry-run`: hosts are only read; every other command is printed, not run.
+        self.dry_run = False
 
     def count_round_trips(self, host: str, counts: dict[str, int]) -> None:
         """Add a host's round trips (a command may connect more than once); shown with -v."""

@@ -47,6 +47,11 @@ async def upload(node: Node, art: Artifact) -> None:
     if art.kept:
         raise ArtifactError(f"release {rid} is no longer kept on this host (pruned); nothing "
                             "was changed", host=node.name)
+    if node.dry:
+        node.say(f"would upload {art.path.name} ({art.path.stat().st_size / 1e6:.1f} MB) to "
+                 f"{releaseplan.upload_path(node.layout, rid)}, check its sha256 "
+                 f"({art.sha256[:12]}) and unpack it into {node.layout.release(rid)}")
+        return
     dest = releaseplan.upload_path(layout, rid)
     size = art.path.stat().st_size
     node.say(f"uploading {art.path.name} ({size / 1e6:.1f} MB)")

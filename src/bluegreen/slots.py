@@ -113,6 +113,10 @@ class Slots:
         count is its own: requests in flight and tunnels (websockets) on this slot."""
         open_now = 0
         old_workers = 0
+        if self.node.dry:
+            self.node.say(f"would wait up to drain_timeout={self.cfg.run.drain_timeout:g}s "
+                          f"until no connection to {colour} is open")
+            return 0
 
         async def idle() -> bool | None:
             nonlocal open_now, old_workers

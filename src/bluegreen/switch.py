@@ -91,6 +91,10 @@ async def switch_all(topo: Topology, targets: dict[str, Colour], event: str, use
     async def healthy(a: AppHost) -> None:
         target = targets[a.name]
         resp = await a.slots.health(target)
+        if a.node.dry and (resp is None or not resp.ok):
+            a.node.say(f"would refuse unless {target} answers its health check (now: "
+                       f"{'no answer' if resp is None else resp.status})")
+            return
         if resp is None or not resp.ok:
             state = await a.slots.state(target)
             what = f"its release {state.release} is {state.status}" if state else "it is empty"
@@ -151,6 +155,9 @@ async def switch_all(topo: Topology, targets: dict[str, Colour], event: str, use
         before = lives[a.proxies[0].name]
         await records.record(a.node, event, targets[a.name], state, user,
                              f"{before} -> {targets[a.name]}")
+        if a.node.dry:
+            a.node.say(f"{targets[a.name]} would be live")
+            continue
         a.node.say(f"live is {targets[a.name]} ({state.release if state else '?'}); proxy "
                    f"answers {targets[a.name]}")
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
-from bluegreen.plan.files import Argv, sh
+from bluegreen.plan.files import Argv, reading, sh
 
 TOOLS = ("sh", "tar", "sha256sum", "ss", "setsid", "ps", "kill", "mkdir", "mv", "ln",
          "readlink", "tail")
 
 
+@reading
 def host_probe(dirs: list[PurePosixPath], deploy_to: PurePosixPath | None) -> Argv:
     """Which tools exist, whether up to two directories exist and are writable, and
     whether ``deploy_to`` exists or can be created (by whom it is blocked)."""

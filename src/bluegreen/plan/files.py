@@ -2,13 +2,35 @@
 
 from __future__ import annotations
 
+import functools
 import shlex
 from pathlib import PurePosixPath
+from typing import Callable, ParamSpec
+
+P = ParamSpec("P")
 
 Argv = list[str]
 # Commands run one after the other, stdin (if any) to the first. Under sudo each step is a
 # fixed argv, so the sudoers drop-in can name it exactly (`plan.sudoers`).
 Steps = list[Argv]
+
+
+class Query(list[str]):
+    """An argv that only reads the host (a file, a link, a process table). A dry run
+    (`--dry-run`) runs these for real, and prints every other command instead."""
+
+
+def query(argv: Argv) -> Query:
+    return Query(argv)
+
+
+def reading(fn: Callable[P, Argv]) -> Callable[P, Query]:
+    """Mark a builder whose command only reads (see `Query`)."""
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> Query:
+        return Query(fn(*args, **kwargs))
+
+    return wrapper
 
 
 def sh(script: str, *args: str | PurePosixPath) -> Argv:
@@ -56,7 +78,7 @@ def append_file(path: PurePosixPath) -> Argv:
 
 def read_file(path: PurePosixPath) -> Argv:
     """Print ``path``; prints nothing (exit 0) when it does not exist."""
-    return sh('if [ -f "$1" ]; then cat "$1"; fi', path)
+    return query(sh('if [ -f "$1" ]; then cat "$1"; fi', path))
 
 
 def make_dirs(paths: list[PurePosixPath]) -> Argv:
@@ -70,12 +92,12 @@ def remove_file(path: PurePosixPath) -> Argv:
 
 def exists(path: PurePosixPath) -> Argv:
     """Exit 0 when ``path`` is a regular file."""
-    return ["test", "-f", str(path)]
+    return query(["test", "-f", str(path)])
 
 
 def free_space(path: PurePosixPath) -> Argv:
     """``df`` of the filesystem holding ``path``, in KiB (read by `parse_free_space`)."""
-    return ["df", "-Pk", str(path)]
+    return query(["df", "-Pk", str(path)])
 
 
 def parse_free_space(output: str) -> str:

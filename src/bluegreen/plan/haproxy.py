@@ -16,7 +16,7 @@ from pathlib import PurePosixPath
 
 from bluegreen.config import Colour, Config, HAProxySettings, render
 from bluegreen.plan.nginx import tls_context
-from bluegreen.plan.files import Argv, Steps, remove_config, replace_config, sh
+from bluegreen.plan.files import Argv, Steps, reading, remove_config, replace_config, sh
 from bluegreen.plan.template import render_file, render_proxy_config
 
 MAP_KEY = "live"
@@ -179,6 +179,7 @@ def remove(cfg: Config, path: PurePosixPath, use_sudo: bool) -> Argv:
     return remove_config(path, use_sudo)
 
 
+@reading
 def old_processes(current: int) -> Argv:
     """Print the pids of HAProxy processes of the same config (same ``-f`` arguments) as
     ``current`` that are neither it nor its master: old ones, left by a reload, still

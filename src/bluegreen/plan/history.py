@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from bluegreen.plan.files import Argv, append_file, read_file
+from bluegreen.plan.files import Argv, append_file, read_file, reading
 from bluegreen.plan.layout import Layout
 
 EVENTS = ("deploy", "promote", "rollback", "stop", "prune", "failed", "maintenance")
@@ -26,6 +26,7 @@ def line(record: dict[str, Any]) -> str:
     return json.dumps(record, separators=(",", ":")) + "\n"
 
 
+@reading
 def read(layout: Layout) -> Argv:
     return read_file(layout.history)
 

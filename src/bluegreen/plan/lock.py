@@ -6,7 +6,7 @@ import json
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 
-from bluegreen.plan.files import Argv, sh
+from bluegreen.plan.files import Argv, reading, sh
 from bluegreen.plan.layout import Layout
 
 HELD = 73  # exit status of acquire() when the lock already exists
@@ -57,6 +57,7 @@ def acquire(layout: Layout) -> Argv:
     )
 
 
+@reading
 def read(layout: Layout) -> Argv:
     """Print "held" and the holder's info when locked (the info may be missing: a run
     killed between `mkdir` and writing it, or a full disk); nothing when not."""

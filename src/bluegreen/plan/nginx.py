@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import PurePosixPath
 
 from bluegreen.config import Colour, Config, NginxSettings, parse_listen, render
-from bluegreen.plan.files import Argv, Steps, remove_config, replace_config, sh
+from bluegreen.plan.files import Argv, Steps, reading, remove_config, replace_config, sh
 from bluegreen.plan.template import render_proxy_config
 
 
@@ -78,6 +78,7 @@ def tls_context(cfg: Config, bind: Callable[[str], str] | None = None
     }
 
 
+@reading
 def read_link(cfg: Config) -> Argv:
     """Print the live link's target; prints nothing when there is no link."""
     return sh('if [ -L "$1" ]; then readlink "$1"; fi', link(cfg))
@@ -107,6 +108,7 @@ def remove_link(cfg: Config, use_sudo: bool) -> Argv:
     return remove_config(link(cfg), use_sudo)
 
 
+@reading
 def old_workers(cfg: Config) -> Argv:
     """The pids of this nginx's workers still serving a configuration from before a reload
     (nginx retitles them "worker process is shutting down"). This nginx: the master of the
@@ -136,6 +138,7 @@ KEEPALIVE_MIN_TIMEOUT_SINCE = (1, 27, 4)
 Finding = tuple[str, bool | None, str]
 
 
+@reading
 def inspect(cfg: Config) -> Argv:
     """Print nginx's version, then the lines of its full config (``test`` with ``-T``)
     that set the directives `advice` looks at (as the SSH user: without root, only the

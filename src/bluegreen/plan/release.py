@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import PurePosixPath
 
-from bluegreen.plan.files import Argv, sh
+from bluegreen.plan.files import Argv, reading, sh
 from bluegreen.plan.layout import Layout
 
 
@@ -17,11 +17,13 @@ def upload_path(layout: Layout, rid: str) -> PurePosixPath:
     return layout.releases / f".{rid}.tar.gz.upload"
 
 
+@reading
 def exists(layout: Layout, rid: str) -> Argv:
     """Exit 0 when the release is fully unpacked on the host."""
     return ["test", "-d", str(layout.release(rid))]
 
 
+@reading
 def checksum(path: PurePosixPath) -> Argv:
     return ["sha256sum", "--", str(path)]
 
@@ -40,6 +42,7 @@ def unpack(layout: Layout, rid: str) -> Argv:
     )
 
 
+@reading
 def list_releases(layout: Layout) -> Argv:
     """Release dirs, oldest first (unpack time: a release dir is touched when unpacked)."""
     return sh('cd "$1" 2>/dev/null || exit 0; ls -1tr --indicator-style=none', layout.releases)

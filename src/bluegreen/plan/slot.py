@@ -10,7 +10,7 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from bluegreen.config import Colour, Config, render
-from bluegreen.plan.files import Argv, sh
+from bluegreen.plan.files import Argv, reading, sh
 from bluegreen.plan.layout import Layout
 
 
@@ -123,6 +123,7 @@ def slot_command(cwd: str, env_file: PurePosixPath, command: str) -> Argv:
     return sh('cd "$1" && . "$2" && exec sh -c "$3"', cwd, env_file, command)
 
 
+@reading
 def logs(files: list[PurePosixPath], release_tmp: str | None, lines: int, follow: bool) -> Argv:
     """Tail the slot's log files, plus the newest Erlang-style log under ``release_tmp``
     (``$RELEASE_TMP/log/erlang.log.N``, where a ``daemon`` release writes its output)."""
@@ -164,6 +165,7 @@ def signal_pids(sig: str, pids: list[int]) -> Argv:
     return sh('s="$1"; shift; kill -"$s" "$@" 2>/dev/null; exit 0', sig, *[str(p) for p in pids])
 
 
+@reading
 def probe(port: int, sid: int | None, pids: list[int] | None = None) -> Argv:
     """Who listens on ``port`` (pid and session), how many connections are established
     to it, whether session ``sid`` still has a live (non-zombie) process, and which of

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from bluegreen.config import Colour, Config, HAProxySettings, HostConfig, render
 from bluegreen.plan import haproxy, nginx, systemd
-from bluegreen.plan.files import Argv, shell_command, sh
+from bluegreen.plan.files import Argv, reading, sh, shell_command
 
 # sudo's default secure_path on Debian: where `sudo -n CMD` finds CMD.
 SECURE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -35,6 +35,7 @@ def privileged(cfg: Config, with_systemd: bool) -> list[Argv]:
     return list(unique.values())
 
 
+@reading
 def resolve(names: list[str]) -> Argv:
     """Where sudo finds each command on the host: `NAME PATH` or `NAME -` per line."""
     return sh('PATH="$1"; shift; for c; do p=$(command -v "$c") && echo "$c $p" '
@@ -73,6 +74,7 @@ def _escape(arg: str) -> str:
     return arg
 
 
+@reading
 def may_run(argv: Argv) -> Argv:
     """Exit 0 when the user may run ``argv`` (without `sudo -n`) through sudo, without a
     password."""

@@ -8,7 +8,7 @@ import shlex
 from pathlib import PurePosixPath
 
 from bluegreen.config import Colour, Config, HostConfig
-from bluegreen.plan.files import Argv, sh, sudo
+from bluegreen.plan.files import Argv, Query, reading, sh, sudo
 from bluegreen.plan.layout import Layout
 from bluegreen.plan.slot import Slot
 from bluegreen.plan.template import render_file
@@ -17,7 +17,7 @@ UNIT_DIR = PurePosixPath("/etc/systemd/system")
 SHOW_PROPERTIES = ("ActiveState", "SubState", "MainPID", "NRestarts", "ExecMainStatus",
                    "UnitFileState")
 # `check`: the host runs systemd as its init (what sd_booted() tests).
-DETECT = ["test", "-d", "/run/systemd/system"]
+DETECT = Query(["test", "-d", "/run/systemd/system"])
 
 
 def unit_prefix(cfg: Config) -> str:
@@ -99,6 +99,7 @@ def disable(cfg: Config, colour: Colour, use_sudo: bool) -> Argv:
     return systemctl(use_sudo, "disable", "-q", "--now", unit(cfg, colour))
 
 
+@reading
 def show(cfg: Config, colour: Colour) -> Argv:
     return ["systemctl", "show", "-p", ",".join(SHOW_PROPERTIES), unit(cfg, colour)]
 
@@ -107,6 +108,7 @@ def parse_show(output: str) -> dict[str, str]:
     return dict(line.split("=", 1) for line in output.splitlines() if "=" in line)
 
 
+@reading
 def journal(cfg: Config, colour: Colour, lines: int, follow: bool) -> Argv:
     """The colour's unit's journal: its last ``lines`` lines (and new ones with ``follow``).
     A non-root user reads it as a member of the `systemd-journal` group."""

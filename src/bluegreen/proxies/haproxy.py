@@ -45,6 +45,9 @@ class HAProxyProxy(Proxy):
     async def runtime(self, command: str) -> str:
         """One command on HAProxy's runtime API (the stats socket, reached from the host)."""
         sock = haproxy.socket(self.cfg)
+        if self.node.dry and not command.startswith(("show ", "get ")):
+            self.node.say(f"would send to HAProxy's runtime API {sock}: {command}")
+            return ""
         self.node.out.debug(self.name, f"haproxy {sock}> {command}")
         try:
             if sock.startswith("/"):

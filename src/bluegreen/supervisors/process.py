@@ -18,6 +18,8 @@ class ProcessSupervisor(Supervisor):
         result = await self.node.run(slotplan.spawn(
             state.cwd, layout.slot_env(slot.colour), slot.render(self.cfg, self.cfg.run.command),
             layout.log(slot.colour), layout.pid(slot.colour)))
+        if self.node.dry:  # nothing was started: no pid to read
+            return state
         sid = slotplan.parse_pid(result.stdout)
         return state.replace(pid=sid, sid=sid)
 
