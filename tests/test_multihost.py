@@ -277,8 +277,8 @@ def test_load_balancer_topology(tmp_path: Path) -> None:
                 served_by.add(resp.headers["X-App-Host"])
         assert served_by == {"h2", "h3", "h4"}
         data = json.loads(fleet.bg("status", "--json").stdout)
-        assert data["load_balancers"] == [{"host": "h1", "reachable": True, "live": "green",
-                                           "proxy_answer": "green"}]
+        assert data["load_balancers"] == [{"name": "h1", "host": "h1", "reachable": True,
+                                           "live": "green", "proxy_answer": "green"}]
         assert [h["live"] for h in data["hosts"]] == ["green"] * 3
         assert all(h["slots"]["blue"]["healthy"] for h in data["hosts"])
         fleet.bg("rollback")
@@ -321,8 +321,8 @@ def test_load_balancer_topology_with_haproxy(tmp_path: Path) -> None:
                 served_by.add(resp.headers["X-App-Host"])
         assert served_by == {"h2", "h3"}
         data = json.loads(fleet.bg("status", "--json").stdout)
-        assert data["load_balancers"] == [{"host": "h1", "reachable": True, "live": "green",
-                                           "proxy_answer": "green"}]
+        assert data["load_balancers"] == [{"name": "h1", "host": "h1", "reachable": True,
+                                           "live": "green", "proxy_answer": "green"}]
         fleet.bg("rollback")
         assert {get_from(lb).version for _ in range(10)} == {"1.0.0"}
         fleet.deploy("3.0.0")  # replaces green's 2.0.0 on both app hosts

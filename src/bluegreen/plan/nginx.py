@@ -49,9 +49,16 @@ def render_site(cfg: Config, colour: Colour, addresses: list[str] | None = None,
         "listen": cfg.proxy.listen,
         "site": site_name(cfg),
         "tls": tls_context(cfg),
-        "maintenance_page": str(maintenance_page) if maintenance_page else None,
+        "maintenance_page": str(maintenance_page) if maintenance_page and
+        supports_maintenance(maintenance_page) else None,
     }
     return render_proxy_config(cfg, "nginx-site.conf.j2", context)
+
+
+def supports_maintenance(page: PurePosixPath) -> bool:
+    """Whether the page's path can be written into a site file as it is (nginx would
+    read `;`, quotes, `$` or spaces as syntax): else the site has no maintenance mode."""
+    return re.fullmatch(r"[A-Za-z0-9_./@+-]+", str(page)) is not None
 
 
 def tls_context(cfg: Config, bind: Callable[[str], str] | None = None

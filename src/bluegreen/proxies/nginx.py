@@ -114,6 +114,10 @@ class NginxProxy(Proxy):
         if not on:
             await self.node.run(files.remove_file(path))
             return
+        if not nginx.supports_maintenance(path):
+            raise ProxyError(f"maintenance mode needs deploy_to without spaces, quotes, ';' "
+                             f"or '$' (nginx reads the page's path, {path}, from the site "
+                             "file)", host=self.name)
         live = await self.live_colour()
         site = await self.read(nginx.available(self.cfg, live or Colour.BLUE))
         if str(path) not in site:
