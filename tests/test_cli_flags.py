@@ -243,8 +243,9 @@ def test_completion_script_completes_commands_colours_and_hosts(tmp_path: Path) 
                   f'COMP_WORDS=({" ".join(repr(w) for w in words)}); '
                   f'COMP_CWORD={len(words) - 1}; _bluegreen_completion bluegreen; '
                   'printf "%s\\n" "${COMPREPLY[@]}"')
+        env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}"}
         proc = subprocess.run(["bash", "-c", script], cwd=tmp_path, capture_output=True,
-                              text=True, env={**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}"})
+                              text=True, env=env)
         assert proc.returncode == 0, proc.stderr
         return proc.stdout.split()
 

@@ -137,8 +137,8 @@ def json_events(fn: F) -> F:
 
 
 def dry_run_option(fn: F) -> F:
-    """--dry-run: a command that changes hosts says what it would do, changing nothing."""
-    fn.dry = True  # type: ignore[attr-defined]
+    """--dry-run: a command that changes hosts says what it would do, changing nothing
+    (`common` takes the flag and sets the reporter's ``dry_run``)."""
     return click.option("--dry-run", "dry_run", is_flag=True,
                         help="Print each host's steps and the exact commands that would "
                              "change it (read-only checks still run; secrets masked); "
@@ -335,7 +335,8 @@ def deploy(state: State, json_out: bool, artifact_path: str | None, version: str
     result = run(state, go)
     if json_out:
         emit_result([{"name": h, "color": c.value} for h, c in result.targets.items()],
-                    out=ctx.out, release=result.release, version=result.version, promoted=result.promoted)
+                    out=ctx.out, release=result.release, version=result.version,
+                    promoted=result.promoted)
         return
     for host, colour in result.targets.items():
         what = "live" if result.promoted else "started, not promoted (run `bluegreen promote`)"
@@ -479,7 +480,8 @@ def console(state: State, colour: str | None) -> None:
               "the first; choose one with --host). Exit status: the first that is not 0.")
 @click.option("-i", "--interactive", is_flag=True, help="Give CMD a terminal on the host "
               "(a pty), as `console` does; one host only.")
-@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED, metavar="-- CMD ARGS...")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED,
+                metavar="-- CMD ARGS...")
 @common
 def exec_(state: State, colour: str | None, all_hosts: bool, interactive: bool,
           command: tuple[str, ...]) -> None:
@@ -630,8 +632,9 @@ def command_table() -> str:
         names = {o.name for o in command.params}
         own = [o for o in command.params if isinstance(o, click.Option) and not o.hidden
                and not (shared <= names and o.name in shared)]
-        options = ", ".join("/".join(o.opts) + ("" if o.is_flag else f" {o.metavar or (o.name or '').upper()}")
-                            for o in own) + (" + common" if shared <= names else "")
+        options = ", ".join(
+            "/".join(o.opts) + ("" if o.is_flag else f" {o.metavar or (o.name or '').upper()}")
+            for o in own) + (" + common" if shared <= names else "")
         cells = [f"`bluegreen {name}{' ' + usage if usage else ''}`", first,
                  options.removeprefix(" + ") or "-"]
         rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
