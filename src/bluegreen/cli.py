@@ -19,7 +19,7 @@ from bluegreen import __version__, presets
 from bluegreen.errors import BlueGreenError
 
 if TYPE_CHECKING:
-    from bluegreen import artifact, reference, reports, views, workflow
+    from bluegreen import artifact, operations, reference, reports, views, workflow
     from bluegreen.config import Colour
     from bluegreen.output import Reporter
 else:
@@ -35,6 +35,7 @@ else:
             return getattr(importlib.import_module(self.__dict__["_name"]), attr)
 
     artifact = _Later("bluegreen.artifact")
+    operations = _Later("bluegreen.operations")
     reference = _Later("bluegreen.reference")
     reports = _Later("bluegreen.reports")
     workflow = _Later("bluegreen.workflow")
@@ -427,7 +428,7 @@ def stop(state: State, json_out: bool, colour: str) -> None:
 def history(state: State, json_out: bool, limit: int | None) -> None:
     state.out.quiet = json_out
     ctx = load(state)
-    events = run(state, lambda: workflow.read_history(ctx, limit))
+    events = run(state, lambda: operations.read_history(ctx, limit))
     if json_out:
         names = list(dict.fromkeys(e["host"] for e in events))
         emit_result([{"name": n} for n in names], events=events)
@@ -458,7 +459,7 @@ def prune(state: State, json_out: bool, keep: int | None) -> None:
 @common
 def migrate(state: State, colour: str | None) -> None:
     ctx = load(state)
-    run(state, lambda: workflow.migrate(ctx, to_colour(colour)))
+    run(state, lambda: operations.migrate(ctx, to_colour(colour)))
 
 
 @main.command(help="An interactive run.console (e.g. `bin/app remote`) in a pty, in a slot's "
@@ -467,7 +468,7 @@ def migrate(state: State, colour: str | None) -> None:
 @common
 def console(state: State, colour: str | None) -> None:
     ctx = load(state)
-    sys.exit(run(state, lambda: workflow.console(ctx, to_colour(colour))))
+    sys.exit(run(state, lambda: operations.console(ctx, to_colour(colour))))
 
 
 @main.command("exec", help="Run CMD ARGS... in a slot's release dir (default: the live "
@@ -486,7 +487,7 @@ def console(state: State, colour: str | None) -> None:
 def exec_(state: State, colour: str | None, all_hosts: bool, interactive: bool,
           command: tuple[str, ...]) -> None:
     ctx = load(state)
-    sys.exit(run(state, lambda: workflow.exec_command(
+    sys.exit(run(state, lambda: operations.exec_command(
         ctx, to_colour(colour), list(command), all_hosts=all_hosts, pty=interactive)))
 
 
@@ -502,7 +503,7 @@ def exec_(state: State, colour: str | None, all_hosts: bool, interactive: bool,
 def logs(state: State, colour: str | None, follow: bool, lines: int, json_out: bool) -> None:
     state.out.quiet = True
     ctx = load(state)
-    run(state, lambda: workflow.logs(ctx, to_colour(colour), lines, follow, json_out),
+    run(state, lambda: operations.logs(ctx, to_colour(colour), lines, follow, json_out),
         stop_on_interrupt=follow)
 
 
@@ -519,7 +520,7 @@ def logs(state: State, colour: str | None, follow: bool, lines: int, json_out: b
 def maintenance(state: State, json_out: bool, state_word: str, message: str | None) -> None:
     ctx = load(state)
     on = state_word == "on"
-    proxies = run(state, lambda: workflow.maintenance(ctx, on, message))
+    proxies = run(state, lambda: operations.maintenance(ctx, on, message))
     if json_out:
         emit_result([{"name": n, "maintenance": on} for n in proxies], out=ctx.out,
                     maintenance=on)
@@ -547,7 +548,7 @@ def remove(state: State, json_out: bool, yes: bool) -> None:
             sys.exit(2)
         click.confirm(f"Remove {ctx.cfg.app} from {names} (slots stopped, site removed, "
                       "deploy_to deleted)?", abort=True)
-    left = run(state, lambda: workflow.remove(ctx))
+    left = run(state, lambda: operations.remove(ctx))
     if json_out:
         emit_result([{"name": h, "left_for_admin": paths} for h, paths in left.items()],
                     out=ctx.out)
@@ -562,7 +563,7 @@ def remove(state: State, json_out: bool, yes: bool) -> None:
 @common
 def unlock(state: State, json_out: bool) -> None:
     ctx = load(state)
-    done = run(state, lambda: workflow.unlock(ctx))
+    done = run(state, lambda: operations.unlock(ctx))
     if json_out:
         emit_result([{"name": host, "lock": what} for host, what in done])
         return

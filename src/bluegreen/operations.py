@@ -1,0 +1,223 @@
+"""Day-two commands: a slot's one-off commands (`migrate`, `console`, `exec`) and logs,
+maintenance mode, `remove`, `unlock` and `history`. Built on the same connection, lock
+and records as the deploy steps in ``workflow``."""
+
+from __future__ import annotations
+
+import html
+import json
+import shlex
+from pathlib import PurePosixPath
+from typing import Any
+
+from bluegreen import records, supervisors
+from bluegreen.config import Colour
+from bluegreen.errors import BlueGreenError, ConfigError
+from bluegreen.fleet import each
+from bluegreen.plan import files, history, systemd as systemdplan
+from bluegreen.plan.slot import SlotState, slot_command
+from bluegreen.releases import migrate_on
+from bluegreen.topology import AppHost, Topology
+from bluegreen.workflow import Context, connected, locked
+
+
+async def _mask_host_secrets(ctx: Context, a: AppHost) -> None:
+    """Mask the secrets the host's env file holds: what its slots were given (their local
+    sources, e.g. a CI variable, may not be there now)."""
+    result = await a.node.run(files.read_file(a.node.layout.shared_env), check=False)
+    values = []
+    for line in result.stdout.splitlines():  # `export KEY='value'` (plan.slot.env_script)
+        try:
+            words = shlex.split(line)
+        except ValueError:
+            continue
+        if len(words) == 2 and words[0] == "export" and "=" in words[1]:
+            values.append(words[1].split("=", 1)[1])
+    ctx.out.add_secrets(values)
+
+
+MAINTENANCE_MESSAGE = "Down for maintenance; back shortly."
+
+
+def maintenance_page(message: str) -> str:
+    """The page `maintenance on` serves when `proxy.maintenance_page` is not set."""
+    text = html.escape(message)
+    return ("<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>Maintenance</title>"
+            "<style>body{font-family:sans-serif;margin:15vh auto;max-width:36em;"
+            "text-align:center}</style></head>\n"
+            f"<body><h1>{text}</h1></body></html>\n")
+
+
+async def maintenance(ctx: Context, on: bool, message: str | None) -> list[str]:
+    """Make every proxy answer this app's requests (except /deployment_id) with 503 and a
+    page, or serve it again; the slots keep running. Recorded in each host's history."""
+    text = message or MAINTENANCE_MESSAGE
+    page = maintenance_page(text)
+    if ctx.cfg.proxy.maintenance_page:
+        path = ctx.cfg.local_path(ctx.cfg.proxy.maintenance_page)
+        try:
+            page = path.read_text()
+        except OSError as exc:
+            raise ConfigError(f"proxy.maintenance_page: cannot read {path}: {exc.strerror}"
+                              ) from None
+    async with connected(ctx) as topo, locked(ctx, topo):
+        await each(topo.proxies, lambda p: p.set_maintenance(on, html.escape(text), page),
+                   ctx.out)
+        for a in topo.apps:
+            await records.record(a.node, "maintenance", None, None, ctx.user,
+                                 f"on: {text}" if on else "off")
+        return [p.name for p in topo.proxies]
+
+
+async def remove(ctx: Context) -> dict[str, list[str]]:
+    """Tear the app down everywhere: each proxy stops sending it traffic (site or config
+    removed, reloaded), then on each app host both slots are drained and stopped (their
+    units disabled, the unit file removed) and ``deploy_to`` is deleted. Returns, per
+    host, the root-owned files left for an admin (with sudo)."""
+    async with connected(ctx) as topo, locked(ctx, topo):
+        left = dict(zip([p.name for p in topo.proxies],
+                        await each(topo.proxies, lambda p: p.remove(), ctx.out)))
+
+        async def teardown(a: AppHost) -> list[PurePosixPath]:
+            for colour in Colour:
+                state = await a.boot.stop(colour)
+                if state is not None:
+                    await supervisors.of_state(a.node, state).retire(colour)
+            unit = systemdplan.unit_path(ctx.cfg)
+            kept: list[PurePosixPath] = []
+            if (await a.node.run(files.exists(unit), check=False)).ok:
+                if a.node.hc.sudo:
+                    kept.append(unit)
+                else:
+                    await a.node.run(files.remove_file(unit))
+                    await a.node.run(systemdplan.systemctl(False, "daemon-reload"))
+            a.node.say(f"removing {a.node.layout.root}")
+            await a.node.run(["rm", "-rf", "--", str(a.node.layout.root)], timeout=600)
+            return kept
+
+        for a, kept in zip(topo.apps, await each(topo.apps, teardown, ctx.out)):
+            left[a.name] = left.get(a.name, []) + kept
+    return {host: [str(p) for p in paths] for host, paths in left.items()}
+
+
+async def unlock(ctx: Context) -> list[tuple[str, str]]:
+    """Remove each host's lock; returns (host, what was removed)."""
+    out: list[tuple[str, str]] = []
+    async with connected(ctx) as topo:
+        for a in topo.apps:
+            held, holder = await records.read_lock(a.node)
+            if not held:
+                out.append((a.name, "no lock"))
+                continue
+            await records.release(a.node)
+            out.append((a.name, "removed: " + records.describe_holder(a.node, holder)))
+    return out
+
+
+# ---- one slot: migrate, console, logs -------------------------------------------------
+
+
+async def _slot_state(a: AppHost, colour: Colour) -> SlotState:
+    state = await a.slots.state(colour)
+    if state is None:
+        raise BlueGreenError(f"the {colour} slot has never run a release", host=a.name)
+    return state
+
+
+def _one_host(ctx: Context, topo: Topology, what: str) -> AppHost:
+    if len(topo.apps) > 1:
+        ctx.out.warn(None, f"{what} runs on one host: {topo.apps[0].name} (choose with --host)")
+    return topo.apps[0]
+
+
+async def migrate(ctx: Context, colour: Colour | None) -> None:
+    """Run ``run.migrate`` in a slot (default: the idle one) with its release and env."""
+    if not ctx.cfg.run.migrate:
+        raise ConfigError("run.migrate is not set")
+    async with connected(ctx) as topo, locked(ctx, topo):
+        a = _one_host(ctx, topo, "migrate")
+        await _mask_host_secrets(ctx, a)
+        target = colour or (await a.require_live()).other
+        await migrate_on(a, target, await _slot_state(a, target))
+
+
+async def console(ctx: Context, colour: Colour | None) -> int:
+    """Run ``run.console`` in a pty on the host, in a slot (default: the live one)."""
+    if not ctx.cfg.run.console:
+        raise ConfigError("run.console is not set")
+    async with connected(ctx) as topo:
+        a = _one_host(ctx, topo, "console")
+        target = colour or await a.require_live()
+        state = await _slot_state(a, target)
+        slot = a.slots.slot(target, state.release, state.version)
+        a.node.say(f"console on {target} ({state.release}): {ctx.cfg.run.console}")
+        return await a.node.host.interactive(
+            slot_command(state.cwd, a.node.layout.slot_env(target),
+                         slot.render(ctx.cfg, ctx.cfg.run.console)), pty=True)
+
+
+async def exec_command(ctx: Context, colour: Colour | None, argv: list[str], *,
+                       all_hosts: bool, pty: bool) -> int:
+    """Run ``argv`` in a slot's release dir (default: the live slot) with the slot's
+    environment and secrets, on one host (or each in turn); its exit status (with
+    ``all_hosts``: the first host's that is not 0). Standard input and output are the
+    caller's; ``pty``: a terminal on the host, as `console`."""
+    command = shlex.join(argv)
+    async with connected(ctx) as topo:
+        apps = topo.apps if all_hosts else [_one_host(ctx, topo, "exec")]
+        if pty and len(apps) > 1:
+            raise ConfigError("exec -i runs on one host: choose it with --host")
+        status = 0
+        for a in apps:
+            target = colour or await a.require_live()
+            state = await _slot_state(a, target)
+            a.node.say(f"exec on {target} ({state.release}): {command}")
+            code = await a.node.host.interactive(
+                slot_command(state.cwd, a.node.layout.slot_env(target), command), pty=pty)
+            if code != 0:
+                a.node.warn(f"exited {code}")
+            status = status or code
+        return status
+
+
+async def logs(ctx: Context, colour: Colour | None, lines: int, follow: bool,
+               json_lines: bool = False) -> None:
+    """Print (or follow) a slot's logs (default: the live one) on each selected host;
+    ``json_lines``: one ``{"host", "color", "release", "line"}`` object per line."""
+    async with connected(ctx) as topo:
+        apps = [_one_host(ctx, topo, "logs -f")] if follow else topo.apps
+        for a in apps:
+            await _mask_host_secrets(ctx, a)
+            target = colour or await a.require_live()
+            state = await a.slots.state(target)
+            release = state.release if state else None
+            argv = a.slots.logs_argv(target, state, lines, follow)
+
+            def show(text: str) -> None:
+                text = ctx.out.mask(text)
+                if json_lines:
+                    for line in text.splitlines():
+                        print(json.dumps({"host": a.name, "color": target.value,
+                                          "release": release, "line": line}), flush=True)
+                else:
+                    print(text, end="", flush=True)
+
+            if len(apps) > 1 and not json_lines:
+                print(f"==> [{a.name}] {target} ({release or 'no release'}) <==")
+            if follow:
+                async for line in a.node.host.stream(argv):
+                    show(line)
+            else:
+                show((await a.node.run(argv, check=False)).stdout)
+
+
+async def read_history(ctx: Context, limit: int | None) -> list[dict[str, Any]]:
+    """Every host's history, merged, newest first."""
+    async with connected(ctx) as topo:
+        texts = await each(topo.apps, lambda a: a.node.run(history.read(a.node.layout)),
+                           ctx.out)
+    indexed = [(str(e.get("time", "")), i, e)
+               for r in texts for i, e in enumerate(history.parse(r.stdout))]
+    indexed.sort(key=lambda t: (t[0], t[1]), reverse=True)
+    events = [e for _, _, e in indexed]
+    return events[:limit] if limit else events
