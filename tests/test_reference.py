@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 from bluegreen import proxies, reference
@@ -101,3 +102,34 @@ def test_readme_command_table_is_generated_from_the_cli() -> None:
         "bluegreen.cli.command_table()")
     for name in cli.main.commands:
         assert f"`bluegreen {name}" in block
+
+
+def test_guides_are_printed_by_docs_and_shipped_in_the_wheel(tmp_path: Path) -> None:
+    """`bluegreen docs GUIDE` prints docs/GUIDE.md; the wheel installs the guides under
+    <prefix>/share/bluegreen/docs, where `bluegreen.guides` finds them without a checkout."""
+    import zipfile
+
+    from bluegreen import guides
+
+    out = subprocess.run([*BLUEGREEN, "docs", "python"], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.startswith("# Deploying a Python web app")
+    out = subprocess.run([*BLUEGREEN, "docs", "no-such"], capture_output=True, text=True)
+    assert out.returncode == 2 and "guides: configuration" in out.stderr
+    # An installed copy, as a wheel lays it out, is found by prefix.
+    installed = tmp_path / "prefix" / guides.INSTALLED
+    installed.mkdir(parents=True)
+    (installed / "https.md").write_text("# HTTPS (installed)\n")
+    (installed / "only-installed.md").write_text("# from the wheel\n")
+    prefix = [tmp_path / "prefix"]
+    assert guides.read("https", prefix) == (DOCS / "https.md").read_text()  # checkout first
+    assert guides.read("only-installed", prefix) == "# from the wheel\n"
+    assert guides.read("absent", prefix) is None
+    # The wheel carries every guide there.
+    wheel_dir = tmp_path / "wheel"
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
+                            "-w", str(wheel_dir), str(DOCS.parent)], capture_output=True,
+                           text=True, timeout=600)
+    assert build.returncode == 0, build.stderr[-2000:]
+    names = zipfile.ZipFile(next(wheel_dir.glob("bluegreen-*.whl"))).namelist()
+    shipped = {Path(n).name for n in names if "/data/share/bluegreen/docs/" in n}
+    assert {p.name for p in DOCS.glob("*.md")} <= shipped and "bluegreen.example.toml" in shipped

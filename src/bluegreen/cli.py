@@ -586,16 +586,28 @@ def completion(shell: str) -> None:
 
 
 @main.command(help="Print the configuration reference (every key of bluegreen.toml, its default "
-                   "and meaning), or one SECTION of it: "
-                   + ", ".join(s or "top" for s in DOC_SECTIONS) + ".")
-@click.argument("section", required=False)
+                   "and meaning), or one SECTION of it ("
+                   + ", ".join(s or "top" for s in DOC_SECTIONS) + "), or a GUIDE (e.g. "
+                   "python, https, operations, servers, topologies; `bluegreen docs guides` "
+                   "lists them): the docs/*.md files, installed with bluegreen.")
+@click.argument("section", metavar="[SECTION|GUIDE]", required=False)
 def docs(section: str | None) -> None:
+    from bluegreen import guides
+
+    if section == "guides":
+        click.echo("\n".join(guides.names()) or "no guides installed")
+        return
     if section == "top":
         section = ""
     if section is not None and section not in reference.SECTIONS:
-        click.echo(f"error: no section {section!r}; one of: "
-                   + ", ".join(s or "top" for s in reference.SECTIONS), err=True)
-        sys.exit(2)
+        text = guides.read(section)
+        if text is None:
+            click.echo(f"error: no section or guide {section!r}; sections: "
+                       + ", ".join(s or "top" for s in reference.SECTIONS) + "; guides: "
+                       + (", ".join(guides.names()) or "none installed"), err=True)
+            sys.exit(2)
+        click.echo(text.rstrip())
+        return
     click.echo(reference.text(section).rstrip())
 
 

@@ -54,12 +54,12 @@ class _ProxyCommon(_Model):
     reload: str = ""
     sudo: bool = _key(False, "prefix proxy commands and file writes with `sudo -n`")
     template: str | None = _key(None, "your own Jinja2 template for the proxy's file "
-                                "(docs/configuration.md lists its variables)")
+                                "(`bluegreen docs configuration` lists its variables)")
     maintenance_page: str | None = _key(None, "nginx: a local HTML file that `bluegreen "
                                         "maintenance on` uploads and serves (503) instead "
                                         "of the page it renders from --message")
     tls: TLSSettings | None = _key(None, "`[proxy.tls]`: serve HTTPS (see its keys and "
-                                   "docs/https.md)")
+                                   "`bluegreen docs https`)")
 
     @field_validator("test", "reload", mode="before")
     @classmethod
@@ -119,7 +119,7 @@ class HAProxySettings(_ProxyCommon):
                                  "`listen` (and `tls.listen`), routed by `server_name`: "
                                  "`frontend_file` holds it and `map_file` (default "
                                  "`" + SHARED_MAP + "`) maps each app's names to its live "
-                                 "backend (docs/topologies.md)")
+                                 "backend (`bluegreen docs topologies`)")
     frontend_file: str = _key("/etc/haproxy/conf.d/bluegreen-frontend.cfg", "haproxy, with "
                               "`shared_frontend`: the frontend every app writes alike")
     map_file: str = _key("/etc/haproxy/conf.d/{app}.map", "haproxy: holds `live blue` or "
@@ -159,7 +159,7 @@ class HAProxySettings(_ProxyCommon):
             if tls.acme_root is not None:
                 raise ValueError("tls.acme_root: HAProxy serves no files; renew with "
                                  "`certbot --standalone --http-01-port N` behind a "
-                                 "backend, or a DNS challenge (docs/https.md)")
+                                 "backend, or a DNS challenge (`bluegreen docs https`)")
         if self.shared_frontend and any(c in self.server_name for c in "*~^$\\{}"):
             raise ValueError("server_name: with shared_frontend, plain host names only (they "
                              "are keys of the map file)")

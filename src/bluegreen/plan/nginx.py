@@ -172,7 +172,7 @@ def advice(output: str) -> list[Finding]:
                       "client sends at that instant is reset (~1 per switch under load; browsers "
                       "retry, many API clients do not). nginx >= 1.27.4 has "
                       "keepalive_min_timeout for it; proxy.kind = \"haproxy\" switches without "
-                      "a reload (docs/zero-downtime.md)")
+                      "a reload (`bluegreen docs zero-downtime`)")
         elif "keepalive_min_timeout" in directives:
             detail = f"{text}, keepalive_min_timeout {directives['keepalive_min_timeout']}"
         else:

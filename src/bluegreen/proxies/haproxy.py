@@ -194,7 +194,7 @@ class HAProxyProxy(Proxy):
         running = await self.running_colour()
         if running is None:
             raise ProxyError(f"the running HAProxy does not use {haproxy.map_file(self.cfg)}: "
-                             "is the config file loaded (see docs/configuration.md)? Run "
+                             "is the config file loaded (see `bluegreen docs configuration`)? Run "
                              "`bluegreen setup`", host=self.name)
         stat = haproxy.parse_stat(await self.runtime(haproxy.SHOW_STAT))
         if (haproxy.backend(self.cfg, target), "BACKEND") not in stat:
@@ -229,7 +229,7 @@ class HAProxyProxy(Proxy):
         HAProxy's map through the runtime API: no reload."""
         if haproxy.shared(self.cfg):
             raise ProxyError("maintenance mode with proxy.shared_frontend is not supported "
-                             "yet (docs/operations.md)", host=self.name)
+                             "yet (`bluegreen docs operations`)", host=self.name)
         path = haproxy.maintenance_map(self.cfg)
         value = " ".join(message.split())
         await self.node.run_steps(haproxy.write(self.cfg, path, self.sudo),
