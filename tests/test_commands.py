@@ -175,6 +175,8 @@ def test_exec_runs_in_the_slot_with_its_env_and_passes_the_exit_status(
     assert out.stdout.split() == ["tok-for-exec-7", "green", "2.0.0"], out
     out = p.bg("exec", "--color", "blue", "--", "cat", "VERSION")
     assert out.stdout.strip() == "1.0.0"
+    out = p.bg("exec", "--all-hosts", "--", "cat", "VERSION")
+    assert out.stdout.strip() == "2.0.0" and "[web1] exec on green" in out.stderr
     assert p.bg("exec", "--", "cat", input="from stdin\n").stdout == "from stdin\n"
     failed = p.bg("exec", "--", "sh", "-c", "echo oops >&2; exit 7", check=7)
     assert "oops" in failed.stderr and "exited 7" in failed.stderr
