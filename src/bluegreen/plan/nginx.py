@@ -111,6 +111,39 @@ def switch(cfg: Config, colour: Colour, use_sudo: bool) -> Steps:
     return [sh('ln -sfn "$1" "$2" && mv -Tf "$2" "$3"', available(cfg, colour), tmp, dest)]
 
 
+# Exit statuses of `trial` and `switch_and_reload` (the failing step's output is theirs).
+LINK_FAILED, TEST_FAILED, RELOAD_FAILED, LINK_BACK_FAILED = 90, 92, 93, 91
+
+
+def _chain(steps: Steps) -> str:
+    return " && ".join(shlex.join(step) for step in steps)
+
+
+def trial(cfg: Config, target: Colour, live: Colour, use_sudo: bool, test: Argv) -> Argv:
+    """One round trip: point the link at ``target``, run ``test``, point the link back at
+    ``live`` (nginx reads the link only on reload, so traffic never sees the trial).
+    Exit 0, or TEST_FAILED with the test's output, or LINK_(BACK_)FAILED. Under sudo each
+    step is still its own fixed argv (`plan.sudoers`)."""
+    return sh(f"{_chain(switch(cfg, target, use_sudo))} || exit {LINK_FAILED}\n"
+              f"{shlex.join(test)}; rc=$?\n"
+              f"{_chain(switch(cfg, live, use_sudo))} || exit {LINK_BACK_FAILED}\n"
+              f'[ "$rc" = 0 ] || exit {TEST_FAILED}\n')
+
+
+def switch_and_reload(cfg: Config, target: Colour, previous: Colour | None, use_sudo: bool,
+                      test: Argv, reload: Argv) -> Argv:
+    """One round trip: point the link at ``target``, test, reload; if the test or the
+    reload fails, the link goes back to ``previous`` (removed when None) and the exit
+    status says which (TEST_FAILED, RELOAD_FAILED)."""
+    back = (_chain(switch(cfg, previous, use_sudo)) if previous is not None
+            else shlex.join(remove_link(cfg, use_sudo)))
+    return sh(f"{_chain(switch(cfg, target, use_sudo))} || exit {LINK_FAILED}\n"
+              f"if ! {shlex.join(test)}; then {back} || exit {LINK_BACK_FAILED}; "
+              f"exit {TEST_FAILED}; fi\n"
+              f"if ! {shlex.join(reload)}; then {back} || exit {LINK_BACK_FAILED}; "
+              f"exit {RELOAD_FAILED}; fi\n")
+
+
 def remove_link(cfg: Config, use_sudo: bool) -> Argv:
     return remove_config(link(cfg), use_sudo)
 

@@ -7,14 +7,20 @@ from pathlib import PurePosixPath
 
 from bluegreen.config import Colour
 from bluegreen.errors import ProxyError
+from bluegreen.hosts.base import Result
 from bluegreen.plan import files, nginx
 from bluegreen.plan.nginx import Finding
 from bluegreen.proxies.base import Proxy
 
 
+# What a proxy's link is not known to name yet (`NginxProxy.live_colour` reads it).
+UNKNOWN = object()
+
+
 class NginxProxy(Proxy):
     kind = "nginx"
     files = "site"
+    _link: Colour | None | object = UNKNOWN
 
     @property
     def source(self) -> str:
@@ -25,15 +31,25 @@ class NginxProxy(Proxy):
         return [nginx.available(self.cfg, Colour.BLUE).parent, nginx.link(self.cfg).parent]
 
     async def live_colour(self) -> Colour | None:
+        """The colour the link names: read once per command, then kept as this proxy
+        changes the link (every change goes through `_linked`)."""
+        cached = self._link
+        if cached is None or isinstance(cached, Colour):
+            return cached
         result = await self.node.run(nginx.read_link(self.cfg))
         target = result.stdout.strip()
         if not target:
-            return None
+            return self._linked(None)
         colour = nginx.colour_of_target(self.cfg, target)
         if colour is None:
             raise ProxyError(f"{nginx.link(self.cfg)} points at {target}, which is neither "
                              "site file; fix the link or run `bluegreen setup`", host=self.name)
-        return colour
+        return self._linked(colour)
+
+    def _linked(self, colour: Colour | None | object) -> Colour | None:
+        """Remember what the link names now (UNKNOWN: read it again next time)."""
+        self._link = colour
+        return colour if isinstance(colour, Colour) else None
 
     async def write_site(self, colour: Colour) -> bool:
         """Write the colour's site file if its content differs; True when it changed."""
@@ -53,7 +69,9 @@ class NginxProxy(Proxy):
         changed = [c for c in Colour if await self.write_site(c)]
         if live is None:
             self.node.say(f"linking {nginx.link(self.cfg)} -> blue")
+            self._linked(UNKNOWN)
             await self.node.run_steps(nginx.switch(self.cfg, Colour.BLUE, self.sudo))
+            self._linked(Colour.BLUE)
         try:
             await self.test()
         except ProxyError:
@@ -69,39 +87,54 @@ class NginxProxy(Proxy):
 
     async def prepare(self, target: Colour, live: Colour) -> None:
         """Rewrite the target's site file if needed; then point the link at it, test,
-        and put the link back. nginx reads its config only on reload, so traffic never
-        sees the trial."""
+        and put the link back, in one round trip. nginx reads its config only on reload,
+        so traffic never sees the trial."""
         await self.write_site(target)
         if target is not live:
-            await self._link_and_test(target, live)
-            await self.restore(live)
+            self._linked(UNKNOWN)
+            result = await self.node.run(nginx.trial(
+                self.cfg, target, live, self.sudo, self.command(self.cfg.proxy.test)),
+                check=False)
+            self._check(result, live)
+            self._linked(live)
 
     async def switch(self, target: Colour, previous: Colour | None) -> None:
-        """Point the link at ``target``, test, reload. If ``test`` fails the previous link
-        is put back and nothing is reloaded; if ``reload`` fails the link is put back too."""
-        await self._link_and_test(target, previous)
-        try:
-            await self.reload()
-        except ProxyError:
-            # A failed reload never reached nginx: it still serves ``previous``.
-            await self.restore(previous)
-            self.node.say(f"link put back to {previous}")
-            raise
+        """Point the link at ``target``, test, reload, in one round trip. If ``test``
+        fails the previous link is put back and nothing is reloaded; if ``reload`` fails
+        the link is put back too (a failed reload never reached nginx: it still serves
+        ``previous``)."""
+        self._linked(UNKNOWN)
+        result = await self.node.run(nginx.switch_and_reload(
+            self.cfg, target, previous, self.sudo, self.command(self.cfg.proxy.test),
+            self.command(self.cfg.proxy.reload)), check=False, timeout=120)
+        self._check(result, previous)
+        self._linked(target)
 
-    async def _link_and_test(self, target: Colour, previous: Colour | None) -> None:
-        await self.node.run_steps(nginx.switch(self.cfg, target, self.sudo))
-        try:
-            await self.test()
-        except ProxyError:
-            await self.restore(previous)
+    def _check(self, result: Result, previous: Colour | None) -> None:
+        """Turn a failed `trial` or `switch_and_reload` into the error of its step."""
+        if result.ok:
+            return
+        output = (result.stderr.strip() or result.stdout.strip())[-2000:]
+        if result.exit_status == nginx.TEST_FAILED:
             self.node.say(f"link put back to {previous}; nginx not reloaded")
-            raise
+            raise ProxyError(f"`{self.cfg.proxy.test}` rejected the {self.files}:\n{output}",
+                             host=self.name, detail=output)
+        if result.exit_status == nginx.RELOAD_FAILED:
+            self.node.say(f"link put back to {previous}")
+            raise ProxyError(f"`{self.cfg.proxy.reload}` failed (is {self.kind} running?):"
+                             f"\n{output}", host=self.name, detail=output)
+        what = ("pointing the link back" if result.exit_status == nginx.LINK_BACK_FAILED
+                else "switching the link")
+        raise ProxyError(f"{what} at {nginx.link(self.cfg)} failed (exit "
+                         f"{result.exit_status}): {output}", host=self.name, detail=output)
 
     async def restore(self, previous: Colour | None) -> None:
+        self._linked(UNKNOWN)
         if previous is None:
             await self.node.run(nginx.remove_link(self.cfg, self.sudo))
         else:
             await self.node.run_steps(nginx.switch(self.cfg, previous, self.sudo))
+        self._linked(previous)
 
     async def apply(self) -> None:
         await self.test()
@@ -134,7 +167,9 @@ class NginxProxy(Proxy):
     async def remove(self) -> list[PurePosixPath]:
         """Remove the link, test, reload (the site is gone); then the two site files
         (root's under sudo: left for an admin)."""
+        self._linked(UNKNOWN)
         await self.node.run(nginx.remove_link(self.cfg, self.sudo))
+        self._linked(None)
         await self.apply()
         self.node.say(f"removed {nginx.link(self.cfg)}; nginx reloaded")
         sites = [nginx.available(self.cfg, c) for c in Colour]
