@@ -91,9 +91,11 @@ def measure(kind: str, base: Path, rounds: int, sshd: object,
     try:
         project.bg("setup")
         overheads, deploy_walls, boots = [], [], []
+        deploy_trips: list[int] = []
         for i, version in enumerate(("1.0.0", "2.0.0", "3.0.0", "4.0.0")):
             t0 = time.perf_counter()
-            out = project.deploy(version)
+            out = project.deploy(version, "--json")
+            deploy_trips.append(json.loads(out.stdout)["hosts"][0]["round_trips"]["total"])
             wall = time.perf_counter() - t0
             boot = float(re.search(r"is healthy \(([\d.]+)s after start\)", out.stderr).group(1))  # type: ignore[union-attr]
             if i >= 1:  # the first deploy has nothing to drain/stop; keep like with like
@@ -101,12 +103,14 @@ def measure(kind: str, base: Path, rounds: int, sshd: object,
                 boots.append(boot)
                 overheads.append(wall - boot)
         promote_times, floor_times = [], []
+        promote_trips: list[int] = []
         colour = answer(nginx.port)
         for _ in range(rounds):
             colour = "green" if colour == "blue" else "blue"
             t0 = time.perf_counter()
-            project.bg("promote", colour)
+            out = project.bg("promote", colour, "--json")
             promote_times.append(time.perf_counter() - t0)
+            promote_trips.append(json.loads(out.stdout)["hosts"][0]["round_trips"]["total"])
         for _ in range(rounds):
             colour = "green" if colour == "blue" else "blue"
             floor_times.append(bare_switch(nginx, colour))
@@ -119,6 +123,10 @@ def measure(kind: str, base: Path, rounds: int, sshd: object,
             "deploy_median_s": statistics.median(deploy_walls),
             "app_boot_to_healthy_median_s": statistics.median(boots),
             "deploy_overhead_median_s": statistics.median(overheads),
+            # remote commands + uploads + connections per host, as bluegreen counts them
+            # (tests/test_round_trips.py checks the count against the sshd's log)
+            "promote_round_trips": statistics.median(promote_trips),
+            "deploy_round_trips": statistics.median(deploy_trips[1:]),
             "rounds": rounds,
         }
     finally:
@@ -141,12 +149,14 @@ def main() -> None:
         finally:
             sshd.stop()
     print(f"proxy: {args.proxy}")
-    print("| host | promote (CLI, median) | floor: bare switch + poll | ratio | deploy | app boot→healthy | bluegreen overhead |")
-    print("|---|---|---|---|---|---|---|")
+    print("| host | promote (CLI, median) | floor: bare switch + poll | ratio | deploy | "
+          "app boot→healthy | bluegreen overhead | round trips: promote | deploy |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in results:
         print(f"| {r['kind']} | {r['promote_median_s']:.3f} s | {r['floor_median_s']:.3f} s | "
               f"{r['promote_over_floor']:.1f}x | {r['deploy_median_s']:.2f} s | "
-              f"{r['app_boot_to_healthy_median_s']:.2f} s | {r['deploy_overhead_median_s']:.2f} s |")
+              f"{r['app_boot_to_healthy_median_s']:.2f} s | {r['deploy_overhead_median_s']:.2f} s | "
+              f"{r['promote_round_trips']:g} | {r['deploy_round_trips']:g} |")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 
