@@ -252,7 +252,6 @@ def test_maintenance_mode_with_nginx(project: Project) -> None:
 
 def test_maintenance_mode_with_haproxy_through_the_runtime_api(local_project_hx: Project) -> None:
     p = local_project_hx
-    pids = None
     p.bg("setup")
     pids = p.nginx.pids()  # type: ignore[union-attr]
     maintenance_round(p)

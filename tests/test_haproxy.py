@@ -5,7 +5,6 @@ runtime API, so no HAProxy process is replaced and open connections stay open.""
 from __future__ import annotations
 
 import http.client
-import json
 import re
 import subprocess
 import time
