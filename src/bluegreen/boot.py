@@ -66,7 +66,13 @@ class Boot:
         colour, layout = slot.colour, self.node.layout
         probe = await self.slots.probe(colour)
         if probe.listening and not self.node.dry:  # a dry run stopped nothing
-            self._foreign(colour, probe)
+            if not self.slots.owns(colour, await self.slots.state(colour), probe):
+                self._foreign(colour, probe)
+            # A start interrupted earlier (e.g. a lost connection) came up after `stop`
+            # looked at the port: it is this slot's own, so it is stopped, not reported.
+            self.node.say(f"{colour}: a process of an interrupted start is listening now; "
+                          "stopping it")
+            await self.stop(colour)
         env_text = slotplan.env_script(slotplan.slot_env(self.cfg, slot, secrets))
         await self.node.run(files.make_dirs([slot.dir, slot.dir / "tmp"]))
         await self.node.run(files.write_file(layout.slot_env(colour), "0600"), input=env_text)
