@@ -59,7 +59,7 @@ def test_dry_run_prints_the_plan_and_changes_nothing(local_project: Project) -> 
     assert "would upload sample-3.0.0.tar.gz" in deploy
     # green's 2.0.0 (idle) would be drained and stopped, 3.0.0 started there, then switched
     assert "sh TERM" in deploy and "green would be stopped" in deploy
-    assert "slots/green/env 0600" in deploy and "bytes on stdin" in deploy
+    assert "slots/green/env" in deploy and "bytes on stdin" in deploy
     assert "would wait up to health_timeout" in deploy and "green would be live" in deploy
     promote = plans["promote"]
     assert "ln -sfn" in promote and p.nginx.reload_command.split()[0] in promote

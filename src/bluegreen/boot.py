@@ -13,7 +13,7 @@ from typing import NoReturn
 from bluegreen import supervisors
 from bluegreen.config import Colour
 from bluegreen.errors import CommandFailed, Unhealthy
-from bluegreen.plan import files, slot as slotplan
+from bluegreen.plan import slot as slotplan
 from bluegreen.plan.slot import Probe, Slot, SlotState
 from bluegreen.slots import Slots, now_iso
 from bluegreen.supervisors import StartFailed, Supervisor
@@ -74,14 +74,14 @@ class Boot:
                           "stopping it")
             await self.stop(colour)
         env_text = slotplan.env_script(slotplan.slot_env(self.cfg, slot, secrets))
-        await self.node.run(files.make_dirs([slot.dir, slot.dir / "tmp"]))
-        await self.node.run(files.write_file(layout.slot_env(colour), "0600"), input=env_text)
         supervisor, _ = await supervisors.choose(self.node)
         state = SlotState(release=slot.release_id, version=slot.version, mode=supervisor.mode,
                           pid=None, sid=None, cwd=slot.cwd(self.cfg), status="starting",
                           started=now_iso())
-        await self.slots.write_state(colour, state)
-        await self.node.run(slotplan.log_marker(layout.log(colour), slot.release_id, now_iso()))
+        await self.node.run(slotplan.ready_slot(
+            [slot.dir, slot.dir / "tmp"], layout.slot_env(colour), layout.state(colour),
+            state.to_json(), layout.log(colour), slot.release_id, state.started),
+            input=env_text)
         self.node.say(f"starting {slot.release_id} on {colour} (port {slot.port})")
         started = time.monotonic()
         try:

@@ -112,9 +112,20 @@ def run_in_slot(cwd: str, env_file: PurePosixPath, command: str, log: PurePosixP
     )
 
 
-def log_marker(log: PurePosixPath, release_id: str, time: str) -> Argv:
-    """Append a line to the slot's log that says a release starts here."""
-    return sh('echo "--- bluegreen: starting $1 ($2) ---" >> "$3"', release_id, time, log)
+def ready_slot(dirs: list[PurePosixPath], env_file: PurePosixPath, state_file: PurePosixPath,
+               state_json: str, log: PurePosixPath, release_id: str, time: str) -> Argv:
+    """One round trip before a start: the slot's dirs, its env file from stdin (0600,
+    atomically: it holds secrets), its state (an argument: no secret in it), and the
+    log line that says a release starts here."""
+    return sh('env="$1"; state="$2"; json="$3"; log="$4"; rid="$5"; at="$6"; shift 6\n'
+              'mkdir -p -- "$@" || exit 1\n'
+              '(umask 077; cat > "$env.bluegreen-tmp") && chmod 0600 "$env.bluegreen-tmp" '
+              '&& mv -f "$env.bluegreen-tmp" "$env" || exit 1\n'
+              '(umask 077; printf "%s" "$json" > "$state.bluegreen-tmp") '
+              '&& chmod 0644 "$state.bluegreen-tmp" && mv -f "$state.bluegreen-tmp" "$state" '
+              '|| exit 1\n'
+              'echo "--- bluegreen: starting $rid ($at) ---" >> "$log"\n',
+              env_file, state_file, state_json, log, release_id, time, *dirs)
 
 
 def slot_command(cwd: str, env_file: PurePosixPath, command: str) -> Argv:
