@@ -256,3 +256,7 @@ def test_maintenance_mode_with_haproxy_through_the_runtime_api(local_project_hx:
     pids = p.nginx.pids()  # type: ignore[union-attr]
     maintenance_round(p)
     assert p.nginx.pids() == pids  # type: ignore[union-attr]  # never reloaded
+    # `remove` takes its files away: config, map and maintenance map.
+    p.bg("remove", "--yes")
+    assert sorted(f.name for f in p.nginx.conf_d.iterdir()) == []  # type: ignore[union-attr]
+    assert p.answer().version is None

@@ -236,3 +236,15 @@ def test_systemd_unit_and_start_script() -> None:
         "short-iso", "-q"]
     assert systemd.parse_show("ActiveState=active\nNRestarts=2\n") == {
         "ActiveState": "active", "NRestarts": "2"}
+
+
+def test_sudoers_lets_a_deploy_user_write_the_haproxy_map_and_maintenance_map() -> None:
+    """Both data files HAProxy reads (the live colour, maintenance) are written through
+    fixed `tee`/`mv` steps the sudoers drop-in lists; the config itself is not."""
+    from bluegreen.plan import sudoers
+
+    lines = [" ".join(argv) for argv in sudoers.privileged(HX, with_systemd=False)]
+    for path in (haproxy.map_file(HX), haproxy.maintenance_map(HX)):
+        tmp = path.parent / f".{path.name}.bluegreen-tmp"
+        assert f"tee {tmp}" in lines and f"mv -f {tmp} {path}" in lines, (path, lines)
+    assert not any(str(haproxy.config_file(HX)) in line for line in lines)

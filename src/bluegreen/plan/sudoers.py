@@ -20,6 +20,8 @@ def privileged(cfg: Config, with_systemd: bool) -> list[Argv]:
     if isinstance(cfg.proxy, HAProxySettings):
         path = haproxy.map_file(cfg)
         steps += [*haproxy.write(cfg, path, True), haproxy.remove(cfg, path, True)]
+        if not haproxy.shared(cfg):  # `maintenance on|off` writes it (data, like the map)
+            steps += haproxy.write(cfg, haproxy.maintenance_map(cfg), True)
     else:
         for colour in Colour:
             steps += nginx.switch(cfg, colour, True)

@@ -248,14 +248,16 @@ class HAProxyProxy(Proxy):
         """Remove the config file (and the map file, or this app's lines of a shared one),
         test and reload. Under sudo the config is root's: both are left for an admin."""
         config, map_path = haproxy.config_file(self.cfg), haproxy.map_file(self.cfg)
+        maintenance = haproxy.maintenance_map(self.cfg)
         if self.sudo:
-            return [config] if haproxy.shared(self.cfg) else [config, map_path]
+            return [config] if haproxy.shared(self.cfg) else [config, map_path, maintenance]
         if haproxy.shared(self.cfg):
             await self._write_map(None)
             await self.runtime("; ".join(f"del map {map_path} {k}"
                                          for k in haproxy.map_keys(self.cfg)))
         else:
             await self.node.run(haproxy.remove(self.cfg, map_path, False))
+            await self.node.run(haproxy.remove(self.cfg, maintenance, False))
         await self.node.run(haproxy.remove(self.cfg, config, False))
         await self.test()
         await self.reload()
