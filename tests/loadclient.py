@@ -6,6 +6,10 @@ byte of a response), which every HTTP client retries; those are counted apart.
 
     python tests/loadclient.py OUT.json HOST_HEADER [https://]ADDRESS:PORT [...]
 
+With LOADCLIENT_CLIENTS=N the requests take turns among N clients, each keeping the
+cookies the proxy sets (a canary's stickiness); the report lists, per client, the colours
+it was served in order, repeats collapsed ("clients").
+
 An https:// target is asked over TLS, trusting only the certificate file named by
 LOADCLIENT_CA (no name check: targets are addresses); the report counts the certificates
 served, by SHA-256, so a test sees a renewal take effect. SIGTERM ends it; it writes
@@ -36,6 +40,9 @@ def run(out: Path, host_header: str, targets: list[str]) -> None:
     signal.signal(signal.SIGTERM, on_term)
     report: dict[str, Any] = {"requests": 0, "failures": [], "idle_closed": 0,
                               "versions": {}, "colours": {}, "certificates": {}}
+    jars: list[dict[str, str]] = [{} for _ in range(int(os.environ.get("LOADCLIENT_CLIENTS",
+                                                                         "0")))]
+    seen: list[list[str]] = [[] for _ in jars]
     context = None
     if os.environ.get("LOADCLIENT_CA"):
         context = ssl.create_default_context(cafile=os.environ["LOADCLIENT_CA"])
@@ -52,8 +59,12 @@ def run(out: Path, host_header: str, targets: list[str]) -> None:
                 if target.startswith("https://") else
                 http.client.HTTPConnection(address, int(port), timeout=10))
             assert conn is not None
+            jar = jars[turn % len(jars)] if jars else None
+            headers = {"Host": host_header}
+            if jar:
+                headers["Cookie"] = "; ".join(f"{k}={v}" for k, v in jar.items())
             try:
-                conn.request("GET", "/", headers={"Host": host_header})
+                conn.request("GET", "/", headers=headers)
                 resp = conn.getresponse()
                 resp.read()
             except (http.client.RemoteDisconnected, ConnectionResetError,
@@ -79,6 +90,13 @@ def run(out: Path, host_header: str, targets: list[str]) -> None:
                 report["failures"].append(f"{time.time():.3f} {target}: HTTP {resp.status}")
             version = resp.getheader("X-App-Version") or "?"
             colour = resp.getheader("X-Deployment-Id") or "?"
+            if jar is not None:
+                for cookie in resp.headers.get_all("Set-Cookie") or []:
+                    name, _, value = cookie.split(";", 1)[0].partition("=")
+                    jar[name.strip()] = value.strip()
+                runs = seen[turn % len(jars)]
+                if not runs or runs[-1] != colour:
+                    runs.append(colour)
             report["versions"][version] = report["versions"].get(version, 0) + 1
             report["colours"][colour] = report["colours"].get(colour, 0) + 1
             if resp.getheader("Connection", "").lower() == "close":
@@ -89,6 +107,7 @@ def run(out: Path, host_header: str, targets: list[str]) -> None:
                 if old is not None:
                     old.close()
                 kept[target] = conn
+    report["clients"] = seen
     out.write_text(json.dumps(report))
 
 
@@ -96,9 +115,10 @@ class LoadClient:
     """Start the client; ``stop()`` returns its report."""
 
     def __init__(self, out: Path, host_header: str, targets: list[str],
-                 ca: Path | None = None) -> None:
+                 ca: Path | None = None, clients: int = 0) -> None:
         self.out = out
-        env = {**os.environ, **({"LOADCLIENT_CA": str(ca)} if ca else {})}
+        env = {**os.environ, **({"LOADCLIENT_CA": str(ca)} if ca else {}),
+               "LOADCLIENT_CLIENTS": str(clients)}
         self.proc = subprocess.Popen([sys.executable, __file__, str(out), host_header,
                                       *targets], env=env)
         time.sleep(0.3)  # under way before the command under test starts

@@ -47,13 +47,14 @@ F = TypeVar("F", bound=Callable[..., Any])
 EXIT_CODES_HELP = """
 Exit codes: 0 done; 1 failed, live traffic left as it was; 2 usage or config error;
 3 cannot connect (or host key unknown/changed); 4 lock held by another run;
-5 the new release did not become healthy and was not promoted.
+5 the new release did not become healthy and was not promoted (or a canary or
+watch judged it bad: every request went back to the old colour).
 """
 
 COLOURS = click.Choice(["blue", "green"])
 # The sections of `bluegreen docs` (reference.SECTIONS; a test keeps them equal).
-DOC_SECTIONS = ("", "release", "run", "slots", "deploy", "proxy", "hooks", "hosts",
-                "load_balancers")
+DOC_SECTIONS = ("", "release", "run", "slots", "deploy", "canary", "proxy", "hooks",
+               "hosts", "load_balancers")
 
 
 def to_colour(value: str | None) -> Colour | None:
@@ -311,27 +312,64 @@ def build(state: State, json_out: bool, version: str | None) -> None:
     click.echo(f"{art.path}\nversion {art.version}\nsha256 {art.sha256}\nrelease {art.release_id}")
 
 
+def canary_options(fn: F) -> F:
+    """--canary [STEPS], --step, --watch, --no-sticky (deploy and promote)."""
+    fn = click.option("--no-sticky", "no_sticky", is_flag=True,
+                      help="Canary by plain weights: each request picks a colour (default: "
+                           "a client keeps its colour, by a cookie the proxy sets).")(fn)
+    fn = click.option("--watch", "watch", metavar="DURATION",
+                      help="After the full switch, judge the new colour for this long (e.g. "
+                           "60s) and roll back automatically if it is bad (exit 5).")(fn)
+    fn = click.option("--step", "step", metavar="DURATION",
+                      help="How long each canary step is judged (default: [canary] step).")(fn)
+    fn = click.option("--canary", "canary", is_flag=False, flag_value="", default=None,
+                      metavar="STEPS",
+                      help="Switch in steps: the new colour's share of requests, e.g. "
+                           "10,50,100 (default: [canary] steps), each judged against the old "
+                           "colour on the proxy's own numbers (errors, latency); a bad step "
+                           "sends every request back to the old colour (exit 5).")(fn)
+    return fn
+
+
+def canary_plan(ctx: workflow.Context, canary: str | None, step: str | None,
+                watch: str | None, no_sticky: bool) -> Any:
+    """The canary.Plan the options ask for (None: a plain switch)."""
+    from bluegreen.canary import Plan
+
+    if step is not None and canary is None:
+        raise click.UsageError("--step is for a canary: add --canary")
+    if no_sticky and canary is None:
+        raise click.UsageError("--no-sticky is for a canary: add --canary")
+    return Plan.of(ctx.cfg, canary, step, watch, not no_sticky)
+
+
 @main.command(help="Lock, upload (skipped if already there), unpack, drain and stop the idle "
                    "slot, start the release there, wait for health, run migrate if set, "
-                   "promote (unless --no-promote), record history, unlock.")
+                   "promote (unless --no-promote; with --canary in judged steps), record "
+                   "history, unlock.")
 @click.option("--artifact", "artifact_path", metavar="PATH",
               help="Deploy this .tar.gz instead of building.")
 @click.option("--version", "version", help="Release version (default: from the config).")
 @click.option("--no-promote", is_flag=True, help="Start and health-check, but do not switch.")
 @click.option("--skip-build", is_flag=True, help="Do not run release.build.")
+@canary_options
 @json_events
 @dry_run_option
 @common
 def deploy(state: State, json_out: bool, artifact_path: str | None, version: str | None,
-           no_promote: bool, skip_build: bool) -> None:
+           no_promote: bool, skip_build: bool, canary: str | None, step: str | None,
+           watch: str | None, no_sticky: bool) -> None:
     ctx = load(state)
+    plan = canary_plan(ctx, canary, step, watch, no_sticky)
+    if plan is not None and no_promote:
+        raise click.UsageError("--canary and --watch switch traffic; --no-promote does not")
 
     async def go() -> workflow.DeployResult:
         art = artifact.prepare(ctx.cfg, version=version, artifact=artifact_path,
                                skip_build=skip_build, echo=lambda line: ctx.out.step(None, line),
                                output=lambda line: ctx.out.debug(None, line))
         ctx.out.step(None, f"release {art.release_id} ({art.path.name})")
-        return await workflow.deploy(ctx, art, promote=not no_promote)
+        return await workflow.deploy(ctx, art, promote=not no_promote, plan=plan)
 
     result = run(state, go)
     if json_out:
@@ -348,14 +386,17 @@ def deploy(state: State, json_out: bool, artifact_path: str | None, version: str
                    "and verify through the proxy. Without COLOUR: the idle colour, only when "
                    "it holds a release started after the live one (e.g. `deploy "
                    "--no-promote`), so a repeated promote never goes back; to go back, "
-                   "`rollback` or name the colour.")
+                   "`rollback` or name the colour. --canary: in judged steps.")
 @click.argument("colour", type=COLOURS, required=False)
+@canary_options
 @json_events
 @dry_run_option
 @common
-def promote(state: State, json_out: bool, colour: str | None) -> None:
+def promote(state: State, json_out: bool, colour: str | None, canary: str | None,
+            step: str | None, watch: str | None, no_sticky: bool) -> None:
     ctx = load(state)
-    targets = run(state, lambda: workflow.promote(ctx, to_colour(colour)))
+    plan = canary_plan(ctx, canary, step, watch, no_sticky)
+    targets = run(state, lambda: workflow.promote(ctx, to_colour(colour), plan=plan))
     if json_out:
         emit_result([{"name": h, "live": c.value} for h, c in targets.items()],
                     out=ctx.out, live={h: c.value for h, c in targets.items()})

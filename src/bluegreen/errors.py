@@ -68,3 +68,10 @@ class LockHeld(BlueGreenError):
 
 class Unhealthy(BlueGreenError):
     exit_code = 5
+
+
+class CanaryFailed(BlueGreenError):
+    """A canary step or a watch judged the new release bad; every request was sent back
+    to the old colour and the new slot left running."""
+
+    exit_code = 5

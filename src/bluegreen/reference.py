@@ -14,8 +14,8 @@ from pydantic_core import PydanticUndefined
 from bluegreen.config import PROXY_SETTINGS, Config, HostConfig
 
 # Sections in the order of the example file; "" is the top level.
-SECTIONS = ("", "release", "run", "slots", "deploy", "proxy", "hooks", "hosts",
-            "load_balancers")
+SECTIONS = ("", "release", "run", "slots", "deploy", "canary", "proxy", "hooks",
+            "hosts", "load_balancers")
 
 
 @dataclass(frozen=True)

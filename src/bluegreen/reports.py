@@ -16,6 +16,7 @@ from bluegreen.output import Reporter
 from bluegreen.plan import check as checkplan, sudoers
 from bluegreen.proxies import Proxy
 from bluegreen.switch import split_brain
+from bluegreen.traffic import whole
 from bluegreen.topology import AppHost, build
 
 
@@ -149,7 +150,8 @@ async def status(cfg: Config, hosts: list[HostConfig], out: Reporter) -> dict[st
                 live = await p.live_colour()
                 lb_rows[p.name] = {"name": p.name, "host": p.name, "reachable": True,
                                    "live": live.value if live else None,
-                                   "proxy_answer": await p.answer()}
+                                   "proxy_answer": await p.answer(),
+                                   **await _traffic([p], live)}
         rows = dict(zip([a.name for a in topo.apps],
                         await asyncio.gather(*(_status_host(a) for a in topo.apps))))
     down: dict[str, dict[str, Any]] = {name: {"name": name, "host": name, "reachable": False,
@@ -207,4 +209,16 @@ async def _status_host(a: AppHost) -> dict[str, Any]:
             "live": live.value if live else None,
             "proxy_answer": answer, "slots": slots,
             "lock": records.describe_holder(a.node, holder) if held else None,
-            "maintenance": maintenance}
+            "maintenance": maintenance, **await _traffic(a.proxies, live)}
+
+
+async def _traffic(proxies: list[Proxy], live: Colour | None) -> dict[str, Any]:
+    """``traffic``: each colour's share of requests in percent (a canary's split, else
+    100 for the live colour); ``canary``: the split's new colour, share and stickiness
+    while one is in effect (a canary's step, or a watch), else None."""
+    split = next((s for s in [await p.split() for p in proxies] if s), None)
+    if split is None:
+        return {"traffic": whole(live) if live else None, "canary": None}
+    return {"traffic": split.shares,
+            "canary": {"new": split.new.value, "percent": split.percent,
+                       "sticky": split.sticky}}

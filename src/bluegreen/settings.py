@@ -17,7 +17,8 @@ from bluegreen.proxy_settings import (PROXY_SETTINGS, HAProxySettings, NginxSett
 from bluegreen.values import (APP_PLACEHOLDERS, APP_RE, BUILD_PLACEHOLDERS, ENV_KEY_RE,
                               SLOT_PLACEHOLDERS, VERSION_RE, Colour, Model as _Model,
                               Port, PositiveSeconds, check_version, key as _key,
-                              parse_listen, placeholders_in, render, status_ranges)
+                              parse_listen, percent_steps, placeholders_in, render, seconds,
+                              status_ranges)
 
 __all__ = ["APP_PLACEHOLDERS", "APP_RE", "BUILD_PLACEHOLDERS", "ENV_KEY_RE", "PROXY_SETTINGS",
            "SLOT_PLACEHOLDERS", "VERSION_RE", "Colour", "Config", "HAProxySettings",
@@ -237,6 +238,48 @@ class Deploy(_Model):
                                   "once during a deploy (default: all)", ge=1, le=10000)
 
 
+class Canary(_Model):
+    """`deploy --canary` and `promote --canary`: the new colour gets a share of requests,
+    judged on the proxy's own numbers against the old colour at each step; a bad verdict
+    sends everything back to the old colour (`bluegreen docs canary`)."""
+
+    steps: str = _key("10,50,100", "the new colour's share of requests at each step, in "
+                      "percent, rising (100 is added when missing); `--canary` overrides it")
+    step: str = _key("30s", "how long each step is judged before the next (`30s`, `2m`); "
+                     "`--step` overrides it")
+    max_error_rate: Annotated[float, Field(ge=0, le=1)] = _key(
+        0.01, "bad when the new colour's share of failed requests (5xx, and connections the "
+        "proxy could not make) is more than this above the old colour's, over the same window")
+    max_latency_ratio: Annotated[float, Field(ge=1, le=1000)] = _key(
+        2.0, "bad when the new colour's response time (nginx: p99; HAProxy: its average) is "
+        "more than this times the old colour's (differences under 10 ms are not judged)")
+    min_requests: int = _key(100, "requests the new colour must serve in a step before a "
+                             "verdict; a step waits up to 3 times `step` for them, then the "
+                             "canary is aborted (not enough traffic to judge)", ge=0, le=10**9)
+    sticky: bool = _key(True, "a client keeps the colour it was given during the canary "
+                        "(a cookie the proxy sets); `--no-sticky` for plain weights")
+
+    @field_validator("steps")
+    @classmethod
+    def _steps(cls, v: str) -> str:
+        percent_steps(v)
+        return v
+
+    @field_validator("step")
+    @classmethod
+    def _step(cls, v: str) -> str:
+        seconds(v)
+        return v
+
+    @property
+    def step_seconds(self) -> float:
+        return seconds(self.step)
+
+    @property
+    def percents(self) -> tuple[int, ...]:
+        return percent_steps(self.steps)
+
+
 class Hooks(_Model):
     """Local shell commands run around deploy, promote and rollback (like Kamal's hooks).
     A failing pre_* hook aborts before anything changes; a failing post_* hook is reported."""
@@ -261,6 +304,7 @@ class Config(_Model):
     proxy: ProxySettings = Field(default_factory=lambda: NginxSettings())
     hooks: Hooks = Field(default_factory=lambda: Hooks())
     deploy: Deploy = Field(default_factory=lambda: Deploy())
+    canary: Canary = Field(default_factory=lambda: Canary())
     # Second topology: these hosts run the proxy, with every app host's slot in the
     # upstream; app hosts then run no proxy (deploy_to is unused here).
     load_balancers: list[HostConfig] = _key([], "hosts running the proxy in front of the app "

@@ -28,15 +28,23 @@ async def finish_interrupted(topo: Topology, out: Reporter) -> None:
     """A run killed between replacing a link (or map file) and reloading (or setting the
     running HAProxy's map) leaves a proxy whose persisted state names one colour while it
     serves the other. Finish that switch when the named colour is healthy on every host
-    behind the proxy; otherwise put the link (map file) back."""
+    behind the proxy; otherwise put the link (map file) back. A canary killed mid-way
+    (requests split) goes back to its stable colour, the one it started from."""
 
     async def one(p: Proxy) -> None:
         link = await p.live_colour()
         if link is None:
             return
         answer = await p.answer()
-        if answer == link.value:
+        if answer == link.value and not p.persisted_split:
             return
+        if answer not in (Colour.BLUE.value, Colour.GREEN.value) or p.persisted_split:
+            split = await p.split()
+            if split is not None:  # a canary (or a watch) that did not finish
+                p.node.say(f"undoing an interrupted canary ({split.percent}% to "
+                           f"{split.new}): every request goes to {split.stable} again")
+                await p.end_split(split.stable)
+                return
         if answer not in (Colour.BLUE.value, Colour.GREEN.value):
             raise ProxyError(f"the proxy does not answer on /deployment_id ({answer!r}): is "
                              f"{p.kind} running?", host=p.name)
@@ -68,17 +76,11 @@ async def refuse_split(topo: Topology, what: str, out: Reporter) -> dict[str, Co
     return lives
 
 
-async def switch_all(topo: Topology, targets: dict[str, Colour], event: str, user: str,
-                     out: Reporter, before_switch: Hook | None = None) -> None:
-    """Switch every proxy (each host's own, or the load balancers) to the target colour,
-    all or nothing:
-    (1) every host's target slot answers its health check, and every proxy is ready:
-        nginx: the new site link passes the test (tried, then put back; nginx reads it only
-        on reload); haproxy: the runtime API answers and has the target backend;
-    (2) every proxy switches (nginx: link and reload; haproxy: map file and runtime API);
-    (3) every proxy answers the target colour.
-    If any proxy fails in (2) or (3), those already switched are switched back, and the
-    error names the host and the step (exit 1)."""
+async def prove_ready(topo: Topology, targets: dict[str, Colour], out: Reporter
+                      ) -> tuple[dict[str, Colour], dict[str, Colour]]:
+    """Step (1) of a switch (and of a canary's first step): every host's target slot
+    answers its health check and every proxy is ready, else nothing changes (exit 1).
+    Returns each proxy's target and live colour."""
     proxies = topo.proxies
     wanted: dict[str, Colour] = {}
     for a in topo.apps:
@@ -111,6 +113,22 @@ async def switch_all(topo: Topology, targets: dict[str, Colour], event: str, use
 
     await each(topo.apps, healthy, out)
     await each(proxies, ready, out)
+    return wanted, lives
+
+
+async def switch_all(topo: Topology, targets: dict[str, Colour], event: str, user: str,
+                     out: Reporter, before_switch: Hook | None = None) -> None:
+    """Switch every proxy (each host's own, or the load balancers) to the target colour,
+    all or nothing:
+    (1) every host's target slot answers its health check, and every proxy is ready:
+        nginx: the new site link passes the test (tried, then put back; nginx reads it only
+        on reload); haproxy: the runtime API answers and has the target backend;
+    (2) every proxy switches (nginx: link and reload; haproxy: map file and runtime API);
+    (3) every proxy answers the target colour.
+    If any proxy fails in (2) or (3), those already switched are switched back, and the
+    error names the host and the step (exit 1)."""
+    proxies = topo.proxies
+    wanted, lives = await prove_ready(topo, targets, out)
     if before_switch is not None:
         await before_switch()
     moving = [p for p in proxies if wanted[p.name] is not lives[p.name]]

@@ -75,6 +75,34 @@ def parse_listen(listen: str) -> tuple[str, int]:
     return addr, int(port)
 
 
+def seconds(value: str | float | int) -> float:
+    """A duration: a number of seconds, or a string such as "30s", "2m", "1.5s", "90"."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        number = float(value)
+    else:
+        match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h)?\s*", str(value))
+        if not match:
+            raise ValueError(f"{value!r} is not a duration (e.g. 30s, 2m, 1h, 0.5)")
+        number = float(match.group(1)) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600,
+                                          None: 1}[match.group(2)]
+    if not 0 < number <= 86400:
+        raise ValueError(f"{value!r}: a duration is more than 0 and at most 24h")
+    return number
+
+
+def percent_steps(value: str | list[int]) -> tuple[int, ...]:
+    """Canary steps: percentages of requests for the new colour, rising, 1 to 100, e.g.
+    "10,50,100" or [10, 50, 100]; 100 is added when the last step is not 100."""
+    parts = value.split(",") if isinstance(value, str) else list(value)
+    try:
+        steps = [int(str(p).strip().rstrip("%")) for p in parts]
+    except ValueError:
+        raise ValueError(f"{value!r}: steps are whole percentages, e.g. 10,50,100") from None
+    if not steps or any(not 1 <= s <= 100 for s in steps) or steps != sorted(set(steps)):
+        raise ValueError(f"{value!r}: steps rise from 1 to 100, each once, e.g. 10,50,100")
+    return tuple(steps if steps[-1] == 100 else [*steps, 100])
+
+
 def check_version(version: str) -> str:
     if not VERSION_RE.match(version):
         raise ValueError(

@@ -48,11 +48,19 @@ def print_status(data: dict[str, Any]) -> None:
         if not h["reachable"]:
             out.print(f"[bold]{escape(h['host'])}[/]: [red]unreachable[/] ({escape(h['error'])})")
             continue
-        agree = "" if h["proxy_answer"] == h["live"] else " [red](proxy disagrees!)[/]"
+        agree = "" if h["proxy_answer"] == h["live"] or h.get("canary") else \
+            " [red](proxy disagrees!)[/]"
         maintenance = " [yellow](maintenance on: 503 for every request)[/]" \
             if h.get("maintenance") else ""
         out.print(f"[bold]{escape(h['host'])}[/]: live [bold]{h['live']}[/], proxy answers "
                   f"{escape(str(h['proxy_answer']))}{agree}{maintenance}")
+        if h.get("canary"):
+            c = h["canary"]
+            out.print(f"[yellow]canary: {c['percent']}% of requests to {c['new']}"
+                      f"{' (sticky)' if c['sticky'] else ''}[/]; traffic "
+                      + ", ".join(f"{k} {v}%" for k, v in h["traffic"].items())
+                      + ("; held by " + escape(h["lock"]) if h.get("lock") else
+                         "; no run holds the lock: the next command (or `rollback`) ends it"))
         table = Table("slot", "release", "port", "pid", "running", "healthy", "conns", box=None)
         for colour, s in h["slots"].items():
             mark = " (live)" if colour == h["live"] else ""

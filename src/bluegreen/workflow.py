@@ -13,10 +13,10 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 
 from dotenv import dotenv_values
 
-from bluegreen import records, supervisors
+from bluegreen import canary, records, supervisors
 from bluegreen.artifact import Artifact
 from bluegreen.config import ENV_KEY_RE, Colour, Config, HostConfig
-from bluegreen.errors import BlueGreenError, ConfigError
+from bluegreen.errors import BlueGreenError, ConfigError, ProxyError
 from bluegreen.fleet import each, open_fleet
 from bluegreen.hooks import run_hook
 from bluegreen.output import Reporter
@@ -184,8 +184,10 @@ class DeployResult:
     promoted: bool
 
 
-async def deploy(ctx: Context, art: Artifact, *, promote: bool = True) -> DeployResult:
-    """Upload, start and health-check the release on each host's idle slot, then switch."""
+async def deploy(ctx: Context, art: Artifact, *, promote: bool = True,
+                 plan: canary.Plan | None = None) -> DeployResult:
+    """Upload, start and health-check the release on each host's idle slot, then switch
+    (with ``plan``: through a canary's steps, and/or watched after)."""
     if promote:
         _refuse_partial_switch(ctx, "deploy")
     secrets = load_secrets(ctx.cfg)
@@ -216,7 +218,7 @@ async def deploy(ctx: Context, art: Artifact, *, promote: bool = True) -> Deploy
             if ctx.cfg.run.migrate and first in todo:
                 await migrate_on(first, targets[first.name], states[first.name])
             if promote:
-                await switch_all(topo, targets, "promote", ctx.user, ctx.out, lambda: run_hook(
+                await _switch(ctx, topo, targets, "promote", plan, lambda: run_hook(
                     ctx.cfg, "pre_promote", ctx.out, colour=first_target, version=art.version,
                     hosts=names))
         except BlueGreenError as err:
@@ -251,13 +253,18 @@ async def _deploy_host(a: AppHost, art: Artifact, target: Colour, live: Colour |
 
 # ---- promote and rollback -------------------------------------------------------------
 
-async def promote(ctx: Context, colour: Colour | None, *,
-                  event: str = "promote") -> dict[str, Colour]:
+async def promote(ctx: Context, colour: Colour | None, *, event: str = "promote",
+                  plan: canary.Plan | None = None) -> dict[str, Colour]:
     """Switch every host to ``colour`` (default: the idle one) after checking it is healthy.
-    A colour named puts every proxy on it, also load balancers that disagree."""
+    A colour named puts every proxy on it, also load balancers that disagree. A rollback
+    while a canary's split is in effect (a run killed mid-canary) only ends the split."""
     _refuse_partial_switch(ctx, event)
     async with connected(ctx) as topo, locked(ctx, topo):
         apps = topo.apps
+        if event == "rollback":
+            ended = await _end_canary(ctx, topo)
+            if ended is not None:
+                return {a.name: ended for a in apps}
         if colour is None:
             await refuse_split(topo, event, ctx.out)
             lives = await each(apps, lambda a: a.require_live(), ctx.out)
@@ -282,13 +289,47 @@ async def promote(ctx: Context, colour: Colour | None, *,
                 before = lambda: run_hook(  # noqa: E731
                     ctx.cfg, "pre_promote", ctx.out, **hook_args)
         try:
-            await switch_all(topo, targets, event, ctx.user, ctx.out, before)
+            await _switch(ctx, topo, targets, event, plan, before)
         except BlueGreenError as err:
             await _failed(ctx, topo, err)
             raise
     await run_hook(ctx.cfg, "post_rollback" if event == "rollback" else "post_promote", ctx.out,
                    **hook_args)
     return targets
+
+
+async def _switch(ctx: Context, topo: Topology, targets: dict[str, Colour], event: str,
+                  plan: canary.Plan | None, before: Callable[[], Awaitable[None]] | None
+                  ) -> None:
+    """``switch_all``, after a canary's steps and followed by a watch when ``plan`` asks."""
+    baseline = None
+    if plan is not None and plan.steps:
+        ctx.out.step(None, plan.describe())
+        baseline = await canary.run_steps(topo, targets, plan, ctx.out, before)
+        before = None  # pre_promote ran before the first request reached the new colour
+    await switch_all(topo, targets, event, ctx.user, ctx.out, before)
+    if plan is not None and plan.watch:
+        new = next(iter(targets.values()))
+        await canary.watch(topo, new, plan, ctx.out, baseline, lambda reason: switch_all(
+            topo, {a.name: new.other for a in topo.apps}, "rollback", ctx.user, ctx.out))
+
+
+async def _end_canary(ctx: Context, topo: Topology) -> Colour | None:
+    """If a canary's split is in effect (its run was killed), send every request back to
+    its stable colour and record a rollback; the stable colour, or None."""
+    splits = [s for s in await each(topo.proxies, lambda p: p.split(), ctx.out) if s]
+    if not splits:
+        return None
+    stable = splits[0].stable
+    ctx.out.step(None, f"a canary is in effect ({splits[0].percent}% to {splits[0].new}): "
+                 f"rollback ends it; every request goes to {stable} again")
+    failed = await canary.back_to(topo.proxies, stable, ctx.out)
+    if failed:
+        raise ProxyError(f"rollback: {canary.went_back(failed, stable)}")
+    for a in topo.apps:
+        await records.record(a.node, "rollback", stable, await a.slots.state(stable),
+                             ctx.user, f"canary ended: {splits[0].text()} -> {stable}")
+    return stable
 
 
 async def _can_roll_back(a: AppHost, target: Colour) -> None:

@@ -5,7 +5,9 @@ websocket echo that names the version and colour it runs on. The version comes
 from the VERSION file next to this script. A MODE file, if present, makes a deliberately
 broken release: "exit" (exits at start), "unhealthy" (/health answers 500), "slow-stop"
 (keeps serving for 1.5 s after SIGTERM, like a node that takes its time to shut down),
-"https-only" (not a broken one: 301 to https unless X-Forwarded-Proto is https).
+"https-only" (not a broken one: 301 to https unless X-Forwarded-Proto is https). Words
+of the form NAME=VALUE shape GET / (for canaries): "fail=0.05" answers 500 to that share
+of requests (every 20th, not at random), "delay=0.02" sleeps that many seconds first.
 SIGTERM stops accepting, finishes requests in flight, then exits.
 """
 
@@ -36,6 +38,11 @@ def read(name: str, default: str) -> str:
 
 VERSION = read("VERSION", "0.0.0")
 MODE = read("MODE", "")
+KNOBS = dict(w.split("=", 1) for w in MODE.split() if "=" in w)
+FAIL_EVERY = round(1 / float(KNOBS["fail"])) if float(KNOBS.get("fail", 0)) > 0 else 0
+DELAY = float(KNOBS.get("delay", 0))
+_served = 0
+_served_lock = threading.Lock()
 COLOUR = os.environ.get("BLUEGREEN_COLOR", "none")
 
 
@@ -65,6 +72,18 @@ class Handler(BaseHTTPRequestHandler):
                 self.reply(500, "unhealthy on purpose\n")
             else:
                 self.reply(200, "ok\n")
+        else:
+            self.hello()
+
+    def hello(self) -> None:
+        global _served
+        if DELAY:
+            time.sleep(DELAY)
+        with _served_lock:
+            _served += 1
+            failing = FAIL_EVERY and _served % FAIL_EVERY == 0
+        if failing:
+            self.reply(500, f"failing on purpose ({VERSION})\n")
         else:
             self.reply(200, f"hello from {VERSION} ({COLOUR})\n")
 

@@ -18,6 +18,7 @@ from bluegreen.config import Colour, Config, HAProxySettings, render
 from bluegreen.plan.nginx import tls_context
 from bluegreen.plan.files import Argv, Steps, reading, remove_config, replace_config, sh
 from bluegreen.plan.template import render_file, render_proxy_config
+from bluegreen.traffic import Traffic
 
 MAP_KEY = "live"
 SHOW_STAT = "show stat"  # runtime API: per-server counters (CSV)
@@ -78,6 +79,8 @@ def render_config(cfg: Config, servers: list[tuple[str, str]]) -> str:
                       for label, address in servers]
             for c in Colour
         },
+        "canaries": [(c.value, sticky) for c in Colour for sticky in (True, False)],
+        "cookie": f"bluegreen_{ident(cfg)}",
     }
     return render_proxy_config(cfg, "haproxy.cfg.j2", context)
 
@@ -262,3 +265,73 @@ def sessions(stat: dict[tuple[str, str], dict[str, str]], cfg: Config, colour: C
         return None
     value = row.get("scur") or "0"
     return int(value) if value.isdigit() else 0
+
+
+# ---- canary -----------------------------------------------------------------------
+
+CANARY_PREFIXES = ("canary-", "split-")
+
+
+def canary_value(traffic: Traffic) -> str:
+    """The map value (and /deployment_id answer) while ``traffic`` is in effect: the
+    canary backend towards the new colour, with a cookie (sticky) or without."""
+    return f"{'canary' if traffic.sticky else 'split'}-{traffic.new.value}"
+
+
+def canary_backend(cfg: Config, traffic: Traffic) -> str:
+    return f"bluegreen_{ident(cfg)}_{canary_value(traffic)}"
+
+
+def canary_of_value(value: str | None) -> tuple[Colour, bool] | None:
+    """(new colour, sticky) of a canary map value; None for a colour or nothing."""
+    if value is None or not value.startswith(CANARY_PREFIXES):
+        return None
+    kind, _, new = value.partition("-")
+    return (Colour(new), kind == "canary") if new in ("blue", "green") else None
+
+
+def set_weights(cfg: Config, traffic: Traffic, labels: list[str]) -> str:
+    """Runtime API commands giving each of ``labels``' servers in the canary backend its
+    colour's weight (the shares in percent: HAProxy's weights go to 256)."""
+    backend_name = canary_backend(cfg, traffic)
+    return "; ".join(f"set weight {backend_name}/{colour}-{server_name(label)} {share}"
+                     for colour, share in traffic.shares.items() for label in labels)
+
+
+def set_value(cfg: Config, value: str) -> str:
+    """`set_live` with a raw value (a canary's)."""
+    stored = f"{ident(cfg)}_{value}" if shared(cfg) else value
+    return "; ".join(f"set map {map_file(cfg)} {k} {stored}" for k in map_keys(cfg))
+
+
+def canary_weights(stat: dict[tuple[str, str], dict[str, str]], cfg: Config,
+                   traffic: Traffic) -> dict[str, int]:
+    """The summed current weight per colour of the canary backend's servers."""
+    out = {c.value: 0 for c in Colour}
+    for (proxy, server), row in stat.items():
+        colour = server.split("-", 1)[0]
+        if proxy == canary_backend(cfg, traffic) and colour in out:
+            out[colour] += int(row.get("weight") or 0)
+    return out
+
+
+# Per-server counters a canary is judged on: responses and what failed.
+COUNTERS = ("stot", "hrsp_5xx", "econ", "eresp")
+
+
+def colour_counters(stat: dict[tuple[str, str], dict[str, str]], cfg: Config
+                    ) -> dict[tuple[str, str], tuple[Colour, dict[str, int], float]]:
+    """For each server of this app's backends (colour and canary ones): its colour, its
+    counters and its average response time (``rtime``, ms, over its last 1024)."""
+    prefix = f"bluegreen_{ident(cfg)}_"
+    out: dict[tuple[str, str], tuple[Colour, dict[str, int], float]] = {}
+    for (proxy, server), row in stat.items():
+        if not proxy.startswith(prefix) or server in ("FRONTEND", "BACKEND"):
+            continue
+        rest = proxy[len(prefix):]
+        name = rest if rest in ("blue", "green") else server.split("-", 1)[0]
+        if name not in ("blue", "green"):
+            continue
+        counts = {k: int(row.get(k) or 0) for k in COUNTERS}
+        out[(proxy, server)] = (Colour(name), counts, float(row.get("rtime") or 0) / 1000)
+    return out

@@ -44,6 +44,11 @@ class Layout:
         return self.root / "shared" / "maintenance.html"
 
     @property
+    def traffic_log(self) -> PurePosixPath:
+        """nginx logs each request here (JSON lines) during a canary or a watch."""
+        return self.root / "shared" / "traffic.log"
+
+    @property
     def shared_env(self) -> PurePosixPath:
         return self.root / "shared" / ".env"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 from collections.abc import Callable
@@ -10,6 +11,7 @@ from pathlib import PurePosixPath
 from bluegreen.config import Colour, Config, NginxSettings, parse_listen, render
 from bluegreen.plan.files import Argv, Steps, reading, remove_config, replace_config, sh
 from bluegreen.plan.template import render_proxy_config
+from bluegreen.traffic import Sample, Traffic
 
 
 def settings(cfg: Config) -> NginxSettings:
@@ -30,21 +32,52 @@ def link(cfg: Config) -> PurePosixPath:
     return PurePosixPath(render(settings(cfg).sites_enabled, app=cfg.app)) / site_name(cfg)
 
 
+def canary_file(cfg: Config, stable: Colour) -> PurePosixPath:
+    """The site file of a canary whose old colour is ``stable`` (`render_site` with a
+    ``Traffic``): the link points at it while the split is in effect."""
+    return available(cfg, stable).with_name(f"{available(cfg, stable).name}-canary")
+
+
+def upstream_name(cfg: Config, colour: Colour) -> str:
+    return f"bluegreen_{cfg.app.replace('-', '_')}_{colour.value}"
+
+
 def render_site(cfg: Config, colour: Colour, addresses: list[str] | None = None,
-                maintenance_page: PurePosixPath | None = None) -> str:
+                maintenance_page: PurePosixPath | None = None,
+                traffic: Traffic | None = None, log: PurePosixPath | None = None) -> str:
     """The site file for ``colour``: the built-in template or ``proxy.template``. Its
     upstream lists ``addresses`` (default: 127.0.0.1) at the colour's port; while the file
     ``maintenance_page`` (the proxy host's, `Layout.maintenance_page`) exists, every
-    request but /deployment_id gets it with a 503."""
+    request but /deployment_id gets it with a 503. With ``traffic`` (``colour`` is its
+    stable colour): the canary's file, both colours' upstreams, requests split by
+    ``traffic`` and each logged as a JSON line to ``log``."""
     port = cfg.slots.port(colour)
+    ident = cfg.app.replace("-", "_")
+    canary = None
+    if traffic is not None:
+        assert log is not None and traffic.stable is colour
+        canary = {
+            "stable": traffic.stable.value, "new": traffic.new.value,
+            "percent": traffic.percent, "sticky": traffic.sticky, "text": traffic.text(),
+            "log": str(log), "log_format": f"bluegreen_{ident}_json",
+            "var": f"bluegreen_{ident}_colour", "cookie": f"bluegreen_{ident}",
+            "upstreams": [(upstream_name(cfg, c), [f"{a}:{cfg.slots.port(c)}" for a in
+                                                   (addresses or ["127.0.0.1"])])
+                          for c in Colour],
+        }
     context = {
         "servers": [f"{a}:{port}" for a in (addresses or ["127.0.0.1"])],
         "app": cfg.app,
-        "app_ident": cfg.app.replace("-", "_"),
+        "app_ident": ident,
         "colour": colour.value,
         "color": colour.value,
         "port": cfg.slots.port(colour),
-        "upstream": f"bluegreen_{cfg.app.replace('-', '_')}_{colour.value}",
+        "upstream": upstream_name(cfg, colour),
+        "canary": canary,
+        "answer": traffic.text() if traffic else colour.value,
+        "served": f"$bluegreen_{ident}_colour" if traffic else colour.value,
+        "pass_to": f"bluegreen_{ident}_$bluegreen_{ident}_colour" if traffic
+        else upstream_name(cfg, colour),
         "server_name": render(cfg.proxy.server_name, app=cfg.app),
         "listen": cfg.proxy.listen,
         "site": site_name(cfg),
@@ -92,23 +125,42 @@ def read_link(cfg: Config) -> Argv:
 
 
 def colour_of_target(cfg: Config, target: str) -> Colour | None:
-    """Which colour a link target names, or None if it names neither site file."""
+    """Which colour a link target names, or None if it names neither site file (a
+    canary's file names its stable colour: `canary_of_target`)."""
     name = PurePosixPath(target.strip()).name
     for colour in Colour:
-        if name == f"{site_name(cfg)}-{colour.value}":
+        if name in (f"{site_name(cfg)}-{colour.value}", canary_file(cfg, colour).name):
             return colour
     return None
 
 
-def switch(cfg: Config, colour: Colour, use_sudo: bool) -> Steps:
-    """Point the live link at ``colour`` atomically: a new link under a dot name, which
-    the usual ``sites-enabled/*`` include does not match, renamed over the live one."""
+def canary_of_target(cfg: Config, target: str) -> bool:
+    """Whether a link target is a canary's site file."""
+    name = PurePosixPath(target.strip()).name
+    return any(name == canary_file(cfg, c).name for c in Colour)
+
+
+def parse_traffic(text: str, stable: Colour) -> Traffic | None:
+    """The split a canary's site file says in its head (`# bluegreen traffic: ...`)."""
+    first = next((line for line in text.splitlines()
+                  if line.startswith("# bluegreen traffic: ")), None)
+    if first is None:
+        return None
+    words = first.removeprefix("# bluegreen traffic: ")
+    return Traffic.parse(words.replace(" sticky", ""), stable, sticky=words.endswith(" sticky"))
+
+
+def switch(cfg: Config, colour: Colour | PurePosixPath, use_sudo: bool) -> Steps:
+    """Point the live link at ``colour``'s site file (or a canary's file) atomically: a new
+    link under a dot name, which the usual ``sites-enabled/*`` include does not match,
+    renamed over the live one."""
     dest = link(cfg)
     tmp = dest.parent / f".{dest.name}.bluegreen-tmp"
+    site = available(cfg, colour) if isinstance(colour, Colour) else colour
     if use_sudo:
-        return [["sudo", "-n", "ln", "-sfn", str(available(cfg, colour)), str(tmp)],
+        return [["sudo", "-n", "ln", "-sfn", str(site), str(tmp)],
                 ["sudo", "-n", "mv", "-Tf", str(tmp), str(dest)]]
-    return [sh('ln -sfn "$1" "$2" && mv -Tf "$2" "$3"', available(cfg, colour), tmp, dest)]
+    return [sh('ln -sfn "$1" "$2" && mv -Tf "$2" "$3"', site, tmp, dest)]
 
 
 # Exit statuses of `trial` and `switch_and_reload` (the failing step's output is theirs).
@@ -130,7 +182,8 @@ def trial(cfg: Config, target: Colour, live: Colour, use_sudo: bool, test: Argv)
               f'[ "$rc" = 0 ] || exit {TEST_FAILED}\n')
 
 
-def switch_and_reload(cfg: Config, target: Colour, previous: Colour | None, use_sudo: bool,
+def switch_and_reload(cfg: Config, target: Colour | PurePosixPath,
+                      previous: Colour | PurePosixPath | None, use_sudo: bool,
                       test: Argv, reload: Argv) -> Argv:
     """One round trip: point the link at ``target``, test, reload; if the test or the
     reload fails, the link goes back to ``previous`` (removed when None) and the exit
@@ -142,6 +195,48 @@ def switch_and_reload(cfg: Config, target: Colour, previous: Colour | None, use_
               f"exit {TEST_FAILED}; fi\n"
               f"if ! {shlex.join(reload)}; then {back} || exit {LINK_BACK_FAILED}; "
               f"exit {RELOAD_FAILED}; fi\n")
+
+
+def write_path(path: PurePosixPath, use_sudo: bool) -> Steps:
+    """Replace the site file ``path`` (a canary's) with stdin, atomically."""
+    return replace_config(path, use_sudo)
+
+
+def restart_log(log: PurePosixPath) -> Argv:
+    """Empty the canary's log when the SSH user may (nginx appends to it), then print its
+    size: where a meter starts reading."""
+    return sh(': 2>/dev/null > "$1"; stat -c %s "$1" 2>/dev/null || echo 0', log)
+
+
+@reading
+def read_log(log: PurePosixPath, offset: int) -> Argv:
+    """Print the log's size, then what follows byte ``offset``."""
+    return sh('s=$(stat -c %s "$1" 2>/dev/null || echo 0); echo "$s"\n'
+              'if [ "$s" -gt "$2" ]; then tail -c +"$(($2 + 1))" "$1"; fi', log, str(offset))
+
+
+def parse_log(text: str) -> dict[Colour, Sample]:
+    """Per colour, the requests of the JSON lines the canary's log_format writes: a
+    failure is a 5xx (nginx's own 502/504 when it could not reach the slot included); the
+    time is the upstream's response time (the request's when there is none)."""
+    out = {c: Sample() for c in Colour}
+    for line in text.splitlines():
+        try:
+            entry = json.loads(line)
+            colour = Colour(entry["colour"])
+            status = int(entry["status"])
+        except (ValueError, KeyError, TypeError):
+            continue
+        sample = out[colour]
+        sample.requests += 1
+        sample.errors += status >= 500
+        times = [t.strip() for t in str(entry.get("upstream_time", "")).split(",")]
+        try:
+            sample.times.append(sum(float(t) for t in times) if all(times)
+                                else float(entry["request_time"]))
+        except (ValueError, KeyError):
+            pass
+    return out
 
 
 def remove_link(cfg: Config, use_sudo: bool) -> Argv:

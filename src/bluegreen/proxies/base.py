@@ -18,10 +18,19 @@ from bluegreen.errors import ProxyError
 from bluegreen.fleet import Node
 from bluegreen.plan import files
 from bluegreen.plan.nginx import Finding, deployment_id_request
+from bluegreen.traffic import Sample, Traffic
 
 CERT_WARN_DAYS = 14
 VERIFY_TIMEOUT = 10.0
 VERIFY_STREAK = 3  # old nginx workers answer the previous colour for ~100 ms after a reload
+
+
+class Meter(abc.ABC):
+    """Counts what one proxy saw of each colour's requests from the moment it is made."""
+
+    @abc.abstractmethod
+    async def read(self) -> dict[Colour, Sample]:
+        """Totals per colour since the meter was made."""
 
 
 class Proxy(abc.ABC):
@@ -102,6 +111,33 @@ class Proxy(abc.ABC):
     async def checks(self) -> list[Finding]:
         """What `bluegreen check` reports about the proxy; changes nothing."""
 
+    @property
+    def persisted_split(self) -> bool:
+        """Whether the persisted state (read by `live_colour`) names a canary's split."""
+        return False
+
+    @abc.abstractmethod
+    async def split(self) -> Traffic | None:
+        """The canary split in effect (None: every request goes to the live colour)."""
+
+    @abc.abstractmethod
+    async def set_traffic(self, traffic: Traffic) -> None:
+        """Split requests as ``traffic`` says and prove that the proxy does; the persisted
+        live colour stays ``traffic.stable``."""
+
+    @abc.abstractmethod
+    async def end_split(self, colour: Colour) -> None:
+        """Every request to ``colour`` again, in one step (nginx: one reload; HAProxy: one
+        runtime-API command), proven; ``colour`` is the persisted live colour."""
+
+    @abc.abstractmethod
+    async def meter(self) -> Meter:
+        """Start counting each colour's requests, failures and response times."""
+
+    async def observe(self, colour: Colour) -> None:
+        """Make the requests ``colour`` serves countable by a meter (nginx logs only
+        during a split: it sets one of 0 %); `end_split` undoes it."""
+
     async def old_workers(self) -> int:
         """Processes of a previous configuration that may still send the slots requests."""
         return 0
@@ -130,18 +166,20 @@ class Proxy(abc.ABC):
             return None
         return resp.body.strip() if resp.ok else f"HTTP {resp.status}"
 
-    async def verify(self, target: Colour, timeout: float = VERIFY_TIMEOUT) -> None:
-        """Poll /deployment_id until it answers ``target`` VERIFY_STREAK times in a row."""
+    async def verify(self, target: Colour | str, timeout: float = VERIFY_TIMEOUT) -> None:
+        """Poll /deployment_id until it answers ``target`` (a colour, or what a split
+        answers) VERIFY_STREAK times in a row."""
         if self.node.dry:
             self.node.say(f"would verify that the proxy answers {target} on /deployment_id")
             return
         streak = 0
         last: str | None = None
+        expected = target.value if isinstance(target, Colour) else target
 
         async def answered() -> bool | None:
             nonlocal streak, last
             last = await self.answer()
-            streak = streak + 1 if last == target.value else 0
+            streak = streak + 1 if last == expected else 0
             return True if streak >= VERIFY_STREAK else None
 
         if not await health.poll(answered, timeout=timeout, interval=0.05):

@@ -11,7 +11,8 @@ from bluegreen.config import Colour
 from bluegreen.errors import ProxyError
 from bluegreen.plan import files, haproxy
 from bluegreen.plan.nginx import Finding
-from bluegreen.proxies.base import Proxy
+from bluegreen.proxies.base import Meter, Proxy
+from bluegreen.traffic import Sample, Traffic
 
 RUNTIME_TIMEOUT = 10.0
 
@@ -264,6 +265,54 @@ class HAProxyProxy(Proxy):
         self.node.say(f"removed {config}; HAProxy reloaded")
         return []
 
+    # ---- canary: weights in a backend with both colours, through the runtime API ----
+
+    async def split(self) -> Traffic | None:
+        running = await self._running_or_none()
+        found = haproxy.canary_of_value(running)
+        if found is None:
+            return None
+        new, sticky = found
+        probe = Traffic(new.other, 0, sticky)
+        stat = haproxy.parse_stat(await self.runtime(haproxy.SHOW_STAT))
+        weights = haproxy.canary_weights(stat, self.cfg, probe)
+        total = sum(weights.values())
+        percent = round(100 * weights[new.value] / total) if total else 0
+        return Traffic(new.other, percent, sticky)
+
+    async def set_traffic(self, traffic: Traffic) -> None:
+        """The weights of the canary backend's servers, then (at the first step) the map
+        keys pointed at that backend: runtime-API commands, no reload. The map file keeps
+        the stable colour: a restarted HAProxy serves only it."""
+        stat = haproxy.parse_stat(await self.runtime(haproxy.SHOW_STAT))
+        backend = haproxy.canary_backend(self.cfg, traffic)
+        if (backend, "BACKEND") not in stat:
+            raise ProxyError(f"the running HAProxy has no backend {backend} (a config from "
+                             "before canaries); run `bluegreen setup`", host=self.name)
+        labels = [label for label, _ in self.servers]
+        for command in (haproxy.set_weights(self.cfg, traffic, labels),
+                        haproxy.set_value(self.cfg, haproxy.canary_value(traffic))):
+            error = haproxy.runtime_error(await self.runtime(command))
+            if error:
+                raise ProxyError(f"HAProxy refused `{command}`: {error}", host=self.name)
+        weights = haproxy.canary_weights(
+            haproxy.parse_stat(await self.runtime(haproxy.SHOW_STAT)), self.cfg, traffic)
+        if weights != {c: share * len(labels) for c, share in traffic.shares.items()}:
+            raise ProxyError(f"HAProxy's weights in {backend} are {weights}, not "
+                             f"{traffic.shares} per server", host=self.name)
+        await self.verify(haproxy.canary_value(traffic))
+
+    async def end_split(self, colour: Colour) -> None:
+        await self._set_running(colour)
+        await self.verify(colour)
+
+    async def meter(self) -> Meter:
+        return StatMeter(self, await self._counters())
+
+    async def _counters(self) -> dict[tuple[str, str], tuple[Colour, dict[str, int], float]]:
+        return haproxy.colour_counters(
+            haproxy.parse_stat(await self.runtime(haproxy.SHOW_STAT)), self.cfg)
+
     async def old_workers(self) -> int:
         """HAProxy processes left by a reload (of this same config) that still finish
         their connections: they route with the map they had, so they may still send the
@@ -315,3 +364,26 @@ class HAProxyProxy(Proxy):
             return (item, True, "present, as this app would write it")
         return (item, False, "differs from this app's (listen, [proxy.tls] or map_file): "
                 "setup would refuse")
+
+
+class StatMeter(Meter):
+    """The differences of the servers' counters in ``show stat`` since the meter was made
+    (responses, 5xx, connection and response errors); the time is each server's average
+    response time over its last 1024 requests (HAProxy keeps no percentile)."""
+
+    def __init__(self, proxy: HAProxyProxy,
+                 start: dict[tuple[str, str], tuple[Colour, dict[str, int], float]]) -> None:
+        self.proxy, self.start = proxy, start
+
+    async def read(self) -> dict[Colour, Sample]:
+        out = {c: Sample() for c in Colour}
+        for key, (colour, counts, rtime) in (await self.proxy._counters()).items():
+            before = self.start.get(key, (colour, {}, 0.0))[1]
+            delta = {k: v - before.get(k, 0) for k, v in counts.items()}
+            if delta["stot"] <= 0:
+                continue
+            sample = out[colour]
+            sample.requests += delta["stot"]
+            sample.errors += delta["hrsp_5xx"] + delta["econ"] + delta["eresp"]
+            sample.times.append(rtime)
+        return out

@@ -10,7 +10,8 @@ from bluegreen.errors import ProxyError
 from bluegreen.hosts.base import Result
 from bluegreen.plan import files, nginx
 from bluegreen.plan.nginx import Finding
-from bluegreen.proxies.base import Proxy
+from bluegreen.proxies.base import Meter, Proxy
+from bluegreen.traffic import Sample, Traffic
 
 
 # What a proxy's link is not known to name yet (`NginxProxy.live_colour` reads it).
@@ -21,6 +22,7 @@ class NginxProxy(Proxy):
     kind = "nginx"
     files = "site"
     _link: Colour | None | object = UNKNOWN
+    _to_canary = False  # the link names a canary's file (of the stable colour `_link`)
 
     @property
     def source(self) -> str:
@@ -44,11 +46,12 @@ class NginxProxy(Proxy):
         if colour is None:
             raise ProxyError(f"{nginx.link(self.cfg)} points at {target}, which is neither "
                              "site file; fix the link or run `bluegreen setup`", host=self.name)
-        return self._linked(colour)
+        return self._linked(colour, nginx.canary_of_target(self.cfg, target))
 
-    def _linked(self, colour: Colour | None | object) -> Colour | None:
-        """Remember what the link names now (UNKNOWN: read it again next time)."""
-        self._link = colour
+    def _linked(self, colour: Colour | None | object, canary: bool = False) -> Colour | None:
+        """Remember what the link names now (UNKNOWN: read it again next time); a
+        canary's file counts as its stable colour, with ``canary`` set."""
+        self._link, self._to_canary = colour, canary
         return colour if isinstance(colour, Colour) else None
 
     async def write_site(self, colour: Colour) -> bool:
@@ -178,6 +181,68 @@ class NginxProxy(Proxy):
         await self.node.run(["rm", "-f", "--", *map(str, sites)])
         return []
 
+    # ---- canary: a third site file with both upstreams, split by split_clients ------
+
+    @property
+    def persisted_split(self) -> bool:
+        return self._to_canary
+
+    async def split(self) -> Traffic | None:
+        live = await self.live_colour()
+        if live is None or not self._to_canary:
+            return None
+        text = await self.read(nginx.canary_file(self.cfg, live))
+        return nginx.parse_traffic(text, live) or Traffic(live, 0)
+
+    async def set_traffic(self, traffic: Traffic) -> None:
+        """Write the canary's site file for ``traffic``, point the link at it, test and
+        reload (one round trip; a failed test or reload puts the link back on the stable
+        colour's file), then poll until every answer says the new split."""
+        if self.sudo:
+            raise ProxyError("a canary with nginx rewrites a site file at each step, which "
+                             "the SSH user may not do with sudo = true (the site files are "
+                             "root's); use proxy.kind = \"haproxy\" (weights through the "
+                             "runtime API) or a full switch", host=self.name)
+        log = self.node.layout.traffic_log
+        if not nginx.supports_maintenance(log):
+            raise ProxyError(f"a canary needs deploy_to without spaces, quotes, ';' or '$' "
+                             f"(nginx reads the log's path, {log}, from the site file)",
+                             host=self.name)
+        text = nginx.render_site(self.cfg, traffic.stable, self.upstreams,
+                                 self.node.layout.maintenance_page, traffic, log)
+        if "split_clients" not in text:
+            raise ProxyError("proxy.template does not render a canary (no split_clients when "
+                             "`canary` is set; see `bluegreen docs canary`)", host=self.name)
+        path = nginx.canary_file(self.cfg, traffic.stable)
+        await self.node.run(files.make_dirs([log.parent]))
+        await self.node.run_steps(nginx.write_path(path, False), input=text)
+        self._linked(UNKNOWN)
+        result = await self.node.run(nginx.switch_and_reload(
+            self.cfg, path, traffic.stable, False, self.command(self.cfg.proxy.test),
+            self.command(self.cfg.proxy.reload)), check=False, timeout=120)
+        self._check(result, traffic.stable)
+        self._linked(traffic.stable, canary=True)
+        await self.verify(traffic.text())
+
+    async def end_split(self, colour: Colour) -> None:
+        live = await self.live_colour()
+        previous = (nginx.canary_file(self.cfg, live) if live and self._to_canary else live)
+        self._linked(UNKNOWN)
+        result = await self.node.run(nginx.switch_and_reload(
+            self.cfg, colour, previous, self.sudo, self.command(self.cfg.proxy.test),
+            self.command(self.cfg.proxy.reload)), check=False, timeout=120)
+        self._check(result, live)
+        self._linked(colour)
+        await self.verify(colour)
+
+    async def observe(self, colour: Colour) -> None:
+        await self.set_traffic(Traffic(colour, 0, sticky=False))
+
+    async def meter(self) -> Meter:
+        log = self.node.layout.traffic_log
+        size = await self.node.run(nginx.restart_log(log))
+        return LogMeter(self, log, int(size.stdout.strip() or 0))
+
     async def old_workers(self) -> int:
         result = await self.node.run(nginx.old_workers(self.cfg), check=False)
         return len(result.stdout.split())
@@ -200,3 +265,24 @@ class NginxProxy(Proxy):
         """What the running nginx's version and config mean for zero downtime."""
         result = await self.node.run(nginx.inspect(self.cfg), check=False)
         return nginx.advice(result.stdout)
+
+
+class LogMeter(Meter):
+    """Reads the JSON lines nginx appended to the canary's log since ``offset``: one per
+    request, with the colour split_clients picked, the status and the response time."""
+
+    def __init__(self, proxy: NginxProxy, log: PurePosixPath, offset: int) -> None:
+        self.proxy, self.log, self.offset = proxy, log, offset
+        self.samples = {c: Sample() for c in Colour}
+
+    async def read(self) -> dict[Colour, Sample]:
+        result = await self.proxy.node.run(nginx.read_log(self.log, self.offset))
+        size, _, data = result.stdout.partition("\n")
+        if int(size or 0) < self.offset:  # truncated or rotated: read it from its start
+            self.offset = 0
+            return await self.read()
+        complete = data[:data.rfind("\n") + 1]  # a line nginx is still writing: next time
+        self.offset += len(complete.encode())
+        for colour, sample in nginx.parse_log(complete).items():
+            self.samples[colour].add(sample)
+        return {c: Sample(s.requests, s.errors, list(s.times)) for c, s in self.samples.items()}

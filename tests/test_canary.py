@@ -1,0 +1,150 @@
+"""Canaries under real load, through a real nginx and a real HAProxy: a release that fails
+5 % of its requests is caught at the first step and every request goes back to the old
+colour, with the harm bounded by the step's share; a good release reaches 100 % with no
+failed request and sticky clients never go back to the old colour; a slow release is
+caught on latency; a canary killed mid-way is ended by `rollback`."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from bluegreen.demo.haproxy import PrivateHAProxy
+from bluegreen.demo.nginx import PrivateNginx, free_port
+from conftest import BLUEGREEN, SERVER_NAME, Project, get, make_project, with_home
+from loadclient import LoadClient
+
+CANARY = {"step": "3s", "min_requests": 40, "max_error_rate": 0.01}
+
+
+@pytest.fixture(params=["nginx", "haproxy"])
+def canary_project(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Project]:
+    """A project on this machine with a private proxy of each kind, v1 live (it answers
+    in about 10 ms: the old colour's latency the judge compares with)."""
+    proxy: PrivateNginx | PrivateHAProxy
+    if request.param == "nginx":
+        proxy = PrivateNginx(tmp_path / "nginx", free_port())
+    else:
+        proxy = PrivateHAProxy(tmp_path / "haproxy", free_port())
+    proxy.write_config()
+    proxy.start()
+    p = make_project(tmp_path, proxy, None)
+    p.write_config(canary=CANARY)
+    p.bg("setup")
+    p.deploy("1.0.0", mode="delay=0.01")
+    yield p
+    p.cleanup()
+    proxy.stop()
+
+
+def load(p: Project, tmp_path: Path, clients: int = 0) -> LoadClient:
+    return LoadClient(tmp_path / "load.json", SERVER_NAME, [f"127.0.0.1:{p.nginx.port}"],
+                      clients=clients)
+
+
+def failures_between(report: dict[str, Any], start: float, end: float) -> list[str]:
+    return [f for f in report["failures"] if start <= float(f.split()[0]) <= end]
+
+
+def test_a_failing_release_is_caught_at_the_first_step(canary_project: Project,
+                                                       tmp_path: Path) -> None:
+    p = canary_project
+    client = load(p, tmp_path)
+    time.sleep(1)
+    started = time.time()
+    out = p.deploy("2.0.0", "--canary", "10,50,100", check=5, mode="delay=0.01 fail=0.05")
+    ended = time.time()
+    time.sleep(1.5)
+    report = client.stop()
+    assert "canary aborted at 10% (step 1 of 3)" in out.stderr, out.stderr
+    assert "error rate" in out.stderr or "failed requests already" in out.stderr
+    # Every request back on the old colour; the new slot left running for inspection.
+    a = p.answer()
+    assert (a.status, a.colour, a.version) == (200, "blue", "1.0.0")
+    st = p.status()
+    assert st["live"] == "blue" and st["traffic"] == {"blue": 100, "green": 0}
+    assert st["canary"] is None
+    assert st["slots"]["green"]["running"] and st["slots"]["green"]["version"] == "2.0.0"
+    assert p.history()[0]["event"] == "failed"
+    assert "canary aborted" in p.history()[0]["detail"]
+    # The harm users saw: only 500s of the new release, only during its 10 % step, and
+    # about what 10 % x 5 % of the requests in that window allows; none after the abort.
+    during = failures_between(report, started, ended)
+    assert all("HTTP 500" in f for f in during), during
+    assert failures_between(report, ended, time.time() + 1) == []
+    assert len(report["failures"]) == len(during)
+    served = report["requests"]
+    assert served > 200
+    assert 1 <= len(during) <= max(4, 0.1 * 0.05 * served * 2), (len(during), served)
+
+
+def test_a_good_release_reaches_all_traffic_and_sticky_clients_never_go_back(
+        canary_project: Project, tmp_path: Path) -> None:
+    p = canary_project
+    client = load(p, tmp_path, clients=12)
+    time.sleep(1)
+    out = p.deploy("2.0.0", "--canary", "20,60", "--step", "2s", "--watch", "2s",
+                   mode="delay=0.01")
+    time.sleep(0.5)
+    report = client.stop()
+    assert "canary step 1/3 (20% to green): good" in out.stderr, out.stderr
+    assert "canary step 2/3 (60% to green): good" in out.stderr
+    assert "watching green (2s): good" in out.stderr
+    assert report["failures"] == []
+    assert (p.answer().colour, p.answer().version) == ("green", "2.0.0")
+    st = p.status()
+    assert st["traffic"] == {"blue": 0, "green": 100} and st["canary"] is None
+    # Each client was served blue, then green, and never blue again.
+    assert len(report["clients"]) == 12
+    assert all(seq == ["blue", "green"] for seq in report["clients"]), report["clients"]
+    assert report["colours"].get("green", 0) > 0
+
+
+def test_a_slow_release_is_caught_on_latency(canary_project: Project) -> None:
+    p = canary_project
+    client = load(p, canary_project.dir)
+    time.sleep(1)
+    out = p.deploy("2.0.0", "--canary", "50", "--step", "3s", check=5, mode="delay=0.06")
+    report = client.stop()
+    assert "canary aborted at 50% (step 1 of 2)" in out.stderr, out.stderr
+    assert "p99" in out.stderr if isinstance(p.nginx, PrivateNginx) else "ms is more than" in \
+        out.stderr
+    assert report["failures"] == []
+    assert (p.answer().colour, p.answer().version) == ("blue", "1.0.0")
+
+
+def test_a_canary_killed_midway_is_ended_by_rollback(canary_project: Project) -> None:
+    p = canary_project
+    p.artifact("2.0.0", "delay=0.01")
+    proc = subprocess.Popen(with_home(p.home, [*BLUEGREEN, "deploy", "--version", "2.0.0",
+                                               "--canary", "50", "--step", "60s"]),
+                            cwd=p.dir, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        if get(p.nginx.port, "/deployment_id").body.strip() in ("blue=50 green=50",
+                                                               "canary-green"):
+            break
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.2)
+    else:
+        raise AssertionError("the canary never started")
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    st = p.status()
+    assert st["traffic"] == {"blue": 50, "green": 50}
+    assert st["canary"] == {"new": "green", "percent": 50, "sticky": True}
+    p.bg("unlock")
+    out = p.bg("rollback")
+    assert "rollback ends it" in out.stderr
+    a = p.answer()
+    assert (a.colour, a.version) == ("blue", "1.0.0")
+    st = p.status()
+    assert st["traffic"] == {"blue": 100, "green": 0} and st["canary"] is None
+    assert json.loads(p.bg("history", "--json").stdout)["events"][0]["event"] == "rollback"
