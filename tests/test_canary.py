@@ -23,18 +23,23 @@ from loadclient import LoadClient
 CANARY = {"step": "3s", "min_requests": 40, "max_error_rate": 0.01}
 
 
-@pytest.fixture(params=["nginx", "haproxy"])
+KINDS = ["nginx", "haproxy"]
+
+
+@pytest.fixture(params=KINDS)
 def canary_project(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Project]:
-    """A project on this machine with a private proxy of each kind, v1 live (it answers
-    in about 10 ms: the old colour's latency the judge compares with)."""
+    """A project with a private proxy of each kind, v1 live (it answers in about 10 ms:
+    the old colour's latency the judge compares with); `local`, or (a "-ssh" kind) over a
+    real sshd, so the judge reads nginx's log and HAProxy's counters through SSH."""
     proxy: PrivateNginx | PrivateHAProxy
-    if request.param == "nginx":
+    if request.param.startswith("nginx"):
         proxy = PrivateNginx(tmp_path / "nginx", free_port())
     else:
         proxy = PrivateHAProxy(tmp_path / "haproxy", free_port())
     proxy.write_config()
     proxy.start()
-    p = make_project(tmp_path, proxy, None)
+    server = request.getfixturevalue("sshd") if request.param.endswith("-ssh") else None
+    p = make_project(tmp_path, proxy, server)
     p.write_config(canary=CANARY)
     p.bg("setup")
     p.deploy("1.0.0", mode="delay=0.01")
@@ -52,6 +57,8 @@ def failures_between(report: dict[str, Any], start: float, end: float) -> list[s
     return [f for f in report["failures"] if start <= float(f.split()[0]) <= end]
 
 
+@pytest.mark.parametrize("canary_project", [*KINDS, "nginx-ssh", "haproxy-ssh"],
+                         indirect=True)
 def test_a_failing_release_is_caught_at_the_first_step(canary_project: Project,
                                                        tmp_path: Path) -> None:
     p = canary_project
@@ -87,7 +94,7 @@ def test_a_failing_release_is_caught_at_the_first_step(canary_project: Project,
 def test_a_good_release_reaches_all_traffic_and_sticky_clients_never_go_back(
         canary_project: Project, tmp_path: Path) -> None:
     p = canary_project
-    client = load(p, tmp_path, clients=12)
+    client = load(p, tmp_path, clients=40)
     time.sleep(1)
     out = p.deploy("2.0.0", "--canary", "20,60", "--step", "2s", "--watch", "2s",
                    mode="delay=0.01")
@@ -101,7 +108,7 @@ def test_a_good_release_reaches_all_traffic_and_sticky_clients_never_go_back(
     st = p.status()
     assert st["traffic"] == {"blue": 0, "green": 100} and st["canary"] is None
     # Each client was served blue, then green, and never blue again.
-    assert len(report["clients"]) == 12
+    assert len(report["clients"]) == 40
     assert all(seq == ["blue", "green"] for seq in report["clients"]), report["clients"]
     assert report["colours"].get("green", 0) > 0
 

@@ -62,8 +62,9 @@ class Fleet:
     def bg(self, *args: str, check: int | bool = True) -> subprocess.CompletedProcess[str]:
         return run_cli(self.dir, self.home, args, check=check, timeout=180)
 
-    def deploy(self, version: str, *args: str, check: int | bool = True) -> subprocess.CompletedProcess[str]:
-        sample_artifact(self.dir, version)
+    def deploy(self, version: str, *args: str, check: int | bool = True,
+               mode: str | None = None) -> subprocess.CompletedProcess[str]:
+        sample_artifact(self.dir, version, mode)
         return self.bg("deploy", "--version", version, *args, check=check)
 
     def answers(self) -> list[tuple[str | None, str | None]]:
@@ -149,6 +150,31 @@ def test_all_hosts_flip_together(fleet: Fleet, tmp_path: Path) -> None:
     assert set(report["versions"]) == {"1.0.0", "2.0.0", "3.0.0"}
     events = json.loads(fleet.bg("history", "--json").stdout)["events"]
     assert sorted(e["host"] for e in events if e["event"] == "rollback") == ["h1", "h2", "h3"]
+
+
+def test_canary_on_every_host_judged_as_one(fleet: Fleet, tmp_path: Path) -> None:
+    """Three hosts, each with its nginx: a canary's split goes to every proxy, the judge
+    sums their logs (read over SSH); a failing release goes back everywhere, a good one
+    reaches every host."""
+    from loadclient import LoadClient
+
+    fleet.extra = {"canary": {"min_requests": 30, "step": "2s"}}
+    fleet.write_config()
+    fleet.deploy("1.0.0")
+    client = LoadClient(tmp_path / "load.json", SERVER_NAME,
+                        [f"{h.address}:80" for h in fleet.cluster.hosts])
+    try:
+        out = fleet.deploy("2.0.0", "--canary", "20,60", check=5, mode="fail=0.05")
+        assert "canary aborted at 20%" in out.stderr, out.stderr
+        assert fleet.answers() == [("blue", "1.0.0")] * 3
+        out = fleet.deploy("3.0.0", "--canary", "20,60")
+        assert "canary step 2/3 (60% to green): good" in out.stderr, out.stderr
+        assert fleet.answers() == [("green", "3.0.0")] * 3
+    finally:
+        report = client.stop()
+    assert all("HTTP 500" in f for f in report["failures"]), report["failures"]
+    assert len(report["failures"]) <= 4
+    assert set(report["versions"]) == {"1.0.0", "2.0.0", "3.0.0"}
 
 
 def test_foreign_listener_on_one_host_switches_nothing(fleet: Fleet) -> None:
@@ -322,10 +348,17 @@ def test_load_balancer_topology_with_haproxy(tmp_path: Path) -> None:
         assert served_by == {"h2", "h3"}
         data = json.loads(fleet.bg("status", "--json").stdout)
         assert data["load_balancers"] == [{"name": "h1", "host": "h1", "reachable": True,
-                                           "live": "green", "proxy_answer": "green"}]
+                                           "live": "green", "proxy_answer": "green",
+                                           "traffic": {"blue": 0, "green": 100},
+                                           "canary": None}]
         fleet.bg("rollback")
         assert {get_from(lb).version for _ in range(10)} == {"1.0.0"}
-        fleet.deploy("3.0.0")  # replaces green's 2.0.0 on both app hosts
+        # A canary through the balancer's runtime API over SSH: the weights of both app
+        # hosts' servers, then the full switch (no traffic to judge: min_requests = 0).
+        fleet.extra = {"canary": {"min_requests": 0}}
+        fleet.write_config()
+        out = fleet.deploy("3.0.0", "--canary", "50", "--step", "1s")  # replaces 2.0.0
+        assert "canary step 1/2 (50% to green): good" in out.stderr, out.stderr
         assert {get_from(lb).version for _ in range(10)} == {"3.0.0"}
         assert lb.exec("pgrep", "-f", "haproxy -f /srv/haproxy").stdout.split() == pids
         out = fleet.bg("check")

@@ -73,6 +73,10 @@ class Boot:
             self.node.say(f"{colour}: a process of an interrupted start is listening now; "
                           "stopping it")
             await self.stop(colour)
+            probe = await self.slots.probe(colour)
+            if probe.listening:  # no state on record (the start died before writing it)
+                await supervisors.of_state(self.node, None).stop_listeners(
+                    colour, list(probe.listeners))
         env_text = slotplan.env_script(slotplan.slot_env(self.cfg, slot, secrets))
         supervisor, _ = await supervisors.choose(self.node)
         state = SlotState(release=slot.release_id, version=slot.version, mode=supervisor.mode,

@@ -217,7 +217,7 @@ async def _traffic(proxies: list[Proxy], live: Colour | None) -> dict[str, Any]:
     100 for the live colour); ``canary``: the split's new colour, share and stickiness
     while one is in effect (a canary's step, or a watch), else None."""
     split = next((s for s in [await p.split() for p in proxies] if s), None)
-    if split is None:
+    if split is None or split.percent == 0:  # nothing, or a watch (all on the live one)
         return {"traffic": whole(live) if live else None, "canary": None}
     return {"traffic": split.shares,
             "canary": {"new": split.new.value, "percent": split.percent,

@@ -42,7 +42,9 @@ async def finish_interrupted(topo: Topology, out: Reporter) -> None:
             split = await p.split()
             if split is not None:  # a canary (or a watch) that did not finish
                 p.node.say(f"undoing an interrupted canary ({split.percent}% to "
-                           f"{split.new}): every request goes to {split.stable} again")
+                           f"{split.new}): every request goes to {split.stable} again"
+                           if split.percent else f"ending an interrupted watch of "
+                           f"{split.stable} (it stays live)")
                 await p.end_split(split.stable)
                 return
         if answer not in (Colour.BLUE.value, Colour.GREEN.value):

@@ -111,7 +111,7 @@ def judge(old: Sample, new: Sample, *, max_error_rate: float, max_latency_ratio:
         return Verdict(False, f"{new.errors} failed requests already, more than "
                        f"{allowed:.1%} of the {max(min_requests, new.requests)} a verdict "
                        f"needs: {said}")
-    if new.requests < max(min_requests, 1):
+    if new.requests < min_requests:
         return Verdict(None, f"{new.requests} of the {min_requests} requests a verdict needs: "
                        f"{said}")
     reference = old.p99 if old.p99 is not None else baseline_p99

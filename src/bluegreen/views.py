@@ -10,7 +10,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from bluegreen.config import Colour
 from bluegreen.reports import CheckItem
+from bluegreen.traffic import Traffic
 
 
 def console() -> Console:
@@ -48,8 +50,9 @@ def print_status(data: dict[str, Any]) -> None:
         if not h["reachable"]:
             out.print(f"[bold]{escape(h['host'])}[/]: [red]unreachable[/] ({escape(h['error'])})")
             continue
-        agree = "" if h["proxy_answer"] == h["live"] or h.get("canary") else \
-            " [red](proxy disagrees!)[/]"
+        agree = "" if h["proxy_answer"] == h["live"] or h.get("canary") or \
+            (h["live"] and h["proxy_answer"] == Traffic(Colour(h["live"]), 0).text()) else \
+            " [red](proxy disagrees!)[/]"  # (the last: a watch logging every request)
         maintenance = " [yellow](maintenance on: 503 for every request)[/]" \
             if h.get("maintenance") else ""
         out.print(f"[bold]{escape(h['host'])}[/]: live [bold]{h['live']}[/], proxy answers "

@@ -258,13 +258,16 @@ def parse_stat(text: str) -> dict[tuple[str, str], dict[str, str]]:
 
 def sessions(stat: dict[tuple[str, str], dict[str, str]], cfg: Config, colour: Colour,
              host_label: str) -> int | None:
-    """Current sessions on ``host_label``'s server of the colour's backend (None when
-    HAProxy has no such server)."""
-    row = stat.get((backend(cfg, colour), server_name(host_label)))
-    if row is None:
+    """Current sessions on ``host_label``'s server of the colour's backend, and on its
+    servers in the canary backends (None when HAProxy has no such server)."""
+    rows = [stat.get((backend(cfg, colour), server_name(host_label)))]
+    rows += [stat.get((f"bluegreen_{ident(cfg)}_{kind}-{new.value}",
+                       f"{colour.value}-{server_name(host_label)}"))
+             for kind in ("canary", "split") for new in Colour]
+    if rows[0] is None:
         return None
-    value = row.get("scur") or "0"
-    return int(value) if value.isdigit() else 0
+    values = [(row.get("scur") or "0") for row in rows if row is not None]
+    return sum(int(v) for v in values if v.isdigit())
 
 
 # ---- canary -----------------------------------------------------------------------
