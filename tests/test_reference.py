@@ -114,7 +114,11 @@ def test_guides_are_printed_by_docs_and_shipped_in_the_wheel(tmp_path: Path) -> 
     out = subprocess.run([*BLUEGREEN, "docs", "python"], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.startswith("# Deploying a Python web app")
     out = subprocess.run([*BLUEGREEN, "docs", "no-such"], capture_output=True, text=True)
-    assert out.returncode == 2 and "guides: configuration" in out.stderr
+    assert out.returncode == 2 and "guides: canary, configuration" in out.stderr
+    # A section with a guide of its name: the guide, then the section's keys.
+    out = subprocess.run([*BLUEGREEN, "docs", "canary"], capture_output=True, text=True)
+    assert out.stdout.startswith("# Canary deploys and watches")
+    assert "## Keys" in out.stdout and "canary.max_error_rate" in out.stdout
     # An installed copy, as a wheel lays it out, is found by prefix.
     installed = tmp_path / "prefix" / guides.INSTALLED
     installed.mkdir(parents=True)

@@ -630,7 +630,8 @@ def completion(shell: str) -> None:
                    "and meaning), or one SECTION of it ("
                    + ", ".join(s or "top" for s in DOC_SECTIONS) + "), or a GUIDE (e.g. "
                    "python, https, operations, servers, topologies; `bluegreen docs guides` "
-                   "lists them): the docs/*.md files, installed with bluegreen.")
+                   "lists them): the docs/*.md files, installed with bluegreen. `docs "
+                   "canary` prints the guide, then the [canary] keys.")
 @click.argument("section", metavar="[SECTION|GUIDE]", required=False)
 def docs(section: str | None) -> None:
     from bluegreen import guides
@@ -649,6 +650,9 @@ def docs(section: str | None) -> None:
             sys.exit(2)
         click.echo(text.rstrip())
         return
+    guide = guides.read(section) if section else None
+    if guide is not None:  # a section with a guide of its name (canary): both
+        click.echo(guide.rstrip() + "\n\n## Keys\n")
     click.echo(reference.text(section).rstrip())
 
 
