@@ -8,12 +8,13 @@ proxy kind, in one run.
 Load: wrk (-t2 -c20) through a private proxy to the bundled sample app (1.0.0 live, ~5 ms
 per request), during
   - `canary`: `bluegreen deploy --canary 10,50,100 --step STEP` of the bad 2.0.0: how
-    many failed requests users got, and the seconds from the first request sent to 2.0.0
-    to the moment every request was back on 1.0.0 (the command's end);
+    many failed requests users got, and the seconds from the first step's start (its
+    reload or runtime-API command) to the moment every request was back on 1.0.0 (the
+    command's end);
   - `switch + rollback`: `bluegreen promote` of the same 2.0.0 (a full switch), then
     `bluegreen rollback` NOTICE seconds later: an optimistic stand-in for an alert or a
-    person noticing (in practice minutes). Failed requests, and seconds from the switch
-    to the end of the rollback.
+    person noticing (in practice minutes). Failed requests, and seconds from the start of
+    `promote` to the end of the rollback.
 Writes canary.json, canary.md and canary.png (per second: requests, failed requests, and
 the new release's share of requests as bluegreen set it) to --out.
 """
@@ -90,11 +91,11 @@ def scenario(p: Project, proxy: Proxy, name: str, lua: Path, step: float,
         exposed_from = marks[0][0] if marks else start
         aborted = status == 5
     else:
-        status, start, switched = bluegreen(p, ["promote"], marks)
-        marks.append((switched, 100))
+        status, switching, switched = bluegreen(p, ["promote"], marks)
+        marks.append((switching, 100))
         time.sleep(notice)
         status, _, end = bluegreen(p, ["rollback"], marks)
-        exposed_from = switched
+        exposed_from = switching
         aborted = status == 0
     marks.append((end, 0))
     threading.Event().wait(2)

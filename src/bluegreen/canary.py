@@ -22,7 +22,7 @@ from bluegreen.topology import Topology
 from bluegreen.traffic import Sample, Traffic, Verdict, judge
 from bluegreen.values import percent_steps, seconds
 
-POLL = 1.0  # seconds between reads of the proxies' numbers during a step
+POLL = 0.5  # seconds between reads of the proxies' numbers during a step
 MAX_WAIT = 3  # a step waits up to this many times its length for min_requests
 Hook = Callable[[], Awaitable[None]]
 
