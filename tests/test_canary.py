@@ -94,7 +94,7 @@ def test_a_failing_release_is_caught_at_the_first_step(canary_project: Project,
 def test_a_good_release_reaches_all_traffic_and_sticky_clients_never_go_back(
         canary_project: Project, tmp_path: Path) -> None:
     p = canary_project
-    client = load(p, tmp_path, clients=40)
+    client = load(p, tmp_path, clients=41)  # odd: see the plain canary test below
     time.sleep(1)
     out = p.deploy("2.0.0", "--canary", "20,60", "--step", "2s", "--watch", "2s",
                    mode="delay=0.01")
@@ -108,7 +108,7 @@ def test_a_good_release_reaches_all_traffic_and_sticky_clients_never_go_back(
     st = p.status()
     assert st["traffic"] == {"blue": 0, "green": 100} and st["canary"] is None
     # Each client was served blue, then green, and never blue again.
-    assert len(report["clients"]) == 40
+    assert len(report["clients"]) == 41
     assert all(seq == ["blue", "green"] for seq in report["clients"]), report["clients"]
     assert report["colours"].get("green", 0) > 0
 
@@ -126,10 +126,10 @@ def test_a_slow_release_is_caught_on_latency(canary_project: Project) -> None:
     assert (p.answer().colour, p.answer().version) == ("blue", "1.0.0")
 
 
-def test_a_canary_killed_midway_is_ended_by_rollback(canary_project: Project) -> None:
-    p = canary_project
-    p.artifact("2.0.0", "delay=0.01")
-    proc = subprocess.Popen(with_home(p.home, [*BLUEGREEN, "deploy", "--version", "2.0.0",
+def start_canary(p: Project, version: str) -> subprocess.Popen[str]:
+    """`deploy VERSION --canary 50 --step 60s` in the background, once its split is in
+    effect (what the proxy answers says so)."""
+    proc = subprocess.Popen(with_home(p.home, [*BLUEGREEN, "deploy", "--version", version,
                                                "--canary", "50", "--step", "60s"]),
                             cwd=p.dir, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
@@ -137,21 +137,60 @@ def test_a_canary_killed_midway_is_ended_by_rollback(canary_project: Project) ->
     while time.time() < deadline:
         if get(p.nginx.port, "/deployment_id").body.strip() in ("blue=50 green=50",
                                                                "canary-green"):
-            break
+            return proc
         assert proc.poll() is None, proc.communicate()
         time.sleep(0.2)
-    else:
-        raise AssertionError("the canary never started")
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate()
-    st = p.status()
-    assert st["traffic"] == {"blue": 50, "green": 50}
-    assert st["canary"] == {"new": "green", "percent": 50, "sticky": True}
-    p.bg("unlock")
-    out = p.bg("rollback")
-    assert "rollback ends it" in out.stderr
-    a = p.answer()
-    assert (a.colour, a.version) == ("blue", "1.0.0")
-    st = p.status()
-    assert st["traffic"] == {"blue": 100, "green": 0} and st["canary"] is None
-    assert json.loads(p.bg("history", "--json").stdout)["events"][0]["event"] == "rollback"
+    raise AssertionError("the canary never started")
+
+
+def test_a_canary_killed_midway_is_ended_by_the_next_command(canary_project: Project) -> None:
+    p = canary_project
+    p.artifact("2.0.0", "delay=0.01")
+    # Ctrl-C: every request back on the old colour before the run exits, lock released.
+    proc = start_canary(p, "2.0.0")
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0 and "canary interrupted" in err, err
+    assert (p.answer().colour, p.answer().version) == ("blue", "1.0.0")
+    assert p.status()["canary"] is None and not (p.deploy_to / "lock").exists()
+    # SIGKILL: the split stays (status shows it) until the next command ends it.
+    for then in ("rollback", "stop"):
+        proc = start_canary(p, "2.0.0")
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate()
+        st = p.status()
+        assert st["traffic"] == {"blue": 50, "green": 50}
+        assert st["canary"] == {"new": "green", "percent": 50, "sticky": True}
+        p.bg("unlock")
+        if then == "rollback":  # only ends the split, back to the old colour
+            out = p.bg("rollback")
+            assert "rollback ends it" in out.stderr
+            events = json.loads(p.bg("history", "--json").stdout)["events"]
+            assert events[0]["event"] == "rollback"
+        else:  # any command that changes things first undoes the split
+            out = p.bg("stop", "green")
+            assert "undoing an interrupted canary (50% to green)" in out.stderr, out.stderr
+            assert not p.status()["slots"]["green"]["running"]
+        a = p.answer()
+        assert (a.colour, a.version) == ("blue", "1.0.0")
+        st = p.status()
+        assert st["traffic"] == {"blue": 100, "green": 0} and st["canary"] is None
+
+
+def test_promote_with_a_plain_weighted_canary(canary_project: Project, tmp_path: Path) -> None:
+    """`promote --canary --no-sticky` of a release started by `deploy --no-promote`: each
+    request picks a colour by the weights, so clients do see both (the control for the
+    sticky test above)."""
+    p = canary_project
+    p.deploy("2.0.0", "--no-promote", mode="delay=0.01")
+    # (an odd count: HAProxy's round robin alternates, and an even one would give each
+    # client the same colour every time)
+    client = load(p, tmp_path, clients=41)
+    time.sleep(1)
+    out = p.bg("promote", "--canary", "50", "--step", "2s", "--no-sticky")
+    report = client.stop()
+    assert "canary step 1/2 (50% to green): good" in out.stderr, out.stderr
+    assert "sticky" not in out.stderr.split("canary step 1/2")[1].splitlines()[0]
+    assert (p.answer().colour, p.answer().version) == ("green", "2.0.0")
+    assert report["failures"] == []
+    assert any(len(seq) > 2 for seq in report["clients"]), report["clients"]
