@@ -194,3 +194,18 @@ def test_promote_with_a_plain_weighted_canary(canary_project: Project, tmp_path:
     assert (p.answer().colour, p.answer().version) == ("green", "2.0.0")
     assert report["failures"] == []
     assert any(len(seq) > 2 for seq in report["clients"]), report["clients"]
+
+
+@pytest.mark.parametrize("canary_project", ["nginx"], indirect=True)
+def test_each_step_first_proves_the_new_colour_still_healthy(canary_project: Project) -> None:
+    """Invariant 6 at every step: a release that dies after its first step (no traffic to
+    judge: min_requests 0) is not sent more requests; every request goes back."""
+    p = canary_project
+    p.write_config(canary={**CANARY, "min_requests": 0})
+    out = p.deploy("2.0.0", "--canary", "20,60", "--step", "2s", check=5,
+                   mode="exit_after=1")
+    assert "canary step 1/3 (20% to green): good" in out.stderr, out.stderr
+    assert "canary step 2/3 (60% to green): green no longer answers its health check on " \
+        "web1; every request goes to blue again" in out.stderr
+    assert (p.answer().colour, p.answer().version) == ("blue", "1.0.0")
+    assert p.status()["canary"] is None

@@ -162,6 +162,10 @@ async def run_steps(topo: Topology, targets: dict[str, Colour], plan: Plan, out:
     if all(wanted[p.name] is lives[p.name] for p in proxies):
         out.step(None, f"{new} is already live: no canary")
         return None
+    if any(lives[p.name] is not stable for p in proxies):
+        raise BlueGreenError(f"a canary towards {new} needs every proxy on {stable} first ("
+                             + ", ".join(f"{p.name} is on {lives[p.name]}" for p in proxies)
+                             + f"): `bluegreen promote {stable}`, then the canary")
     if any(p.node.dry for p in proxies):
         out.step(None, f"would run a {plan.describe()} from {stable} to {new}")
         return None
@@ -174,6 +178,8 @@ async def run_steps(topo: Topology, targets: dict[str, Colour], plan: Plan, out:
             traffic = Traffic(stable, percent, plan.sticky)
             label = f"canary step {index}/{count} ({percent}% to {new})"
             out.step(None, f"{label}: {traffic.text()}" + (", sticky" if plan.sticky else ""))
+            if index > 1:  # (the first step's health was just proven)
+                await _still_healthy(topo, new, stable, proxies, out, label)
             await set_everywhere(proxies, traffic, out)
             meters = await each(proxies, lambda p: p.meter(), out)
             verdict, seen = await observe(meters, plan, stable, new, plan.step, label, out)
@@ -190,6 +196,18 @@ async def run_steps(topo: Topology, targets: dict[str, Colour], plan: Plan, out:
         await asyncio.shield(back_to(proxies, stable, out))
         raise
     return baseline
+
+
+async def _still_healthy(topo: Topology, new: Colour, stable: Colour, proxies: list[Proxy],
+                         out: Reporter, label: str) -> None:
+    """Before a step sends more requests to ``new``: it still answers its health check on
+    every host (invariant 6), else every request goes back to ``stable`` (exit 5)."""
+    answers = await each(topo.apps, lambda a: a.slots.health(new), out)
+    sick = [a.name for a, r in zip(topo.apps, answers) if r is None or not r.ok]
+    if sick:
+        back = await back_to(proxies, stable, out)
+        raise CanaryFailed(f"{label}: {new} no longer answers its health check on "
+                           f"{', '.join(sick)}; {went_back(back, stable)}")
 
 
 async def watch(topo: Topology, new: Colour, plan: Plan, out: Reporter,

@@ -7,7 +7,8 @@ broken release: "exit" (exits at start), "unhealthy" (/health answers 500), "slo
 (keeps serving for 1.5 s after SIGTERM, like a node that takes its time to shut down),
 "https-only" (not a broken one: 301 to https unless X-Forwarded-Proto is https). Words
 of the form NAME=VALUE shape GET / (for canaries): "fail=0.05" answers 500 to that share
-of requests (every 20th, not at random), "delay=0.02" sleeps that many seconds first.
+of requests (every 20th, not at random), "delay=0.02" sleeps that many seconds first;
+"exit_after=2" exits (status 4) that many seconds after it starts listening.
 SIGTERM stops accepting, finishes requests in flight, then exits.
 """
 
@@ -175,6 +176,13 @@ def main() -> None:
         threading.Thread(target=shutdown, daemon=True).start()
 
     signal.signal(signal.SIGTERM, stop)
+    if "exit_after" in KNOBS:
+        def crash() -> None:
+            time.sleep(float(KNOBS["exit_after"]))
+            print(f"sample app {VERSION}: exiting on purpose (exit_after)", flush=True)
+            os._exit(4)
+
+        threading.Thread(target=crash, daemon=True).start()
     print(f"sample app {VERSION} ({COLOUR}) listening on {bind}:{port}", flush=True)
     server.serve_forever(poll_interval=0.1)
     server.server_close()
