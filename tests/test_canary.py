@@ -48,9 +48,25 @@ def canary_project(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[P
     proxy.stop()
 
 
+STARTED: list[LoadClient] = []
+
+
+@pytest.fixture(autouse=True)
+def no_client_left() -> Iterator[None]:
+    """A test that fails before `stop()` leaves no load client running."""
+    yield
+    while STARTED:
+        client = STARTED.pop()
+        if client.proc.poll() is None:
+            client.proc.kill()
+            client.proc.wait()
+
+
 def load(p: Project, tmp_path: Path, clients: int = 0) -> LoadClient:
-    return LoadClient(tmp_path / "load.json", SERVER_NAME, [f"127.0.0.1:{p.nginx.port}"],
-                      clients=clients)
+    client = LoadClient(tmp_path / "load.json", SERVER_NAME, [f"127.0.0.1:{p.nginx.port}"],
+                        clients=clients)
+    STARTED.append(client)
+    return client
 
 
 def failures_between(report: dict[str, Any], start: float, end: float) -> list[str]:

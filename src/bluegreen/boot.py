@@ -82,10 +82,12 @@ class Boot:
         state = SlotState(release=slot.release_id, version=slot.version, mode=supervisor.mode,
                           pid=None, sid=None, cwd=slot.cwd(self.cfg), status="starting",
                           started=now_iso())
+        self.slots.forget(colour)
         await self.node.run(slotplan.ready_slot(
             [slot.dir, slot.dir / "tmp"], layout.slot_env(colour), layout.state(colour),
             state.to_json(), layout.log(colour), slot.release_id, state.started),
             input=env_text)
+        self.slots.remember(colour, state)
         self.node.say(f"starting {slot.release_id} on {colour} (port {slot.port})")
         started = time.monotonic()
         try:

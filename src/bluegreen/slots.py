@@ -34,17 +34,33 @@ class Slots:
         self.cfg = node.cfg
         self.layout = node.layout
         self.proxies = proxies
+        # Each slot's state as read or written during this command (the lock keeps other
+        # runs from writing it meanwhile): read once, not at every step that needs it.
+        self._states: dict[Colour, SlotState | None] = {}
 
     def slot(self, colour: Colour, release_id: str, version: str) -> Slot:
         return Slot(colour, self.cfg.slots.port(colour), self.layout, release_id, version,
                     self.node.bind)
 
     async def state(self, colour: Colour) -> SlotState | None:
-        result = await self.node.run(files.read_file(self.layout.state(colour)))
-        return SlotState.from_json(result.stdout) if result.stdout.strip() else None
+        if colour not in self._states:
+            result = await self.node.run(files.read_file(self.layout.state(colour)))
+            self._states[colour] = (SlotState.from_json(result.stdout) if result.stdout.strip()
+                                    else None)
+        return self._states[colour]
 
     async def write_state(self, colour: Colour, state: SlotState) -> None:
+        self.forget(colour)  # unknown if the write fails
         await self.node.run(files.write_file(self.layout.state(colour)), input=state.to_json())
+        self.remember(colour, state)
+
+    def remember(self, colour: Colour, state: SlotState) -> None:
+        """The state a command wrote another way (e.g. in the start's one script)."""
+        self._states[colour] = state
+
+    def forget(self, colour: Colour) -> None:
+        """Read the state from the host again next time."""
+        self._states.pop(colour, None)
 
     async def probe(self, colour: Colour, sid: int | None = None,
                     pids: list[int] | None = None) -> Probe:

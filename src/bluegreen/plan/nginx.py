@@ -118,10 +118,15 @@ def tls_context(cfg: Config, bind: Callable[[str], str] | None = None
     }
 
 
+MAINTENANCE_MARK = "# maintenance"
+
+
 @reading
-def read_link(cfg: Config) -> Argv:
-    """Print the live link's target; prints nothing when there is no link."""
-    return sh('if [ -L "$1" ]; then readlink "$1"; fi', link(cfg))
+def read_link(cfg: Config, maintenance_page: PurePosixPath) -> Argv:
+    """Print the live link's target (nothing when there is no link), then MAINTENANCE_MARK
+    on a line of its own if the maintenance page exists: one round trip for both."""
+    return sh('if [ -L "$1" ]; then readlink "$1"; fi; if [ -f "$2" ]; then echo "$3"; fi; '
+              'true', link(cfg), maintenance_page, MAINTENANCE_MARK)
 
 
 def colour_of_target(cfg: Config, target: str) -> Colour | None:
@@ -171,12 +176,29 @@ def _chain(steps: Steps) -> str:
     return " && ".join(shlex.join(step) for step in steps)
 
 
-def trial(cfg: Config, target: Colour, live: Colour, use_sudo: bool, test: Argv) -> Argv:
+SITE_FAILED = 94
+WROTE_SITE = "# bluegreen wrote the site file"
+
+
+def trial(cfg: Config, target: Colour, live: Colour, use_sudo: bool, test: Argv,
+          update_site: bool = False) -> Argv:
     """One round trip: point the link at ``target``, run ``test``, point the link back at
     ``live`` (nginx reads the link only on reload, so traffic never sees the trial).
     Exit 0, or TEST_FAILED with the test's output, or LINK_(BACK_)FAILED. Under sudo each
-    step is still its own fixed argv (`plan.sudoers`)."""
-    return sh(f"{_chain(switch(cfg, target, use_sudo))} || exit {LINK_FAILED}\n"
+    step is still its own fixed argv (`plan.sudoers`). ``update_site`` (not under sudo):
+    first replace the target's site file with stdin when it differs (printing WROTE_SITE;
+    SITE_FAILED if that fails); with ``target`` live, only that."""
+    script = ""
+    if update_site:
+        site = available(cfg, target)
+        tmp, dest = shlex.quote(str(site.parent / f".{site.name}.bluegreen-tmp")), \
+            shlex.quote(str(site))
+        script = (f"cat > {tmp} && chmod 0644 {tmp} || exit {SITE_FAILED}\n"
+                  f"if cmp -s {tmp} {dest}; then rm -f {tmp}; else mv -f {tmp} {dest} || "
+                  f"exit {SITE_FAILED}; echo {shlex.quote(WROTE_SITE)}; fi\n")
+        if target is live:
+            return sh(script)
+    return sh(script + f"{_chain(switch(cfg, target, use_sudo))} || exit {LINK_FAILED}\n"
               f"{shlex.join(test)}; rc=$?\n"
               f"{_chain(switch(cfg, live, use_sudo))} || exit {LINK_BACK_FAILED}\n"
               f'[ "$rc" = 0 ] || exit {TEST_FAILED}\n')

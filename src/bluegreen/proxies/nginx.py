@@ -23,6 +23,7 @@ class NginxProxy(Proxy):
     files = "site"
     _link: Colour | None | object = UNKNOWN
     _to_canary = False  # the link names a canary's file (of the stable colour `_link`)
+    _maintenance: bool | None = None  # the page's existence, read with the link
 
     @property
     def source(self) -> str:
@@ -38,8 +39,11 @@ class NginxProxy(Proxy):
         cached = self._link
         if cached is None or isinstance(cached, Colour):
             return cached
-        result = await self.node.run(nginx.read_link(self.cfg))
-        target = result.stdout.strip()
+        result = await self.node.run(nginx.read_link(self.cfg,
+                                                     self.node.layout.maintenance_page))
+        lines = result.stdout.splitlines()
+        self._maintenance = nginx.MAINTENANCE_MARK in lines
+        target = "\n".join(line for line in lines if line != nginx.MAINTENANCE_MARK).strip()
         if not target:
             return self._linked(None)
         colour = nginx.colour_of_target(self.cfg, target)
@@ -89,17 +93,23 @@ class NginxProxy(Proxy):
         await self.reload()
 
     async def prepare(self, target: Colour, live: Colour) -> None:
-        """Rewrite the target's site file if needed; then point the link at it, test,
-        and put the link back, in one round trip. nginx reads its config only on reload,
-        so traffic never sees the trial."""
-        await self.write_site(target)
-        if target is not live:
-            self._linked(UNKNOWN)
-            result = await self.node.run(nginx.trial(
-                self.cfg, target, live, self.sudo, self.command(self.cfg.proxy.test)),
-                check=False)
-            self._check(result, live)
-            self._linked(live)
+        """Rewrite the target's site file if it differs, point the link at it, test, and
+        put the link back: one round trip (under sudo the site file is only read: root's).
+        nginx reads its config only on reload, so traffic never sees the trial."""
+        if self.sudo:  # the site files are root's: read, and refused if out of date
+            await self.write_site(target)
+        if target is live and self.sudo:
+            return
+        text = None if self.sudo else nginx.render_site(
+            self.cfg, target, self.upstreams, self.node.layout.maintenance_page)
+        self._linked(UNKNOWN)
+        result = await self.node.run(nginx.trial(
+            self.cfg, target, live, self.sudo, self.command(self.cfg.proxy.test),
+            update_site=not self.sudo), check=False, input=text)
+        if nginx.WROTE_SITE in result.stdout.splitlines():
+            self.node.say(f"wrote {nginx.available(self.cfg, target)}")
+        self._check(result, live)
+        self._linked(live)
 
     async def switch(self, target: Colour, previous: Colour | None) -> None:
         """Point the link at ``target``, test, reload, in one round trip. If ``test``
@@ -126,6 +136,10 @@ class NginxProxy(Proxy):
             self.node.say(f"link put back to {previous}")
             raise ProxyError(f"`{self.cfg.proxy.reload}` failed (is {self.kind} running?):"
                              f"\n{output}", host=self.name, detail=output)
+        if result.exit_status == nginx.SITE_FAILED:
+            folder = nginx.available(self.cfg, Colour.BLUE).parent
+            raise ProxyError(f"writing the site file in {folder} failed: {output}",
+                             host=self.name, detail=output)
         what = ("pointing the link back" if result.exit_status == nginx.LINK_BACK_FAILED
                 else "switching the link")
         raise ProxyError(f"{what} at {nginx.link(self.cfg)} failed (exit "
@@ -147,6 +161,7 @@ class NginxProxy(Proxy):
         """The page file's existence is the switch: each site file answers 503 with it
         while it exists (nginx checks per request: no reload)."""
         path = self.node.layout.maintenance_page
+        self._maintenance = None
         if not on:
             await self.node.run(files.remove_file(path))
             return
@@ -164,8 +179,10 @@ class NginxProxy(Proxy):
         await self.node.run(files.write_file(path, "0644"), input=page)
 
     async def in_maintenance(self) -> bool:
-        return (await self.node.run(files.exists(self.node.layout.maintenance_page),
-                                    check=False)).ok
+        if self._maintenance is None:
+            self._maintenance = (await self.node.run(
+                files.exists(self.node.layout.maintenance_page), check=False)).ok
+        return self._maintenance
 
     async def remove(self) -> list[PurePosixPath]:
         """Remove the link, test, reload (the site is gone); then the two site files
