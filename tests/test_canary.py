@@ -73,7 +73,7 @@ def failures_between(report: dict[str, Any], start: float, end: float) -> list[s
     return [f for f in report["failures"] if start <= float(f.split()[0]) <= end]
 
 
-@pytest.mark.parametrize("canary_project", [*KINDS, "nginx-ssh", "haproxy-ssh"],
+@pytest.mark.parametrize("canary_project", [*KINDS, "nginx-ssh"],
                          indirect=True)
 def test_a_failing_release_is_caught_at_the_first_step(canary_project: Project,
                                                        tmp_path: Path) -> None:

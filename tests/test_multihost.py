@@ -304,7 +304,9 @@ def test_load_balancer_topology(tmp_path: Path) -> None:
         assert served_by == {"h2", "h3", "h4"}
         data = json.loads(fleet.bg("status", "--json").stdout)
         assert data["load_balancers"] == [{"name": "h1", "host": "h1", "reachable": True,
-                                           "live": "green", "proxy_answer": "green"}]
+                                           "live": "green", "proxy_answer": "green",
+                                           "traffic": {"blue": 0, "green": 100},
+                                           "canary": None}]
         assert [h["live"] for h in data["hosts"]] == ["green"] * 3
         assert all(h["slots"]["blue"]["healthy"] for h in data["hosts"])
         fleet.bg("rollback")
