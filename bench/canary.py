@@ -38,12 +38,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from conftest import BLUEGREEN, SERVER_NAME, Project, with_home  # noqa: E402
-from zero_downtime import LUA  # noqa: E402
-
-from bluegreen.demo.haproxy import PrivateHAProxy  # noqa: E402
-from bluegreen.demo.nginx import PrivateNginx, free_port  # noqa: E402
-
-Proxy = PrivateNginx | PrivateHAProxy
+from zero_downtime import LUA, Proxy, project_behind  # noqa: E402
 STEP_LINE = re.compile(r"canary step \d+/\d+ \((\d+)% to \w+\): (blue|green)=")
 
 
@@ -117,17 +112,7 @@ def scenario(p: Project, proxy: Proxy, name: str, lua: Path, step: float,
 
 def bench_kind(kind: str, base: Path, lua: Path, step: float,
                notice: float) -> list[dict[str, Any]]:
-    proxy: Proxy
-    if kind == "nginx":
-        proxy = PrivateNginx(base / "nginx", free_port())
-        proxy.write_config(workers=2)
-    else:
-        proxy = PrivateHAProxy(base / "haproxy", free_port())
-        proxy.write_config()
-    proxy.start()
-    (base / "home").mkdir()
-    (base / "project").mkdir()
-    p = Project(base / "project", proxy, "local", free_port(), free_port(), None, base / "home")
+    proxy, p = project_behind(kind, base)
     p.write_config(canary={"min_requests": 100})
     try:
         p.bg("setup")

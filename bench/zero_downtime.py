@@ -245,8 +245,9 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
     fig.savefig(path, dpi=90)
 
 
-def bench_kind(kind: str, base: Path, switches: int, seconds: float, lua: Path,
-               ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def project_behind(kind: str, base: Path) -> tuple[Proxy, Project]:
+    """A private, started proxy of ``kind`` (nginx with 2 workers) under ``base`` and a
+    local project behind it (its config not written yet)."""
     proxy: Proxy
     if kind == "nginx":
         proxy = PrivateNginx(base / "nginx", free_port())
@@ -258,6 +259,12 @@ def bench_kind(kind: str, base: Path, switches: int, seconds: float, lua: Path,
     (base / "home").mkdir()
     (base / "project").mkdir()
     p = Project(base / "project", proxy, "local", free_port(), free_port(), None, base / "home")
+    return proxy, p
+
+
+def bench_kind(kind: str, base: Path, switches: int, seconds: float, lua: Path,
+               ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    proxy, p = project_behind(kind, base)
     p.extra_run = {"drain_timeout": 5}
     p.write_config()
     versions = [0]

@@ -116,12 +116,20 @@ class NginxProxy(Proxy):
         fails the previous link is put back and nothing is reloaded; if ``reload`` fails
         the link is put back too (a failed reload never reached nginx: it still serves
         ``previous``)."""
+        await self._relink(target, previous, previous, self.sudo)
+        self._linked(target)
+
+    async def _relink(self, target: Colour | PurePosixPath,
+                      back: Colour | PurePosixPath | None, previous: Colour | None,
+                      use_sudo: bool) -> None:
+        """Point the link at ``target`` (a colour's or a canary's site file), test, reload:
+        one round trip; if the test or the reload fails, the link goes back to ``back``
+        and the error names ``previous``."""
         self._linked(UNKNOWN)
         result = await self.node.run(nginx.switch_and_reload(
-            self.cfg, target, previous, self.sudo, self.command(self.cfg.proxy.test),
+            self.cfg, target, back, use_sudo, self.command(self.cfg.proxy.test),
             self.command(self.cfg.proxy.reload)), check=False, timeout=120)
         self._check(result, previous)
-        self._linked(target)
 
     def _check(self, result: Result, previous: Colour | None) -> None:
         """Turn a failed `trial` or `switch_and_reload` into the error of its step."""
@@ -233,22 +241,14 @@ class NginxProxy(Proxy):
         path = nginx.canary_file(self.cfg, traffic.stable)
         await self.node.run(files.make_dirs([log.parent]))
         await self.node.run_steps(nginx.write_path(path, False), input=text)
-        self._linked(UNKNOWN)
-        result = await self.node.run(nginx.switch_and_reload(
-            self.cfg, path, traffic.stable, False, self.command(self.cfg.proxy.test),
-            self.command(self.cfg.proxy.reload)), check=False, timeout=120)
-        self._check(result, traffic.stable)
+        await self._relink(path, traffic.stable, traffic.stable, False)
         self._linked(traffic.stable, canary=True)
         await self.verify(traffic.text())
 
     async def end_split(self, colour: Colour) -> None:
         live = await self.live_colour()
         previous = (nginx.canary_file(self.cfg, live) if live and self._to_canary else live)
-        self._linked(UNKNOWN)
-        result = await self.node.run(nginx.switch_and_reload(
-            self.cfg, colour, previous, self.sudo, self.command(self.cfg.proxy.test),
-            self.command(self.cfg.proxy.reload)), check=False, timeout=120)
-        self._check(result, live)
+        await self._relink(colour, previous, live, self.sudo)
         self._linked(colour)
         await self.verify(colour)
 
