@@ -115,7 +115,7 @@ def test_a_good_release_reaches_all_traffic_and_sticky_clients_never_go_back(
     p.write_config(canary={**CANARY, "min_requests": 20})
     client = load(p, tmp_path, clients=41)  # odd: see the plain canary test below
     time.sleep(1)
-    out = p.deploy("2.0.0", "--canary", "40,70", "--step", "2s", "--watch", "2s",
+    out = p.deploy("2.0.0", "--canary", "40,70", "--step", "3s", "--watch", "2s",
                    mode="delay=0.01")
     time.sleep(0.5)
     report = client.stop()

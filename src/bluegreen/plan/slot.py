@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import shlex
 from dataclasses import dataclass, field
@@ -181,7 +182,24 @@ def probe(port: int, sid: int | None, pids: list[int] | None = None) -> Argv:
     """Who listens on ``port`` (pid and session), how many connections are established
     to it, whether session ``sid`` still has a live (non-zombie) process, and which of
     ``pids`` are still alive."""
-    return sh(
+    return sh(PROBE, str(port), "" if sid is None else str(sid), *[str(p) for p in pids or []])
+
+
+def wait_gone(port: int, sid: int | None, pids: list[int], timeout: float) -> Argv:
+    """One round trip: `probe` every 0.1 s on the host until nothing listens on ``port``
+    and neither session ``sid`` nor ``pids`` has a live process (exit 0), or ``timeout``
+    seconds pass (exit 1)."""
+    return sh('probe() {\n' + PROBE + '}\n'
+              't="$1"; shift; end=$(( $(date +%s) + t ))\n'
+              'while probe "$@" | grep -qE "^(listen |session alive|pid )"; do\n'
+              '  [ "$(date +%s)" -lt "$end" ] || exit 1\n'
+              '  sleep 0.1\n'
+              'done\n',
+              str(math.ceil(timeout)), str(port), "" if sid is None else str(sid),
+              *[str(p) for p in pids])
+
+
+PROBE = (
         'port="$1"; sid="$2"; shift 2\n'
         'for p in $(ss -Htlnp "sport = :$port" | grep -o "pid=[0-9]*" | cut -d= -f2 | sort -u); do\n'
         # The listener's session, and the slot bluegreen started it for (from its
@@ -194,11 +212,7 @@ def probe(port: int, sid: int | None, pids: list[int] | None = None) -> Argv:
         'if [ -n "$sid" ] && ps -o stat= --sid "$sid" | grep -qv "^Z"; then echo "session alive"; fi\n'
         'for p in "$@"; do\n'
         '  if ps -o stat= -p "$p" | grep -qv "^Z"; then echo "pid $p"; fi\n'
-        "done\n",
-        str(port),
-        "" if sid is None else str(sid),
-        *[str(p) for p in pids or []],
-    )
+        "done\n")
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import abc
 from typing import ClassVar
 
-from bluegreen import health
 from bluegreen.config import Colour
 from bluegreen.fleet import Node
 from bluegreen.plan import slot as slotplan
@@ -100,11 +99,11 @@ class Supervisor(abc.ABC):
         run stopped nothing: it does not wait)."""
         if self.node.dry:
             return True
-        async def gone() -> bool | None:
-            p = await self.probe(colour, sid, pids)
-            return True if not (p.session_alive or p.alive_pids or p.listening) else None
-
-        return bool(await health.poll(gone, timeout=timeout, interval=0.1))
+        # Polled on the host (one round trip), not from here.
+        result = await self.node.run(slotplan.wait_gone(self.cfg.slots.port(colour), sid,
+                                                        pids, timeout),
+                                     check=False, timeout=timeout + 30)
+        return result.ok
 
     async def run_slot_command(self, colour: Colour, state: SlotState, command: str,
                                timeout: float) -> int:
