@@ -121,9 +121,10 @@ async def totals(meters: list[Meter]) -> dict[Colour, Sample]:
     return out
 
 
-async def observe(meters: list[Meter], plan: Plan, old: Colour, new: Colour, length: float,
-                  label: str, out: Reporter, baseline: float | None = None,
-                  need_requests: bool = True) -> tuple[Verdict, dict[Colour, Sample]]:
+async def judge_window(meters: list[Meter], plan: Plan, old: Colour, new: Colour,
+                       length: float, label: str, out: Reporter,
+                       baseline: float | None = None, need_requests: bool = True
+                       ) -> tuple[Verdict, dict[Colour, Sample]]:
     """Read the meters every POLL seconds for ``length`` seconds and judge: a bad verdict
     ends it at once; without ``min_requests`` by then, it waits up to MAX_WAIT times
     ``length`` (``need_requests``: then that is a bad verdict too, not enough traffic)."""
@@ -182,7 +183,8 @@ async def run_steps(topo: Topology, targets: dict[str, Colour], plan: Plan, out:
                 await _still_healthy(topo, new, stable, proxies, out, label)
             await set_everywhere(proxies, traffic, out)
             meters = await each(proxies, lambda p: p.meter(), out)
-            verdict, seen = await observe(meters, plan, stable, new, plan.step, label, out)
+            verdict, seen = await judge_window(meters, plan, stable, new, plan.step, label,
+                                               out)
             if not verdict.good:
                 back = await back_to(proxies, stable, out)
                 raise CanaryFailed(
@@ -225,7 +227,7 @@ async def watch(topo: Topology, new: Colour, plan: Plan, out: Reporter,
     label = f"watching {new} ({plan.watch:g}s)"
     out.step(None, label)
     try:
-        verdict, _ = await observe(meters, plan, new.other, new, plan.watch, label, out,
+        verdict, _ = await judge_window(meters, plan, new.other, new, plan.watch, label, out,
                                    baseline=baseline, need_requests=False)
     except (asyncio.CancelledError, KeyboardInterrupt):
         await asyncio.shield(_stop_observing(proxies, new, out))
