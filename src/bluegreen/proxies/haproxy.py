@@ -290,11 +290,12 @@ class HAProxyProxy(Proxy):
             raise ProxyError(f"the running HAProxy has no backend {backend} (a config from "
                              "before canaries); run `bluegreen setup`", host=self.name)
         labels = [label for label, _ in self.servers]
-        for command in (haproxy.set_weights(self.cfg, traffic, labels),
-                        haproxy.set_value(self.cfg, haproxy.canary_value(traffic))):
-            error = haproxy.runtime_error(await self.runtime(command))
-            if error:
-                raise ProxyError(f"HAProxy refused `{command}`: {error}", host=self.name)
+        # Weights first, then the map (commands joined by ';' run in order, one connection).
+        command = "; ".join([haproxy.set_weights(self.cfg, traffic, labels),
+                             haproxy.set_value(self.cfg, haproxy.canary_value(traffic))])
+        error = haproxy.runtime_error(await self.runtime(command))
+        if error:
+            raise ProxyError(f"HAProxy refused `{command}`: {error}", host=self.name)
         weights = haproxy.canary_weights(
             haproxy.parse_stat(await self.runtime(haproxy.SHOW_STAT)), self.cfg, traffic)
         if weights != {c: share * len(labels) for c, share in traffic.shares.items()}:
