@@ -6,13 +6,17 @@ sshd and one nginx each), against the seed's "loop through the hosts" way.
 For each size: the wall time of `bluegreen deploy` (parallel, one SSH connection per host)
 and of `bluegreen promote`; the spread between the first and the last host answering the
 new colour during that promote (polled from outside every host, over the bridge); and the
-same deploy run host by host (`bluegreen deploy --host hN`, one after the other). Needs
-root (namespaces).
+same deploy run host by host (`bluegreen deploy --host hN`, one after the other); and
+bluegreen's own CPU time per host and round trips per host (its --json), which must not
+grow with the fleet even where this machine's cores, shared by every server, make the wall
+time grow. Needs root (namespaces).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import resource
 import tempfile
 import threading
 import time
@@ -49,6 +53,18 @@ def watch_switch(addresses: list[str], colour: str, stop: threading.Event,
         time.sleep(0.002)
 
 
+def children_cpu() -> float:
+    """CPU seconds (user + system) of the finished child processes: the bluegreen runs."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def per_host_trips(stdout: str) -> list[int]:
+    """Each app host's round trips, from a --json result."""
+    return [int(h["round_trips"]["total"]) for h in json.loads(stdout)["hosts"]
+            if "round_trips" in h]
+
+
 def run_size(n: int, base: Path) -> dict[str, float]:
     cluster = Cluster(base / f"c{n}", n)
     (base / f"c{n}").mkdir(parents=True)
@@ -61,17 +77,19 @@ def run_size(n: int, base: Path) -> dict[str, float]:
         fleet = Fleet(cluster, project)
         fleet.bg("setup")
         fleet.deploy("1.0.0")
-        t0 = time.perf_counter()
-        fleet.deploy("2.0.0", "--no-promote")
-        deploy = time.perf_counter() - t0
+        t0, cpu0 = time.perf_counter(), children_cpu()
+        out = fleet.deploy("2.0.0", "--no-promote", "--json")
+        deploy, deploy_cpu = time.perf_counter() - t0, children_cpu() - cpu0
+        deploy_trips = per_host_trips(out.stdout)
         addresses = [h.address for h in cluster.hosts]
         firsts: dict[str, float] = {}
         stop = threading.Event()
         watcher = threading.Thread(target=watch_switch, args=(addresses, "green", stop, firsts))
         watcher.start()
-        t0 = time.perf_counter()
-        fleet.bg("promote")
-        promote = time.perf_counter() - t0
+        t0, cpu0 = time.perf_counter(), children_cpu()
+        out = fleet.bg("promote", "--json")
+        promote, promote_cpu = time.perf_counter() - t0, children_cpu() - cpu0
+        promote_trips = per_host_trips(out.stdout)
         time.sleep(0.2)
         stop.set()
         watcher.join()
@@ -82,7 +100,10 @@ def run_size(n: int, base: Path) -> dict[str, float]:
             fleet.deploy("3.0.0", "--host", h.name)
         loop = time.perf_counter() - t0
         return {"hosts": n, "cluster_up": up, "deploy": deploy, "promote": promote,
-                "spread": spread, "loop": loop}
+                "spread": spread, "loop": loop, "deploy_cpu_per_host": deploy_cpu / n,
+                "promote_cpu_per_host": promote_cpu / n,
+                "deploy_trips_per_host": max(deploy_trips),
+                "promote_trips_per_host": max(promote_trips)}
     finally:
         cluster.down()
 
@@ -90,16 +111,24 @@ def run_size(n: int, base: Path) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", default="1,5,20")
+    parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     with tempfile.TemporaryDirectory(prefix="bluegreen-bench-mh-") as tmp:
         rows = [run_size(n, Path(tmp)) for n in sizes]
     one = rows[0]
-    print("| hosts | deploy (parallel) | vs first size | promote | first→last host on new colour | deploy host by host |")
-    print("|---|---|---|---|---|---|")
+    print("| hosts | deploy (parallel) | vs first size | promote | first→last host on new "
+          "colour | deploy host by host | bluegreen CPU per host: deploy | promote | round "
+          "trips per host: deploy | promote |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['hosts']:.0f} | {r['deploy']:.2f} s | {r['deploy'] / one['deploy']:.2f}x | "
-              f"{r['promote']:.2f} s | {r['spread'] * 1000:.0f} ms | {r['loop']:.2f} s |")
+              f"{r['promote']:.2f} s | {r['spread'] * 1000:.0f} ms | {r['loop']:.2f} s | "
+              f"{r['deploy_cpu_per_host'] * 1000:.0f} ms | "
+              f"{r['promote_cpu_per_host'] * 1000:.0f} ms | "
+              f"{r['deploy_trips_per_host']:.0f} | {r['promote_trips_per_host']:.0f} |")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
 
 
 if __name__ == "__main__":

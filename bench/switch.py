@@ -8,7 +8,9 @@ With --proxy haproxy the floor is: write the map file, `set map` on the runtime 
 poll until the new colour answers.
 
 Runs a private nginx, a private sshd on 127.0.0.1 (so the SSH numbers include a real SSH
-handshake, over loopback) and the bundled sample app. Needs root for the sshd.
+handshake, over loopback) and the bundled sample app; then the same with a second sshd
+whose login user's .bashrc is `--bashrc` (default this machine's /root/.bashrc, which runs
+`pyenv init`), to show what a heavy login costs. Needs root for the sshd.
 """
 
 from __future__ import annotations
@@ -74,6 +76,8 @@ def bare_switch(nginx: PrivateNginx | PrivateHAProxy, colour: str) -> float:
 
 def measure(kind: str, base: Path, rounds: int, sshd: object,
             proxy: str = "nginx") -> dict[str, object]:
+    name, kind = kind, "local" if sshd is None else "ssh"
+    base = base / name.replace(",", "").replace(" ", "-").replace(".", "")
     nginx: PrivateNginx | PrivateHAProxy
     if proxy == "haproxy":
         nginx = PrivateHAProxy(base / kind / "haproxy", free_port())
@@ -92,10 +96,13 @@ def measure(kind: str, base: Path, rounds: int, sshd: object,
         project.bg("setup")
         overheads, deploy_walls, boots = [], [], []
         deploy_trips: list[int] = []
+        deploy_sessions: list[int] = []
         for i, version in enumerate(("1.0.0", "2.0.0", "3.0.0", "4.0.0")):
             t0 = time.perf_counter()
             out = project.deploy(version, "--json")
-            deploy_trips.append(json.loads(out.stdout)["hosts"][0]["round_trips"]["total"])
+            trips = json.loads(out.stdout)["hosts"][0]["round_trips"]
+            deploy_trips.append(trips["total"])
+            deploy_sessions.append(trips.get("sessions", 0))
             wall = time.perf_counter() - t0
             boot = float(re.search(r"is healthy \(([\d.]+)s after start\)", out.stderr).group(1))  # type: ignore[union-attr]
             if i >= 1:  # the first deploy has nothing to drain/stop; keep like with like
@@ -116,7 +123,7 @@ def measure(kind: str, base: Path, rounds: int, sshd: object,
             floor_times.append(bare_switch(nginx, colour))
         # The floor left the link where bluegreen expects it to be (same colour as answers).
         return {
-            "kind": kind,
+            "kind": name,
             "promote_median_s": statistics.median(promote_times),
             "floor_median_s": statistics.median(floor_times),
             "promote_over_floor": statistics.median(promote_times) / statistics.median(floor_times),
@@ -127,6 +134,8 @@ def measure(kind: str, base: Path, rounds: int, sshd: object,
             # (tests/test_round_trips.py checks the count against the sshd's log)
             "promote_round_trips": statistics.median(promote_trips),
             "deploy_round_trips": statistics.median(deploy_trips[1:]),
+            # SSH sessions the server saw per deploy (each runs the login shell and .bashrc)
+            "deploy_ssh_sessions": statistics.median(deploy_sessions[1:]),
             "rounds": rounds,
         }
     finally:
@@ -139,24 +148,40 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--proxy", choices=["nginx", "haproxy"], default="nginx")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--bashrc", default="/root/.bashrc",
+                        help="the login rc file of the third host (else `sleep 0.1`)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bluegreen-bench-") as tmp:
         base = Path(tmp)
         sshd = start_sshd(base / "sshd")
+        heavy = start_sshd(base / "sshd-heavy")
+        # This machine's root .bashrc runs `pyenv init` (~0.1 s, as rbenv/nvm/pyenv do on
+        # many servers): the same lines in the second sshd's home ($HOME spelt out).
+        rc = Path(args.bashrc)
+        (heavy.dir / "root-home" / ".bashrc").write_text(
+            rc.read_text().replace("$HOME", str(rc.parent)) if rc.is_file() else "sleep 0.1\n")
         try:
             results = [measure("local", base, args.rounds, None, args.proxy),
-                       measure("ssh", base, args.rounds, sshd, args.proxy)]
+                       measure("ssh", base, args.rounds, sshd, args.proxy),
+                       measure("ssh, heavy .bashrc", base, args.rounds, heavy, args.proxy)]
         finally:
             sshd.stop()
+            heavy.stop()
     print(f"proxy: {args.proxy}")
     print("| host | promote (CLI, median) | floor: bare switch + poll | ratio | deploy | "
-          "app boot→healthy | bluegreen overhead | round trips: promote | deploy |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "app boot→healthy | bluegreen overhead | round trips: promote | deploy | "
+          "SSH sessions per deploy |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         print(f"| {r['kind']} | {r['promote_median_s']:.3f} s | {r['floor_median_s']:.3f} s | "
               f"{r['promote_over_floor']:.1f}x | {r['deploy_median_s']:.2f} s | "
               f"{r['app_boot_to_healthy_median_s']:.2f} s | {r['deploy_overhead_median_s']:.2f} s | "
-              f"{r['promote_round_trips']:g} | {r['deploy_round_trips']:g} |")
+              f"{r['promote_round_trips']:g} | {r['deploy_round_trips']:g} | "
+              f"{r['deploy_ssh_sessions']:g} |")
+    ssh, heavy_row = results[1], results[2]
+    print(f"\nheavy .bashrc / empty home: deploy "
+          f"{float(heavy_row['deploy_median_s']) / float(ssh['deploy_median_s']):.2f}x, promote "
+          f"{float(heavy_row['promote_median_s']) / float(ssh['promote_median_s']):.2f}x")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 

@@ -385,7 +385,7 @@ def plain_result(text: str) -> dict[str, Any]:
     for host in data.get("hosts", []):
         trips = host.pop("round_trips", None)
         if trips is not None:
-            assert trips["total"] == trips["commands"] + trips["uploads"] + trips["connections"]
+            assert trips["total"] == trips["commands"] + trips["checks"] + trips["uploads"]
     return data
 
 

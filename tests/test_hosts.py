@@ -195,6 +195,7 @@ def test_a_command_that_exits_before_reading_its_input_is_not_a_lost_connection(
 
     from bluegreen.config import HostConfig
     from bluegreen.hosts import connect
+    from bluegreen.hosts.base import ran, run_op
 
     assert ssh_project.sshd is not None
     cfg = HostConfig(address="root@127.0.0.1", port=ssh_project.sshd.port,
@@ -204,9 +205,9 @@ def test_a_command_that_exits_before_reading_its_input_is_not_a_lost_connection(
     async def go() -> int:
         host = await connect(cfg)
         try:
-            result = await host.run(["sh", "-c", "exit 73"], input="x" * 20_000_000,
-                                    check=False)
-            return result.exit_status
+            argv = ["sh", "-c", "exit 73"]
+            [answer] = await host.batch([run_op(argv, "x" * 20_000_000)])
+            return ran(host.name, argv, answer, 60).exit_status
         finally:
             await host.close()
 

@@ -1,5 +1,6 @@
 """Round trips per host, as bluegreen counts them (`--json`, `-v`) and as the server saw
-them (a dedicated sshd logging each request at DEBUG1): the two must agree."""
+them: the SSH sessions and uploads in a dedicated sshd's log (each request at DEBUG1), the
+commands and checks as the agent on the host answered them. They must agree."""
 
 from __future__ import annotations
 
@@ -13,9 +14,9 @@ from conftest import PrivateNginx, make_project, start_sshd
 def seen_by_sshd(log: Path, offset: int) -> dict[str, int]:
     """What the sshd logged after ``offset``: exec requests, sftp sessions, forwardings."""
     text = log.read_text(errors="replace")[offset:]
-    return {"commands": len(re.findall(r"req exec", text)),
+    return {"exec": len(re.findall(r"req exec", text)),
             "uploads": len(re.findall(r"req subsystem", text)),
-            "connections": len(re.findall(r"ctype direct-(?:tcpip|streamlocal)", text))}
+            "forwardings": len(re.findall(r"ctype direct-(?:tcpip|streamlocal)", text))}
 
 
 def test_round_trips_counted_by_bluegreen_match_what_the_server_saw(
@@ -39,7 +40,12 @@ def test_round_trips_counted_by_bluegreen_match_what_the_server_saw(
                 continue
             assert counted is not None, out
             seen = seen_by_sshd(log, offset)
-            assert {k: counted[k] for k in seen} == seen, (name, counted, seen)
+            # One session runs the agent; each upload is an sftp session; no forwarding.
+            assert seen == {"exec": 1, "uploads": counted["uploads"], "forwardings": 0}, seen
+            assert counted["sessions"] == seen["exec"] + seen["uploads"], (counted, seen)
+            assert counted["seen_by_host"] == counted["commands"] + counted["checks"], counted
+            assert counted["total"] == (counted["commands"] + counted["checks"]
+                                        + counted["uploads"]), counted
             results[name] = counted["total"]
         print(f"round trips per host: {results}")
     finally:

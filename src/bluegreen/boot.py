@@ -6,7 +6,6 @@ supervisor's business."""
 from __future__ import annotations
 
 import asyncio
-import itertools
 import time
 from typing import NoReturn
 
@@ -18,6 +17,8 @@ from bluegreen.plan.slot import Probe, Slot, SlotState
 from bluegreen.slots import Slots, now_iso
 from bluegreen.supervisors import StartFailed, Supervisor
 
+# How long one health watch on the host lasts before a probe looks at the process.
+WATCH_SPAN = 0.5
 ERLANG_NODE_HINT = ("\nhint: both colours use the same Erlang node name. Set in bluegreen.toml:\n"
                     '  [run.env]\n  RELEASE_NODE = "{app}_{color}"\n'
                     '  RELEASE_TMP = "{slot_dir}/tmp"')
@@ -46,6 +47,7 @@ class Boot:
         if state is None or not (probe.session_alive or owned):
             if state is not None and state.status != "stopped":
                 await self.slots.write_state(colour, state.replace(status="stopped"))
+            self.slots.idle_probe[colour] = probe  # what `start` looks at next
             return state
         self.node.say(f"draining {colour} ({state.release})")
         await self.slots.drain(colour, sid)
@@ -64,7 +66,9 @@ class Boot:
         """Start ``slot``'s release on its port and wait until the new process answers
         its health path with 2xx. On failure the new process is stopped (exit 5)."""
         colour, layout = slot.colour, self.node.layout
-        probe = await self.slots.probe(colour)
+        # The probe `stop` just made when it found the slot idle (nothing of this command
+        # ran there since), else a new one.
+        probe = self.slots.idle_probe.pop(colour, None) or await self.slots.probe(colour)
         if probe.listening and not self.node.dry:  # a dry run stopped nothing
             if not self.slots.owns(colour, await self.slots.state(colour), probe):
                 self._foreign(colour, probe)
@@ -82,11 +86,11 @@ class Boot:
         state = SlotState(release=slot.release_id, version=slot.version, mode=supervisor.mode,
                           pid=None, sid=None, cwd=slot.cwd(self.cfg), status="starting",
                           started=now_iso())
-        self.slots.forget(colour)
-        await self.node.run(slotplan.ready_slot(
+        # With the launch, in one round trip (a failure raises there; nothing is launched).
+        self.node.later(slotplan.ready_slot(
             [slot.dir, slot.dir / "tmp"], layout.slot_env(colour), layout.state(colour),
             state.to_json(), layout.log(colour), slot.release_id, state.started),
-            input=env_text)
+            input=env_text, then=self.node.check)
         self.slots.remember(colour, state)
         self.node.say(f"starting {slot.release_id} on {colour} (port {slot.port})")
         started = time.monotonic()
@@ -110,31 +114,34 @@ class Boot:
     async def _wait_healthy(self, slot: Slot, state: SlotState,
                             supervisor: Supervisor) -> tuple[int, int | None]:
         """Poll the health path until it answers 2xx from the new process: every answer is
-        confirmed by a probe that the port's listener is the slot's own. Between answers,
-        a probe every ~0.5 s notices a process that exited (probes fork several tools, so
-        not at every poll: with many hosts on one machine that adds up)."""
+        confirmed by a probe that the port's listener is the slot's own. The polls run on
+        the host, a round trip per ~0.5 s at most (WATCH_SPAN), and a probe after each
+        notices a process that exited (probes fork several tools, so not at every poll:
+        with many hosts on one machine that adds up)."""
         colour = slot.colour
         sid = supervisor.session(state)
-        deadline = time.monotonic() + self.cfg.run.health_timeout
+        run = self.cfg.run
+        deadline = time.monotonic() + run.health_timeout
         last = "it never answered"
-        for attempt in itertools.count():
-            resp = await self.slots.health(colour)
-            answered = resp is not None and resp.ok
-            if answered or attempt % 5 == 0:
-                probe = await self.slots.probe(colour, sid)
-                why = await supervisor.exited(colour, state, probe)
-                if why:
-                    raise StartFailed(why)
-                if probe.listening and answered:
-                    pid, listener = next(iter(probe.listeners.items()))
-                    return pid, listener.sid
+        while True:
+            span = max(0.0, min(WATCH_SPAN, deadline - time.monotonic()))
+            self.slots.probe_ahead(colour, sid)  # in the same round trip, once it answers
+            answered, resp = await self.slots.watch_health(colour, span, run.health_interval)
+            probe = await self.slots.probe(colour, sid)
+            why = await supervisor.exited(colour, state, probe)
+            if why:
+                raise StartFailed(why)
+            if probe.listening and answered:
+                pid, listener = next(iter(probe.listeners.items()))
+                return pid, listener.sid
             if resp is not None and not resp.ok:
-                last = (f"{self.cfg.run.health_path} answered HTTP {resp.status}, not one of "
-                        f"health_status={self.cfg.run.health_status}")
+                last = (f"{run.health_path} answered HTTP {resp.status}, not one of "
+                        f"health_status={run.health_status}")
             if time.monotonic() >= deadline:
                 raise StartFailed(f"not healthy within health_timeout="
-                                  f"{self.cfg.run.health_timeout:g}s ({last})")
-            await asyncio.sleep(self.cfg.run.health_interval)
+                                  f"{run.health_timeout:g}s ({last})")
+            if answered:  # an answer, but from a process that is not listening any more
+                await asyncio.sleep(run.health_interval)
         raise AssertionError("unreachable")
 
     async def _fail(self, slot: Slot, state: SlotState, supervisor: Supervisor,

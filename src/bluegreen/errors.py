@@ -45,6 +45,10 @@ class CommandFailed(BlueGreenError):
 class ProxyError(BlueGreenError):
     """The proxy refused a change or did not answer as expected."""
 
+    # The step of a switch it failed at, when the error reached a later one (a switch sent
+    # with the verify that follows it, in one round trip).
+    step: str | None = None
+
 
 class SplitBrain(BlueGreenError):
     """Hosts or load balancers disagree on the live colour; only `promote COLOUR` mends it."""

@@ -4,21 +4,27 @@ command uses: one connection per host and per load balancer, opened in parallel.
 from __future__ import annotations
 
 import asyncio
+import json
 import shlex
+import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Awaitable, Callable, Iterable, Sequence, TypeVar
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Sequence, TypeVar
 
 from bluegreen.config import Config, HostConfig
-from bluegreen.errors import BlueGreenError, ConnectError
+from bluegreen.errors import BlueGreenError, CommandFailed, ConnectError
 from bluegreen.hosts import CountingHost, Host, Result, connect
-from bluegreen.hosts.base import describe
+from bluegreen.hosts.base import (Endpoint, Exchanged, Op, Ranges, Watched, check_result,
+                                  describe, exchange_op, exchanged, ran, run_op, watch_op,
+                                  watched)
 from bluegreen.plan.files import Query
 from bluegreen.output import Reporter
 from bluegreen.plan.layout import Layout
 
 T = TypeVar("T")
 U = TypeVar("U")
+# How long an answer read ahead stays good (it is used once, soon, or read again).
+READ_AHEAD_FOR = 5.0
 
 
 class Node:
@@ -33,6 +39,9 @@ class Node:
         self.layout = Layout.of(cfg, hc)
         self.bind = cfg.bind_address(hc)  # the address its slots listen on
         self.facts: dict[str, bool] = {}  # what was learnt of the host, e.g. "systemd"
+        self._later: list[tuple[Op, Callable[[Result], None] | None]] = []
+        self._ahead: list[Op] = []
+        self._known: dict[str, tuple[float, dict[str, Any]]] = {}
 
     @property
     def name(self) -> str:
@@ -49,30 +58,178 @@ class Node:
         """`--dry-run`: only commands that read (`plan.files.Query`) run."""
         return self.out.dry_run
 
+    # ---- round trips: every operation goes in a batch, with what waits for the next one
+
+    async def _batch(self, ops: list[Op], *, last: bool = False) -> list[dict[str, Any]]:
+        """``ops`` in one round trip, after the writes put off with ``later`` and before
+        the reads announced with ``ahead`` (kept for ``run``); ``ops``' answers. ``last``:
+        ``ops`` run even when a write put off fails (its error is raised after)."""
+        later, self._later = self._later, []
+        ahead, self._ahead = self._ahead, []
+        for op in ahead:  # answered anew, or not at all when the batch stops early
+            self._known.pop(_key(op), None)
+        sent = [Op(op.name, op.args, op.stop and not last) for op, _ in later]
+        answers = await self.host.batch([*sent, *ops, *ahead])
+        error: BaseException | None = None
+        for (op, then), answer in zip(later, answers):
+            result = ran(self.name, op.args["argv"], answer, op.wait)
+            try:
+                if then is not None:
+                    then(result)  # may raise: the step that was put off failed
+                elif not result.ok:
+                    self.warn(f"{describe(result.argv)} failed (exit {result.exit_status}): "
+                              f"{(result.stderr.strip() or result.stdout.strip())[-300:]}")
+            except BlueGreenError as exc:
+                error = error or exc
+        if error is None and len(answers) < len(later):
+            error = CommandFailed("a step put off to the next round trip failed",
+                                  host=self.name)
+        if error is not None and not last:
+            raise error
+        mine = answers[len(later):len(later) + len(ops)]
+        for op, answer in zip(ahead, answers[len(later) + len(ops):]):
+            self._known[_key(op)] = (time.monotonic(), answer)
+        if error is not None:
+            raise error
+        return mine
+
+    async def lost(self) -> bool:
+        """Whether the host no longer answers (a round trip that asks nothing)."""
+        try:
+            await asyncio.wait_for(self.host.batch([]), 10)
+        except ConnectError:
+            return True
+        except (BlueGreenError, OSError, asyncio.TimeoutError):
+            return False
+        return False
+
+    async def finish(self, argv: Sequence[str]) -> None:
+        """Run ``argv`` (the lock's release) with what was put off, in one round trip,
+        even when one of those fails: that failure is raised after."""
+        if self.dry:
+            await self.run(argv, check=False)
+            return
+        self.out.debug(self.name, "$ " + describe(argv)[:300])
+        await self._batch([run_op(argv)], last=True)
+
     async def run(self, argv: Sequence[str], *, input: str | None = None, timeout: float = 60,
                   check: bool = True) -> Result:
         """Run ``argv`` on the host (shown with -v). In a dry run, a command that changes
         the host is printed (in full, secrets masked; its stdin only counted) and taken as
-        done."""
+        done. A read announced with ``ahead`` is answered from what it read then (nothing
+        was written since)."""
         if self.dry and not isinstance(argv, Query):
             stdin = f"  < {len(input.encode())} bytes on stdin" if input else ""
             self.out.step(self.name, "would run: " + self.out.mask(shlex.join(argv)) + stdin)
             return Result(tuple(argv), 0, "", "")
-        self.out.debug(self.name, "$ " + describe(argv)[:300])
-        return await self.host.run(argv, input=input, timeout=timeout, check=check)
+        op = run_op(argv, input, timeout)
+        known = self._read_ahead(op) if isinstance(argv, Query) and input is None else None
+        if known is not None:
+            self.out.debug(self.name, "$ " + describe(argv)[:300] + "  (read ahead)")
+            result = ran(self.name, argv, known, timeout)
+        else:
+            if not isinstance(argv, Query):
+                self._known.clear()
+            self.out.debug(self.name, "$ " + describe(argv)[:300])
+            answers = await self._batch([op])
+            result = ran(self.name, argv, answers[0], timeout)
+        return check_result(self.name, result) if check else result
 
     async def run_steps(self, steps: list[list[str]], *, input: str | None = None,
                         timeout: float = 60, check: bool = True) -> Result:
-        """Run ``steps`` in order, ``input`` to the first; stop at the first that fails
-        (its result, or CommandFailed with ``check``)."""
-        result: Result | None = None
-        for i, argv in enumerate(steps):
-            result = await self.run(argv, input=input if i == 0 else None, timeout=timeout,
-                                    check=check)
-            if not result.ok:
-                break
-        assert result is not None, "no steps"
-        return result
+        """Run ``steps`` in order, ``input`` to the first, in one round trip; stop at the
+        first that fails (its result, or CommandFailed with ``check``)."""
+        assert steps, "no steps"
+        if self.dry and not all(isinstance(argv, Query) for argv in steps):
+            for i, argv in enumerate(steps):
+                await self.run(argv, input=input if i == 0 else None)
+            return Result(tuple(steps[-1]), 0, "", "")
+        self._known.clear()
+        for argv in steps:
+            self.out.debug(self.name, "$ " + describe(argv)[:300])
+        answers = await self._batch([run_op(argv, input if i == 0 else None, timeout)
+                                     for i, argv in enumerate(steps)])
+        result = ran(self.name, steps[len(answers) - 1], answers[-1], timeout)
+        return check_result(self.name, result) if check else result
+
+    def later(self, argv: Sequence[str], *, input: str | None = None, timeout: float = 60,
+              then: Callable[[Result], None] | None = None, keep_reads: bool = False) -> None:
+        """Send ``argv`` with the next round trip (or at the end of the command), not in
+        one of its own. ``then``: called with its result, and may raise (the batch stops
+        when it failed: nothing after it runs); without it, a failure is a warning.
+        ``keep_reads``: it changes nothing a read ahead looks at (a history line)."""
+        if self.dry:
+            stdin = f"  < {len(input.encode())} bytes on stdin" if input else ""
+            self.out.step(self.name, "would run: " + self.out.mask(shlex.join(argv)) + stdin)
+            return
+        if not keep_reads:
+            self._known.clear()
+        self.out.debug(self.name, "$ " + describe(argv)[:300] + "  (with the next round trip)")
+        self._later.append((run_op(argv, input, timeout, stop=then is not None), then))
+
+    def _read_ahead(self, op: Op) -> dict[str, Any] | None:
+        """The answer ``ahead`` got for ``op``, once, if nothing was written since and it
+        is at most READ_AHEAD_FOR seconds old."""
+        at, answer = self._known.pop(_key(op), (0.0, None))
+        return answer if time.monotonic() - at <= READ_AHEAD_FOR else None
+
+    @property
+    def pending(self) -> bool:
+        """Whether steps put off with ``later`` wait for the next round trip."""
+        return bool(self._later)
+
+    def check(self, result: Result) -> None:
+        """CommandFailed when ``result`` failed (a ``then`` for ``later``)."""
+        check_result(self.name, result)
+
+    def ahead(self, *reads: Query | Op) -> None:
+        """Send ``reads`` (commands that only read, exchanges) with the next round trip,
+        after it (not when it failed); the next ``run`` or ``exchange`` of the same then
+        answers from that, unless something was written in between."""
+        self._ahead.extend(run_op(r, None, 60, stop=False) if isinstance(r, Query)
+                           else Op(r.name, r.args, stop=False) for r in reads)
+
+    async def flush(self) -> None:
+        """Send what ``later`` put off, if anything: one round trip."""
+        if self._later:
+            await self._batch([])
+
+    async def exchange(self, endpoint: Endpoint, data: bytes, *, tls_name: str | None = None,
+                       timeout: float = 3) -> Exchanged:
+        op = exchange_op(endpoint, data, tls_name, timeout)
+        known = self._read_ahead(op)
+        if known is not None:
+            self.out.debug(self.name, f"> {_first_line(data)} to {_where(endpoint)}  (asked "
+                                      "ahead)")
+            return exchanged(known)
+        self.out.debug(self.name, f"> {_first_line(data)} to {_where(endpoint)}")
+        [answer] = await self._batch([op])
+        return exchanged(answer)
+
+    async def watch(self, endpoint: Endpoint, data: bytes, *, status: Ranges,
+                    body: str | None = None, streak: int = 1, interval: float = 0.1,
+                    timeout: float = 10, tls_name: str | None = None,
+                    each: float = 3) -> Watched:
+        self.out.debug(self.name, f"> {_first_line(data)} to {_where(endpoint)} until "
+                                  f"{body or 'ok'} x{streak} (up to {timeout:g}s, on the host)")
+        [answer] = await self._batch([watch_op(endpoint, data, status=status, body=body,
+                                               streak=streak, interval=interval,
+                                               timeout=timeout, tls_name=tls_name, each=each)])
+        return watched(answer)
+
+
+def _key(op: Op) -> str:
+    """What identifies a read's answer (``ahead``)."""
+    return json.dumps([op.name, {k: v for k, v in op.args.items() if k != "timeout"}],
+                      sort_keys=True)
+
+
+def _first_line(data: bytes) -> str:
+    return data.split(b"\r\n", 1)[0].split(b"\n", 1)[0].decode(errors="replace")[:80]
+
+
+def _where(endpoint: Endpoint) -> str:
+    return endpoint if isinstance(endpoint, str) else f"{endpoint[0]}:{endpoint[1]}"
 
 
 @dataclass
@@ -103,14 +260,29 @@ async def open_fleet(cfg: Config, hosts: list[HostConfig], out: Reporter, *,
                 if isinstance(extra, ConnectError):
                     out.error(extra.message)
             raise failed[0][1]
-        yield Fleet([nodes[h.label] for h in hosts if h.label in nodes],
-                    [nodes[h.label] for h in cfg.load_balancers if h.label in nodes],
-                    {hc.label: e for hc, e in failed if isinstance(e, ConnectError)})
+        try:
+            yield Fleet([nodes[h.label] for h in hosts if h.label in nodes],
+                        [nodes[h.label] for h in cfg.load_balancers if h.label in nodes],
+                        {hc.label: e for hc, e in failed if isinstance(e, ConnectError)})
+        except CommandFailed as err:
+            # A command that failed as its host went away (it lost its D-Bus, its file
+            # system, as the power was cut): the host going away is what happened.
+            failing = nodes.get(err.host or "")
+            if failing and await failing.lost():
+                raise ConnectError(f"lost the connection to {failing.hc.address} (the host "
+                                   f"went away as this failed: {err.reason})",
+                                   host=err.host) from None
+            raise
     finally:
+        flushed = await asyncio.gather(*(n.flush() for n in nodes.values()),
+                                       return_exceptions=True)
+        for name, problem in zip(nodes, flushed):
+            if isinstance(problem, BaseException):
+                out.error(f"[{name}] the last steps put off to the end failed: {problem}")
+        await asyncio.gather(*(n.host.close() for n in nodes.values()), return_exceptions=True)
         for name, node in nodes.items():
             if isinstance(node.host, CountingHost):
                 out.count_round_trips(name, node.host.round_trips())
-        await asyncio.gather(*(n.host.close() for n in nodes.values()), return_exceptions=True)
 
 
 async def gather_all(aws: list[Awaitable[T]], out: Reporter) -> list[T]:

@@ -34,7 +34,7 @@ class Reporter:
         self._start = time.monotonic()
         self._hosts: dict[str, tuple[str, float]] = {}
         self._live: Live | None = None
-        # Per host: remote commands, uploads and connections this command made.
+        # Per host: the round trips this command made (hosts.counting).
         self.round_trips: dict[str, dict[str, int]] = {}
         # `--dry-run`: hosts are only read; every other command is printed, not run.
         self.dry_run = False
@@ -44,8 +44,9 @@ class Reporter:
         total = self.round_trips.setdefault(host, {k: 0 for k in counts})
         for key, value in counts.items():
             total[key] = total.get(key, 0) + value
+        ssh = (f"; {total['sessions']} SSH sessions" if "sessions" in total else "")
         self.debug(host, f"round trips: {total['total']} ({total['commands']} commands, "
-                         f"{total['uploads']} uploads, {total['connections']} connections)")
+                         f"{total['checks']} checks, {total['uploads']} uploads{ssh})")
 
     def add_secrets(self, values: list[str]) -> None:
         """Values that must never be printed (env_file values)."""

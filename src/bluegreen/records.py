@@ -56,7 +56,9 @@ def describe_holder(node: Node, holder: lock.LockInfo | None) -> str:
 
 
 async def release(node: Node) -> None:
-    await node.run(lock.release(node.layout), check=False)
+    """Release the lock, with every step put off until now (they run first; the lock is
+    released even when one fails, and that failure is raised after)."""
+    await node.finish(lock.release(node.layout))
 
 
 @asynccontextmanager
@@ -72,19 +74,28 @@ async def locked(nodes: list[Node], user: str, command: str) -> AsyncIterator[No
         raise failures[0]
     try:
         yield
-    finally:
-        await asyncio.gather(*(release(n) for n in nodes), return_exceptions=True)
+    except BaseException:
+        released = await asyncio.gather(*(release(n) for n in nodes), return_exceptions=True)
+        for node, err in zip(nodes, released):  # the error in flight is the one raised
+            if isinstance(err, BlueGreenError):
+                node.warn(f"also: {err.reason}")
+        raise
+    released = await asyncio.gather(*(release(n) for n in nodes), return_exceptions=True)
+    errors = [e for e in released if isinstance(e, BaseException)]
+    if errors:
+        raise errors[0]
 
 
 async def record(node: Node, event: str, colour: Colour | None, state: SlotState | None,
                  user: str, detail: str = "") -> None:
-    """Append one event to the host's history (secrets masked)."""
+    """Append one event to the host's history (secrets masked), with the next round trip
+    (at the latest the lock's release): a failed append is a warning, as it always was."""
     entry = history.entry(
         time=now_iso(), event=event, host=node.name, color=colour.value if colour else None,
         release=state.release if state else None, version=state.version if state else None,
         user=user, detail=node.out.mask(detail)[:2000],
     )
-    await node.run(history.append(node.layout), input=history.line(entry), check=False)
+    node.later(history.append(node.layout), input=history.line(entry), keep_reads=True)
 
 
 async def record_failure(nodes: list[Node], user: str, err: BlueGreenError) -> None:

@@ -55,27 +55,25 @@ async def upload(node: Node, art: Artifact) -> None:
     dest = releaseplan.upload_path(layout, rid)
     size = art.path.stat().st_size
     node.say(f"uploading {art.path.name} ({size / 1e6:.1f} MB)")
-    await node.run(files.make_dirs([layout.releases]))
     try:
         await node.host.put(art.path, dest)
     except CommandFailed as exc:
         await node.run(files.remove_file(dest), check=False)  # a partial upload frees its space
         raise CommandFailed(f"{exc.reason} ({await _free_space(node)}); live traffic was not "
                             "touched", host=node.name) from None
-    result = await node.run(releaseplan.checksum(dest))
-    remote_sha = result.stdout.split()[0] if result.stdout.split() else ""
-    if remote_sha != art.sha256:
-        await node.run(files.remove_file(dest))
+    node.say(f"checking its sha256 and unpacking into {layout.release(rid)}")
+    verify = releaseplan.verify(dest, art.sha256)
+    result = await node.run_steps([verify, releaseplan.unpack(layout, rid)], timeout=600,
+                                  check=False)
+    if result.argv == tuple(verify) and result.exit_status == releaseplan.CORRUPT:
         raise ArtifactError(
-            f"upload corrupted: sha256 on the host is {remote_sha[:12]}, expected "
+            f"upload corrupted: sha256 on the host is {result.stdout.strip()[:12]}, expected "
             f"{art.sha256[:12]}; run deploy again", host=node.name)
-    node.say(f"unpacking into {layout.release(rid)}")
-    try:
-        await node.run(releaseplan.unpack(layout, rid), timeout=600)
-    except CommandFailed as exc:
+    if not result.ok:
+        detail = (result.stderr.strip() or result.stdout.strip())[-2000:]
         raise CommandFailed(f"unpacking {rid} failed ({await _free_space(node)}); nothing was "
-                            f"started and live traffic was not touched:\n{exc.detail}",
-                            host=node.name, detail=exc.detail) from None
+                            f"started and live traffic was not touched:\n{detail}",
+                            host=node.name, detail=detail)
 
 
 async def prepare(a: AppHost, slot: Slot, secrets: dict[str, str]) -> None:
@@ -148,8 +146,8 @@ async def prune_host(a: AppHost, keep: int, user: str) -> list[str]:
     result = await node.run(releaseplan.list_releases(node.layout))
     protected = {st.release for c in Colour if (st := await a.slots.state(c)) is not None}
     doomed = releaseplan.to_prune(result.stdout.split(), keep, protected)
-    if doomed:
+    if doomed:  # with the lock's release (one round trip)
         node.say(f"pruning {len(doomed)} old release(s): {', '.join(doomed)}")
-        await node.run(releaseplan.remove(node.layout, doomed))
+        node.later(releaseplan.remove(node.layout, doomed), then=node.check)
         await records.record(node, "prune", None, None, user, "removed " + " ".join(doomed))
     return doomed

@@ -6,15 +6,17 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime, timezone
+from typing import Any
 
 from bluegreen import health, supervisors
 from bluegreen.config import Colour, render
 from bluegreen.settings import status_ranges
 from bluegreen.fleet import Node
+from bluegreen.health import Response
 from bluegreen.plan import files
 from bluegreen.plan.slot import Probe, Slot, SlotState
 from bluegreen.proxies import Proxy
-from bluegreen.supervisors.base import probe
+from bluegreen.supervisors.base import probe, probe_query
 
 LOG_TAIL = 20
 # What the proxy adds to every request when it terminates TLS; health requests carry it
@@ -37,6 +39,8 @@ class Slots:
         # Each slot's state as read or written during this command (the lock keeps other
         # runs from writing it meanwhile): read once, not at every step that needs it.
         self._states: dict[Colour, SlotState | None] = {}
+        # The probe of a slot `stop` found idle, for the `start` that follows.
+        self.idle_probe: dict[Colour, Probe] = {}
 
     def slot(self, colour: Colour, release_id: str, version: str) -> Slot:
         return Slot(colour, self.cfg.slots.port(colour), self.layout, release_id, version,
@@ -50,8 +54,10 @@ class Slots:
         return self._states[colour]
 
     async def write_state(self, colour: Colour, state: SlotState) -> None:
-        self.forget(colour)  # unknown if the write fails
-        await self.node.run(files.write_file(self.layout.state(colour)), input=state.to_json())
+        """Write the slot's state with the next round trip (in order with every other step
+        on the host; a failed write raises there, and nothing after it runs)."""
+        self.node.later(files.write_file(self.layout.state(colour)), input=state.to_json(),
+                        then=self.node.check)
         self.remember(colour, state)
 
     def remember(self, colour: Colour, state: SlotState) -> None:
@@ -66,20 +72,43 @@ class Slots:
                     pids: list[int] | None = None) -> Probe:
         return await probe(self.node, colour, sid, pids)
 
-    async def health(self, colour: Colour) -> health.Response | None:
-        """GET the slot's health path (with ``run.health_host`` as Host, and, with TLS on
-        the proxy, ``X-Forwarded-Proto: https`` as the proxy sends; ``ok`` when the status
-        is one of ``run.health_status``); None when nothing answers."""
+    def probe_ahead(self, colour: Colour, sid: int | None = None) -> None:
+        """Probe the slot with the next round trip (after it): ``probe`` then answers from
+        that."""
+        self.node.ahead(probe_query(self.node, colour, sid))
+
+    def _health_request(self) -> dict[str, Any]:
+        """Where and how a slot's health is asked: ``run.health_host`` as Host, and, with
+        TLS on the proxy, ``X-Forwarded-Proto: https`` as the proxy sends; ``ok`` when
+        the status is one of ``run.health_status``."""
         run = self.cfg.run
         host_header = run.health_host or render(self.cfg.proxy.server_name,
                                                 app=self.cfg.app).split()[0]
+        return {"host_header": host_header, "accept": status_ranges(run.health_status),
+                "headers": FORWARDED_HTTPS if self.cfg.proxy.tls else None}
+
+    async def health(self, colour: Colour) -> health.Response | None:
+        """GET the slot's health path (see ``_health_request``); None when nothing
+        answers."""
         try:
-            return await health.get(self.node.host, self.node.bind, self.cfg.slots.port(colour),
-                                    run.health_path, host_header=host_header, timeout=3,
-                                    accept=status_ranges(run.health_status),
-                                    headers=FORWARDED_HTTPS if self.cfg.proxy.tls else None)
+            return await health.get(self.node, self.node.bind, self.cfg.slots.port(colour),
+                                    self.cfg.run.health_path, timeout=3,
+                                    **self._health_request())
         except (OSError, asyncio.TimeoutError):
             return None
+
+    async def watch_health(self, colour: Colour, timeout: float,
+                           interval: float) -> tuple[bool, Response | None]:
+        """The slot's health asked on the host every ``interval`` until ``ok`` or
+        ``timeout`` passes (one round trip): whether it was, and the last answer."""
+        try:
+            met, last = await health.watch(
+                self.node, self.node.bind, self.cfg.slots.port(colour),
+                self.cfg.run.health_path, timeout=timeout, interval=interval,
+                **self._health_request())
+        except (OSError, asyncio.TimeoutError):
+            return False, None
+        return met, None if isinstance(last, OSError) else last
 
     def owns(self, colour: Colour, state: SlotState | None, probe: Probe) -> bool:
         """Whether every process listening on the slot's port is the slot's own: the pid or

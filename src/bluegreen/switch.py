@@ -11,6 +11,7 @@ from bluegreen.config import Colour
 from bluegreen.errors import BlueGreenError, ConnectError, ProxyError, SplitBrain
 from bluegreen.fleet import each
 from bluegreen.output import Reporter
+from bluegreen.plan.files import Query
 from bluegreen.proxies import Proxy
 from bluegreen.topology import AppHost, Topology
 
@@ -113,13 +114,21 @@ async def prove_ready(topo: Topology, targets: dict[str, Colour], out: Reporter
             raise ProxyError(exc.reason + "; nothing was switched", host=p.name,
                              detail=exc.detail) from None
 
-    await each(topo.apps, healthy, out)
+    # The proxies' trials first: nginx's is sent with the health check of its own host
+    # (one round trip), the others' now (flush), all before anything is switched.
     await each(proxies, ready, out)
+    try:
+        await each(topo.apps, healthy, out)
+        await each(proxies, lambda p: p.node.flush(), out)
+    except ProxyError as exc:
+        raise ProxyError(exc.reason + "; nothing was switched", host=exc.host,
+                         detail=exc.detail) from None
     return wanted, lives
 
 
 async def switch_all(topo: Topology, targets: dict[str, Colour], event: str, user: str,
-                     out: Reporter, before_switch: Hook | None = None) -> None:
+                     out: Reporter, before_switch: Hook | None = None,
+                     reads_after: Callable[[AppHost], list[Query]] | None = None) -> None:
     """Switch every proxy (each host's own, or the load balancers) to the target colour,
     all or nothing:
     (1) every host's target slot answers its health check, and every proxy is ready:
@@ -128,7 +137,8 @@ async def switch_all(topo: Topology, targets: dict[str, Colour], event: str, use
     (2) every proxy switches (nginx: link and reload; haproxy: map file and runtime API);
     (3) every proxy answers the target colour.
     If any proxy fails in (2) or (3), those already switched are switched back, and the
-    error names the host and the step (exit 1)."""
+    error names the host and the step (exit 1). ``reads_after``: what each app host reads
+    next, read with the verify (one round trip)."""
     proxies = topo.proxies
     wanted, lives = await prove_ready(topo, targets, out)
     if before_switch is not None:
@@ -139,16 +149,31 @@ async def switch_all(topo: Topology, targets: dict[str, Colour], event: str, use
             p.node.say(f"{wanted[p.name]} is already live")
     switched: list[Proxy] = []
 
+    carried: list[Proxy] = []  # those whose switch goes with their verify
+
     async def flip(p: Proxy) -> None:
         p.node.say(f"switching {lives[p.name]} -> {wanted[p.name]}")
-        await p.switch(wanted[p.name], lives[p.name])
+        # Sent with the verify (one round trip) where the kind can: a failed switch then
+        # raises from the verify, with its step named.
+        await p.switch(wanted[p.name], lives[p.name], defer=True)
         switched.append(p)
+        if p.node.pending:
+            carried.append(p)
 
     step = "switch and reload"
     failures = await _gather_failures(moving, flip)
+    if reads_after is not None and not failures:
+        for a in topo.apps:
+            a.node.ahead(*reads_after(a))
     if not failures:
         step = "verify through the proxy"
         failures = await _gather_failures(proxies, lambda p: p.verify(wanted[p.name]))
+        # A switch that failed, or whose round trip lost its connection, in the verify's.
+        not_switched = [p for p, e in failures if (isinstance(e, ProxyError) and e.step)
+                        or (p in carried and isinstance(e, ConnectError))]
+        if not_switched:
+            step = "switch and reload"
+            switched = [p for p in switched if p not in not_switched]
     if failures:
         for p in switched:
             out.warn(p.name, f"switching back to {lives[p.name]}")

@@ -5,11 +5,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bluegreen import proxies
+from bluegreen import proxies, supervisors
 from bluegreen.boot import Boot
 from bluegreen.config import Colour
 from bluegreen.errors import BlueGreenError, SplitBrain
 from bluegreen.fleet import Fleet, Node
+from bluegreen.plan import files
+from bluegreen.plan import systemd as systemdplan
+from bluegreen.hosts.base import Op
+from bluegreen.plan.files import Query
 from bluegreen.proxies import Proxy
 from bluegreen.slots import Slots
 
@@ -27,6 +31,20 @@ class AppHost:
     @property
     def boot(self) -> Boot:
         return Boot(self.slots)
+
+    def first_reads(self) -> list[Query | Op]:
+        """What a command that takes the lock reads next on this host (its own proxy's
+        live colour, both slots' states): read with the lock, in one round trip."""
+        own = [q for p in self.proxies if p.node is self.node for q in p.first_reads()]
+        return own + [files.read_file(self.node.layout.state(c)) for c in Colour] + [
+            systemdplan.DETECT]
+
+    async def remember_first_reads(self) -> None:
+        """Keep what ``first_reads`` read for the whole command (the slots' states, whether
+        systemd runs the host), before a write makes the node forget it."""
+        for colour in Colour:
+            await self.slots.state(colour)
+        await supervisors.has_systemd(self.node)
 
     async def live_colour(self) -> Colour | None:
         """The colour this host's traffic goes to: its proxy's (its own, or the load

@@ -21,6 +21,8 @@ from bluegreen.fleet import each, open_fleet
 from bluegreen.hooks import run_hook
 from bluegreen.output import Reporter
 from bluegreen.plan import admin, files, sudoers
+from bluegreen.plan import release as releaseplan
+from bluegreen.plan.files import Query
 from bluegreen.plan.slot import SlotState, env_script
 from bluegreen.proxies import Proxy
 from bluegreen.releases import (deploy_target, kept_release, migrate_on, prepare, prune_host,
@@ -95,9 +97,15 @@ async def connected(ctx: Context) -> AsyncIterator[Topology]:
 
 
 @asynccontextmanager
-async def locked(ctx: Context, topo: Topology) -> AsyncIterator[None]:
-    """Every app host's lock held for the body (exit 4 if one is held)."""
+async def locked(ctx: Context, topo: Topology,
+                 also: Callable[[AppHost], list[Query]] | None = None) -> AsyncIterator[None]:
+    """Every app host's lock held for the body (exit 4 if one is held); what each host
+    reads first (and ``also``) is read in the same round trip as its lock."""
+    for a in topo.apps:
+        a.node.ahead(*a.first_reads(), *(also(a) if also else []))
     async with records.locked([a.node for a in topo.apps], ctx.user, ctx.command):
+        for a in topo.apps:
+            await a.remember_first_reads()
         yield
 
 
@@ -192,7 +200,8 @@ async def deploy(ctx: Context, art: Artifact, *, promote: bool = True,
         _refuse_partial_switch(ctx, "deploy")
     secrets = load_secrets(ctx.cfg)
     ctx.out.add_secrets(list(secrets.values()))
-    async with connected(ctx) as topo, locked(ctx, topo):
+    async with connected(ctx) as topo, locked(ctx, topo, lambda a: [
+            releaseplan.exists(a.node.layout, art.release_id)]):
         apps = topo.apps
         lives = await refuse_split(topo, "deploy", ctx.out)
         await warn_if_maintenance(topo, ctx.out)
@@ -220,7 +229,7 @@ async def deploy(ctx: Context, art: Artifact, *, promote: bool = True,
             if promote:
                 await _switch(ctx, topo, targets, "promote", plan, lambda: run_hook(
                     ctx.cfg, "pre_promote", ctx.out, colour=first_target, version=art.version,
-                    hosts=names))
+                    hosts=names), lambda a: [releaseplan.list_releases(a.node.layout)])
         except BlueGreenError as err:
             await _failed(ctx, topo, err)
             raise
@@ -235,14 +244,17 @@ async def deploy(ctx: Context, art: Artifact, *, promote: bool = True,
 
 async def _deploy_host(a: AppHost, art: Artifact, target: Colour, live: Colour | None,
                        secrets: dict[str, str], boot: asyncio.Semaphore) -> SlotState:
+    if target is not live:  # what `stop` looks at first, read with the upload's check
+        state = await a.slots.state(target)
+        a.slots.probe_ahead(target, supervisors.of_state(a.node, state).session(state))
     await upload(a.node, art)
     slot = a.slots.slot(target, art.release_id, art.version)
     await prepare(a, slot, secrets)
     layout = a.node.layout
-    if a.node.cfg.run.env_file or a.node.cfg.run.secrets:
-        await a.node.run(files.make_dirs([layout.shared_env.parent]))
-        await a.node.run(files.write_file(layout.shared_env, "0600"),
-                         input=env_script(secrets))
+    if a.node.cfg.run.env_file or a.node.cfg.run.secrets:  # with the next round trip
+        a.node.later(files.make_dirs([layout.shared_env.parent]), then=a.node.check)
+        a.node.later(files.write_file(layout.shared_env, "0600"), input=env_script(secrets),
+                     then=a.node.check)
     if boot.locked():
         a.node.say(f"waiting for a boot slot (deploy.boot_limit={a.node.cfg.deploy.boot_limit})")
     async with boot:  # deploy.boot_limit: at most N hosts stop and start at once
@@ -299,15 +311,16 @@ async def promote(ctx: Context, colour: Colour | None, *, event: str = "promote"
 
 
 async def _switch(ctx: Context, topo: Topology, targets: dict[str, Colour], event: str,
-                  plan: canary.Plan | None, before: Callable[[], Awaitable[None]] | None
-                  ) -> None:
+                  plan: canary.Plan | None, before: Callable[[], Awaitable[None]] | None,
+                  reads_after: Callable[[AppHost], list[Query]] | None = None) -> None:
     """``switch_all``, after a canary's steps and followed by a watch when ``plan`` asks."""
     baseline = None
     if plan is not None and plan.steps:
         ctx.out.step(None, plan.describe())
         baseline = await canary.run_steps(topo, targets, plan, ctx.out, before)
         before = None  # pre_promote ran before the first request reached the new colour
-    await switch_all(topo, targets, event, ctx.user, ctx.out, before)
+    await switch_all(topo, targets, event, ctx.user, ctx.out, before,
+                     None if plan is not None and plan.watch else reads_after)
     if plan is not None and plan.watch:
         new = next(iter(targets.values()))
         await canary.watch(topo, new, plan, ctx.out, baseline, lambda reason: switch_all(

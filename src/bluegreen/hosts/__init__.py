@@ -4,10 +4,10 @@
 from __future__ import annotations
 
 from bluegreen.config import HostConfig
-from bluegreen.hosts.base import Host, Result, Stream
+from bluegreen.hosts.base import Host, Result
 from bluegreen.hosts.counting import CountingHost
 
-__all__ = ["CountingHost", "Host", "Result", "Stream", "connect"]
+__all__ = ["CountingHost", "Host", "Result", "connect"]
 
 
 async def connect(cfg: HostConfig) -> CountingHost:

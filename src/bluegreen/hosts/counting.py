@@ -1,14 +1,16 @@
-"""Round trips to a host, counted: every remote command (an SSH exec channel), upload, and
-connection opened through the host (a health check, a proxy question, the HAProxy runtime
-API), so that `-v` and `--json` say what a command cost per host."""
+"""Round trips to a host, counted: every request that waits for the host's answer (a
+command or a batch of them, a check such as a health GET or a watch that repeats one on the
+host, the HAProxy runtime API), and every upload; for a server, also the SSH sessions it
+opened (what the server's log shows: one for the agent, one per upload, stream or terminal)
+and how many requests the agent says it answered. `-v` and `--json` show them per host."""
 
 from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path, PurePosixPath
-from typing import AsyncIterator, Sequence
+from typing import Any, AsyncIterator, Sequence
 
-from bluegreen.hosts.base import Host, Result, Stream
+from bluegreen.hosts.base import Host, Op
 
 
 class CountingHost:
@@ -19,10 +21,10 @@ class CountingHost:
         self.name = inner.name
         self.counts: Counter[str] = Counter()
 
-    async def run(self, argv: Sequence[str], *, input: str | None = None,
-                  timeout: float = 60, check: bool = True) -> Result:
-        self.counts["commands"] += 1
-        return await self.inner.run(argv, input=input, timeout=timeout, check=check)
+    async def batch(self, ops: Sequence[Op]) -> list[dict[str, Any]]:
+        """One round trip: a command when it runs one, else a check."""
+        self.counts["commands" if any(op.name == "run" for op in ops) else "checks"] += 1
+        return await self.inner.batch(ops)
 
     async def put(self, local: Path, remote: PurePosixPath) -> None:
         self.counts["uploads"] += 1
@@ -36,18 +38,18 @@ class CountingHost:
         self.counts["commands"] += 1
         return await self.inner.interactive(argv, pty=pty)
 
-    async def open_connection(self, address: str, port: int) -> Stream:
-        self.counts["connections"] += 1
-        return await self.inner.open_connection(address, port)
-
-    async def open_unix_connection(self, path: str) -> Stream:
-        self.counts["connections"] += 1
-        return await self.inner.open_unix_connection(path)
-
     async def close(self) -> None:
         await self.inner.close()
 
     def round_trips(self) -> dict[str, int]:
-        """``{"commands", "uploads", "connections", "total"}``."""
-        out = {k: self.counts[k] for k in ("commands", "uploads", "connections")}
-        return {**out, "total": sum(out.values())}
+        """``{"commands", "checks", "uploads", "total"}``, and for a server ``sessions`` and
+        ``seen_by_host`` (after ``close``)."""
+        out = {k: self.counts[k] for k in ("commands", "checks", "uploads")}
+        out["total"] = sum(out.values())
+        sessions = getattr(self.inner, "sessions", None)
+        seen = getattr(self.inner, "seen", None)
+        if sessions is not None:
+            out["sessions"] = sessions
+        if seen is not None:
+            out["seen_by_host"] = seen
+        return out

@@ -1,4 +1,5 @@
-"""LocalHost: this machine, through asyncio subprocesses."""
+"""LocalHost: this machine, through asyncio subprocesses (commands) and the agent's own
+functions in a thread (exchanges, watches)."""
 
 from __future__ import annotations
 
@@ -6,37 +7,33 @@ import asyncio
 import os
 import shutil
 from pathlib import Path, PurePosixPath
-from typing import AsyncIterator, Sequence
+from typing import Any, AsyncIterator, Sequence
 
 from bluegreen.errors import CommandFailed
-from bluegreen.hosts.base import Result, check_result, describe
-
-
-class _LocalStream:
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._reader, self._writer = reader, writer
-
-    async def read(self, n: int) -> bytes:
-        return await self._reader.read(n)
-
-    async def write(self, data: bytes) -> None:
-        self._writer.write(data)
-        await self._writer.drain()
-
-    async def close(self) -> None:
-        self._writer.close()
-        try:
-            await self._writer.wait_closed()
-        except OSError:
-            pass
+from bluegreen.hosts import agent
+from bluegreen.hosts.base import Op
 
 
 class LocalHost:
     def __init__(self, name: str = "local") -> None:
         self.name = name
 
-    async def run(self, argv: Sequence[str], *, input: str | None = None,
-                  timeout: float = 60, check: bool = True) -> Result:
+    async def batch(self, ops: Sequence[Op]) -> list[dict[str, Any]]:
+        """Commands as asyncio subprocesses, the other operations with the agent's own
+        functions in a thread (the same code as on a remote host)."""
+        results: list[dict[str, Any]] = []
+        for op in ops:
+            if op.name == "run":
+                result = await self._run(**op.args)
+            else:
+                result = await asyncio.to_thread(agent.OPERATIONS[op.name], **op.args)
+            results.append(result)
+            if op.stop and agent.failed(op.name, result):
+                break
+        return results
+
+    async def _run(self, argv: Sequence[str], input: str | None, timeout: float
+                   ) -> dict[str, Any]:
         proc = await asyncio.create_subprocess_exec(
             *argv,
             stdin=asyncio.subprocess.PIPE if input is not None else asyncio.subprocess.DEVNULL,
@@ -54,14 +51,13 @@ class LocalHost:
             except ProcessLookupError:
                 pass
             await proc.wait()
-            raise CommandFailed(f"{describe(argv)} timed out after {timeout:g}s",
-                                host=self.name) from None
-        result = Result(tuple(argv), proc.returncode or 0, out.decode(errors="replace"),
-                        err.decode(errors="replace"))
-        return check_result(self.name, result) if check else result
+            return {"status": None, "timed_out": True, "stdout": "", "stderr": ""}
+        return {"status": proc.returncode or 0, "stdout": out.decode(errors="replace"),
+                "stderr": err.decode(errors="replace")}
 
     async def put(self, local: Path, remote: PurePosixPath) -> None:
         try:
+            await asyncio.to_thread(os.makedirs, str(remote.parent), exist_ok=True)
             await asyncio.to_thread(shutil.copyfile, local, str(remote))
         except OSError as exc:
             raise CommandFailed(f"copy of {local.name} to {remote} failed: {exc.strerror}",
@@ -85,14 +81,6 @@ class LocalHost:
         # needed.
         proc = await asyncio.create_subprocess_exec(*argv)
         return await proc.wait()
-
-    async def open_connection(self, address: str, port: int) -> _LocalStream:
-        reader, writer = await asyncio.open_connection(address, port)
-        return _LocalStream(reader, writer)
-
-    async def open_unix_connection(self, path: str) -> _LocalStream:
-        reader, writer = await asyncio.open_unix_connection(path)
-        return _LocalStream(reader, writer)
 
     async def close(self) -> None:
         return None

@@ -1,4 +1,6 @@
-"""SSHHost: a server over one asyncssh connection per command. The only asyncssh import.
+"""SSHHost: a server over one asyncssh connection per command, and on it one session
+running bluegreen's agent (``hosts.agent``) for every command and check. The only asyncssh
+import.
 
 Host keys are always verified against ``known_hosts`` (the host's own setting, else
 ``~/.ssh/known_hosts``); an unknown or changed key is exit 3, never accepted.
@@ -8,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import shlex
 import shutil
@@ -22,9 +25,16 @@ import asyncssh
 
 from bluegreen.config import HostConfig
 from bluegreen.errors import CommandFailed, ConnectError
-from bluegreen.hosts.base import Result, check_result, describe
+from bluegreen.hosts import agent as agent_program
+from bluegreen.hosts.base import Op
 
 CONNECT_TIMEOUT = 15.0
+AGENT_START_TIMEOUT = 20.0
+# How long past a request's own timeout its answer may take (the network, a busy host).
+ANSWER_MARGIN = 30.0
+# The agent, run by the login shell like any command: its source is the argument; -I -S:
+# the standard library only (no site-packages, no PYTHON* variables; ~30 ms less).
+AGENT_COMMAND = "exec python3 -I -S -c " + shlex.quote(Path(agent_program.__file__).read_text())
 
 
 def _stdin() -> Any:
@@ -44,26 +54,49 @@ def _copy(stream: Any, mode: str) -> Any:
     return os.fdopen(os.dup(stream.fileno()), mode, buffering=0)
 
 
-class _SSHStream:
-    def __init__(self, reader: Any, writer: Any) -> None:
-        self._reader, self._writer = reader, writer
+class _Agent:
+    """The client end of one host's agent (``hosts.agent``): requests written as JSON
+    lines, answers matched to them by id, as they come."""
 
-    async def read(self, n: int) -> bytes:
+    def __init__(self, process: Any, host: str) -> None:
+        self.process = process
+        self.host = host
+        self.next_id = 0
+        self.pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self.hello: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self.ended: BaseException | None = None
+        self.reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
         try:
-            data: bytes = await self._reader.read(n)
-        except asyncssh.Error as exc:
-            raise OSError(str(exc)) from None
-        return data
+            async for line in self.process.stdout:
+                message = json.loads(line)
+                if "agent" in message and not self.hello.done():
+                    self.hello.set_result(message)
+                    continue
+                future = self.pending.pop(message.pop("id", -1), None)
+                if future is not None and not future.done():
+                    future.set_result(message)
+            self.ended = ConnectionError("the agent ended")
+        except (asyncssh.Error, OSError, ValueError) as exc:
+            self.ended = exc
+        for future in [self.hello, *self.pending.values()]:
+            if not future.done():
+                future.set_exception(self.ended)
+        self.pending.clear()
 
-    async def write(self, data: bytes) -> None:
+    async def call(self, request: dict[str, Any], wait: float) -> dict[str, Any]:
+        if self.ended is not None:
+            raise self.ended
+        self.next_id += 1
+        ident = self.next_id
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self.pending[ident] = future
+        self.process.stdin.write(json.dumps({**request, "id": ident}) + "\n")
         try:
-            self._writer.write(data)
-            await self._writer.drain()
-        except asyncssh.Error as exc:
-            raise OSError(str(exc)) from None
-
-    async def close(self) -> None:
-        self._writer.close()
+            return await asyncio.wait_for(future, wait)
+        finally:
+            self.pending.pop(ident, None)
 
 
 class SSHHost:
@@ -71,6 +104,9 @@ class SSHHost:
         self.name = cfg.label
         self._cfg = cfg
         self._conn = conn
+        self._agent: asyncio.Task[_Agent] | None = None
+        self.sessions = 0  # SSH sessions opened (exec and sftp), as the server counts them
+        self.seen: int | None = None  # requests the agent answered, told at close
 
     @classmethod
     async def open(cls, cfg: HostConfig) -> SSHHost:
@@ -126,37 +162,60 @@ class SSHHost:
         return ConnectError(f"lost the SSH connection to {self._cfg.address}: {reason}",
                             host=self.name)
 
-    async def run(self, argv: Sequence[str], *, input: str | None = None,
-                  timeout: float = 60, check: bool = True) -> Result:
-        command = shlex.join(argv)
+    async def _start_agent(self) -> _Agent:
+        self.sessions += 1
         try:
-            process = await self._conn.create_process(command)
-            try:
-                if input is not None:
-                    process.stdin.write(input)
-                process.stdin.write_eof()
-            except (BrokenPipeError, ConnectionError):
-                # The command ended before reading its input (e.g. the lock is held: exit
-                # 73 at once); its exit status, not this write, says what happened.
-                pass
-            proc = await process.wait(check=False, timeout=timeout)
-        except asyncssh.TimeoutError:
-            raise CommandFailed(f"{describe(argv)} timed out after {timeout:g}s",
-                                host=self.name) from None
+            process = await self._conn.create_process(AGENT_COMMAND)
         except (asyncssh.Error, OSError) as exc:
             raise self._lost(exc) from None
-        status = proc.exit_status
-        if status is None:
-            if not proc.exit_signal:
-                # The channel closed with neither a status nor a signal: the connection died.
-                raise self._lost(ConnectionError("the command ended without an exit status"))
-            status = 128 + 9
-        result = Result(tuple(argv), status, _text(proc.stdout), _text(proc.stderr))
-        return check_result(self.name, result) if check else result
+        agent = _Agent(process, self.name)
+        try:
+            await asyncio.wait_for(asyncio.shield(agent.hello), AGENT_START_TIMEOUT)
+        except (asyncssh.Error, OSError, asyncio.TimeoutError):
+            process.close()
+            status = process.exit_status
+            if status == 127:
+                raise ConnectError(f"{self._cfg.address} has no python3: bluegreen runs a "
+                                   "small agent on each host with it (any Python 3.6 or "
+                                   "later; on Debian: apt install python3-minimal)",
+                                   host=self.name) from None
+            stderr = ""
+            with contextlib.suppress(Exception):
+                stderr = str(await asyncio.wait_for(process.stderr.read(), 1))
+            raise ConnectError(f"the bluegreen agent did not start on {self._cfg.address} "
+                               f"(exit {status}): {stderr.strip()[-500:] or 'no output'}",
+                               host=self.name) from None
+        return agent
+
+    async def call(self, request: dict[str, Any], wait: float) -> dict[str, Any]:
+        """One request to the host's agent (started with the first one), its answer within
+        ``wait`` seconds."""
+        if self._agent is None:
+            self._agent = asyncio.create_task(self._start_agent())
+        agent = await self._agent
+        try:
+            return await agent.call(request, wait)
+        except asyncio.TimeoutError:
+            raise
+        except (asyncssh.Error, OSError) as exc:
+            raise self._lost(exc) from None
+
+    async def batch(self, ops: Sequence[Op]) -> list[dict[str, Any]]:
+        wait = sum(op.wait for op in ops) + ANSWER_MARGIN
+        request = {"ops": [{"name": op.name, "args": op.args, "stop": op.stop} for op in ops]}
+        try:
+            answer = await self.call(request, wait)
+        except asyncio.TimeoutError:
+            raise CommandFailed(f"no answer from the host within {wait:g}s",
+                                host=self.name) from None
+        results: list[dict[str, Any]] = answer["results"]
+        return results
 
     async def put(self, local: Path, remote: PurePosixPath) -> None:
+        self.sessions += 1
         try:
             async with self._conn.start_sftp_client() as sftp:
+                await sftp.makedirs(str(remote.parent), exist_ok=True)
                 await sftp.put(str(local), str(remote))
         except asyncssh.SFTPError as exc:
             raise CommandFailed(f"upload of {local.name} to {remote} failed: {exc.reason} "
@@ -165,6 +224,7 @@ class SSHHost:
             raise self._lost(exc) from None
 
     async def stream(self, argv: Sequence[str]) -> AsyncIterator[str]:
+        self.sessions += 1
         try:
             proc = await self._conn.create_process(shlex.join(argv), stderr=asyncssh.STDOUT)
         except (asyncssh.Error, OSError) as exc:
@@ -188,6 +248,7 @@ class SSHHost:
         if pty:
             cols, rows = shutil.get_terminal_size()
             options.update(term_type=os.environ.get("TERM", "xterm"), term_size=(cols, rows))
+        self.sessions += 1
         with _raw_terminal(pty):
             try:
                 proc = await self._conn.create_process(command, **options)
@@ -197,27 +258,10 @@ class SSHHost:
         status = proc.exit_status
         return status if status is not None else 255
 
-    async def open_connection(self, address: str, port: int) -> _SSHStream:
-        try:
-            reader, writer = await self._conn.open_connection(address, port)
-        except asyncssh.ChannelOpenError as exc:
-            raise ConnectionRefusedError(f"{address}:{port}: {exc.reason}") from None
-        except asyncssh.Error as exc:
-            raise self._lost(exc) from None
-        return _SSHStream(reader, writer)
-
-    async def open_unix_connection(self, path: str) -> _SSHStream:
-        try:
-            reader, writer = await self._conn.open_unix_connection(path)
-        except asyncssh.ChannelOpenError as exc:
-            # sshd says only "open failed"; the usual causes are the two below.
-            raise ConnectionRefusedError(f"{path}: {exc.reason} (no such socket, or the SSH "
-                                         "user may not open it)") from None
-        except asyncssh.Error as exc:
-            raise self._lost(exc) from None
-        return _SSHStream(reader, writer)
-
     async def close(self) -> None:
+        if self._agent is not None and self._agent.done() and not self._agent.exception():
+            with contextlib.suppress(Exception):
+                self.seen = int((await self.call({"bye": True}, 5))["served"]) - 1
         self._conn.close()
         try:
             await asyncio.wait_for(self._conn.wait_closed(), 5)

@@ -76,7 +76,7 @@ def append_file(path: PurePosixPath) -> Argv:
     return sh('cat >> "$1"', path)
 
 
-def read_file(path: PurePosixPath) -> Argv:
+def read_file(path: PurePosixPath) -> Query:
     """Print ``path``; prints nothing (exit 0) when it does not exist."""
     return query(sh('if [ -f "$1" ]; then cat "$1"; fi', path))
 

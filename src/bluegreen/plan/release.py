@@ -23,9 +23,15 @@ def exists(layout: Layout, rid: str) -> Argv:
     return ["test", "-d", str(layout.release(rid))]
 
 
-@reading
-def checksum(path: PurePosixPath) -> Argv:
-    return ["sha256sum", "--", str(path)]
+# `verify`'s exit status when the upload's sha256 is not the artifact's.
+CORRUPT = 65
+
+
+def verify(path: PurePosixPath, sha256: str) -> Argv:
+    """Exit 0 when ``path``'s sha256 is ``sha256``; else print the one found, delete the
+    file and exit CORRUPT."""
+    return sh('sha="$(sha256sum < "$1")"; sha="${sha%% *}"; [ "$sha" = "$2" ] && exit 0\n'
+              f'echo "$sha"; rm -f -- "$1"; exit {CORRUPT}', path, sha256)
 
 
 def unpack(layout: Layout, rid: str) -> Argv:

@@ -16,13 +16,16 @@ from bluegreen import health
 from bluegreen.config import Colour, parse_listen, render
 from bluegreen.errors import ProxyError
 from bluegreen.fleet import Node
+from bluegreen.hosts.base import Op, exchange_op
 from bluegreen.plan import files
+from bluegreen.plan.files import Query
 from bluegreen.plan.nginx import Finding, deployment_id_request
 from bluegreen.traffic import Sample, Traffic
 
 CERT_WARN_DAYS = 14
 VERIFY_TIMEOUT = 10.0
 VERIFY_STREAK = 3  # old nginx workers answer the previous colour for ~100 ms after a reload
+ASK_TIMEOUT = 3.0  # one GET of /deployment_id
 
 
 class Meter(abc.ABC):
@@ -82,8 +85,11 @@ class Proxy(abc.ABC):
         ``target`` can be made, without changing what traffic sees."""
 
     @abc.abstractmethod
-    async def switch(self, target: Colour, previous: Colour | None) -> None:
-        """Send traffic to ``target``; on failure everything is left on ``previous``."""
+    async def switch(self, target: Colour, previous: Colour | None, *,
+                     defer: bool = False) -> None:
+        """Send traffic to ``target``; on failure everything is left on ``previous``.
+        ``defer``: a kind may send it with the node's next round trip (the verify that
+        follows); a failure then raises there, with ``ProxyError.step`` set."""
 
     @abc.abstractmethod
     async def restore(self, previous: Colour | None) -> None:
@@ -138,6 +144,24 @@ class Proxy(abc.ABC):
         """Make the requests ``colour`` serves countable by a meter (nginx logs only
         during a split: it sets one of 0 %); `end_split` undoes it."""
 
+    def first_reads(self) -> list[Query | Op]:
+        """What a command reads of the proxy's host first (its live colour, and what it
+        answers: a switch killed half way shows as a difference): read with the lock, in
+        the same round trip."""
+        return [self._ask_op()]
+
+    def _ask_op(self) -> Op:
+        """``ask`` as the operation it sends."""
+        address, port, path, host_header, tls_name = self._ask_request()
+        return exchange_op((address, port), health.request(address, port, path, host_header),
+                           tls_name, ASK_TIMEOUT)
+
+    def _ask_request(self) -> tuple[str, int, str, str, str | None]:
+        tls = self.cfg.proxy.tls
+        address, port = parse_listen(tls.listen if tls else self.cfg.proxy.listen)
+        path, host_header = deployment_id_request(self.cfg)
+        return address, port, path, host_header, host_header if tls else None
+
     async def old_workers(self) -> int:
         """Processes of a previous configuration that may still send the slots requests."""
         return 0
@@ -152,11 +176,9 @@ class Proxy(abc.ABC):
     async def ask(self) -> health.Response:
         """GET /deployment_id from the proxy, on its host: on the TLS listener with SNI =
         the first server name when ``[proxy.tls]`` is set, else on ``proxy.listen``."""
-        tls = self.cfg.proxy.tls
-        address, port = parse_listen(tls.listen if tls else self.cfg.proxy.listen)
-        path, host_header = deployment_id_request(self.cfg)
-        return await health.get(self.node.host, address, port, path, host_header=host_header,
-                                timeout=3, tls_name=host_header if tls else None)
+        address, port, path, host_header, tls_name = self._ask_request()
+        return await health.get(self.node, address, port, path, host_header=host_header,
+                                timeout=ASK_TIMEOUT, tls_name=tls_name)
 
     async def answer(self) -> str | None:
         """What the proxy answers on /deployment_id, asked from its host."""
@@ -172,19 +194,19 @@ class Proxy(abc.ABC):
         if self.node.dry:
             self.node.say(f"would verify that the proxy answers {target} on /deployment_id")
             return
-        streak = 0
-        last: str | None = None
         expected = target.value if isinstance(target, Colour) else target
-
-        async def answered() -> bool | None:
-            nonlocal streak, last
-            last = await self.answer()
-            streak = streak + 1 if last == expected else 0
-            return True if streak >= VERIFY_STREAK else None
-
-        if not await health.poll(answered, timeout=timeout, interval=0.05):
+        tls = self.cfg.proxy.tls
+        address, port = parse_listen(tls.listen if tls else self.cfg.proxy.listen)
+        path, host_header = deployment_id_request(self.cfg)
+        met, last = await health.watch(self.node, address, port, path, timeout=timeout,
+                                       host_header=host_header, body=expected,
+                                       streak=VERIFY_STREAK, interval=0.05,
+                                       tls_name=host_header if tls else None)
+        if not met:
+            said = (None if isinstance(last, OSError) else last.body.strip() if last.ok
+                    else f"HTTP {last.status}")
             raise ProxyError(f"the proxy did not answer {target} within {timeout:g}s "
-                             f"(last answer: {last!r})", host=self.name)
+                             f"(last answer: {said!r})", host=self.name)
 
     def command(self, value: str) -> list[str]:
         """``proxy.test`` or ``proxy.reload`` as argv (with sudo when configured)."""

@@ -9,7 +9,11 @@ from pathlib import PurePosixPath
 
 from bluegreen.config import Colour
 from bluegreen.errors import ProxyError
-from bluegreen.plan import files, haproxy
+from bluegreen.hosts.base import Endpoint
+from bluegreen.plan import files
+from bluegreen.plan import haproxy
+from bluegreen.hosts.base import Op
+from bluegreen.plan.files import Query
 from bluegreen.plan.nginx import Finding
 from bluegreen.proxies.base import Meter, Proxy
 from bluegreen.traffic import Sample, Traffic
@@ -31,6 +35,9 @@ class HAProxyProxy(Proxy):
         return out + ([haproxy.frontend_file(self.cfg).parent] if haproxy.shared(self.cfg)
                       else [])
 
+    def first_reads(self) -> list[Query | Op]:
+        return [*super().first_reads(), files.read_file(haproxy.map_file(self.cfg))]
+
     async def live_colour(self) -> Colour | None:
         path = haproxy.map_file(self.cfg)
         text = await self.read(path)
@@ -50,31 +57,21 @@ class HAProxyProxy(Proxy):
             self.node.say(f"would send to HAProxy's runtime API {sock}: {command}")
             return ""
         self.node.out.debug(self.name, f"haproxy {sock}> {command}")
+        endpoint: Endpoint = sock
+        if not sock.startswith("/"):
+            address, _, port = sock.rpartition(":")
+            endpoint = (address, int(port))
         try:
-            if sock.startswith("/"):
-                stream = await self.node.host.open_unix_connection(sock)
-            else:
-                address, _, port = sock.rpartition(":")
-                stream = await self.node.host.open_connection(address, int(port))
-        except OSError as exc:
+            answer = await self.node.exchange(endpoint, command.encode() + b"\n",
+                                                   timeout=RUNTIME_TIMEOUT)
+        except (ConnectionRefusedError, FileNotFoundError, PermissionError) as exc:
             raise ProxyError(f"cannot reach HAProxy's runtime API at {sock}: "
                              f"{exc.strerror or exc}; is HAProxy running with `stats socket "
                              f"{sock} level admin`?", host=self.name) from None
-        try:
-            await stream.write(command.encode() + b"\n")
-            chunks: list[bytes] = []
-
-            async def read_all() -> None:
-                while chunk := await stream.read(65536):
-                    chunks.append(chunk)
-
-            await asyncio.wait_for(read_all(), RUNTIME_TIMEOUT)
         except (OSError, asyncio.TimeoutError) as exc:
             raise ProxyError(f"HAProxy's runtime API at {sock} did not answer `{command}`: "
                              f"{exc or 'timed out'}", host=self.name) from None
-        finally:
-            await stream.close()
-        return b"".join(chunks).decode(errors="replace")
+        return answer.data.decode(errors="replace")
 
     async def running_colour(self) -> str | None:
         """The live colour in the running HAProxy's memory (None: it has no such map)."""
@@ -203,7 +200,8 @@ class HAProxyProxy(Proxy):
                              f"{haproxy.backend(self.cfg, target)}; run `bluegreen setup`",
                              host=self.name)
 
-    async def switch(self, target: Colour, previous: Colour | None) -> None:
+    async def switch(self, target: Colour, previous: Colour | None, *,
+                     defer: bool = False) -> None:
         """Write the map file (what a restarted HAProxy will read), then set the running
         HAProxy's map. If the runtime API fails, the file is put back."""
         await self._write_map(target)

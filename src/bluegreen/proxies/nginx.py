@@ -8,7 +8,10 @@ from pathlib import PurePosixPath
 from bluegreen.config import Colour
 from bluegreen.errors import ProxyError
 from bluegreen.hosts.base import Result
-from bluegreen.plan import files, nginx
+from bluegreen.plan import files
+from bluegreen.plan import nginx
+from bluegreen.hosts.base import Op
+from bluegreen.plan.files import Query
 from bluegreen.plan.nginx import Finding
 from bluegreen.proxies.base import Meter, Proxy
 from bluegreen.traffic import Sample, Traffic
@@ -32,6 +35,9 @@ class NginxProxy(Proxy):
     @property
     def directories(self) -> list[PurePosixPath]:
         return [nginx.available(self.cfg, Colour.BLUE).parent, nginx.link(self.cfg).parent]
+
+    def first_reads(self) -> list[Query | Op]:
+        return [*super().first_reads(), nginx.read_link(self.cfg, self.node.layout.maintenance_page)]
 
     async def live_colour(self) -> Colour | None:
         """The colour the link names: read once per command, then kept as this proxy
@@ -94,7 +100,8 @@ class NginxProxy(Proxy):
 
     async def prepare(self, target: Colour, live: Colour) -> None:
         """Rewrite the target's site file if it differs, point the link at it, test, and
-        put the link back: one round trip (under sudo the site file is only read: root's).
+        put the link back: with the next round trip (under sudo the site file is only
+        read: root's).
         nginx reads its config only on reload, so traffic never sees the trial."""
         if self.sudo:  # the site files are root's: read, and refused if out of date
             await self.write_site(target)
@@ -103,21 +110,41 @@ class NginxProxy(Proxy):
         text = None if self.sudo else nginx.render_site(
             self.cfg, target, self.upstreams, self.node.layout.maintenance_page)
         self._linked(UNKNOWN)
-        result = await self.node.run(nginx.trial(
-            self.cfg, target, live, self.sudo, self.command(self.cfg.proxy.test),
-            update_site=not self.sudo), check=False, input=text)
-        if nginx.WROTE_SITE in result.stdout.splitlines():
-            self.node.say(f"wrote {nginx.available(self.cfg, target)}")
-        self._check(result, live)
-        self._linked(live)
 
-    async def switch(self, target: Colour, previous: Colour | None) -> None:
-        """Point the link at ``target``, test, reload, in one round trip. If ``test``
-        fails the previous link is put back and nothing is reloaded; if ``reload`` fails
-        the link is put back too (a failed reload never reached nginx: it still serves
-        ``previous``)."""
-        await self._relink(target, previous, previous, self.sudo)
-        self._linked(target)
+        def tried(result: Result) -> None:
+            if nginx.WROTE_SITE in result.stdout.splitlines():
+                self.node.say(f"wrote {nginx.available(self.cfg, target)}")
+            self._check(result, live)
+            self._linked(live)
+
+        # Sent with the next round trip (the health checks before a switch); a failure
+        # raises there, and nothing after it runs.
+        self.node.later(nginx.trial(self.cfg, target, live, self.sudo,
+                                    self.command(self.cfg.proxy.test),
+                                    update_site=not self.sudo), input=text, then=tried)
+
+    async def switch(self, target: Colour, previous: Colour | None, *,
+                     defer: bool = False) -> None:
+        """Point the link at ``target``, test, reload, in one round trip (``defer``: with
+        the next one, the verify). If ``test`` fails the previous link is put back and
+        nothing is reloaded; if ``reload`` fails the link is put back too (a failed reload
+        never reached nginx: it still serves ``previous``)."""
+        if not defer:
+            await self._relink(target, previous, previous, self.sudo)
+            self._linked(target)
+            return
+        self._linked(UNKNOWN)
+
+        def switched(result: Result) -> None:
+            try:
+                self._check(result, previous)
+            except ProxyError as exc:
+                exc.step = "switch and reload"
+                raise
+            self._linked(target)
+
+        self.node.later(self._relink_argv(target, previous, self.sudo), timeout=120,
+                        then=switched)
 
     async def _relink(self, target: Colour | PurePosixPath,
                       back: Colour | PurePosixPath | None, previous: Colour | None,
@@ -126,10 +153,15 @@ class NginxProxy(Proxy):
         one round trip; if the test or the reload fails, the link goes back to ``back``
         and the error names ``previous``."""
         self._linked(UNKNOWN)
-        result = await self.node.run(nginx.switch_and_reload(
-            self.cfg, target, back, use_sudo, self.command(self.cfg.proxy.test),
-            self.command(self.cfg.proxy.reload)), check=False, timeout=120)
+        result = await self.node.run(self._relink_argv(target, back, use_sudo), check=False,
+                                     timeout=120)
         self._check(result, previous)
+
+    def _relink_argv(self, target: Colour | PurePosixPath, back: Colour | PurePosixPath | None,
+                     use_sudo: bool) -> list[str]:
+        return nginx.switch_and_reload(self.cfg, target, back, use_sudo,
+                                       self.command(self.cfg.proxy.test),
+                                       self.command(self.cfg.proxy.reload))
 
     def _check(self, result: Result, previous: Colour | None) -> None:
         """Turn a failed `trial` or `switch_and_reload` into the error of its step."""

@@ -15,7 +15,7 @@ from bluegreen.supervisors.systemd import SystemdSupervisor
 KINDS: dict[str, type[Supervisor]] = {"command": ProcessSupervisor, "start": DaemonSupervisor,
                                       "systemd": SystemdSupervisor}
 
-__all__ = ["KINDS", "StartFailed", "Supervisor", "choose", "of_state"]
+__all__ = ["KINDS", "StartFailed", "Supervisor", "choose", "has_systemd", "of_state"]
 
 
 async def choose(node: Node) -> tuple[Supervisor, str]:
@@ -27,9 +27,7 @@ async def choose(node: Node) -> tuple[Supervisor, str]:
     if run.supervisor == "process":
         return ProcessSupervisor(node), ("run.supervisor = \"process\": nothing restarts the "
                                          "slots after a reboot")
-    if "systemd" not in node.facts:
-        node.facts["systemd"] = (await node.run(systemdplan.DETECT, check=False)).ok
-    if node.facts["systemd"]:
+    if await has_systemd(node):
         return SystemdSupervisor(node), ("systemd runs on the host (/run/systemd/system): a "
                                          "unit per colour, enabled, restarted after a reboot")
     if run.supervisor == "systemd":
@@ -38,6 +36,13 @@ async def choose(node: Node) -> tuple[Supervisor, str]:
                              host=node.name)
     return ProcessSupervisor(node), ("no systemd on the host: bluegreen's own detached "
                                      "process; nothing restarts the slots after a reboot")
+
+
+async def has_systemd(node: Node) -> bool:
+    """Whether systemd runs the host (asked once per command)."""
+    if "systemd" not in node.facts:
+        node.facts["systemd"] = (await node.run(systemdplan.DETECT, check=False)).ok
+    return node.facts["systemd"]
 
 
 def of_state(node: Node, state: SlotState | None) -> Supervisor:

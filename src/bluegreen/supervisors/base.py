@@ -12,6 +12,7 @@ from typing import ClassVar
 from bluegreen.config import Colour
 from bluegreen.fleet import Node
 from bluegreen.plan import slot as slotplan
+from bluegreen.plan.files import Query
 from bluegreen.plan.slot import Probe, Slot, SlotState
 
 
@@ -19,8 +20,13 @@ async def probe(node: Node, colour: Colour, sid: int | None = None,
                 pids: list[int] | None = None) -> Probe:
     """Who listens on the slot's port, its connections, and which of its processes are
     alive (session ``sid``, ``pids``)."""
-    result = await node.run(slotplan.probe(node.cfg.slots.port(colour), sid, pids))
+    result = await node.run(probe_query(node, colour, sid, pids))
     return slotplan.parse_probe(result.stdout)
+
+
+def probe_query(node: Node, colour: Colour, sid: int | None = None,
+                pids: list[int] | None = None) -> Query:
+    return slotplan.probe(node.cfg.slots.port(colour), sid, pids)
 
 
 class StartFailed(Exception):
