@@ -275,3 +275,21 @@ def test_closed_port_is_reported_as_such_and_the_port_can_come_from_ssh_config(
     p.write_config()
     p.bg("setup")
     assert p.status()["reachable"] is True
+
+
+def test_a_host_without_python3_is_told_so_and_nothing_changes(ssh_project: Project) -> None:
+    """bluegreen's agent runs with the host's python3: a login whose PATH has none (its
+    .bashrc here) is exit 3 with what to install, before anything is locked or written."""
+    p = ssh_project
+    assert p.sshd is not None
+    p.bg("setup")
+    before = p.history()
+    rc = p.sshd.dir / "root-home" / ".bashrc"
+    rc.write_text("PATH=/nonexistent\n")
+    try:
+        out = p.bg("promote", "blue", check=3)
+    finally:
+        rc.unlink()
+    assert "has no python3" in out.stderr and "apt install python3-minimal" in out.stderr
+    assert not (p.deploy_to / "lock").exists()
+    assert p.history() == before

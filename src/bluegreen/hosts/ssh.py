@@ -70,10 +70,13 @@ class _Agent:
     async def _read(self) -> None:
         try:
             async for line in self.process.stdout:
-                message = json.loads(line)
-                if "agent" in message and not self.hello.done():
-                    self.hello.set_result(message)
+                if not self.hello.done():  # what the login's rc files print comes first
+                    with contextlib.suppress(ValueError):
+                        hello = json.loads(line)
+                        if isinstance(hello, dict) and "agent" in hello:
+                            self.hello.set_result(hello)
                     continue
+                message = json.loads(line)
                 future = self.pending.pop(message.pop("id", -1), None)
                 if future is not None and not future.done():
                     future.set_result(message)
@@ -171,7 +174,9 @@ class SSHHost:
         agent = _Agent(process, self.name)
         try:
             await asyncio.wait_for(asyncio.shield(agent.hello), AGENT_START_TIMEOUT)
-        except (asyncssh.Error, OSError, asyncio.TimeoutError):
+        except (asyncssh.Error, OSError, ValueError, asyncio.TimeoutError):
+            with contextlib.suppress(asyncssh.Error, OSError, asyncio.TimeoutError):
+                await asyncio.wait_for(process.wait(check=False), 2)
             process.close()
             status = process.exit_status
             if status == 127:
