@@ -293,3 +293,18 @@ def test_a_host_without_python3_is_told_so_and_nothing_changes(ssh_project: Proj
     assert "has no python3" in out.stderr and "apt install python3-minimal" in out.stderr
     assert not (p.deploy_to / "lock").exists()
     assert p.history() == before
+
+
+def test_a_login_that_prints_a_banner_does_not_disturb_the_agent(ssh_project: Project) -> None:
+    """Many servers' rc files print something (a banner, a version manager's notice) before
+    the agent starts: those lines are skipped."""
+    p = ssh_project
+    assert p.sshd is not None
+    p.bg("setup")
+    rc = p.sshd.dir / "root-home" / ".bashrc"
+    rc.write_text('echo "Welcome to web1"\necho "{not json"\n')
+    try:
+        p.deploy("1.0.0")
+    finally:
+        rc.unlink()
+    assert p.answer().version == "1.0.0"
