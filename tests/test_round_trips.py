@@ -30,6 +30,9 @@ def test_round_trips_counted_by_bluegreen_match_what_the_server_saw(
         results = {}
         for name, args in (("deploy", ["deploy", "--version", "2.0.0", "--json"]),
                            ("promote", ["promote", "blue", "--json"]),
+                           # the release is on the host already: restarted, not uploaded
+                           ("redeploy", ["deploy", "--version", "2.0.0", "--no-promote",
+                                         "--json"]),
                            ("status", ["status", "--json"])):
             if name == "deploy":
                 p.artifact("2.0.0")
@@ -48,6 +51,10 @@ def test_round_trips_counted_by_bluegreen_match_what_the_server_saw(
                                         + counted["uploads"]), counted
             results[name] = counted["total"]
         print(f"round trips per host: {results}")
+        # What docs/how-it-works.md says (a count, not a time: the same on any machine).
+        assert results["deploy"] <= 8 and results["promote"] <= 4, results
+        # no upload, no switch; the idle slot (2.0.0) stopped and started again
+        assert seen["uploads"] == 0 and results["redeploy"] <= 7, results
     finally:
         p.cleanup()
         sshd.stop()

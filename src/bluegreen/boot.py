@@ -50,10 +50,11 @@ class Boot:
             self.slots.idle_probe[colour] = probe  # what `start` looks at next
             return state
         self.node.say(f"draining {colour} ({state.release})")
-        await self.slots.drain(colour, sid)
+        await self.slots.drain(colour, sid, probe)
         self.node.say(f"stopping {colour} ({state.release})")
-        await supervisor.halt(colour, state, probe)
-        if not await supervisor.wait_stopped(colour, sid, list(probe.listeners), 10):
+        if await supervisor.halt(colour, state, probe) and not self.node.dry:
+            self.slots.idle_probe[colour] = Probe()  # it saw the port free, all gone
+        elif not await supervisor.wait_stopped(colour, sid, list(probe.listeners), 10):
             raise CommandFailed(f"{colour} slot's processes did not exit even after SIGKILL",
                                 host=self.node.name)
         stopped = state.replace(status="stopped")

@@ -147,7 +147,7 @@ class Slots:
             return sum(c or 0 for c in counts)
         return (probe or await self.probe(colour, sid)).established
 
-    async def drain(self, colour: Colour, sid: int | None) -> int:
+    async def drain(self, colour: Colour, sid: int | None, probe: Probe | None = None) -> int:
         """Wait up to drain_timeout until no proxy can still send the slot a request and
         no connection to it is open; returns how many were still open when the wait ended.
 
@@ -163,9 +163,12 @@ class Slots:
                           f"until no connection to {colour} is open")
             return 0
 
+        first = probe  # the caller's, just made: the first look needs no new one
+
         async def idle() -> bool | None:
-            nonlocal open_now, old_workers
-            open_now = await self.connections(colour, sid)
+            nonlocal open_now, old_workers, first
+            open_now = await self.connections(colour, sid, first)
+            first = None
             old_workers = sum([await p.old_workers() for p in self.proxies])
             return True if open_now == 0 and old_workers == 0 else None
 

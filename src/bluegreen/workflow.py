@@ -247,6 +247,7 @@ async def _deploy_host(a: AppHost, art: Artifact, target: Colour, live: Colour |
     if target is not live:  # what `stop` looks at first, read with the upload's check
         state = await a.slots.state(target)
         a.slots.probe_ahead(target, supervisors.of_state(a.node, state).session(state))
+        a.node.ahead(*[q for p in a.proxies if p.node is a.node for q in p.drain_reads()])
     await upload(a.node, art)
     slot = a.slots.slot(target, art.release_id, art.version)
     await prepare(a, slot, secrets)

@@ -162,6 +162,10 @@ class Proxy(abc.ABC):
         path, host_header = deployment_id_request(self.cfg)
         return address, port, path, host_header, host_header if tls else None
 
+    def drain_reads(self) -> list[Query]:
+        """What a drain reads first (``old_workers``): read ahead with the stop's probe."""
+        return []
+
     async def old_workers(self) -> int:
         """Processes of a previous configuration that may still send the slots requests."""
         return 0

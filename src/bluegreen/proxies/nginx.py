@@ -292,6 +292,9 @@ class NginxProxy(Proxy):
         size = await self.node.run(nginx.restart_log(log))
         return LogMeter(self, log, int(size.stdout.strip() or 0))
 
+    def drain_reads(self) -> list[Query]:
+        return [nginx.old_workers(self.cfg)]
+
     async def old_workers(self) -> int:
         result = await self.node.run(nginx.old_workers(self.cfg), check=False)
         return len(result.stdout.split())

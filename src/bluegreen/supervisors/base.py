@@ -46,8 +46,9 @@ class Supervisor(abc.ABC):
         is known of the process. Raises StartFailed when it could not be started."""
 
     @abc.abstractmethod
-    async def halt(self, colour: Colour, state: SlotState, probe: Probe) -> None:
-        """Ask the slot's process to stop; after ``run.stop_timeout`` kill it."""
+    async def halt(self, colour: Colour, state: SlotState, probe: Probe) -> bool:
+        """Ask the slot's process to stop; after ``run.stop_timeout`` kill it. True when it
+        saw every process of the slot gone and its port free (no SIGKILL was needed)."""
 
     @abc.abstractmethod
     async def clean_up(self, slot: Slot, state: SlotState, probe: Probe) -> None:
@@ -91,13 +92,25 @@ class Supervisor(abc.ABC):
                     pids: list[int] | None = None) -> Probe:
         return await probe(self.node, colour, sid, pids)
 
-    async def stop_listeners(self, colour: Colour, pids: list[int]) -> None:
-        """SIGTERM to ``pids``; SIGKILL if they are still there after ``run.stop_timeout``."""
+    async def stop_listeners(self, colour: Colour, pids: list[int]) -> bool:
+        """SIGTERM to ``pids``; SIGKILL if they are still there after ``run.stop_timeout``
+        (False then)."""
         timeout = self.cfg.run.stop_timeout
-        await self.node.run(slotplan.signal_pids("TERM", pids))
-        if not await self.wait_stopped(colour, None, pids, timeout):
+        if not await self.signal_and_wait(colour, slotplan.signal_pids("TERM", pids), None,
+                                          pids, timeout):
             self.node.warn(f"{colour} still running {timeout:g}s after stop; sending SIGKILL")
             await self.node.run(slotplan.signal_pids("KILL", pids))
+            return False
+        return True
+
+    async def signal_and_wait(self, colour: Colour, signal: list[str], sid: int | None,
+                              pids: list[int], timeout: float) -> bool:
+        """``signal``, then ``wait_stopped``: one round trip."""
+        if self.node.dry:
+            await self.node.run(signal)
+            return True
+        self.node.later(signal, then=self.node.check)
+        return await self.wait_stopped(colour, sid, pids, timeout)
 
     async def wait_stopped(self, colour: Colour, sid: int | None, pids: list[int],
                            timeout: float) -> bool:

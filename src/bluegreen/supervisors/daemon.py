@@ -20,7 +20,7 @@ class DaemonSupervisor(Supervisor):
             raise StartFailed(f"start command exited {status}")
         return state
 
-    async def halt(self, colour: Colour, state: SlotState, probe: Probe) -> None:
+    async def halt(self, colour: Colour, state: SlotState, probe: Probe) -> bool:
         pids = list(probe.listeners)
         timeout = self.cfg.run.stop_timeout
         if self.cfg.run.stop:
@@ -30,9 +30,10 @@ class DaemonSupervisor(Supervisor):
                     self.node.warn(f"{colour} still running {timeout:g}s after stop; "
                                    "sending SIGKILL")
                     await self.node.run(slotplan.signal_pids("KILL", pids))
-                return
+                    return False
+                return True
             self.node.warn(f"stop command exited {status}; signalling the slot's processes")
-        await self.stop_listeners(colour, pids)
+        return await self.stop_listeners(colour, pids)
 
     async def clean_up(self, slot: Slot, state: SlotState, probe: Probe) -> None:
         if probe.listening and self.cfg.run.stop:

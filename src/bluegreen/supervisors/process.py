@@ -45,16 +45,18 @@ class ProcessSupervisor(Supervisor):
         text = (await self.node.run(files.read_file(self.node.layout.pid(colour)))).stdout.strip()
         return state.replace(pid=int(text), sid=int(text)) if text.isdigit() else state
 
-    async def halt(self, colour: Colour, state: SlotState, probe: Probe) -> None:
+    async def halt(self, colour: Colour, state: SlotState, probe: Probe) -> bool:
         sid = self.session(state)
         if sid is None:  # no pid on record, but its own listeners (by their environment)
-            await self.stop_listeners(colour, list(probe.listeners))
-            return
+            return await self.stop_listeners(colour, list(probe.listeners))
         timeout = self.cfg.run.stop_timeout
-        await self.node.run(slotplan.signal_session("TERM", sid))
-        if not await self.wait_stopped(colour, sid, [], timeout):
+        pids = list(probe.listeners)
+        if not await self.signal_and_wait(colour, slotplan.signal_session("TERM", sid), sid,
+                                          pids, timeout):
             self.node.warn(f"{colour} did not exit {timeout:g}s after SIGTERM; sending SIGKILL")
             await self.node.run(slotplan.signal_session("KILL", sid))
+            return False
+        return True
 
     async def clean_up(self, slot: Slot, state: SlotState, probe: Probe) -> None:
         if state.pid is not None:

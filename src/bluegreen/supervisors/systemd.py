@@ -63,13 +63,14 @@ class SystemdSupervisor(Supervisor):
                     f"{unit.get('ExecMainStatus', '?')}, restarted {restarts} times)")
         return None
 
-    async def halt(self, colour: Colour, state: SlotState, probe: Probe) -> None:
+    async def halt(self, colour: Colour, state: SlotState, probe: Probe) -> bool:
         result = await self.node.run(systemd.stop(self.cfg, colour, self.sudo), check=False,
                                      timeout=self.cfg.run.stop_timeout + 30)
         if not result.ok:
             raise CommandFailed(f"`systemctl stop {systemd.unit(self.cfg, colour)}` failed: "
                                 f"{(result.stderr or result.stdout).strip()[-500:]}",
                                 host=self.node.name)
+        return False  # systemd waited; the port is checked by the caller
 
     async def clean_up(self, slot: Slot, state: SlotState, probe: Probe) -> None:
         # A release that never became healthy must not be started again at boot.
