@@ -6,6 +6,8 @@ import json
 import os
 import socket
 import subprocess
+import threading
+import time
 from pathlib import Path
 
 from conftest import SERVER_NAME, Project, get, live_slot, squatter
@@ -151,12 +153,46 @@ def test_rejected_site_template_puts_link_back(project: Project) -> None:
     before = live_slot(project)
     out = project.bg("promote", check=1)
     assert "rejected the site" in out.stderr
-    assert "link put back to blue" in out.stderr
+    assert "the live link stays on blue" in out.stderr
     assert project.link_target().endswith("testapp-blue")
     a = project.answer()
     assert (a.colour, a.version) == ("blue", "1.0.0")
     # Nothing reloaded: a reload would have replaced nginx's workers (its master stays).
     assert live_slot(project) == before
+
+
+def test_the_trial_before_a_switch_never_moves_the_live_link(local_project: Project) -> None:
+    """`nginx -t` of the new link runs on a private copy of sites-enabled (as root): the
+    live link goes from blue to green once, at the switch; it never points at green
+    during the trial (a power cut then would boot nginx on it)."""
+    p = local_project
+    setup(p)
+    p.deploy("1.0.0")
+    p.deploy("2.0.0", "--no-promote")
+    ran = p.dir / "tests.log"
+    p.extra_proxy = {"test": p.nginx.proxy_settings()["test"] + f" && echo ran >> {ran} "
+                             "&& sleep 0.4"}
+    p.write_config()
+    seen: list[str] = []
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            target = p.link_target()
+            if not seen or seen[-1] != target:
+                seen.append(target)
+            time.sleep(0.005)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        out = p.bg("promote")
+    finally:
+        done.set()
+        watcher.join()
+    assert ran.read_text().split() == ["ran", "ran"], out.stderr  # the trial, the switch
+    assert [t.rsplit("-", 1)[1] for t in seen] == ["blue", "green"], seen
+    assert p.answer().version == "2.0.0"
 
 
 def test_lock_held_exits_4_and_unlock_clears_it(project: Project) -> None:

@@ -85,8 +85,10 @@ def test_power_cut_at_each_deploy_step_boots_serving_and_rerun_converges(
             time.sleep(0.05)
         answer = site.answer()
         # After the boot the site serves: the live release, or (cut mid-switch) the new one.
+        # The deploy runs on while the power is being cut: it may have reached the switch
+        # (it says so first) even when cut at an earlier step.
         served = (answer.colour, answer.version)
-        assert served == live or (marker == "switching" and served[1] == version), (
+        assert served == live or ("switching" in seen and served[1] == version), (
             marker, served, seen)
         status = site.status()
         assert status["live"] == answer.colour and status["proxy_answer"] == answer.colour

@@ -17,7 +17,7 @@ from bluegreen.hosts import CountingHost, Host, Result, connect
 from bluegreen.hosts.base import (Endpoint, Exchanged, Op, Ranges, Watched, check_result,
                                   describe, exchange_op, exchanged, ran, run_op, watch_op,
                                   watched)
-from bluegreen.plan.files import Query
+from bluegreen.plan.files import FileRead, Query
 from bluegreen.output import Reporter
 from bluegreen.plan.layout import Layout
 
@@ -42,6 +42,8 @@ class Node:
         self._later: list[tuple[Op, Callable[[Result], None] | None]] = []
         self._ahead: list[Op] = []
         self._known: dict[str, tuple[float, dict[str, Any]]] = {}
+        # Files read during this command (``FileRead``), until something is written.
+        self._files: dict[str, dict[str, Any]] = {}
 
     @property
     def name(self) -> str:
@@ -89,18 +91,22 @@ class Node:
         mine = answers[len(later):len(later) + len(ops)]
         for op, answer in zip(ahead, answers[len(later) + len(ops):]):
             self._known[_key(op)] = (time.monotonic(), answer)
+
         if error is not None:
             raise error
         return mine
 
     async def lost(self) -> bool:
-        """Whether the host no longer answers (a round trip that asks nothing)."""
-        try:
-            await asyncio.wait_for(self.host.batch([]), 10)
-        except ConnectError:
-            return True
-        except (BlueGreenError, OSError, asyncio.TimeoutError):
-            return False
+        """Whether the host stopped answering: round trips that ask nothing, 0.25 s apart
+        (a host losing its power answers the command that failed, and then nothing)."""
+        for _ in range(2):
+            await asyncio.sleep(0.25)
+            try:
+                await asyncio.wait_for(self.host.batch([]), 10)
+            except ConnectError:
+                return True
+            except (BlueGreenError, OSError, asyncio.TimeoutError):
+                return False
         return False
 
     async def finish(self, argv: Sequence[str]) -> None:
@@ -116,24 +122,35 @@ class Node:
                   check: bool = True) -> Result:
         """Run ``argv`` on the host (shown with -v). In a dry run, a command that changes
         the host is printed (in full, secrets masked; its stdin only counted) and taken as
-        done. A read announced with ``ahead`` is answered from what it read then (nothing
-        was written since)."""
+        done. A read announced with ``ahead`` is answered from what it read then, a file
+        read (``FileRead``) from the last time it was read (nothing was written since)."""
         if self.dry and not isinstance(argv, Query):
             stdin = f"  < {len(input.encode())} bytes on stdin" if input else ""
             self.out.step(self.name, "would run: " + self.out.mask(shlex.join(argv)) + stdin)
             return Result(tuple(argv), 0, "", "")
         op = run_op(argv, input, timeout)
+        key = _key(op)
         known = self._read_ahead(op) if isinstance(argv, Query) and input is None else None
-        if known is not None:
+        if isinstance(argv, FileRead) and key in self._files:
+            self.out.debug(self.name, "$ " + describe(argv)[:300] + "  (read before)")
+            answer = self._files[key]
+        elif known is not None:
             self.out.debug(self.name, "$ " + describe(argv)[:300] + "  (read ahead)")
-            result = ran(self.name, argv, known, timeout)
+            answer = known
         else:
             if not isinstance(argv, Query):
-                self._known.clear()
+                self._forget()
             self.out.debug(self.name, "$ " + describe(argv)[:300])
-            answers = await self._batch([op])
-            result = ran(self.name, argv, answers[0], timeout)
+            answer = (await self._batch([op]))[0]
+        if isinstance(argv, FileRead):
+            self._files[key] = answer
+        result = ran(self.name, argv, answer, timeout)
         return check_result(self.name, result) if check else result
+
+    def _forget(self) -> None:
+        """Something is written: what was read may have changed."""
+        self._known.clear()
+        self._files.clear()
 
     async def run_steps(self, steps: list[list[str]], *, input: str | None = None,
                         timeout: float = 60, check: bool = True) -> Result:
@@ -144,7 +161,7 @@ class Node:
             for i, argv in enumerate(steps):
                 await self.run(argv, input=input if i == 0 else None)
             return Result(tuple(steps[-1]), 0, "", "")
-        self._known.clear()
+        self._forget()
         for argv in steps:
             self.out.debug(self.name, "$ " + describe(argv)[:300])
         answers = await self._batch([run_op(argv, input if i == 0 else None, timeout)
@@ -163,7 +180,7 @@ class Node:
             self.out.step(self.name, "would run: " + self.out.mask(shlex.join(argv)) + stdin)
             return
         if not keep_reads:
-            self._known.clear()
+            self._forget()
         self.out.debug(self.name, "$ " + describe(argv)[:300] + "  (with the next round trip)")
         self._later.append((run_op(argv, input, timeout, stop=then is not None), then))
 

@@ -20,6 +20,11 @@ class Query(list[str]):
     (`--dry-run`) runs these for real, and prints every other command instead."""
 
 
+class FileRead(Query):
+    """A Query that prints a file: within one command, until something is written on the
+    host, reading it again gives the same answer (``fleet.Node`` keeps it)."""
+
+
 def query(argv: Argv) -> Query:
     return Query(argv)
 
@@ -76,9 +81,9 @@ def append_file(path: PurePosixPath) -> Argv:
     return sh('cat >> "$1"', path)
 
 
-def read_file(path: PurePosixPath) -> Query:
+def read_file(path: PurePosixPath) -> FileRead:
     """Print ``path``; prints nothing (exit 0) when it does not exist."""
-    return query(sh('if [ -f "$1" ]; then cat "$1"; fi', path))
+    return FileRead(sh('if [ -f "$1" ]; then cat "$1"; fi', path))
 
 
 def make_dirs(paths: list[PurePosixPath]) -> Argv:
@@ -90,7 +95,7 @@ def remove_file(path: PurePosixPath) -> Argv:
     return ["rm", "-f", "--", str(path)]
 
 
-def exists(path: PurePosixPath) -> Argv:
+def exists(path: PurePosixPath) -> Query:
     """Exit 0 when ``path`` is a regular file."""
     return query(["test", "-f", str(path)])
 

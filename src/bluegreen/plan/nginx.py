@@ -182,8 +182,9 @@ WROTE_SITE = "# bluegreen wrote the site file"
 
 def trial(cfg: Config, target: Colour, live: Colour, use_sudo: bool, test: Argv,
           update_site: bool = False) -> Argv:
-    """One round trip: point the link at ``target``, run ``test``, point the link back at
-    ``live`` (nginx reads the link only on reload, so traffic never sees the trial).
+    """One round trip: ``test`` with the link on ``target`` (a private copy of the link's
+    folder as root; else the link itself, pointed back at ``live`` after: nginx reads the
+    link only on reload, so traffic never sees the trial).
     Exit 0, or TEST_FAILED with the test's output, or LINK_(BACK_)FAILED. Under sudo each
     step is still its own fixed argv (`plan.sudoers`). ``update_site`` (not under sudo):
     first replace the target's site file with stdin when it differs (printing WROTE_SITE;
@@ -198,10 +199,30 @@ def trial(cfg: Config, target: Colour, live: Colour, use_sudo: bool, test: Argv,
                   f"exit {SITE_FAILED}; echo {shlex.quote(WROTE_SITE)}; fi\n")
         if target is live:
             return sh(script)
-    return sh(script + f"{_chain(switch(cfg, target, use_sudo))} || exit {LINK_FAILED}\n"
-              f"{shlex.join(test)}; rc=$?\n"
-              f"{_chain(switch(cfg, live, use_sudo))} || exit {LINK_BACK_FAILED}\n"
-              f'[ "$rc" = 0 ] || exit {TEST_FAILED}\n')
+    swap = (f"{_chain(switch(cfg, target, use_sudo))} || exit {LINK_FAILED}\n"
+            f"{shlex.join(test)}; rc=$?\n"
+            f"{_chain(switch(cfg, live, use_sudo))} || exit {LINK_BACK_FAILED}\n"
+            f'[ "$rc" = 0 ] || exit {TEST_FAILED}\n')
+    if use_sudo:
+        return sh(script + swap)
+    # As root, where mount namespaces work: the test sees a private copy of the folder
+    # with the link on the target (bind-mounted over it for the test alone), so the live
+    # link never changes, not even for the test's ~50 ms (a power cut then would boot
+    # nginx on the target). Elsewhere: swap the link and put it back.
+    live_link = link(cfg)
+    folder, name, to = (shlex.quote(str(x)) for x in
+                        (live_link.parent, live_link.name, available(cfg, target)))
+    private = (
+        f"d=$(mktemp -d) || exit {LINK_FAILED}\n"
+        f'cp -a {folder}/. "$d"/ && ln -sfn {to} "$d"/{name} || '
+        f'{{ rm -rf "$d"; exit {LINK_FAILED}; }}\n'
+        "unshare --mount --propagation private sh -c "
+        + shlex.quote('mount --bind "$1" "$2" && shift 2 && exec "$@"')
+        + f' sh "$d" {folder} {shlex.join(test)}; rc=$?\n'
+        'rm -rf "$d"\n'
+        f'[ "$rc" = 0 ] || exit {TEST_FAILED}\n')
+    return sh(script + 'if [ "$(id -u)" = 0 ] && unshare --mount --propagation private true '
+              f"2>/dev/null; then\n{private}else\n{swap}fi\n")
 
 
 def switch_and_reload(cfg: Config, target: Colour | PurePosixPath,

@@ -9,10 +9,9 @@ from pathlib import PurePosixPath
 
 from bluegreen.config import Colour
 from bluegreen.errors import ProxyError
-from bluegreen.hosts.base import Endpoint
 from bluegreen.plan import files
 from bluegreen.plan import haproxy
-from bluegreen.hosts.base import Op
+from bluegreen.hosts.base import Endpoint, Op, exchange_op
 from bluegreen.plan.files import Query
 from bluegreen.plan.nginx import Finding
 from bluegreen.proxies.base import Meter, Proxy
@@ -36,7 +35,28 @@ class HAProxyProxy(Proxy):
                       else [])
 
     def first_reads(self) -> list[Query | Op]:
-        return [*super().first_reads(), files.read_file(haproxy.map_file(self.cfg))]
+        """Also what a switch's `prepare` reads: the files it keeps up to date, and the
+        running HAProxy's map and backends."""
+        maintenance = haproxy.maintenance_map(self.cfg)
+        shared = [files.read_file(haproxy.frontend_file(self.cfg))] if haproxy.shared(
+            self.cfg) else []
+        return [*super().first_reads(), files.read_file(haproxy.map_file(self.cfg)),
+                files.read_file(maintenance), files.exists(maintenance),
+                files.read_file(haproxy.config_file(self.cfg)), *shared,
+                self._runtime_op(haproxy.show_live(self.cfg)),
+                self._runtime_op(haproxy.SHOW_STAT)]
+
+    def _runtime_op(self, command: str) -> Op:
+        """``runtime(command)`` as the operation it sends."""
+        return exchange_op(self._runtime_endpoint(), command.encode() + b"\n",
+                           timeout=RUNTIME_TIMEOUT)
+
+    def _runtime_endpoint(self) -> Endpoint:
+        sock = haproxy.socket(self.cfg)
+        if sock.startswith("/"):
+            return sock
+        address, _, port = sock.rpartition(":")
+        return (address, int(port))
 
     async def live_colour(self) -> Colour | None:
         path = haproxy.map_file(self.cfg)
@@ -57,13 +77,10 @@ class HAProxyProxy(Proxy):
             self.node.say(f"would send to HAProxy's runtime API {sock}: {command}")
             return ""
         self.node.out.debug(self.name, f"haproxy {sock}> {command}")
-        endpoint: Endpoint = sock
-        if not sock.startswith("/"):
-            address, _, port = sock.rpartition(":")
-            endpoint = (address, int(port))
         try:
-            answer = await self.node.exchange(endpoint, command.encode() + b"\n",
-                                                   timeout=RUNTIME_TIMEOUT)
+            answer = await self.node.exchange(self._runtime_endpoint(),
+                                              command.encode() + b"\n",
+                                              timeout=RUNTIME_TIMEOUT)
         except (ConnectionRefusedError, FileNotFoundError, PermissionError) as exc:
             raise ProxyError(f"cannot reach HAProxy's runtime API at {sock}: "
                              f"{exc.strerror or exc}; is HAProxy running with `stats socket "
@@ -141,7 +158,9 @@ class HAProxyProxy(Proxy):
         current = await self.read(path) if haproxy.shared(self.cfg) else ""
         text = (haproxy.map_text(self.cfg, colour, current) if colour is not None
                 else haproxy.without_app(self.cfg, current))
-        await self.node.run_steps(haproxy.write(self.cfg, path, self.sudo), input=text)
+        # With the next round trip (a switch's runtime-API command): a failure raises there.
+        for i, step in enumerate(haproxy.write(self.cfg, path, self.sudo)):
+            self.node.later(step, input=text if i == 0 else None, then=self.node.check)
 
     async def setup(self, live: Colour | None) -> None:
         previous = await self.write_config()

@@ -114,7 +114,7 @@ class NginxProxy(Proxy):
         def tried(result: Result) -> None:
             if nginx.WROTE_SITE in result.stdout.splitlines():
                 self.node.say(f"wrote {nginx.available(self.cfg, target)}")
-            self._check(result, live)
+            self._check(result, live, trial=True)
             self._linked(live)
 
         # Sent with the next round trip (the health checks before a switch); a failure
@@ -163,13 +163,14 @@ class NginxProxy(Proxy):
                                        self.command(self.cfg.proxy.test),
                                        self.command(self.cfg.proxy.reload))
 
-    def _check(self, result: Result, previous: Colour | None) -> None:
+    def _check(self, result: Result, previous: Colour | None, trial: bool = False) -> None:
         """Turn a failed `trial` or `switch_and_reload` into the error of its step."""
         if result.ok:
             return
         output = (result.stderr.strip() or result.stdout.strip())[-2000:]
         if result.exit_status == nginx.TEST_FAILED:
-            self.node.say(f"link put back to {previous}; nginx not reloaded")
+            self.node.say(f"the live link stays on {previous}; nginx not reloaded" if trial
+                          else f"link put back to {previous}; nginx not reloaded")
             raise ProxyError(f"`{self.cfg.proxy.test}` rejected the {self.files}:\n{output}",
                              host=self.name, detail=output)
         if result.exit_status == nginx.RELOAD_FAILED:
