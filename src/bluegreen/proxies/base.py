@@ -25,6 +25,8 @@ from bluegreen.traffic import Sample, Traffic
 CERT_WARN_DAYS = 14
 VERIFY_TIMEOUT = 10.0
 VERIFY_STREAK = 3  # old nginx workers answer the previous colour for ~100 ms after a reload
+# Polled on the host (no network round trip each): as often as the seed script polls.
+VERIFY_INTERVAL = 0.01
 ASK_TIMEOUT = 3.0  # one GET of /deployment_id
 
 
@@ -204,7 +206,7 @@ class Proxy(abc.ABC):
         path, host_header = deployment_id_request(self.cfg)
         met, last = await health.watch(self.node, address, port, path, timeout=timeout,
                                        host_header=host_header, body=expected,
-                                       streak=VERIFY_STREAK, interval=0.05,
+                                       streak=VERIFY_STREAK, interval=VERIFY_INTERVAL,
                                        tls_name=host_header if tls else None)
         if not met:
             said = (None if isinstance(last, OSError) else last.body.strip() if last.ok
