@@ -91,7 +91,6 @@ class Node:
         mine = answers[len(later):len(later) + len(ops)]
         for op, answer in zip(ahead, answers[len(later) + len(ops):]):
             self._known[_key(op)] = (time.monotonic(), answer)
-
         if error is not None:
             raise error
         return mine
