@@ -90,6 +90,8 @@ async def prove_ready(topo: Topology, targets: dict[str, Colour], out: Reporter
         for p in a.proxies:
             if wanted.setdefault(p.name, targets[a.name]) is not targets[a.name]:
                 raise BlueGreenError(f"{p.name} serves hosts that would need different colours")
+    for p in proxies:  # with the first read below: one round trip
+        p.node.ahead(*p.prepare_reads())
     lives = dict(zip([p.name for p in proxies],
                      await each(proxies, lambda p: _require_live(p), out)))
 

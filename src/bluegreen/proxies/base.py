@@ -164,8 +164,13 @@ class Proxy(abc.ABC):
         path, host_header = deployment_id_request(self.cfg)
         return address, port, path, host_header, host_header if tls else None
 
-    def drain_reads(self) -> list[Query]:
-        """What a drain reads first (``old_workers``): read ahead with the stop's probe."""
+    def prepare_reads(self) -> list[Query | Op]:
+        """What ``prepare`` reads: read ahead, in one round trip."""
+        return []
+
+    def drain_reads(self) -> list[Query | Op]:
+        """What a drain reads first (``old_workers``, ``sessions``): read ahead with the
+        stop's probe."""
         return []
 
     async def old_workers(self) -> int:

@@ -35,16 +35,21 @@ class HAProxyProxy(Proxy):
                       else [])
 
     def first_reads(self) -> list[Query | Op]:
-        """Also what a switch's `prepare` reads: the files it keeps up to date, and the
-        running HAProxy's map and backends."""
+        return [*super().first_reads(), *self.prepare_reads()]
+
+    def prepare_reads(self) -> list[Query | Op]:
+        """The files `prepare` keeps up to date, and the running HAProxy's map and
+        backends."""
         maintenance = haproxy.maintenance_map(self.cfg)
         shared = [files.read_file(haproxy.frontend_file(self.cfg))] if haproxy.shared(
             self.cfg) else []
-        return [*super().first_reads(), files.read_file(haproxy.map_file(self.cfg)),
-                files.read_file(maintenance), files.exists(maintenance),
-                files.read_file(haproxy.config_file(self.cfg)), *shared,
-                self._runtime_op(haproxy.show_live(self.cfg)),
+        return [files.read_file(haproxy.map_file(self.cfg)), files.read_file(maintenance),
+                files.exists(maintenance), files.read_file(haproxy.config_file(self.cfg)),
+                *shared, self._runtime_op(haproxy.show_live(self.cfg)),
                 self._runtime_op(haproxy.SHOW_STAT)]
+
+    def drain_reads(self) -> list[Query | Op]:
+        return [self._runtime_op(haproxy.SHOW_STAT), self._runtime_op(haproxy.SHOW_INFO)]
 
     def _runtime_op(self, command: str) -> Op:
         """``runtime(command)`` as the operation it sends."""

@@ -293,7 +293,7 @@ class NginxProxy(Proxy):
         size = await self.node.run(nginx.restart_log(log))
         return LogMeter(self, log, int(size.stdout.strip() or 0))
 
-    def drain_reads(self) -> list[Query]:
+    def drain_reads(self) -> list[Query | Op]:
         return [nginx.old_workers(self.cfg)]
 
     async def old_workers(self) -> int:
