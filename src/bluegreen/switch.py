@@ -134,8 +134,8 @@ async def switch_all(topo: Topology, targets: dict[str, Colour], event: str, use
     """Switch every proxy (each host's own, or the load balancers) to the target colour,
     all or nothing:
     (1) every host's target slot answers its health check, and every proxy is ready:
-        nginx: the new site link passes the test (tried, then put back; nginx reads it only
-        on reload); haproxy: the runtime API answers and has the target backend;
+        nginx: the new site link passes the test (``plan.nginx.trial``: the live link does
+        not move); haproxy: the runtime API answers and has the target backend;
     (2) every proxy switches (nginx: link and reload; haproxy: map file and runtime API);
     (3) every proxy answers the target colour.
     If any proxy fails in (2) or (3), those already switched are switched back, and the
