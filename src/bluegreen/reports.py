@@ -13,8 +13,9 @@ from bluegreen.config import Colour, Config, HostConfig, render
 from bluegreen.errors import SplitBrain
 from bluegreen.fleet import Node, open_fleet
 from bluegreen.output import Reporter
-from bluegreen.plan import check as checkplan, sudoers
+from bluegreen.plan import check as checkplan, lock, sudoers
 from bluegreen.proxies import Proxy
+from bluegreen.supervisors.base import probe_query
 from bluegreen.switch import split_brain
 from bluegreen.traffic import whole
 from bluegreen.topology import AppHost, build
@@ -179,6 +180,9 @@ async def status(cfg: Config, hosts: list[HostConfig], out: Reporter) -> dict[st
 
 
 async def _status_host(a: AppHost) -> dict[str, Any]:
+    # Everything below that does not depend on an earlier answer, in one round trip.
+    a.node.ahead(*a.first_reads(), *[probe_query(a.node, c) for c in Colour],
+                 *[a.slots.health_op(c) for c in Colour], lock.read(a.node.layout))
     try:
         live = await a.live_colour()
     except SplitBrain:  # balancers that disagree: reported as split brain by the caller

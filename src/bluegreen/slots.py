@@ -13,6 +13,7 @@ from bluegreen.config import Colour, render
 from bluegreen.settings import status_ranges
 from bluegreen.fleet import Node
 from bluegreen.health import Response
+from bluegreen.hosts.base import Op, exchange_op
 from bluegreen.plan import files
 from bluegreen.plan.slot import Probe, Slot, SlotState
 from bluegreen.proxies import Proxy
@@ -86,6 +87,14 @@ class Slots:
                                                 app=self.cfg.app).split()[0]
         return {"host_header": host_header, "accept": status_ranges(run.health_status),
                 "headers": FORWARDED_HTTPS if self.cfg.proxy.tls else None}
+
+    def health_op(self, colour: Colour) -> Op:
+        """``health(colour)`` as the operation it sends (to read it ahead)."""
+        request = self._health_request()
+        port = self.cfg.slots.port(colour)
+        return exchange_op((self.node.bind, port), health.request(
+            self.node.bind, port, self.cfg.run.health_path, request["host_header"],
+            request["headers"]), timeout=3)
 
     async def health(self, colour: Colour) -> health.Response | None:
         """GET the slot's health path (see ``_health_request``); None when nothing
