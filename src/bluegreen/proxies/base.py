@@ -25,8 +25,9 @@ from bluegreen.traffic import Sample, Traffic
 CERT_WARN_DAYS = 14
 VERIFY_TIMEOUT = 10.0
 VERIFY_STREAK = 3  # old nginx workers answer the previous colour for ~100 ms after a reload
-# Polled on the host (no network round trip each): as often as the seed script polls.
-VERIFY_INTERVAL = 0.01
+# Polled on the host; the three answers span 0.1 s: an old worker still accepting a
+# connection just after the reload (a busy machine) is caught (10 ms was not enough in CI).
+VERIFY_INTERVAL = 0.05
 ASK_TIMEOUT = 3.0  # one GET of /deployment_id
 
 
