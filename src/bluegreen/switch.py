@@ -65,13 +65,23 @@ async def finish_interrupted(topo: Topology, out: Reporter) -> None:
     await each(topo.proxies, one, out)
 
 
-async def refuse_split(topo: Topology, what: str, out: Reporter) -> dict[str, Colour | None]:
+async def refuse_split(topo: Topology, what: str, out: Reporter,
+                       finishing: str | None = None) -> dict[str, Colour | None]:
     """Each host's live colour, once any interrupted switch is settled; refuses (exit 1)
-    when the hosts disagree."""
+    when the hosts disagree, unless ``finishing`` (a deploy's release) runs on every host:
+    a deploy of it was killed while it switched the hosts one after the other, and this
+    one finishes that switch (each host's target is the colour running it)."""
     await finish_interrupted(topo, out)
     lives = dict(zip([a.name for a in topo.apps],
                      await each(topo.apps, lambda a: a.live_colour(), out)))
     split = split_brain({name: c.value if c else None for name, c in lives.items()})
+    if split and finishing is not None and all(
+            any(st is not None and st.release == finishing and st.status == "running"
+                for st in states) for states in [
+                    [await a.slots.state(c) for c in Colour] for a in topo.apps]):
+        out.step(None, f"the hosts disagree on the live colour ({split}), and every one "
+                 f"runs {finishing}: finishing the switch of a deploy that was interrupted")
+        return lives
     if split:
         raise SplitBrain(
             f"split brain: the hosts disagree on the live colour ({split}); {what} refused. "

@@ -203,7 +203,7 @@ async def deploy(ctx: Context, art: Artifact, *, promote: bool = True,
     async with connected(ctx) as topo, locked(ctx, topo, lambda a: [
             releaseplan.exists(a.node.layout, art.release_id)]):
         apps = topo.apps
-        lives = await refuse_split(topo, "deploy", ctx.out)
+        lives = await refuse_split(topo, "deploy", ctx.out, finishing=art.release_id)
         await warn_if_maintenance(topo, ctx.out)
         names = [a.name for a in apps]
         planned = dict(zip(names, await each(
