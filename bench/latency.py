@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from conftest import Project, start_sshd  # noqa: E402
+from conftest import Project, Sshd, start_sshd  # noqa: E402
 
 from bluegreen.demo.nginx import PrivateNginx, free_port  # noqa: E402
 
@@ -76,7 +76,7 @@ class Relay(threading.Thread):
         await task
 
 
-def measure(name: str, src: Path, base: Path, sshd: object, relay: Relay,
+def measure(name: str, src: Path, base: Path, sshd: Sshd, relay: Relay,
             rounds: int) -> dict[str, object]:
     os.environ["PYTHONPATH"] = str(src)
     nginx = PrivateNginx(base / name / "nginx", free_port())
@@ -85,10 +85,10 @@ def measure(name: str, src: Path, base: Path, sshd: object, relay: Relay,
     (base / name / "home").mkdir(parents=True)
     (base / name / "project").mkdir()
     known = base / name / "known_hosts"
-    key = (sshd.dir / "ssh_host_ed25519_key.pub").read_text().split()  # type: ignore[attr-defined]
+    key = (sshd.dir / "ssh_host_ed25519_key.pub").read_text().split()
     known.write_text(f"[127.0.0.1]:{relay.port} {key[0]} {key[1]}\n")
     p = Project(base / name / "project", nginx, "ssh", free_port(), free_port(),
-                sshd, base / name / "home")  # type: ignore[arg-type]
+                sshd, base / name / "home")
     p.host_override = {"port": relay.port, "known_hosts": str(known)}
     p.write_config()
     try:
