@@ -228,9 +228,10 @@ class Node:
                     each: float = 3) -> Watched:
         self.out.debug(self.name, f"> {_first_line(data)} to {_where(endpoint)} until "
                                   f"{body or 'ok'} x{streak} (up to {timeout:g}s, on the host)")
-        [answer] = await self._batch([watch_op(endpoint, data, status=status, body=body,
-                                               streak=streak, interval=interval,
-                                               timeout=timeout, tls_name=tls_name, each=each)])
+        op = watch_op(endpoint, data, status=status, body=body, streak=streak,
+                      interval=interval, timeout=timeout, tls_name=tls_name, each=each)
+        # Not met is an answer, not a failure: what was read ahead still comes with it.
+        [answer] = await self._batch([Op(op.name, op.args, stop=False)])
         return watched(answer)
 
 
