@@ -146,6 +146,11 @@ class Node:
         result = ran(self.name, argv, answer, timeout)
         return check_result(self.name, result) if check else result
 
+    def changed(self) -> None:
+        """Something was changed on the host other than by ``run`` (e.g. HAProxy's runtime
+        API): answers read before may be out of date."""
+        self._forget()
+
     def _forget(self) -> None:
         """Something is written: what was read may have changed."""
         self._known.clear()

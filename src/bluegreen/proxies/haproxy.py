@@ -78,9 +78,12 @@ class HAProxyProxy(Proxy):
     async def runtime(self, command: str) -> str:
         """One command on HAProxy's runtime API (the stats socket, reached from the host)."""
         sock = haproxy.socket(self.cfg)
-        if self.node.dry and not command.startswith(("show ", "get ")):
+        changes = not command.startswith(("show ", "get "))
+        if self.node.dry and changes:
             self.node.say(f"would send to HAProxy's runtime API {sock}: {command}")
             return ""
+        if changes:  # what was read ahead of the running HAProxy is out of date
+            self.node.changed()
         self.node.out.debug(self.name, f"haproxy {sock}> {command}")
         try:
             answer = await self.node.exchange(self._runtime_endpoint(),
