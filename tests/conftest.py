@@ -21,7 +21,14 @@ from typing import Any, Iterator
 import pytest
 
 from bluegreen.demo.haproxy import PrivateHAProxy
-from bluegreen.demo.nginx import PrivateNginx, build_sample, free_port
+# Parallel workers (pytest-xdist) take their ports from ranges of their own, below the
+# kernel's ephemeral ports (32768-60999): two workers' apps never get the same port.
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+if _WORKER.startswith("gw") and _WORKER[2:].isdigit():
+    _LOW = 20000 + 2000 * int(_WORKER[2:])
+    os.environ["BLUEGREEN_PORT_RANGE"] = f"{_LOW}-{_LOW + 2000}"
+
+from bluegreen.demo.nginx import PrivateNginx, build_sample, free_port  # noqa: E402
 
 BLUEGREEN = [sys.executable, "-m", "bluegreen"]
 SERVER_NAME = "testapp.test"

@@ -17,10 +17,33 @@ from typing import Any
 from bluegreen.errors import BlueGreenError
 
 
+# Ports handed out by this process (a port is free until its user binds it: never twice).
+_HANDED: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A free port on 127.0.0.1. With BLUEGREEN_PORT_RANGE ("LOW-HIGH", set per test worker
+    by the suite) one from that range, so that parallel workers never pick the same one;
+    else one the kernel picks."""
+    span = os.environ.get("BLUEGREEN_PORT_RANGE", "")
+    if not span:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            return int(sock.getsockname()[1])
+    low, high = (int(x) for x in span.split("-"))
+    start = low + (os.getpid() + len(_HANDED)) % (high - low)
+    for i in range(high - low):
+        port = low + (start - low + i) % (high - low)
+        if port in _HANDED:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED.add(port)
+        return port
+    raise BlueGreenError(f"no free port left in BLUEGREEN_PORT_RANGE={span}")
 
 
 def nginx_binary() -> str:
