@@ -65,10 +65,6 @@ class Slots:
         """The state a command wrote another way (e.g. in the start's one script)."""
         self._states[colour] = state
 
-    def forget(self, colour: Colour) -> None:
-        """Read the state from the host again next time."""
-        self._states.pop(colour, None)
-
     async def probe(self, colour: Colour, sid: int | None = None,
                     pids: list[int] | None = None) -> Probe:
         return await probe(self.node, colour, sid, pids)

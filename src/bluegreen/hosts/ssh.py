@@ -58,9 +58,8 @@ class _Agent:
     """The client end of one host's agent (``hosts.agent``): requests written as JSON
     lines, answers matched to them by id, as they come."""
 
-    def __init__(self, process: Any, host: str) -> None:
+    def __init__(self, process: Any) -> None:
         self.process = process
-        self.host = host
         self.next_id = 0
         self.pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self.hello: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
@@ -171,7 +170,7 @@ class SSHHost:
             process = await self._conn.create_process(AGENT_COMMAND)
         except (asyncssh.Error, OSError) as exc:
             raise self._lost(exc) from None
-        agent = _Agent(process, self.name)
+        agent = _Agent(process)
         try:
             await asyncio.wait_for(asyncio.shield(agent.hello), AGENT_START_TIMEOUT)
         except (asyncssh.Error, OSError, ValueError, asyncio.TimeoutError):
