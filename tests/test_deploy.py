@@ -96,6 +96,25 @@ def test_promote_already_live_and_explicit_promote(project: Project) -> None:
     assert (a.colour, a.version) == ("green", "2.0.0")
 
 
+def test_a_switch_returns_only_once_no_old_nginx_worker_answers(
+        local_project: Project) -> None:
+    """nginx keeps the workers of the old configuration accepting for 100 ms after a reload
+    (both colours answer, in turn): the switch waits until they stop, and the verify's
+    answers come after that. So every request sent once a promote returns gets the new
+    colour (a verify of three answers without the wait returns while the old one still
+    answers: seen with this test)."""
+    p = local_project
+    setup(p)
+    p.deploy("1.0.0")
+    p.deploy("2.0.0")
+    colour = "green"
+    for _ in range(4):
+        colour = "blue" if colour == "green" else "green"
+        p.bg("promote", colour)
+        answers = [p.answer().colour for _ in range(15)]
+        assert answers == [colour] * 15
+
+
 def test_app_that_exits_at_start_is_not_promoted(project: Project) -> None:
     setup(project)
     project.deploy("1.0.0")

@@ -24,10 +24,13 @@ from bluegreen.traffic import Sample, Traffic
 
 CERT_WARN_DAYS = 14
 VERIFY_TIMEOUT = 10.0
-VERIFY_STREAK = 3  # old nginx workers answer the previous colour for ~100 ms after a reload
-# Polled on the host; the three answers span 0.1 s: an old worker still accepting a
-# connection just after the reload (a busy machine) is caught (10 ms was not enough in CI).
+VERIFY_STREAK = 3
+# Polled on the host. After a change that waited for the hand-over (an nginx relink waits
+# until no worker of the old configuration accepts, `plan.nginx.HANDOVER`; HAProxy's runtime
+# API changes the running map at once), three answers 5 ms apart. After any other reload
+# the three answers span 0.1 s: old nginx workers keep accepting for 100 ms after it.
 VERIFY_INTERVAL = 0.05
+VERIFY_INTERVAL_HANDED_OVER = 0.005
 ASK_TIMEOUT = 3.0  # one GET of /deployment_id
 
 
@@ -50,6 +53,9 @@ class Proxy(abc.ABC):
         self.node = node
         self.cfg = node.cfg
         self.servers = servers
+        # Whether the last change to the running proxy waited until only the new
+        # configuration answers (the verify then need not wait for stragglers).
+        self.handed_over = False
 
     @property
     def name(self) -> str:
@@ -212,7 +218,9 @@ class Proxy(abc.ABC):
         path, host_header = deployment_id_request(self.cfg)
         met, last = await health.watch(self.node, address, port, path, timeout=timeout,
                                        host_header=host_header, body=expected,
-                                       streak=VERIFY_STREAK, interval=VERIFY_INTERVAL,
+                                       streak=VERIFY_STREAK,
+                                       interval=VERIFY_INTERVAL_HANDED_OVER
+                                       if self.handed_over else VERIFY_INTERVAL,
                                        tls_name=host_header if tls else None)
         if not met:
             said = (None if isinstance(last, OSError) else last.body.strip() if last.ok
@@ -232,6 +240,7 @@ class Proxy(abc.ABC):
                              host=self.name, detail=output)
 
     async def reload(self) -> None:
+        self.handed_over = False
         result = await self.node.run(self.command(self.cfg.proxy.reload), check=False,
                                      timeout=60)
         if not result.ok:

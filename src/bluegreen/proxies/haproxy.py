@@ -104,6 +104,7 @@ class HAProxyProxy(Proxy):
         return haproxy.parse_show_map(self.cfg, answer)
 
     async def _set_running(self, colour: Colour) -> None:
+        self.handed_over = True  # the running map changes at once: no old process answers
         answer = await self.runtime(haproxy.set_live(self.cfg, colour))
         error = haproxy.runtime_error(answer)
         if error and "not found" in error.lower():  # a key removed by hand, or a new name
@@ -318,6 +319,7 @@ class HAProxyProxy(Proxy):
         # Weights first, then the map (commands joined by ';' run in order, one connection).
         command = "; ".join([haproxy.set_weights(self.cfg, traffic, labels),
                              haproxy.set_value(self.cfg, haproxy.canary_value(traffic))])
+        self.handed_over = True
         error = haproxy.runtime_error(await self.runtime(command))
         if error:
             raise ProxyError(f"HAProxy refused `{command}`: {error}", host=self.name)

@@ -159,6 +159,7 @@ class NginxProxy(Proxy):
 
     def _relink_argv(self, target: Colour | PurePosixPath, back: Colour | PurePosixPath | None,
                      use_sudo: bool) -> list[str]:
+        self.handed_over = True  # the command waits for the old workers to stop accepting
         return nginx.switch_and_reload(self.cfg, target, back, use_sudo,
                                        self.command(self.cfg.proxy.test),
                                        self.command(self.cfg.proxy.reload))
