@@ -90,6 +90,12 @@ def test_verify_failure_switches_back(local_project: Project) -> None:
     assert "step 'verify through the proxy'" in out.stderr and "switched back" in out.stderr
     assert live_slot(p) == before  # the link is back on blue, nginx never reloaded
     assert p.answer().version == "1.0.0"
+    # The history line and the lock's release that go with a verify ran only after it
+    # was done: the lock is released (as always, at the end), no promote was recorded.
+    events = [json.loads(line)["event"]
+              for line in (p.deploy_to / "history.jsonl").read_text().splitlines()]
+    assert events[-2:] == ["deploy", "failed"], events
+    assert not (p.deploy_to / "lock").exists()
 
 
 def test_init_presets_through_the_cli(tmp_path: Path) -> None:

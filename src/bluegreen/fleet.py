@@ -40,7 +40,9 @@ class Node:
         self.bind = cfg.bind_address(hc)  # the address its slots listen on
         self.facts: dict[str, bool] = {}  # what was learnt of the host, e.g. "systemd"
         self._later: list[tuple[Op, Callable[[Result], None] | None]] = []
+        self._if_done: list[tuple[Op, Callable[[Result], None]]] = []
         self._ahead: list[Op] = []
+        self.released = False  # the lock was released already (`records.release_if_done`)
         self._known: dict[str, tuple[float, dict[str, Any]]] = {}
         # Files read during this command (``FileRead``), until something is written.
         self._files: dict[str, dict[str, Any]] = {}
@@ -63,15 +65,20 @@ class Node:
     # ---- round trips: every operation goes in a batch, with what waits for the next one
 
     async def _batch(self, ops: list[Op], *, last: bool = False) -> list[dict[str, Any]]:
-        """``ops`` in one round trip, after the writes put off with ``later`` and before
-        the reads announced with ``ahead`` (kept for ``run``); ``ops``' answers. ``last``:
-        ``ops`` run even when a write put off fails (its error is raised after)."""
+        """``ops`` in one round trip, after the writes put off with ``later``, followed by
+        the steps ``if_done`` put off (run only when every one before succeeded: ``ops``
+        then stop at a failure) and the reads announced with ``ahead`` (kept for ``run``);
+        ``ops``' answers. ``last``: ``ops`` run even when a write put off fails (its error
+        is raised after)."""
         later, self._later = self._later, []
+        if_done, self._if_done = self._if_done, []
         ahead, self._ahead = self._ahead, []
         for op in ahead:  # answered anew, or not at all when the batch stops early
             self._known.pop(_key(op), None)
         sent = [Op(op.name, op.args, op.stop and not last) for op, _ in later]
-        answers = await self.host.batch([*sent, *ops, *ahead])
+        if if_done:
+            ops = [Op(op.name, op.args, stop=True) for op in ops]
+        answers = await self.host.batch([*sent, *ops, *[op for op, _ in if_done], *ahead])
         error: BaseException | None = None
         for (op, then), answer in zip(later, answers):
             result = ran(self.name, op.args["argv"], answer, op.wait)
@@ -89,11 +96,25 @@ class Node:
         if error is not None and not last:
             raise error
         mine = answers[len(later):len(later) + len(ops)]
-        for op, answer in zip(ahead, answers[len(later) + len(ops):]):
-            self._known[_key(op)] = (time.monotonic(), answer)
+        done = answers[len(later) + len(ops):len(later) + len(ops) + len(if_done)]
+        for (op, then), answer in zip(if_done, done):
+            then(ran(self.name, op.args["argv"], answer, op.wait))
+        if len(done) == len(if_done):
+            for op, answer in zip(ahead, answers[len(later) + len(ops) + len(if_done):]):
+                self._known[_key(op)] = (time.monotonic(), answer)
         if error is not None:
             raise error
         return mine
+
+    def if_done(self, argv: Sequence[str], *, input: str | None = None,
+                then: Callable[[Result], None]) -> None:
+        """Send ``argv`` after the next round trip's own steps, to run only if every one of
+        them succeeds (a watch: is met), e.g. the history line and the lock's release after
+        the verify that ends a command; ``then`` is called with its result, if it ran."""
+        assert not self.dry, "a dry run changes nothing"
+        self.out.debug(self.name, "$ " + describe(argv)[:300] + "  (with the next round "
+                                  "trip, if its steps succeed)")
+        self._if_done.append((run_op(argv, input, 60), then))
 
     async def lost(self) -> bool:
         """Whether the host stopped answering: round trips that ask nothing, 0.25 s apart

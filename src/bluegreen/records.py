@@ -12,6 +12,7 @@ from typing import AsyncIterator
 from bluegreen.config import Colour
 from bluegreen.errors import BlueGreenError, CommandFailed, LockHeld
 from bluegreen.fleet import Node
+from bluegreen.hosts import Result
 from bluegreen.plan import history, lock
 from bluegreen.plan.slot import SlotState
 from bluegreen.slots import now_iso
@@ -58,7 +59,20 @@ def describe_holder(node: Node, holder: lock.LockInfo | None) -> str:
 async def release(node: Node) -> None:
     """Release the lock, with every step put off until now (they run first; the lock is
     released even when one fails, and that failure is raised after)."""
+    if node.released:  # with the last step (``release_if_done``): send what is left
+        await node.flush()
+        return
     await node.finish(lock.release(node.layout))
+
+
+def release_if_done(node: Node) -> None:
+    """Release the lock with the next round trip, after its steps, if they all succeed:
+    for the step that ends a command (a promote's verify), when nothing else is done on
+    the host under the lock. Otherwise the lock stays, and ``release`` releases it."""
+    def released(result: Result) -> None:
+        node.released = result.ok  # else released at the end, as always
+
+    node.if_done(lock.release(node.layout), then=released)
 
 
 @asynccontextmanager
@@ -87,15 +101,25 @@ async def locked(nodes: list[Node], user: str, command: str) -> AsyncIterator[No
 
 
 async def record(node: Node, event: str, colour: Colour | None, state: SlotState | None,
-                 user: str, detail: str = "") -> None:
+                 user: str, detail: str = "", *, if_done: bool = False) -> None:
     """Append one event to the host's history (secrets masked), with the next round trip
-    (at the latest the lock's release): a failed append is a warning, as it always was."""
+    (at the latest the lock's release): a failed append is a warning, as it always was.
+    ``if_done``: after the next round trip's steps, if they all succeed (`Node.if_done`)."""
     entry = history.entry(
         time=now_iso(), event=event, host=node.name, color=colour.value if colour else None,
         release=state.release if state else None, version=state.version if state else None,
         user=user, detail=node.out.mask(detail)[:2000],
     )
-    node.later(history.append(node.layout), input=history.line(entry), keep_reads=True)
+    if not if_done:
+        node.later(history.append(node.layout), input=history.line(entry), keep_reads=True)
+        return
+
+    def appended(result: Result) -> None:
+        if not result.ok:
+            node.warn(f"appending to {node.layout.history} failed (exit {result.exit_status}): "
+                      f"{(result.stderr.strip() or result.stdout.strip())[-300:]}")
+
+    node.if_done(history.append(node.layout), input=history.line(entry), then=appended)
 
 
 async def record_failure(nodes: list[Node], user: str, err: BlueGreenError) -> None:

@@ -302,7 +302,7 @@ async def promote(ctx: Context, colour: Colour | None, *, event: str = "promote"
                 before = lambda: run_hook(  # noqa: E731
                     ctx.cfg, "pre_promote", ctx.out, **hook_args)
         try:
-            await _switch(ctx, topo, targets, event, plan, before)
+            await _switch(ctx, topo, targets, event, plan, before, ends=True)
         except BlueGreenError as err:
             await _failed(ctx, topo, err)
             raise
@@ -313,15 +313,18 @@ async def promote(ctx: Context, colour: Colour | None, *, event: str = "promote"
 
 async def _switch(ctx: Context, topo: Topology, targets: dict[str, Colour], event: str,
                   plan: canary.Plan | None, before: Callable[[], Awaitable[None]] | None,
-                  reads_after: Callable[[AppHost], list[Query]] | None = None) -> None:
-    """``switch_all``, after a canary's steps and followed by a watch when ``plan`` asks."""
+                  reads_after: Callable[[AppHost], list[Query]] | None = None,
+                  ends: bool = False) -> None:
+    """``switch_all``, after a canary's steps and followed by a watch when ``plan`` asks.
+    ``ends``: nothing follows on the hosts under the lock (`switch_all`)."""
     baseline = None
     if plan is not None and plan.steps:
         ctx.out.step(None, plan.describe())
         baseline = await canary.run_steps(topo, targets, plan, ctx.out, before)
         before = None  # pre_promote ran before the first request reached the new colour
+    watch = plan is not None and plan.watch
     await switch_all(topo, targets, event, ctx.user, ctx.out, before,
-                     None if plan is not None and plan.watch else reads_after)
+                     None if watch else reads_after, ends=ends and not watch)
     if plan is not None and plan.watch:
         new = next(iter(targets.values()))
         await canary.watch(topo, new, plan, ctx.out, baseline, lambda reason: switch_all(
