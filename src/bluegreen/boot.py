@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import NoReturn
+from pathlib import PurePosixPath
+from typing import Callable, NoReturn
 
 from bluegreen import supervisors
 from bluegreen.config import Colour
@@ -95,32 +96,41 @@ class Boot:
         self.slots.remember(colour, state)
         self.node.say(f"starting {slot.release_id} on {colour} (port {slot.port})")
         started = time.monotonic()
+        # Launched with the first health watch where the kind can (one round trip).
+        deferred = None if self.node.dry else supervisor.launch_later(slot, state)
         try:
-            state = await supervisor.launch(slot, state)
-            if state.pid is not None:
-                await self.slots.write_state(colour, state)
+            if deferred is None:
+                state = await supervisor.launch(slot, state)
+                if state.pid is not None:
+                    await self.slots.write_state(colour, state)
             if self.node.dry:
                 self.node.say(f"would wait up to health_timeout="
                               f"{self.cfg.run.health_timeout:g}s for {colour} to answer "
                               f"{self.cfg.run.health_path}")
                 return state.replace(status="running")
-            pid, sid = await self._wait_healthy(slot, state, supervisor)
+            state, pid, sid = await self._wait_healthy(slot, state, supervisor, deferred)
         except StartFailed as exc:
+            if deferred is not None:  # the launch's answer came before any StartFailed
+                state = deferred[1]()
             await self._fail(slot, state, supervisor, str(exc))
         state = state.replace(pid=state.pid or pid, sid=state.sid or sid, status="running")
         await self.slots.write_state(colour, state)
         self.node.say(f"{colour} is healthy ({time.monotonic() - started:.2f}s after start)")
         return state
 
-    async def _wait_healthy(self, slot: Slot, state: SlotState,
-                            supervisor: Supervisor) -> tuple[int, int | None]:
+    async def _wait_healthy(self, slot: Slot, state: SlotState, supervisor: Supervisor,
+                            deferred: tuple[PurePosixPath, Callable[[], SlotState]] | None
+                            ) -> tuple[SlotState, int, int | None]:
         """Poll the health path until it answers 2xx from the new process: every answer is
         confirmed by a probe that the port's listener is the slot's own. The polls run on
         the host, a round trip per ~0.5 s at most (WATCH_SPAN), and a probe after each
         notices a process that exited (probes fork several tools, so not at every poll:
-        with many hosts on one machine that adds up)."""
+        with many hosts on one machine that adds up). ``deferred``: the launch goes with
+        the first round trip (`Supervisor.launch_later`); its probe reads the session from
+        the file the launch writes. Returns the state with the launch's answer."""
         colour = slot.colour
-        sid = supervisor.session(state)
+        sid: int | PurePosixPath | None = (deferred[0] if deferred is not None
+                                           else supervisor.session(state))
         run = self.cfg.run
         deadline = time.monotonic() + run.health_timeout
         last = "it never answered"
@@ -129,12 +139,16 @@ class Boot:
             self.slots.probe_ahead(colour, sid)  # in the same round trip, once it answers
             answered, resp = await self.slots.watch_health(colour, span, run.health_interval)
             probe = await self.slots.probe(colour, sid)
+            if deferred is not None:  # launched with that round trip: its pid is known
+                state = deferred[1]()
+                await self.slots.write_state(colour, state)
+                sid, deferred = supervisor.session(state), None
             why = await supervisor.exited(colour, state, probe)
             if why:
                 raise StartFailed(why)
             if probe.listening and answered:
                 pid, listener = next(iter(probe.listeners.items()))
-                return pid, listener.sid
+                return state, pid, listener.sid
             if resp is not None and not resp.ok:
                 last = (f"{run.health_path} answered HTTP {resp.status}, not one of "
                         f"health_status={run.health_status}")

@@ -5,6 +5,7 @@ logs, connections, and the drain before a stop. The lifecycle that changes them 
 from __future__ import annotations
 
 import asyncio
+from pathlib import PurePosixPath
 from datetime import datetime, timezone
 from typing import Any
 
@@ -65,11 +66,11 @@ class Slots:
         """The state a command wrote another way (e.g. in the start's one script)."""
         self._states[colour] = state
 
-    async def probe(self, colour: Colour, sid: int | None = None,
+    async def probe(self, colour: Colour, sid: int | PurePosixPath | None = None,
                     pids: list[int] | None = None) -> Probe:
         return await probe(self.node, colour, sid, pids)
 
-    def probe_ahead(self, colour: Colour, sid: int | None = None) -> None:
+    def probe_ahead(self, colour: Colour, sid: int | PurePosixPath | None = None) -> None:
         """Probe the slot with the next round trip (after it): ``probe`` then answers from
         that."""
         self.node.ahead(probe_query(self.node, colour, sid))

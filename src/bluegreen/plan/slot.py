@@ -178,11 +178,12 @@ def signal_pids(sig: str, pids: list[int]) -> Argv:
 
 
 @reading
-def probe(port: int, sid: int | None, pids: list[int] | None = None) -> Argv:
+def probe(port: int, sid: int | PurePosixPath | None, pids: list[int] | None = None) -> Argv:
     """Who listens on ``port`` (pid and session), how many connections are established
-    to it, whether session ``sid`` still has a live (non-zombie) process, and which of
-    ``pids`` are still alive."""
-    return sh(PROBE, str(port), "" if sid is None else str(sid), *[str(p) for p in pids or []])
+    to it, whether session ``sid`` (or the one a file names: a pid file written in the same
+    round trip) still has a live (non-zombie) process, and which of ``pids`` are alive."""
+    return sh(PROBE, str(port), "" if sid is None else f"@{sid}"
+              if isinstance(sid, PurePosixPath) else str(sid), *[str(p) for p in pids or []])
 
 
 def wait_gone(port: int, sid: int | None, pids: list[int], timeout: float) -> Argv:
@@ -201,6 +202,7 @@ def wait_gone(port: int, sid: int | None, pids: list[int], timeout: float) -> Ar
 
 PROBE = (
         'port="$1"; sid="$2"; shift 2\n'
+        'case "$sid" in @*) sid=$(cat "${sid#@}" 2>/dev/null);; esac\n'
         'for p in $(ss -Htlnp "sport = :$port" | grep -o "pid=[0-9]*" | cut -d= -f2 | sort -u); do\n'
         # The listener's session, and the slot bluegreen started it for (from its
         # environment), so a slot's own process is recognised even without a pid on record.

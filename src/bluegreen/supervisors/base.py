@@ -7,7 +7,8 @@ recorded in its state (``mode``), so a slot is always stopped the way it was sta
 from __future__ import annotations
 
 import abc
-from typing import ClassVar
+from pathlib import PurePosixPath
+from typing import Callable, ClassVar
 
 from bluegreen.config import Colour
 from bluegreen.fleet import Node
@@ -16,7 +17,7 @@ from bluegreen.plan.files import Query
 from bluegreen.plan.slot import Probe, Slot, SlotState
 
 
-async def probe(node: Node, colour: Colour, sid: int | None = None,
+async def probe(node: Node, colour: Colour, sid: int | PurePosixPath | None = None,
                 pids: list[int] | None = None) -> Probe:
     """Who listens on the slot's port, its connections, and which of its processes are
     alive (session ``sid``, ``pids``)."""
@@ -24,7 +25,7 @@ async def probe(node: Node, colour: Colour, sid: int | None = None,
     return slotplan.parse_probe(result.stdout)
 
 
-def probe_query(node: Node, colour: Colour, sid: int | None = None,
+def probe_query(node: Node, colour: Colour, sid: int | PurePosixPath | None = None,
                 pids: list[int] | None = None) -> Query:
     return slotplan.probe(node.cfg.slots.port(colour), sid, pids)
 
@@ -44,6 +45,14 @@ class Supervisor(abc.ABC):
     async def launch(self, slot: Slot, state: SlotState) -> SlotState:
         """Start ``slot``'s release (its env file is written); returns ``state`` with what
         is known of the process. Raises StartFailed when it could not be started."""
+
+    def launch_later(self, slot: Slot, state: SlotState
+                     ) -> tuple[PurePosixPath, Callable[[], SlotState]] | None:
+        """``launch`` with the next round trip (the first health watch), where the kind can:
+        the file the launch writes its session to (for a probe in that round trip), and
+        what returns ``state`` with what the launch answered, once it was sent. None: the
+        kind launches with ``launch``."""
+        return None
 
     @abc.abstractmethod
     async def halt(self, colour: Colour, state: SlotState, probe: Probe) -> bool:

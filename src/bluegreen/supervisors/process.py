@@ -3,7 +3,11 @@
 
 from __future__ import annotations
 
+from pathlib import PurePosixPath
+from typing import Callable
+
 from bluegreen.config import Colour
+from bluegreen.hosts import Result
 from bluegreen.plan import files, slot as slotplan
 from bluegreen.plan.slot import Probe, Slot, SlotState
 from bluegreen.supervisors.base import Supervisor
@@ -13,15 +17,30 @@ class ProcessSupervisor(Supervisor):
     mode = "command"
 
     async def launch(self, slot: Slot, state: SlotState) -> SlotState:
-        assert self.cfg.run.command is not None
-        layout = self.node.layout
-        result = await self.node.run(slotplan.spawn(
-            state.cwd, layout.slot_env(slot.colour), slot.render(self.cfg, self.cfg.run.command),
-            layout.log(slot.colour), layout.pid(slot.colour)))
+        result = await self.node.run(self._spawn(slot, state))
         if self.node.dry:  # nothing was started: no pid to read
             return state
         sid = slotplan.parse_pid(result.stdout)
         return state.replace(pid=sid, sid=sid)
+
+    def launch_later(self, slot: Slot, state: SlotState
+                     ) -> tuple[PurePosixPath, Callable[[], SlotState]]:
+        launched: list[SlotState] = []
+
+        def spawned(result: Result) -> None:
+            self.node.check(result)
+            sid = slotplan.parse_pid(result.stdout)
+            launched.append(state.replace(pid=sid, sid=sid))
+
+        self.node.later(self._spawn(slot, state), then=spawned)
+        return self.node.layout.pid(slot.colour), lambda: launched[0]
+
+    def _spawn(self, slot: Slot, state: SlotState) -> list[str]:
+        assert self.cfg.run.command is not None
+        layout = self.node.layout
+        return slotplan.spawn(
+            state.cwd, layout.slot_env(slot.colour), slot.render(self.cfg, self.cfg.run.command),
+            layout.log(slot.colour), layout.pid(slot.colour))
 
     async def exited(self, colour: Colour, state: SlotState, probe: Probe) -> str | None:
         sid = self.session(state)
