@@ -82,6 +82,27 @@ def test_third_deploy_waits_for_slow_old_copy(project: Project) -> None:
     assert "sample app 3.0.0 (blue) listening" in log
 
 
+def test_an_old_copy_that_outlives_stop_timeout_is_killed_before_the_start(
+        local_project: Project) -> None:
+    """The stop goes with the start's round trip (SIGTERM, the wait, the launch); when the
+    old copy is still there after run.stop_timeout nothing is launched in that round trip:
+    SIGKILL, wait, then the start."""
+    p = local_project
+    setup(p)
+    p.deploy("1.0.0", mode="slow-stop")  # exits 1.5 s after SIGTERM
+    p.deploy("2.0.0")
+    p.extra_run = {"stop_timeout": 1}
+    p.write_config()
+    out = p.deploy("3.0.0")
+    assert "blue did not exit 1s after SIGTERM; sending SIGKILL" in out.stderr, out.stderr
+    assert out.stderr.index("SIGKILL") < out.stderr.index("blue is healthy")
+    a = p.answer()
+    assert (a.colour, a.version) == ("blue", "3.0.0")
+    log = (p.deploy_to / "slots" / "blue" / "log").read_text()
+    assert "Address already in use" not in log
+    assert log.count("sample app 3.0.0 (blue) listening") == 1
+
+
 def test_promote_already_live_and_explicit_promote(project: Project) -> None:
     setup(project)
     project.deploy("1.0.0")

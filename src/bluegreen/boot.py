@@ -12,7 +12,7 @@ from typing import Callable, NoReturn
 
 from bluegreen import supervisors
 from bluegreen.config import Colour
-from bluegreen.errors import CommandFailed, Unhealthy
+from bluegreen.errors import BlueGreenError, CommandFailed, Unhealthy
 from bluegreen.plan import slot as slotplan
 from bluegreen.plan.slot import Probe, Slot, SlotState
 from bluegreen.slots import Slots, now_iso
@@ -25,6 +25,16 @@ ERLANG_NODE_HINT = ("\nhint: both colours use the same Erlang node name. Set in 
                     '  RELEASE_TMP = "{slot_dir}/tmp"')
 
 
+class StopTimedOut(BlueGreenError):
+    """A stop sent with the start that follows it (`Boot.stop` ``then_start``) saw the
+    slot's processes still there after ``run.stop_timeout``: nothing was started."""
+
+    def __init__(self, colour: Colour, state: SlotState, probe: Probe,
+                 supervisor: Supervisor, host: str) -> None:
+        super().__init__(f"{colour} did not exit after SIGTERM", host=host)
+        self.colour, self.state, self.probe, self.supervisor = colour, state, probe, supervisor
+
+
 class Boot:
     """Stops and starts the slots of one app host."""
 
@@ -32,10 +42,14 @@ class Boot:
         self.slots = slots
         self.node = slots.node
         self.cfg = slots.cfg
+        self._stopping: dict[Colour, str] = {}  # colour: the release a stop put off stops
 
-    async def stop(self, colour: Colour) -> SlotState | None:
+    async def stop(self, colour: Colour, *, then_start: bool = False) -> SlotState | None:
         """Drain the slot, stop its process and wait until it has exited and the port is
-        free. A listener that is not the slot's own is left alone and reported (exit 5)."""
+        free. A listener that is not the slot's own is left alone and reported (exit 5).
+        ``then_start``: `start` follows at once; where the supervisor can, the stop goes
+        with its round trip (SIGTERM, the wait, then the launch: nothing is launched
+        unless the old process is gone)."""
         state = await self.slots.state(colour)
         supervisor = supervisors.of_state(self.node, state)
         if state is not None:
@@ -53,12 +67,25 @@ class Boot:
         self.node.say(f"draining {colour} ({state.release})")
         await self.slots.drain(colour, sid, probe)
         self.node.say(f"stopping {colour} ({state.release})")
+        stopped = state.replace(status="stopped")
+        if then_start and not self.node.dry:
+            old = state
+
+            def gone(ok: bool) -> None:
+                if not ok:
+                    raise StopTimedOut(colour, old, probe, supervisor, self.node.name)
+                self.node.say(f"{colour} stopped; port {self.cfg.slots.port(colour)} is free")
+
+            if supervisor.halt_later(colour, state, probe, gone):
+                self.slots.idle_probe[colour] = Probe()  # once gone, nothing listens
+                self._stopping[colour] = state.release
+                await self.slots.write_state(colour, stopped)
+                return stopped
         if await supervisor.halt(colour, state, probe) and not self.node.dry:
             self.slots.idle_probe[colour] = Probe()  # it saw the port free, all gone
         elif not await supervisor.wait_stopped(colour, sid, list(probe.listeners), 10):
             raise CommandFailed(f"{colour} slot's processes did not exit even after SIGKILL",
                                 host=self.node.name)
-        stopped = state.replace(status="stopped")
         await self.slots.write_state(colour, stopped)
         self.node.say(f"{colour} would be stopped" if self.node.dry else
                       f"{colour} stopped; port {self.cfg.slots.port(colour)} is free")
@@ -66,7 +93,27 @@ class Boot:
 
     async def start(self, slot: Slot, secrets: dict[str, str]) -> SlotState:
         """Start ``slot``'s release on its port and wait until the new process answers
-        its health path with 2xx. On failure the new process is stopped (exit 5)."""
+        its health path with 2xx. On failure the new process is stopped (exit 5). A stop
+        sent with it that timed out: SIGKILL, wait, and start then."""
+        try:
+            return await self._start(slot, secrets)
+        except StopTimedOut as exc:
+            timeout = self.cfg.run.stop_timeout
+            self.node.warn(f"{exc.colour} did not exit {timeout:g}s after SIGTERM; sending "
+                           "SIGKILL")
+            sid = exc.supervisor.session(exc.state)
+            assert sid is not None, "only a known session is stopped with the start"
+            await self.node.run(slotplan.signal_session("KILL", sid))
+            if not await exc.supervisor.wait_stopped(exc.colour, sid,
+                                                     list(exc.probe.listeners), 10):
+                raise CommandFailed(f"{exc.colour} slot's processes did not exit even after "
+                                    "SIGKILL", host=self.node.name) from None
+            await self.slots.write_state(exc.colour, exc.state.replace(status="stopped"))
+            self.node.say(f"{exc.colour} stopped; port {self.cfg.slots.port(exc.colour)} is "
+                          "free")
+            return await self._start(slot, secrets)
+
+    async def _start(self, slot: Slot, secrets: dict[str, str]) -> SlotState:
         colour, layout = slot.colour, self.node.layout
         # The probe `stop` just made when it found the slot idle (nothing of this command
         # ran there since), else a new one.
@@ -94,7 +141,9 @@ class Boot:
             state.to_json(), layout.log(colour), slot.release_id, state.started),
             input=env_text, then=self.node.check)
         self.slots.remember(colour, state)
-        self.node.say(f"starting {slot.release_id} on {colour} (port {slot.port})")
+        going = self._stopping.pop(colour, None)  # a stop sent with this start
+        self.node.say(f"starting {slot.release_id} on {colour} (port {slot.port})"
+                      + (f" as soon as {going} is gone" if going else ""))
         started = time.monotonic()
         # Launched with the first health watch where the kind can (one round trip).
         deferred = None if self.node.dry else supervisor.launch_later(slot, state)

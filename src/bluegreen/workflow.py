@@ -260,7 +260,7 @@ async def _deploy_host(a: AppHost, art: Artifact, target: Colour, live: Colour |
         a.node.say(f"waiting for a boot slot (deploy.boot_limit={a.node.cfg.deploy.boot_limit})")
     async with boot:  # deploy.boot_limit: at most N hosts stop and start at once
         if target is not live:  # the first deploy starts on the live colour: nothing there
-            await a.boot.stop(target)
+            await a.boot.stop(target, then_start=True)
         return await a.boot.start(slot, secrets)
 
 

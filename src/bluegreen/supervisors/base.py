@@ -59,6 +59,13 @@ class Supervisor(abc.ABC):
         """Ask the slot's process to stop; after ``run.stop_timeout`` kill it. True when it
         saw every process of the slot gone and its port free (no SIGKILL was needed)."""
 
+    def halt_later(self, colour: Colour, state: SlotState, probe: Probe,
+                   gone: Callable[[bool], None]) -> bool:
+        """``halt`` with the next round trip (the start that follows), where the kind can:
+        ``gone`` is called with whether every process went and the port is free within
+        ``run.stop_timeout`` (when not, that round trip stops there). False: use ``halt``."""
+        return False
+
     @abc.abstractmethod
     async def clean_up(self, slot: Slot, state: SlotState, probe: Probe) -> None:
         """Stop what a failed start left behind (the listeners are killed after this)."""

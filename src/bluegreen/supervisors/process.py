@@ -77,6 +77,18 @@ class ProcessSupervisor(Supervisor):
             return False
         return True
 
+    def halt_later(self, colour: Colour, state: SlotState, probe: Probe,
+                   gone: Callable[[bool], None]) -> bool:
+        sid = self.session(state)
+        if sid is None:
+            return False
+        timeout = self.cfg.run.stop_timeout
+        self.node.later(slotplan.signal_session("TERM", sid), then=self.node.check)
+        self.node.later(slotplan.wait_gone(self.cfg.slots.port(colour), sid,
+                                           list(probe.listeners), timeout),
+                        timeout=timeout + 30, then=lambda result: gone(result.ok))
+        return True
+
     async def clean_up(self, slot: Slot, state: SlotState, probe: Probe) -> None:
         if state.pid is not None:
             await self.node.run(slotplan.signal_session("KILL", state.pid))
