@@ -213,7 +213,7 @@ async def _still_healthy(topo: Topology, new: Colour, stable: Colour, proxies: l
 
 
 async def watch(topo: Topology, new: Colour, plan: Plan, out: Reporter,
-                baseline: float | None, roll_back: Callable[[str], Awaitable[None]]) -> None:
+                baseline: float | None, roll_back: Callable[[str], Awaitable[object]]) -> None:
     """After a full switch to ``new``: judge it for ``plan.watch`` seconds; on a bad
     verdict ``roll_back`` (a switch to the old colour, health-checked) and raise
     CanaryFailed (exit 5)."""

@@ -10,6 +10,7 @@ from bluegreen.artifact import Artifact
 from bluegreen.config import Colour
 from bluegreen.errors import ArtifactError, BlueGreenError, CommandFailed
 from bluegreen.fleet import Node
+from bluegreen.hosts import Result
 from bluegreen.plan import files, release as releaseplan, slot as slotplan
 from bluegreen.plan.slot import Slot, SlotState, slot_command
 from bluegreen.topology import AppHost
@@ -140,14 +141,32 @@ async def kept_release(a: AppHost, spec: str) -> str:
     return matches[-1]
 
 
-async def prune_host(a: AppHost, keep: int, user: str) -> list[str]:
-    """Delete all but the ``keep`` newest releases, never the blue or green slot's."""
+async def prune_host(a: AppHost, keep: int, user: str, listing: list[str] | None = None,
+                     if_done: bool = False) -> list[str]:
+    """Delete all but the ``keep`` newest releases, never the blue or green slot's.
+    ``listing``: the release dirs (oldest first) as read before, instead of reading them
+    now. ``if_done``: the removal goes with the next round trip, after its steps, if they
+    all succeed (the verify that ends a deploy); a failed removal is then a warning."""
     node = a.node
-    result = await node.run(releaseplan.list_releases(node.layout))
+    names = listing if listing is not None else (
+        await node.run(releaseplan.list_releases(node.layout))).stdout.split()
     protected = {st.release for c in Colour if (st := await a.slots.state(c)) is not None}
-    doomed = releaseplan.to_prune(result.stdout.split(), keep, protected)
-    if doomed:  # with the lock's release (one round trip)
-        node.say(f"pruning {len(doomed)} old release(s): {', '.join(doomed)}")
+    doomed = releaseplan.to_prune(names, keep, protected)
+    if not doomed:
+        return []
+    what = f"{len(doomed)} old release(s): {', '.join(doomed)}"
+    if if_done:
+        def removed(result: Result) -> None:
+            if result.ok:
+                node.say(f"pruned {what}")
+            else:
+                node.warn(f"pruning {what} failed (exit {result.exit_status}): "
+                          f"{(result.stderr.strip() or result.stdout.strip())[-300:]}")
+
+        node.if_done(releaseplan.remove(node.layout, doomed), then=removed)
+    else:  # with the lock's release (one round trip)
+        node.say(f"pruning {what}")
         node.later(releaseplan.remove(node.layout, doomed), then=node.check)
-        await records.record(node, "prune", None, None, user, "removed " + " ".join(doomed))
+    await records.record(node, "prune", None, None, user, "removed " + " ".join(doomed),
+                         if_done=if_done)
     return doomed

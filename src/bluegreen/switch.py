@@ -141,7 +141,8 @@ async def prove_ready(topo: Topology, targets: dict[str, Colour], out: Reporter
 async def switch_all(topo: Topology, targets: dict[str, Colour], event: str, user: str,
                      out: Reporter, before_switch: Hook | None = None,
                      reads_after: Callable[[AppHost], list[Query]] | None = None,
-                     ends: bool = False) -> None:
+                     ends: bool = False,
+                     last_steps: Callable[[AppHost], Awaitable[object]] | None = None) -> bool:
     """Switch every proxy (each host's own, or the load balancers) to the target colour,
     all or nothing:
     (1) every host's target slot answers its health check, and every proxy is ready:
@@ -152,8 +153,9 @@ async def switch_all(topo: Topology, targets: dict[str, Colour], event: str, use
     If any proxy fails in (2) or (3), those already switched are switched back, and the
     error names the host and the step (exit 1). ``reads_after``: what each app host reads
     next, read with the verify (one round trip). ``ends``: nothing follows on the hosts
-    under the lock; with one host (its own proxy), the history line and the lock's release
-    go with the verify, to run if it passes (one round trip less)."""
+    under the lock but ``last_steps`` (which puts its steps off with ``Node.if_done``);
+    with one host (its own proxy), the history line, those steps and the lock's release go
+    with the verify, to run if it passes (one round trip less): returns whether they did."""
     proxies = topo.proxies
     wanted, lives = await prove_ready(topo, targets, out)
     if before_switch is not None:
@@ -187,6 +189,8 @@ async def switch_all(topo: Topology, targets: dict[str, Colour], event: str, use
         await records.record(a.node, event, targets[a.name],
                              await a.slots.state(targets[a.name]), user,
                              f"{lives[a.proxies[0].name]} -> {targets[a.name]}", if_done=True)
+        if last_steps is not None:
+            await last_steps(a)
         records.release_if_done(a.node)
         recorded = True
     if not failures:
@@ -230,6 +234,7 @@ async def switch_all(topo: Topology, targets: dict[str, Colour], event: str, use
             continue
         a.node.say(f"live is {targets[a.name]} ({state.release if state else '?'}); proxy "
                    f"answers {targets[a.name]}")
+    return recorded
 
 
 async def _require_live(p: Proxy) -> Colour:

@@ -201,8 +201,17 @@ async def deploy(ctx: Context, art: Artifact, *, promote: bool = True,
     secrets = load_secrets(ctx.cfg)
     ctx.out.add_secrets(list(secrets.values()))
     async with connected(ctx) as topo, locked(ctx, topo, lambda a: [
-            releaseplan.exists(a.node.layout, art.release_id)]):
+            releaseplan.exists(a.node.layout, art.release_id),
+            releaseplan.list_releases(a.node.layout)]):
         apps = topo.apps
+        # The releases kept, read with the lock (for the prune; the new one is the newest).
+        kept = {a.name: (await a.node.run(releaseplan.list_releases(a.node.layout))
+                         ).stdout.split() for a in apps}
+        for names in kept.values():
+            if art.release_id not in names:
+                names.append(art.release_id)
+        keep = ctx.cfg.release.keep
+        pruned = False
         lives = await refuse_split(topo, "deploy", ctx.out, finishing=art.release_id)
         await warn_if_maintenance(topo, ctx.out)
         names = [a.name for a in apps]
@@ -227,13 +236,20 @@ async def deploy(ctx: Context, art: Artifact, *, promote: bool = True,
             if ctx.cfg.run.migrate and first in todo:
                 await migrate_on(first, targets[first.name], states[first.name])
             if promote:
-                await _switch(ctx, topo, targets, "promote", plan, lambda: run_hook(
-                    ctx.cfg, "pre_promote", ctx.out, colour=first_target, version=art.version,
-                    hosts=names), lambda a: [releaseplan.list_releases(a.node.layout)])
+                # One host: the prune, the history and the lock's release go with the
+                # verify (if it passes); else the release list is read with it.
+                pruned = await _switch(
+                    ctx, topo, targets, "promote", plan, lambda: run_hook(
+                        ctx.cfg, "pre_promote", ctx.out, colour=first_target,
+                        version=art.version, hosts=names),
+                    lambda a: [releaseplan.list_releases(a.node.layout)], ends=True,
+                    last_steps=lambda a: prune_host(a, keep, ctx.user, kept[a.name],
+                                                    if_done=True))
         except BlueGreenError as err:
             await _failed(ctx, topo, err)
             raise
-        await each(apps, lambda a: prune_host(a, ctx.cfg.release.keep, ctx.user), ctx.out)
+        if not pruned:
+            await each(apps, lambda a: prune_host(a, keep, ctx.user), ctx.out)
     if promote:
         await run_hook(ctx.cfg, "post_promote", ctx.out, colour=first_target,
                        version=art.version, hosts=names)
@@ -314,21 +330,24 @@ async def promote(ctx: Context, colour: Colour | None, *, event: str = "promote"
 async def _switch(ctx: Context, topo: Topology, targets: dict[str, Colour], event: str,
                   plan: canary.Plan | None, before: Callable[[], Awaitable[None]] | None,
                   reads_after: Callable[[AppHost], list[Query]] | None = None,
-                  ends: bool = False) -> None:
+                  ends: bool = False,
+                  last_steps: Callable[[AppHost], Awaitable[object]] | None = None) -> bool:
     """``switch_all``, after a canary's steps and followed by a watch when ``plan`` asks.
-    ``ends``: nothing follows on the hosts under the lock (`switch_all`)."""
+    ``ends``, ``last_steps``: see `switch_all` (whether the steps went with the verify)."""
     baseline = None
     if plan is not None and plan.steps:
         ctx.out.step(None, plan.describe())
         baseline = await canary.run_steps(topo, targets, plan, ctx.out, before)
         before = None  # pre_promote ran before the first request reached the new colour
     watch = plan is not None and plan.watch
-    await switch_all(topo, targets, event, ctx.user, ctx.out, before,
-                     None if watch else reads_after, ends=ends and not watch)
+    ended = await switch_all(topo, targets, event, ctx.user, ctx.out, before,
+                             None if watch else reads_after, ends=ends and not watch,
+                             last_steps=last_steps)
     if plan is not None and plan.watch:
         new = next(iter(targets.values()))
         await canary.watch(topo, new, plan, ctx.out, baseline, lambda reason: switch_all(
             topo, {a.name: new.other for a in topo.apps}, "rollback", ctx.user, ctx.out))
+    return ended
 
 
 async def _end_canary(ctx: Context, topo: Topology) -> Colour | None:
