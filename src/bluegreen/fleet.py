@@ -41,6 +41,7 @@ class Node:
         self.facts: dict[str, bool] = {}  # what was learnt of the host, e.g. "systemd"
         self._later: list[tuple[Op, Callable[[Result], None] | None]] = []
         self._if_done: list[tuple[Op, Callable[[Result], None]]] = []
+        self._if_done_armed = False  # they go with the next round trip (``arm_if_done``)
         self._ahead: list[Op] = []
         self.released = False  # the lock was released already (`records.release_if_done`)
         self._known: dict[str, tuple[float, dict[str, Any]]] = {}
@@ -71,7 +72,9 @@ class Node:
         ``ops``' answers. ``last``: ``ops`` run even when a write put off fails (its error
         is raised after)."""
         later, self._later = self._later, []
-        if_done, self._if_done = self._if_done, []
+        if_done: list[tuple[Op, Callable[[Result], None]]] = []
+        if self._if_done_armed:
+            if_done, self._if_done, self._if_done_armed = self._if_done, [], False
         ahead, self._ahead = self._ahead, []
         for op in ahead:  # answered anew, or not at all when the batch stops early
             self._known.pop(_key(op), None)
@@ -108,13 +111,19 @@ class Node:
 
     def if_done(self, argv: Sequence[str], *, input: str | None = None,
                 then: Callable[[Result], None]) -> None:
-        """Send ``argv`` after the next round trip's own steps, to run only if every one of
-        them succeeds (a watch: is met), e.g. the history line and the lock's release after
-        the verify that ends a command; ``then`` is called with its result, if it ran."""
+        """Put ``argv`` off to the round trip after ``arm_if_done``, after its own steps, to
+        run only if every one of them succeeds (a watch: is met), e.g. the history line and
+        the lock's release after the verify that ends a command. ``then`` is called with
+        its result, if it ran (it must not raise: the steps before it succeeded)."""
         assert not self.dry, "a dry run changes nothing"
-        self.out.debug(self.name, "$ " + describe(argv)[:300] + "  (with the next round "
-                                  "trip, if its steps succeed)")
+        self.out.debug(self.name, "$ " + describe(argv)[:300] + "  (after the verify, if it "
+                                  "passes)")
         self._if_done.append((run_op(argv, input, 60), then))
+
+    def arm_if_done(self) -> None:
+        """Send what ``if_done`` put off with the next round trip (the round trips made
+        while they were put off, e.g. reads, went without them)."""
+        self._if_done_armed = bool(self._if_done)
 
     async def lost(self) -> bool:
         """Whether the host stopped answering: round trips that ask nothing, 0.25 s apart

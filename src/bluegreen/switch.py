@@ -192,6 +192,7 @@ async def switch_all(topo: Topology, targets: dict[str, Colour], event: str, use
         if last_steps is not None:
             await last_steps(a)
         records.release_if_done(a.node)
+        a.node.arm_if_done()  # with the verify's round trip, the next one
         recorded = True
     if not failures:
         step = "verify through the proxy"
