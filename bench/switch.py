@@ -1,6 +1,7 @@
 """Benchmark: how long `bluegreen promote` takes, against the floor of a bare link swap +
 `nginx -s reload` + polling until the new colour answers, measured in the same run; and
-bluegreen's own overhead in a deploy (wall time minus the app's boot-to-healthy time).
+bluegreen's own overhead in a deploy (wall time minus the app's own time: the old copy's
+exit, in the start's round trip, and the new one's boot to healthy).
 
     .venv/bin/python bench/switch.py [--rounds 10] [--proxy nginx|haproxy] [--json OUT]
 
@@ -104,7 +105,9 @@ def measure(kind: str, base: Path, rounds: int, sshd: object,
             deploy_trips.append(trips["total"])
             deploy_sessions.append(trips.get("sessions", 0))
             wall = time.perf_counter() - t0
-            boot = float(re.search(r"is healthy \(([\d.]+)s after start\)", out.stderr).group(1))  # type: ignore[union-attr]
+            # The app's own time: its boot, and (when a deploy replaces a running copy,
+            # stopped in the same round trip as the start) the old copy's exit.
+            boot = float(re.search(r"is healthy \(([\d.]+)s after ", out.stderr).group(1))  # type: ignore[union-attr]
             if i >= 1:  # the first deploy has nothing to drain/stop; keep like with like
                 deploy_walls.append(wall)
                 boots.append(boot)
@@ -169,7 +172,7 @@ def main() -> None:
             heavy.stop()
     print(f"proxy: {args.proxy}")
     print("| host | promote (CLI, median) | floor: bare switch + poll | ratio | deploy | "
-          "app boot→healthy | bluegreen overhead | round trips: promote | deploy | "
+          "app stop+boot→healthy | bluegreen overhead | round trips: promote | deploy | "
           "SSH sessions per deploy |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in results:

@@ -164,7 +164,8 @@ class Boot:
             await self._fail(slot, state, supervisor, str(exc))
         state = state.replace(pid=state.pid or pid, sid=state.sid or sid, status="running")
         await self.slots.write_state(colour, state)
-        self.node.say(f"{colour} is healthy ({time.monotonic() - started:.2f}s after start)")
+        self.node.say(f"{colour} is healthy ({time.monotonic() - started:.2f}s after "
+                      + ("the old copy's stop and the start were sent)" if going else "start)"))
         return state
 
     async def _wait_healthy(self, slot: Slot, state: SlotState, supervisor: Supervisor,
