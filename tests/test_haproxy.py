@@ -5,6 +5,7 @@ runtime API, so no HAProxy process is replaced and open connections stay open.""
 from __future__ import annotations
 
 import http.client
+import json
 import re
 import subprocess
 import time
@@ -52,8 +53,11 @@ def test_setup_deploy_promote_rollback_without_reload(hx_project: Project) -> No
     assert st["slots"]["blue"]["healthy"] and st["slots"]["green"]["healthy"]
     p.bg("rollback")
     assert (p.answer().colour, p.answer().version) == ("blue", "1.0.0")
-    p.bg("promote")
+    out = p.bg("promote", "--json")
     assert p.answer().colour == "green"
+    # The map file and the runtime API's `set map` go with the verify (3 round trips per
+    # host, as with nginx: tests/test_round_trips.py; this host is local or SSH).
+    assert json.loads(out.stdout)["hosts"][0]["round_trips"]["total"] == 3, out.stdout
     p.deploy("3.0.0")  # replaces blue's 1.0.0 (drained, stopped), then switches to it
     assert (p.answer().colour, p.answer().version) == ("blue", "3.0.0")
     # Every switch went through the runtime API: the same HAProxy processes throughout.

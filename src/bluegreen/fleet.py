@@ -39,7 +39,8 @@ class Node:
         self.layout = Layout.of(cfg, hc)
         self.bind = cfg.bind_address(hc)  # the address its slots listen on
         self.facts: dict[str, bool] = {}  # what was learnt of the host, e.g. "systemd"
-        self._later: list[tuple[Op, Callable[[Result], None] | None]] = []
+        # What ``later`` put off: each operation and what handles its answer.
+        self._later: list[tuple[Op, Callable[[dict[str, Any]], None]]] = []
         self._if_done: list[tuple[Op, Callable[[Result], None]]] = []
         self._if_done_armed = False  # they go with the next round trip (``arm_if_done``)
         self._ahead: list[Op] = []
@@ -83,14 +84,9 @@ class Node:
             ops = [Op(op.name, op.args, stop=True) for op in ops]
         answers = await self.host.batch([*sent, *ops, *[op for op, _ in if_done], *ahead])
         error: BaseException | None = None
-        for (op, then), answer in zip(later, answers):
-            result = ran(self.name, op.args["argv"], answer, op.wait)
+        for (op, handle), answer in zip(later, answers):
             try:
-                if then is not None:
-                    then(result)  # may raise: the step that was put off failed
-                elif not result.ok:
-                    self.warn(f"{describe(result.argv)} failed (exit {result.exit_status}): "
-                              f"{(result.stderr.strip() or result.stdout.strip())[-300:]}")
+                handle(answer)  # may raise: the step that was put off failed
             except BlueGreenError as exc:
                 error = error or exc
         if error is None and len(answers) < len(later):
@@ -216,7 +212,28 @@ class Node:
         if not keep_reads:
             self._forget()
         self.out.debug(self.name, "$ " + describe(argv)[:300] + "  (with the next round trip)")
-        self._later.append((run_op(argv, input, timeout, stop=then is not None), then))
+
+        def handle(answer: dict[str, Any]) -> None:
+            result = ran(self.name, argv, answer, timeout)
+            if then is not None:
+                then(result)
+            elif not result.ok:
+                self.warn(f"{describe(result.argv)} failed (exit {result.exit_status}): "
+                          f"{(result.stderr.strip() or result.stdout.strip())[-300:]}")
+
+        self._later.append((run_op(argv, input, timeout, stop=then is not None), handle))
+
+    def later_exchange(self, endpoint: Endpoint, data: bytes, *, timeout: float = 3,
+                       then: Callable[[Callable[[], Exchanged]], None]) -> None:
+        """``exchange`` with the next round trip, like ``later`` (a failure to connect
+        stops that round trip there). ``then`` gets what returns the answer (or raises the
+        OSError of the failed exchange) and may raise."""
+        self._forget()
+        self.out.debug(self.name, f"> {_first_line(data)} to {_where(endpoint)}  (with the "
+                                  "next round trip)")
+        op = exchange_op(endpoint, data, None, timeout)
+        self._later.append((Op(op.name, op.args, stop=True),
+                            lambda answer: then(lambda: exchanged(answer))))
 
     def _read_ahead(self, op: Op) -> dict[str, Any] | None:
         """The answer ``ahead`` got for ``op``, once, if nothing was written since and it

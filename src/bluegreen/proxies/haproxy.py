@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import PurePosixPath
+from typing import Callable
 
 from bluegreen.config import Colour
 from bluegreen.errors import ProxyError
 from bluegreen.plan import files
 from bluegreen.plan import haproxy
-from bluegreen.hosts.base import Endpoint, Op, exchange_op
+from bluegreen.hosts.base import Endpoint, Exchanged, Op, exchange_op
 from bluegreen.plan.files import Query
 from bluegreen.plan.nginx import Finding
 from bluegreen.proxies.base import Meter, Proxy
@@ -23,6 +24,8 @@ RUNTIME_TIMEOUT = 10.0
 class HAProxyProxy(Proxy):
     kind = "haproxy"
     files = "config"
+    # Whether the running map lacks a key of this app (True until `running_colour` read it).
+    _keys_missing = True
 
     @property
     def source(self) -> str:
@@ -89,18 +92,23 @@ class HAProxyProxy(Proxy):
             answer = await self.node.exchange(self._runtime_endpoint(),
                                               command.encode() + b"\n",
                                               timeout=RUNTIME_TIMEOUT)
-        except (ConnectionRefusedError, FileNotFoundError, PermissionError) as exc:
-            raise ProxyError(f"cannot reach HAProxy's runtime API at {sock}: "
-                             f"{exc.strerror or exc}; is HAProxy running with `stats socket "
-                             f"{sock} level admin`?", host=self.name) from None
         except (OSError, asyncio.TimeoutError) as exc:
-            raise ProxyError(f"HAProxy's runtime API at {sock} did not answer `{command}`: "
-                             f"{exc or 'timed out'}", host=self.name) from None
+            raise self._unreachable(command, exc) from None
         return answer.data.decode(errors="replace")
+
+    def _unreachable(self, command: str, exc: BaseException) -> ProxyError:
+        sock = haproxy.socket(self.cfg)
+        if isinstance(exc, (ConnectionRefusedError, FileNotFoundError, PermissionError)):
+            return ProxyError(f"cannot reach HAProxy's runtime API at {sock}: "
+                              f"{exc.strerror or exc}; is HAProxy running with `stats socket "
+                              f"{sock} level admin`?", host=self.name)
+        return ProxyError(f"HAProxy's runtime API at {sock} did not answer `{command}`: "
+                          f"{exc or 'timed out'}", host=self.name)
 
     async def running_colour(self) -> str | None:
         """The live colour in the running HAProxy's memory (None: it has no such map)."""
         answer = await self.runtime(haproxy.show_live(self.cfg))
+        self._keys_missing = bool(haproxy.missing_keys(self.cfg, answer))
         return haproxy.parse_show_map(self.cfg, answer)
 
     async def _set_running(self, colour: Colour) -> None:
@@ -231,7 +239,40 @@ class HAProxyProxy(Proxy):
     async def switch(self, target: Colour, previous: Colour | None, *,
                      defer: bool = False) -> None:
         """Write the map file (what a restarted HAProxy will read), then set the running
-        HAProxy's map. If the runtime API fails, the file is put back."""
+        HAProxy's map. If the runtime API fails, the file is put back. ``defer``: both go
+        with the next round trip (the verify), when the running map has every key of this
+        app (`prepare` read it); a failure raises there, and the file is put back with the
+        round trip after."""
+        if defer and previous is not None and not self.node.dry and not self._keys_missing:
+            path = haproxy.map_file(self.cfg)
+            current = await self.read(path) if haproxy.shared(self.cfg) else ""
+            back = haproxy.map_text(self.cfg, previous, current)
+            await self._write_map(target)
+            self.handed_over = True
+            command = haproxy.set_live(self.cfg, target)
+
+            def set_(get: Callable[[], Exchanged]) -> None:
+                try:
+                    try:
+                        text = get().data.decode(errors="replace")
+                    except (OSError, asyncio.TimeoutError) as exc:
+                        raise self._unreachable(command, exc) from None
+                    error = haproxy.runtime_error(text)
+                    if error:
+                        raise ProxyError(f"HAProxy refused `{command}`: {error}",
+                                         host=self.name)
+                except ProxyError as exc:
+                    for i, step in enumerate(haproxy.write(self.cfg, path, self.sudo)):
+                        self.node.later(step, input=back if i == 0 else None,
+                                        then=self.node.check)
+                    self.node.say(f"{path} put back to {previous}")
+                    exc.step = "switch"
+                    raise
+
+            self.node.out.debug(self.name, f"haproxy {haproxy.socket(self.cfg)}> {command}")
+            self.node.later_exchange(self._runtime_endpoint(), command.encode() + b"\n",
+                                     timeout=RUNTIME_TIMEOUT, then=set_)
+            return
         await self._write_map(target)
         try:
             await self._set_running(target)
