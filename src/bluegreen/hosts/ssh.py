@@ -87,6 +87,12 @@ class _Agent:
                 future.set_exception(self.ended)
         self.pending.clear()
 
+    @property
+    def started(self) -> bool:
+        """Whether the agent said hello."""
+        return (self.hello.done() and not self.hello.cancelled()
+                and self.hello.exception() is None)
+
     async def call(self, request: dict[str, Any], wait: float) -> dict[str, Any]:
         if self.ended is not None:
             raise self.ended
@@ -170,38 +176,46 @@ class SSHHost:
             process = await self._conn.create_process(AGENT_COMMAND)
         except (asyncssh.Error, OSError) as exc:
             raise self._lost(exc) from None
-        agent = _Agent(process)
-        try:
-            await asyncio.wait_for(asyncio.shield(agent.hello), AGENT_START_TIMEOUT)
-        except (asyncssh.Error, OSError, ValueError, asyncio.TimeoutError):
-            with contextlib.suppress(asyncssh.Error, OSError, asyncio.TimeoutError):
-                await asyncio.wait_for(process.wait(check=False), 2)
-            process.close()
-            status = process.exit_status
-            if status == 127:
-                raise ConnectError(f"{self._cfg.address} has no python3: bluegreen runs a "
-                                   "small agent on each host with it (any Python 3.6 or "
-                                   "later; on Debian: apt install python3-minimal)",
-                                   host=self.name) from None
-            stderr = ""
-            with contextlib.suppress(Exception):
-                stderr = str(await asyncio.wait_for(process.stderr.read(), 1))
-            raise ConnectError(f"the bluegreen agent did not start on {self._cfg.address} "
-                               f"(exit {status}): {stderr.strip()[-500:] or 'no output'}",
-                               host=self.name) from None
-        return agent
+        # The first request is written at once, not after the agent's hello: it waits in
+        # the pipe while python3 starts (one round trip less).
+        return _Agent(process)
+
+    async def _not_started(self, agent: _Agent) -> ConnectError:
+        """Why the agent never said hello: no python3, or what it printed."""
+        process = agent.process
+        if agent.hello.done() and not agent.hello.cancelled():
+            agent.hello.exception()  # retrieved: it is reported here
+        with contextlib.suppress(asyncssh.Error, OSError, asyncio.TimeoutError):
+            await asyncio.wait_for(process.wait(check=False), 2)
+        process.close()
+        status = process.exit_status
+        if status == 127:
+            return ConnectError(f"{self._cfg.address} has no python3: bluegreen runs a small "
+                                "agent on each host with it (any Python 3.6 or later; on "
+                                "Debian: apt install python3-minimal)", host=self.name)
+        stderr = ""
+        with contextlib.suppress(Exception):
+            stderr = str(await asyncio.wait_for(process.stderr.read(), 1))
+        return ConnectError(f"the bluegreen agent did not start on {self._cfg.address} "
+                            f"(exit {status}): {stderr.strip()[-500:] or 'no output'}",
+                            host=self.name)
 
     async def call(self, request: dict[str, Any], wait: float) -> dict[str, Any]:
         """One request to the host's agent (started with the first one), its answer within
-        ``wait`` seconds."""
+        ``wait`` seconds (and AGENT_START_TIMEOUT more while the agent starts)."""
         if self._agent is None:
             self._agent = asyncio.create_task(self._start_agent())
         agent = await self._agent
+        starting = not agent.started
         try:
-            return await agent.call(request, wait)
+            return await agent.call(request, wait + (AGENT_START_TIMEOUT if starting else 0))
         except asyncio.TimeoutError:
+            if not agent.started:
+                raise await self._not_started(agent) from None
             raise
         except (asyncssh.Error, OSError) as exc:
+            if not agent.started:
+                raise await self._not_started(agent) from None
             raise self._lost(exc) from None
 
     async def batch(self, ops: Sequence[Op]) -> list[dict[str, Any]]:
