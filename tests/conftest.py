@@ -242,7 +242,9 @@ class Project:
 
     @property
     def deploy_to(self) -> Path:
-        return self.dir / "srv"
+        """The host's deploy_to (a test may set another in ``host_override``: `cleanup`
+        then still finds the slots' processes)."""
+        return Path(self.host_override.get("deploy_to", self.dir / "srv"))
 
     def host_entry(self) -> dict[str, Any]:
         entry: dict[str, Any] = {"name": "web1", "deploy_to": str(self.deploy_to)}
