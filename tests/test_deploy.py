@@ -363,6 +363,9 @@ def test_concurrent_deploys_one_gets_exit_4(project: Project) -> None:
     project.deploy("1.0.0")
     project.artifact("2.0.0", "slow-stop")
     project.artifact("3.0.0")
+    # The winner holds the lock for 2 s more (pre_deploy runs under it): a deploy is fast
+    # enough now that one could otherwise finish before the other starts.
+    project.write_config(hooks={"pre_deploy": "sleep 2"})
     import os
     import sys
 
