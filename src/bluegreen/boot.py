@@ -74,7 +74,7 @@ class Boot:
             def gone(ok: bool) -> None:
                 if not ok:
                     raise StopTimedOut(colour, old, probe, supervisor, self.node.name)
-                self.node.say(f"{colour} stopped; port {self.cfg.slots.port(colour)} is free")
+                self._say_stopped(colour)
 
             if supervisor.halt_later(colour, state, probe, gone):
                 self.slots.idle_probe[colour] = Probe()  # once gone, nothing listens
@@ -87,9 +87,14 @@ class Boot:
             raise CommandFailed(f"{colour} slot's processes did not exit even after SIGKILL",
                                 host=self.node.name)
         await self.slots.write_state(colour, stopped)
-        self.node.say(f"{colour} would be stopped" if self.node.dry else
-                      f"{colour} stopped; port {self.cfg.slots.port(colour)} is free")
+        if self.node.dry:
+            self.node.say(f"{colour} would be stopped")
+        else:
+            self._say_stopped(colour)
         return stopped
+
+    def _say_stopped(self, colour: Colour) -> None:
+        self.node.say(f"{colour} stopped; port {self.cfg.slots.port(colour)} is free")
 
     async def start(self, slot: Slot, secrets: dict[str, str]) -> SlotState:
         """Start ``slot``'s release on its port and wait until the new process answers
@@ -109,8 +114,7 @@ class Boot:
                 raise CommandFailed(f"{exc.colour} slot's processes did not exit even after "
                                     "SIGKILL", host=self.node.name) from None
             await self.slots.write_state(exc.colour, exc.state.replace(status="stopped"))
-            self.node.say(f"{exc.colour} stopped; port {self.cfg.slots.port(exc.colour)} is "
-                          "free")
+            self._say_stopped(exc.colour)
             return await self._start(slot, secrets)
 
     async def _start(self, slot: Slot, secrets: dict[str, str]) -> SlotState:

@@ -175,7 +175,12 @@ class HAProxyProxy(Proxy):
         current = await self.read(path) if haproxy.shared(self.cfg) else ""
         text = (haproxy.map_text(self.cfg, colour, current) if colour is not None
                 else haproxy.without_app(self.cfg, current))
-        # With the next round trip (a switch's runtime-API command): a failure raises there.
+        self._write_map_later(text)
+
+    def _write_map_later(self, text: str) -> None:
+        """Replace the map file with ``text`` with the next round trip (a switch's
+        runtime-API command, or the lock's release): a failure raises there."""
+        path = haproxy.map_file(self.cfg)
         for i, step in enumerate(haproxy.write(self.cfg, path, self.sudo)):
             self.node.later(step, input=text if i == 0 else None, then=self.node.check)
 
@@ -262,9 +267,7 @@ class HAProxyProxy(Proxy):
                         raise ProxyError(f"HAProxy refused `{command}`: {error}",
                                          host=self.name)
                 except ProxyError as exc:
-                    for i, step in enumerate(haproxy.write(self.cfg, path, self.sudo)):
-                        self.node.later(step, input=back if i == 0 else None,
-                                        then=self.node.check)
+                    self._write_map_later(back)
                     self.node.say(f"{path} put back to {previous}")
                     exc.step = "switch"
                     raise
