@@ -1,4 +1,5 @@
-from bluegreen.cli import main
+from bluegreen.launch import main
 
-# The same name (and completion variable, _BLUEGREEN_COMPLETE) as the `bluegreen` script.
-main(prog_name="bluegreen")
+# `python -m bluegreen` is the `bluegreen` script: a warm process (`bluegreen warm`) if one
+# runs, else this process.
+main()

@@ -673,6 +673,43 @@ def demo(kind: str, keep: bool, duration: float, verbose: bool) -> None:
     run(state, lambda: run_demo(state.out, keep=keep, duration=duration, kind=kind))
 
 
+@main.command(help="Keep a warm bluegreen process for this user, so that each command starts "
+                   "in milliseconds instead of ~0.3 s (imports done once; each command runs "
+                   "in a fork of it, with your terminal, environment and directory). It exits "
+                   "after --idle seconds without a command, or when bluegreen is upgraded "
+                   "(the next command starts a fresh one). BLUEGREEN_WARM=0 runs a command "
+                   "without it.")
+@click.option("--idle", type=click.FloatRange(min=1), default=600, show_default=True,
+              metavar="SECONDS", help="Exit after this long without a command.")
+@click.option("--stop", "action", flag_value="stop", help="Stop it (running commands go on).")
+@click.option("--status", "action", flag_value="status",
+              help="Say whether it runs (exit 1 if not).")
+def warm(idle: float, action: str | None) -> None:
+    from bluegreen import warm as warmth
+    from bluegreen.launch import socket_path
+
+    try:
+        if action == "stop":
+            pid = warmth.stop()
+            click.echo(f"stopped the warm process (pid {pid})" if pid else
+                       f"no warm process listens on {socket_path()}")
+            return
+        if action == "status":
+            pid = warmth.status()
+            click.echo(f"the warm process runs (pid {pid}, socket {socket_path()})" if pid
+                       else f"no warm process listens on {socket_path()}")
+            sys.exit(0 if pid else 1)
+        path, pid, started = warmth.start(idle)
+    except BlueGreenError as exc:
+        click.echo(f"error: {exc.message}", err=True)
+        sys.exit(exc.exit_code)
+    if started:
+        click.echo(f"started the warm process (pid {pid}, socket {path}): this user's "
+                   f"bluegreen commands start in it now; it exits after {idle:g}s without one "
+                   "(`bluegreen warm --stop` stops it)")
+    else:
+        click.echo(f"the warm process runs already (pid {pid}, socket {path})")
+
 
 def command_table() -> str:
     """README's command table, made from the commands' own options and help (a test keeps

@@ -1,0 +1,147 @@
+"""The `bluegreen` command's entry point: hand the command to this user's warm process
+(`bluegreen warm`, ``bluegreen.warm``) when one runs, else run it in this process.
+
+This runs at the start of every command, so it imports little of the standard library and
+nothing else until it knows it needs to: with a warm process it is the whole client.
+
+Hand-over: the request (argv, working directory, environment, umask) goes over the warm
+process's Unix socket with this process's stdin, stdout and stderr attached (SCM_RIGHTS),
+so the command writes to this terminal or pipe itself. Its answer is the pid of the process
+running the command (signals sent here are passed on to its process group: Ctrl-C works as
+it does without a warm process), then its exit status. If the warm process cannot take the
+command (another installation, its code changed on disk, not running), the command runs
+here as it would without one; once it took the command, it never runs twice.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# Whether to use a warm process at all: BLUEGREEN_WARM=0 runs each command in its own process.
+ENV_OFF = "BLUEGREEN_WARM"
+ENV_SOCKET = "BLUEGREEN_WARM_SOCKET"
+# Signals passed on to the command (as the terminal would send them to its process group).
+FORWARDED = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGWINCH", "SIGUSR1", "SIGUSR2")
+
+
+def socket_path() -> str:
+    """Where this user's warm process listens: $BLUEGREEN_WARM_SOCKET, else
+    $XDG_RUNTIME_DIR/bluegreen/warm.sock, else ~/.cache/bluegreen/warm.sock."""
+    explicit = os.environ.get(ENV_SOCKET)
+    if explicit:
+        return explicit
+    base = os.environ.get("XDG_RUNTIME_DIR") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "bluegreen", "warm.sock")
+
+
+def package_dir() -> str:
+    return os.path.dirname(os.path.abspath(__file__))
+
+
+def main() -> None:
+    if os.environ.get(ENV_OFF) != "0":
+        status = _hand_over(sys.argv[1:])
+        if status is not None:
+            sys.exit(status)
+    from bluegreen.cli import main as cli_main
+
+    # The same name (and completion variable, _BLUEGREEN_COMPLETE) as the `bluegreen` script.
+    cli_main(prog_name="bluegreen")
+
+
+def connect(path: str) -> object | None:
+    """A connection to the warm process listening on ``path``, or None (none runs, or the
+    socket or the process is not this user's own)."""
+    import stat
+
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    if not stat.S_ISSOCK(st.st_mode) or st.st_uid != os.getuid():
+        return None
+    import socket
+    import struct
+
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(path)
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except OSError:
+        sock.close()
+        return None
+    if struct.unpack("3i", creds)[1] != os.getuid():
+        sock.close()
+        return None
+    return sock
+
+
+def _hand_over(argv: list[str]) -> int | None:
+    """Run the command in the warm process: its exit status, or None when it did not take
+    the command (then nothing of it ran)."""
+    sock = connect(socket_path())
+    if sock is None:
+        return None
+    import json
+    import signal
+    import socket
+
+    assert isinstance(sock, socket.socket)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    try:
+        request = json.dumps({
+            "argv": argv, "cwd": os.getcwd(), "env": dict(os.environ), "umask": umask,
+            "python": sys.executable, "package": package_dir(),
+            "encoding": [getattr(s, "encoding", None) or "utf-8"
+                         for s in (sys.stdin, sys.stdout, sys.stderr)],
+        }).encode()
+        socket.send_fds(sock, [len(request).to_bytes(4, "big") + request], [0, 1, 2])
+        answers = sock.makefile("rb")
+        first = json.loads(answers.readline() or b"{}")
+    except (OSError, ValueError):
+        sock.close()
+        return None
+    if "pid" not in first:  # refused: another installation, stale code; nothing ran
+        if first.get("restart"):
+            _restart(first["restart"])
+        sock.close()
+        return None
+    group = int(first["pid"])
+    passed: list[int] = []
+
+    def pass_on(signum: int, frame: object) -> None:
+        passed.append(signum)
+        try:
+            os.killpg(group, signum)
+        except OSError:
+            pass
+
+    for name in FORWARDED:
+        signal.signal(getattr(signal, name), pass_on)
+    try:
+        last = json.loads(answers.readline() or b"{}")
+    except (OSError, ValueError):
+        last = {}
+    if "exit" in last:
+        return int(last["exit"])
+    signum = int(last.get("signal") or (passed[-1] if passed else signal.SIGKILL))
+    if signum not in (signal.SIGINT, signal.SIGWINCH):
+        # Ended by a signal: end the same way, as the shell expects of a killed command.
+        sys.stdout.flush()
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+    return 128 + signum
+
+
+def _restart(argv: list[str]) -> None:
+    """Start the warm process again (its code changed on disk), detached; this command runs
+    here meanwhile."""
+    import subprocess
+
+    try:
+        subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, start_new_session=True, cwd="/")
+    except OSError:
+        pass

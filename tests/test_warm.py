@@ -1,0 +1,193 @@
+"""The warm process (`bluegreen warm`, bluegreen.warm + bluegreen.launch): commands run in a
+fork of a real warm process, with the client's environment, directory, umask, terminal and
+signals, against a real nginx, sshd and app; and it refuses or goes away when it should."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sysconfig
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from conftest import BLUEGREEN, Project, run_cli
+
+
+def _parent(pid: int) -> int:
+    """The parent pid of ``pid`` (from /proc)."""
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _wait_for(predicate, what: str, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout:g}s: {what}")
+        time.sleep(0.02)
+
+
+@pytest.fixture(scope="module")
+def socket_dir() -> Iterator[Path]:
+    # Short: an AF_UNIX path is at most 107 bytes (pytest's tmp_path can be longer).
+    base = Path(tempfile.mkdtemp(prefix="bgwarm-"))
+    yield base
+    shutil.rmtree(base, ignore_errors=True)
+
+
+class Warm:
+    def __init__(self, sock: Path) -> None:
+        self.sock = sock
+
+    def bg(self, *args: str, check: bool | int = True) -> subprocess.CompletedProcess[str]:
+        return run_cli(Path.cwd(), Path.home(), args, check=check,
+                       env={"BLUEGREEN_WARM_SOCKET": str(self.sock)})
+
+    def pid(self) -> int:
+        out = self.bg("warm", "--status").stdout
+        return int(out.split("pid ")[1].split(",")[0])
+
+
+@pytest.fixture
+def warm(socket_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Warm]:
+    """A warm process of its own; every `bluegreen` the test runs goes to it."""
+    sock = socket_dir / "w" / "warm.sock"
+    monkeypatch.setenv("BLUEGREEN_WARM_SOCKET", str(sock))
+    w = Warm(sock)
+    started = w.bg("warm", "--idle", "120").stdout
+    assert "started the warm process" in started, started
+    yield w
+    w.bg("warm", "--stop")
+
+
+def test_commands_run_in_a_fork_of_the_warm_process_as_the_user_runs_them(
+        warm: Warm, project: Project) -> None:
+    warm_pid = warm.pid()
+    sock_dir = warm.sock.parent
+    assert stat.S_IMODE(sock_dir.stat().st_mode) == 0o700
+    assert stat.S_IMODE(warm.sock.stat().st_mode) == 0o600
+    # A local hook shows what the command process is: its grandparent, umask, env, cwd.
+    report = project.dir / "hook.txt"
+    project.bg("setup")
+    project.write_config(hooks={"pre_deploy": (
+        "k=$(awk '{{print $4}}' /proc/$PPID/stat); w=$(awk '{{print $4}}' /proc/$k/stat); "
+        f"(echo $w; umask; echo \"$MARKER\"; pwd) > {report}")})
+    project.artifact("1.0.0")
+    cmd = [*BLUEGREEN, "deploy", "--version", "1.0.0"]
+    env = {**os.environ, "HOME": str(project.home), "NO_COLOR": "1", "MARKER": "from-the-client"}
+    proc = subprocess.run(["sh", "-c", 'umask 027; exec "$@"', "sh", *cmd], cwd=project.dir,
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    grandparent, umask, marker, cwd = report.read_text().split()
+    assert int(grandparent) == warm_pid  # forked by the warm process (through its keeper)
+    assert umask == "0027" and marker == "from-the-client" and cwd == str(project.dir)
+    assert "live is blue" in proc.stdout + proc.stderr
+    # The same results as without it: a promote switches traffic, exit codes pass through.
+    project.deploy("2.0.0", "--no-promote")
+    project.bg("promote", "green")
+    assert project.answer().version == "2.0.0"
+    bad = project.bg("deploy", "--version", "9.9.9", check=1)
+    assert "error:" in bad.stderr
+    assert project.bg("check", "-c", "nothing.toml", check=2).stderr.startswith("error: ")
+    assert project.answer().version == "2.0.0"
+
+
+def test_ctrl_c_reaches_the_command_and_a_killed_client_takes_its_command_along(
+        warm: Warm, local_project: Project) -> None:
+    project = local_project
+    report = project.dir / "hook.txt"
+    project.bg("setup")
+    project.write_config(hooks={"pre_deploy": f"echo $PPID $$ > {report}; exec sleep 30"})
+    project.artifact("1.0.0")
+    env = {**os.environ, "HOME": str(project.home), "NO_COLOR": "1"}
+
+    sleeps: list[int] = []
+
+    def start() -> tuple[subprocess.Popen[str], int]:
+        report.unlink(missing_ok=True)
+        client = subprocess.Popen([*BLUEGREEN, "deploy", "--version", "1.0.0"],
+                                  cwd=project.dir, env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+        _wait_for(lambda: report.exists() and len(report.read_text().split()) == 2,
+                  "the hook ran")
+        command, hook = map(int, report.read_text().split())
+        sleeps.append(hook)
+        return client, command
+
+    # Ctrl-C: the terminal signals the client; the command gets it as without a warm process.
+    client, command = start()
+    assert _parent(_parent(command)) == warm.pid()
+    client.send_signal(signal.SIGINT)
+    _, err = client.communicate(timeout=30)
+    assert client.returncode == 130, err
+    assert "interrupted" in err
+    _wait_for(lambda: not _alive(command), "the command ended")
+    project.bg("unlock")
+    # SIGKILL of the client: nobody is left to report to, so the command is killed too.
+    client, command = start()
+    client.kill()
+    client.wait(10)
+    _wait_for(lambda: not _alive(command), "the command was killed with its client")
+    # SIGTERM: the command ends by it, and so does the client (as the shell expects).
+    project.bg("unlock")
+    client, command = start()
+    client.terminate()
+    client.communicate(timeout=30)
+    assert client.returncode == -signal.SIGTERM
+    _wait_for(lambda: not _alive(command), "the command ended")
+    for pid in sleeps:  # the hook outlives a SIGKILLed command (as it would without warm)
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_a_changed_installation_is_refused_and_the_warm_process_restarts(
+        warm: Warm, socket_dir: Path) -> None:
+    first = warm.pid()
+    # What `pip install -U` of a library does to the environment's site-packages.
+    os.utime(sysconfig.get_paths()["purelib"])
+    out = warm.bg("--version").stdout  # runs here, not in the stale warm process
+    assert "version" in out
+    _wait_for(lambda: not _alive(first), "the stale warm process exited")
+    _wait_for(lambda: warm.bg("warm", "--status", check=False).returncode == 0,
+              "a fresh warm process listens")
+    assert warm.pid() != first
+
+
+def test_idle_exit_stop_and_a_directory_open_to_others(socket_dir: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    sock = socket_dir / "idle" / "warm.sock"
+    monkeypatch.setenv("BLUEGREEN_WARM_SOCKET", str(sock))
+    w = Warm(sock)
+    w.bg("warm", "--idle", "1")
+    pid = w.pid()
+    _wait_for(lambda: not _alive(pid) and not sock.exists(), "the idle warm process exited")
+    assert w.bg("warm", "--status", check=1).stdout.startswith("no warm process")
+    assert w.bg("--version").returncode == 0  # no warm process: runs as before
+    w.bg("warm")
+    pid = w.pid()
+    assert w.bg("warm").stdout.startswith("the warm process runs already")
+    assert w.bg("warm", "--stop").stdout == f"stopped the warm process (pid {pid})\n"
+    _wait_for(lambda: not _alive(pid), "the stopped warm process exited")
+    w.bg("warm")
+    pid = w.pid()
+    sock.unlink()  # e.g. its directory was cleaned: nobody can reach it, so it goes
+    _wait_for(lambda: not _alive(pid), "the warm process whose socket was removed exited")
+    open_dir = socket_dir / "open"
+    open_dir.mkdir(mode=0o755)
+    open_dir.chmod(0o755)
+    err = Warm(open_dir / "warm.sock").bg("warm", check=2).stderr
+    assert "closed to others" in err
+    assert not (open_dir / "warm.sock").exists()
