@@ -1,5 +1,6 @@
-"""Benchmark: promote and deploy over an SSH link with latency, this code against an
-older revision, in one run: what fewer round trips are worth on a real network.
+"""Benchmark: promote and deploy over an SSH link with latency, this code (without and
+with a warm process, `bluegreen warm`) against an older revision, in one run: what fewer
+round trips, and a kept SSH connection, are worth on a real network.
 
     .venv/bin/python bench/latency.py [--delay 0.01] [--rounds 5] [--against 1c7140a]
 
@@ -77,8 +78,11 @@ class Relay(threading.Thread):
 
 
 def measure(name: str, src: Path, base: Path, sshd: Sshd, relay: Relay,
-            rounds: int) -> dict[str, object]:
+            rounds: int, warm: bool = False) -> dict[str, object]:
+    """``warm``: with a warm process (`bluegreen warm`: imports done, SSH connection kept)."""
     os.environ["PYTHONPATH"] = str(src)
+    os.environ["BLUEGREEN_WARM"] = "1" if warm else "0"
+    os.environ["BLUEGREEN_WARM_SOCKET"] = str(base / name / "warm" / "warm.sock")
     nginx = PrivateNginx(base / name / "nginx", free_port())
     nginx.write_config(workers=2)
     nginx.start()
@@ -92,6 +96,8 @@ def measure(name: str, src: Path, base: Path, sshd: Sshd, relay: Relay,
     p.host_override = {"port": relay.port, "known_hosts": str(known)}
     p.write_config()
     try:
+        if warm:
+            p.bg("warm", "--idle", "60")
         p.bg("setup")
         p.deploy("1.0.0")
         deploys, promotes, trips = [], [], []
@@ -109,9 +115,12 @@ def measure(name: str, src: Path, base: Path, sshd: Sshd, relay: Relay,
         return {"code": name, "promote": statistics.median(promotes),
                 "deploy": statistics.median(deploys), "promote_round_trips": trips[-1]}
     finally:
+        if warm:
+            p.bg("warm", "--stop")
         p.cleanup()
         nginx.stop()
-        os.environ.pop("PYTHONPATH", None)
+        for var in ("PYTHONPATH", "BLUEGREEN_WARM", "BLUEGREEN_WARM_SOCKET"):
+            os.environ.pop(var, None)
 
 
 def main() -> None:
@@ -132,6 +141,8 @@ def main() -> None:
         relay.ready.wait(5)
         try:
             rows = [measure("this-code", ROOT / "src", base, sshd, relay, args.rounds),
+                    measure("this-code-warm", ROOT / "src", base, sshd, relay, args.rounds,
+                            warm=True),
                     measure(f"at-{args.against}", old / "src", base, sshd, relay,
                             args.rounds)]
         finally:

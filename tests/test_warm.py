@@ -17,7 +17,7 @@ from typing import Iterator
 
 import pytest
 
-from conftest import BLUEGREEN, Project, run_cli
+from conftest import BLUEGREEN, PrivateNginx, Project, make_project, run_cli, start_sshd
 
 
 def _parent(pid: int) -> int:
@@ -191,3 +191,49 @@ def test_idle_exit_stop_and_a_directory_open_to_others(socket_dir: Path,
     err = Warm(open_dir / "warm.sock").bg("warm", check=2).stderr
     assert "closed to others" in err
     assert not (open_dir / "warm.sock").exists()
+
+
+def _children(pid: int) -> list[int]:
+    return [int(c) for t in Path(f"/proc/{pid}/task").iterdir()
+            for c in (t / "children").read_text().split()]
+
+
+def test_the_warm_process_keeps_ssh_connections_and_verifies_again_after_any_change(
+        warm: Warm, tmp_path: Path, nginx: PrivateNginx) -> None:
+    sshd = start_sshd(tmp_path / "sshd")
+    p = make_project(tmp_path, nginx, sshd)
+    log = sshd.dir / "sshd.log"
+
+    def logins() -> int:
+        return log.read_text(errors="replace").count("Accepted publickey")
+
+    try:
+        p.bg("setup")
+        p.deploy("1.0.0")
+        p.deploy("2.0.0")  # an upload, through the kept connection too
+        p.bg("promote", "blue")
+        assert p.answer().version == "1.0.0"
+        assert logins() == 1  # four commands, one SSH login
+        # A changed known_hosts (here: the host's key is not the one listed) is verified
+        # again on a new connection, and refused: the kept one is not used.
+        good = sshd.known_hosts.read_text()
+        other = tmp_path / "other"
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)],
+                       check=True)
+        sshd.known_hosts.write_text(f"[127.0.0.1]:{sshd.port} "
+                                    + " ".join(Path(f"{other}.pub").read_text().split()[:2])
+                                    + "\n")
+        err = p.bg("promote", "green", check=3).stderr
+        assert "host key" in err and "not" in err and "accepted" in err, err
+        assert p.answer().version == "1.0.0"
+        sshd.known_hosts.write_text(good)
+        p.bg("promote", "green")
+        assert p.answer().version == "2.0.0" and logins() == 2
+        # The kept connection dies (its sshd process killed): the next command logs in again.
+        for child in _children(sshd.proc.pid):
+            os.kill(child, signal.SIGKILL)
+        p.bg("promote", "blue")
+        assert p.answer().version == "1.0.0" and logins() == 3
+    finally:
+        p.cleanup()
+        sshd.stop()

@@ -675,7 +675,9 @@ def demo(kind: str, keep: bool, duration: float, verbose: bool) -> None:
 
 @main.command(help="Keep a warm bluegreen process for this user, so that each command starts "
                    "in milliseconds instead of ~0.3 s (imports done once; each command runs "
-                   "in a fork of it, with your terminal, environment and directory). It exits "
+                   "in a fork of it, with your terminal, environment and directory) and reuses "
+                   "its SSH connections (verified again after any change to known_hosts, keys "
+                   "or ~/.ssh). It exits "
                    "after --idle seconds without a command, or when bluegreen is upgraded "
                    "(the next command starts a fresh one). BLUEGREEN_WARM=0 runs a command "
                    "without it.")

@@ -3,7 +3,9 @@ everything a command needs (click, pydantic and the config models, rich, Jinja2,
 ~0.3 s that every command otherwise spends before it does anything) and runs each command
 in a fork of itself, so a command starts in milliseconds.
 
-The client end is ``bluegreen.launch`` (the `bluegreen` entry point). Per command:
+It also forks the SSH pool (``hosts.ssh.serve_pool``): the SSH connections its commands
+opened, kept for the next ones. The client end is ``bluegreen.launch`` (the `bluegreen`
+entry point). Per command:
 
     client --(argv, cwd, env, umask + its stdin/stdout/stderr)--> socket
     warm process: fork a *keeper* for the connection (the warm process only accepts)
@@ -21,6 +23,7 @@ command (the client runs it itself, and starts a fresh warm process) and exits.
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import json
 import os
@@ -37,6 +40,8 @@ from pathlib import Path
 from typing import Any
 
 from bluegreen.errors import BlueGreenError
+from bluegreen.hosts import ssh
+from bluegreen.hosts.ssh import inode
 from bluegreen.launch import connect, package_dir, socket_path
 
 DEFAULT_IDLE = 600.0
@@ -212,7 +217,8 @@ def serve(path: str, idle: float) -> None:
     started = fingerprint()
     restart = [sys.executable, "-m", "bluegreen.warm", path, str(idle)]
     listener = _listen(path)
-    ours = _inode(path)
+    ours = inode(path)
+    pool = _start_pool(os.path.join(os.path.dirname(path), "ssh.sock"), listener)
     for name in ("SIGTERM", "SIGHUP", "SIGINT"):
         signal.signal(getattr(signal, name), _stop)
     keepers: set[int] = set()
@@ -220,7 +226,7 @@ def serve(path: str, idle: float) -> None:
     listener.settimeout(1.0)
     try:
         while True:
-            for pid in list(keepers):
+            for pid in [*keepers, pool]:  # (the pool too, should it end: no zombie)
                 try:
                     ended = os.waitpid(pid, os.WNOHANG)[0]
                 except ChildProcessError:
@@ -231,7 +237,7 @@ def serve(path: str, idle: float) -> None:
                 last = time.monotonic()
             elif time.monotonic() - last > idle:
                 break
-            if _inode(path) != ours:  # removed (or replaced): nobody can reach this one
+            if inode(path) != ours:  # removed (or replaced): nobody can reach this one
                 break
             try:
                 conn, _ = listener.accept()
@@ -257,16 +263,27 @@ def serve(path: str, idle: float) -> None:
         pass
     finally:
         listener.close()
-        if _inode(path) == ours:
+        if inode(path) == ours:
             with _quiet():
                 os.unlink(path)
 
 
-def _inode(path: str) -> int | None:
-    try:
-        return os.stat(path).st_ino
-    except OSError:
-        return None
+def _start_pool(path: str, listener: socket.socket) -> int:
+    """Fork the SSH pool (``hosts.ssh.serve_pool``): before any command, so that it has no
+    event loop of anyone's; the commands forked later find it through ``ssh.POOL``."""
+    parent = os.getpid()
+    pid = os.fork()
+    if pid == 0:
+        listener.close()
+        for name in ("SIGTERM", "SIGHUP", "SIGINT"):
+            signal.signal(getattr(signal, name), signal.SIG_DFL)
+        os.setpgid(0, 0)
+        try:
+            asyncio.run(ssh.serve_pool(path, parent))
+        finally:
+            os._exit(0)
+    ssh.POOL = path
+    return pid
 
 
 class _Stopped(Exception):
