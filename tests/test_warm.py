@@ -163,7 +163,14 @@ def test_a_changed_installation_is_refused_and_the_warm_process_restarts(
     _wait_for(lambda: not _alive(first), "the stale warm process exited")
     _wait_for(lambda: warm.bg("warm", "--status", check=False).returncode == 0,
               "a fresh warm process listens")
-    assert warm.pid() != first
+    second = warm.pid()
+    assert second != first
+    # Asked to stop when it is stale, it stops (and is not started again).
+    os.utime(sysconfig.get_paths()["purelib"])
+    assert warm.bg("warm", "--stop").stdout == f"stopped the warm process (pid {second})\n"
+    _wait_for(lambda: not _alive(second), "the stale warm process exited")
+    time.sleep(0.5)
+    assert warm.bg("warm", "--status", check=1).stdout.startswith("no warm process")
 
 
 def test_idle_exit_stop_and_a_directory_open_to_others(socket_dir: Path,
@@ -214,6 +221,8 @@ def test_the_warm_process_keeps_ssh_connections_and_verifies_again_after_any_cha
         p.bg("promote", "blue")
         assert p.answer().version == "1.0.0"
         assert logins() == 1  # four commands, one SSH login
+        p.bg("check")  # is there to show that a login works: logs in anew
+        assert logins() == 2
         # A changed known_hosts (here: the host's key is not the one listed) is verified
         # again on a new connection, and refused: the kept one is not used.
         good = sshd.known_hosts.read_text()
@@ -228,12 +237,12 @@ def test_the_warm_process_keeps_ssh_connections_and_verifies_again_after_any_cha
         assert p.answer().version == "1.0.0"
         sshd.known_hosts.write_text(good)
         p.bg("promote", "green")
-        assert p.answer().version == "2.0.0" and logins() == 2
+        assert p.answer().version == "2.0.0" and logins() == 3
         # The kept connection dies (its sshd process killed): the next command logs in again.
         for child in _children(sshd.proc.pid):
             os.kill(child, signal.SIGKILL)
         p.bg("promote", "blue")
-        assert p.answer().version == "1.0.0" and logins() == 3
+        assert p.answer().version == "1.0.0" and logins() == 4
     finally:
         p.cleanup()
         sshd.stop()

@@ -312,14 +312,15 @@ class Fleet:
 
 @asynccontextmanager
 async def open_fleet(cfg: Config, hosts: list[HostConfig], out: Reporter, *,
-                     strict: bool = True) -> AsyncIterator[Fleet]:
+                     strict: bool = True, fresh: bool = False) -> AsyncIterator[Fleet]:
     """Connect to ``hosts`` and every load balancer at once; close them all at the end.
     ``strict``: any host that cannot be reached is an error (every one is reported);
-    otherwise it is listed in ``unreachable`` and the others are used."""
+    otherwise it is listed in ``unreachable`` and the others are used. ``fresh``: a new
+    SSH login to each, not a connection the warm process kept."""
     entries = [*hosts, *cfg.load_balancers]
     if strict:
         out.expect_hosts([h.label for h in entries])
-    opened = await asyncio.gather(*(connect(h) for h in entries), return_exceptions=True)
+    opened = await asyncio.gather(*(connect(h, fresh=fresh) for h in entries), return_exceptions=True)
     nodes = {hc.label: Node(cfg, hc, h, out) for hc, h in zip(entries, opened)
              if not isinstance(h, BaseException)}
     failed = [(hc, e) for hc, e in zip(entries, opened) if isinstance(e, BaseException)]

@@ -40,7 +40,9 @@ def package_dir() -> str:
 
 
 def main() -> None:
-    if os.environ.get(ENV_OFF) != "0":
+    # `bluegreen warm` itself runs here: it starts, stops or asks the warm process (and must
+    # not restart a stale one it was asked to stop).
+    if os.environ.get(ENV_OFF) != "0" and sys.argv[1:2] != ["warm"]:
         status = _hand_over(sys.argv[1:])
         if status is not None:
             sys.exit(status)
@@ -109,10 +111,8 @@ def _hand_over(argv: list[str]) -> int | None:
         sock.close()
         return None
     group = int(first["pid"])
-    passed: list[int] = []
 
     def pass_on(signum: int, frame: object) -> None:
-        passed.append(signum)
         try:
             os.killpg(group, signum)
         except OSError:
@@ -126,12 +126,15 @@ def _hand_over(argv: list[str]) -> int | None:
         last = {}
     if "exit" in last:
         return int(last["exit"])
-    signum = int(last.get("signal") or (passed[-1] if passed else signal.SIGKILL))
-    if signum not in (signal.SIGINT, signal.SIGWINCH):
-        # Ended by a signal: end the same way, as the shell expects of a killed command.
-        sys.stdout.flush()
-        signal.signal(signum, signal.SIG_DFL)
-        os.kill(os.getpid(), signum)
+    if "signal" not in last:
+        sys.stderr.write("error: the warm process went away before the command's exit status "
+                         "came; `bluegreen status` and `bluegreen history` show where it got\n")
+        return 1
+    # Ended by a signal: end the same way, as the shell expects of a killed command.
+    signum = int(last["signal"])
+    sys.stdout.flush()
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
     return 128 + signum
 
 

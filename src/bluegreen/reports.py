@@ -61,9 +61,10 @@ def check_local(cfg: Config) -> list[CheckItem]:
 
 
 async def check(cfg: Config, hosts: list[HostConfig], out: Reporter) -> list[CheckItem]:
-    """Connect to every host and verify tools, proxy and paths; changes nothing."""
+    """Connect to every host and verify tools, proxy and paths; changes nothing. Each host
+    gets a new SSH login (a kept connection would not show that one still works)."""
     local = check_local(cfg)
-    async with open_fleet(cfg, hosts, out, strict=False) as fleet:
+    async with open_fleet(cfg, hosts, out, strict=False, fresh=True) as fleet:
         topo = build(fleet)
         own = not cfg.load_balancers
         rows = [*(_check_app(a, own) for a in topo.apps),

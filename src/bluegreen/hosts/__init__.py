@@ -10,9 +10,10 @@ from bluegreen.hosts.counting import CountingHost
 __all__ = ["CountingHost", "Host", "Result", "connect"]
 
 
-async def connect(cfg: HostConfig) -> CountingHost:
+async def connect(cfg: HostConfig, *, fresh: bool = False) -> CountingHost:
     """An open Host for one ``[[hosts]]`` entry: this machine, or a server over SSH; its
-    round trips counted."""
+    round trips counted. ``fresh``: a new SSH login, not a connection the warm process
+    kept."""
     if cfg.is_local:
         from bluegreen.hosts.local import LocalHost
 
@@ -20,4 +21,4 @@ async def connect(cfg: HostConfig) -> CountingHost:
     # Imported only when a host is remote: asyncssh takes ~0.1 s to import.
     from bluegreen.hosts.ssh import SSHHost
 
-    return CountingHost(await SSHHost.open(cfg))
+    return CountingHost(await SSHHost.open(cfg, fresh=fresh))

@@ -188,9 +188,10 @@ class SSHHost:
         self.seen: int | None = None  # requests the agent answered, told at close
 
     @classmethod
-    async def open(cls, cfg: HostConfig) -> SSHHost:
-        """Connected to ``cfg``'s host (through the warm process's pool when there is one)."""
-        if POOL is not None:
+    async def open(cls, cfg: HostConfig, *, fresh: bool = False) -> SSHHost:
+        """Connected to ``cfg``'s host: through the warm process's pool when there is one,
+        unless ``fresh`` (a login of its own)."""
+        if POOL is not None and not fresh:
             relay = await _PoolProcess.start(POOL, cfg)
             if relay is not None:
                 return cls(cfg, None, relay)
