@@ -9,13 +9,15 @@ new colour during that promote (polled from outside every host, over the bridge)
 same deploy run host by host (`bluegreen deploy --host hN`, one after the other); and
 bluegreen's own CPU time per host and round trips per host (its --json), which must not
 grow with the fleet even where this machine's cores, shared by every server, make the wall
-time grow. Needs root (namespaces).
+time grow. Then a deploy and a promote with a warm process (`bluegreen warm`: imports done,
+the SSH connections kept from a `status` before). Needs root (namespaces).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import tempfile
 import threading
@@ -59,6 +61,18 @@ def children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def warm_cpu(warm_pid: int) -> float:
+    """CPU seconds of a warm process's work: its own, its finished children's (each
+    command's keeper and command) and its SSH pool's (still running)."""
+    def ticks(pid: int, fields: slice) -> int:
+        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return sum(int(x) for x in stat[fields])
+
+    children = Path(f"/proc/{warm_pid}/task/{warm_pid}/children").read_text().split()
+    pool = sum(ticks(int(c), slice(11, 13)) for c in children)  # utime, stime
+    return (ticks(warm_pid, slice(11, 15)) + pool) / os.sysconf("SC_CLK_TCK")
+
+
 def per_host_trips(stdout: str) -> list[int]:
     """Each app host's round trips, from a --json result."""
     return [int(h["round_trips"]["total"]) for h in json.loads(stdout)["hosts"]
@@ -99,7 +113,29 @@ def run_size(n: int, base: Path) -> dict[str, float]:
         for h in cluster.hosts:
             fleet.deploy("3.0.0", "--host", h.name)
         loop = time.perf_counter() - t0
-        return {"hosts": n, "cluster_up": up, "deploy": deploy, "promote": promote,
+        # With a warm process (`bluegreen warm`): imports done, SSH connections kept (the
+        # first command, `status`, opens them). Its CPU: the warm process's, the client's.
+        os.environ["BLUEGREEN_WARM_SOCKET"] = str(base / f"w{n}" / "warm.sock")
+        os.environ.pop("BLUEGREEN_WARM", None)
+        out = fleet.bg("warm", "--idle", "60")
+        warm_pid = int(out.stdout.split("pid ")[1].split(",")[0])
+        try:
+            fleet.bg("status")
+            t0, cpu0 = time.perf_counter(), warm_cpu(warm_pid) + children_cpu()
+            fleet.deploy("4.0.0", "--no-promote")
+            warm_deploy = time.perf_counter() - t0
+            warm_deploy_cpu = warm_cpu(warm_pid) + children_cpu() - cpu0
+            t0, cpu0 = time.perf_counter(), warm_cpu(warm_pid) + children_cpu()
+            fleet.bg("promote")
+            warm_promote = time.perf_counter() - t0
+            warm_promote_cpu = warm_cpu(warm_pid) + children_cpu() - cpu0
+        finally:
+            fleet.bg("warm", "--stop")
+            del os.environ["BLUEGREEN_WARM_SOCKET"]
+            os.environ["BLUEGREEN_WARM"] = "0"
+        return {"warm_deploy": warm_deploy, "warm_promote": warm_promote,
+                "warm_deploy_cpu_per_host": warm_deploy_cpu / n,
+                "warm_promote_cpu_per_host": warm_promote_cpu / n, "hosts": n, "cluster_up": up, "deploy": deploy, "promote": promote,
                 "spread": spread, "loop": loop, "deploy_cpu_per_host": deploy_cpu / n,
                 "promote_cpu_per_host": promote_cpu / n,
                 "deploy_trips_per_host": max(deploy_trips),
@@ -114,19 +150,24 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
+    os.environ["BLUEGREEN_WARM"] = "0"  # (not a warm process the user may have running)
     with tempfile.TemporaryDirectory(prefix="bluegreen-bench-mh-") as tmp:
         rows = [run_size(n, Path(tmp)) for n in sizes]
     one = rows[0]
     print("| hosts | deploy (parallel) | vs first size | promote | first→last host on new "
           "colour | deploy host by host | bluegreen CPU per host: deploy | promote | round "
-          "trips per host: deploy | promote |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "trips per host: deploy | promote | with `bluegreen warm`: deploy | vs first size | "
+          "promote | CPU per host: deploy | promote |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['hosts']:.0f} | {r['deploy']:.2f} s | {r['deploy'] / one['deploy']:.2f}x | "
               f"{r['promote']:.2f} s | {r['spread'] * 1000:.0f} ms | {r['loop']:.2f} s | "
               f"{r['deploy_cpu_per_host'] * 1000:.0f} ms | "
               f"{r['promote_cpu_per_host'] * 1000:.0f} ms | "
-              f"{r['deploy_trips_per_host']:.0f} | {r['promote_trips_per_host']:.0f} |")
+              f"{r['deploy_trips_per_host']:.0f} | {r['promote_trips_per_host']:.0f} | "
+              f"{r['warm_deploy']:.2f} s | {r['warm_deploy'] / one['warm_deploy']:.2f}x | "
+              f"{r['warm_promote']:.2f} s | {r['warm_deploy_cpu_per_host'] * 1000:.0f} ms | "
+              f"{r['warm_promote_cpu_per_host'] * 1000:.0f} ms |")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
 
