@@ -205,6 +205,20 @@ def _children(pid: int) -> list[int]:
             for c in (t / "children").read_text().split()]
 
 
+def _agents_under(pid: int) -> list[int]:
+    """The bluegreen agents running below process ``pid`` (a test sshd)."""
+    found, todo = [], [pid]
+    while todo:
+        for child in _children(todo.pop()):
+            todo.append(child)
+            try:
+                if Path(f"/proc/{child}/cmdline").read_bytes().startswith(b"python3\0-I\0-S"):
+                    found.append(child)
+            except OSError:
+                pass
+    return found
+
+
 def test_the_warm_process_keeps_ssh_connections_and_verifies_again_after_any_change(
         warm: Warm, tmp_path: Path, nginx: PrivateNginx) -> None:
     sshd = start_sshd(tmp_path / "sshd")
@@ -221,6 +235,8 @@ def test_the_warm_process_keeps_ssh_connections_and_verifies_again_after_any_cha
         p.bg("promote", "blue")
         assert p.answer().version == "1.0.0"
         assert logins() == 1  # four commands, one SSH login
+        # The next command's agent is started ahead: one idle agent waits on the server.
+        _wait_for(lambda: len(_agents_under(sshd.proc.pid)) == 1, "one spare agent")
         p.bg("check")  # is there to show that a login works: logs in anew
         assert logins() == 2
         # A changed known_hosts (here: the host's key is not the one listed) is verified
@@ -243,6 +259,9 @@ def test_the_warm_process_keeps_ssh_connections_and_verifies_again_after_any_cha
             os.kill(child, signal.SIGKILL)
         p.bg("promote", "blue")
         assert p.answer().version == "1.0.0" and logins() == 4
+        # Stopped, the warm process closes its connections: nothing of it stays on the server.
+        warm.bg("warm", "--stop")
+        _wait_for(lambda: not _agents_under(sshd.proc.pid), "no agent left on the server")
     finally:
         p.cleanup()
         sshd.stop()
