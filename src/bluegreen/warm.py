@@ -24,6 +24,7 @@ command (the client runs it itself, and starts a fresh warm process) and exits.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import json
 import os
@@ -44,7 +45,6 @@ from bluegreen.hosts import ssh
 from bluegreen.hosts.ssh import inode
 from bluegreen.launch import connect, package_dir, socket_path
 
-DEFAULT_IDLE = 600.0
 # A request is small (argv, environment); bigger is not a bluegreen client.
 MAX_REQUEST = 4 << 20
 # AF_UNIX paths are at most 107 bytes on Linux.
@@ -196,9 +196,10 @@ def _keep(conn: socket.socket, started: list[Any], restart: list[str]) -> None:
         pass
     _send(conn, {"pid": pid})
     pidfd = os.pidfd_open(pid)
-    ready, _, _ = select.select([pidfd, conn.fileno()], [], [])
-    if pidfd not in ready:  # the client went away (killed): so does its command
-        os.kill(pid, signal.SIGKILL)
+    while pidfd not in select.select([pidfd, conn.fileno()], [], [])[0]:
+        if conn.recv(1, socket.MSG_PEEK) == b"":  # the client went away (killed): so
+            os.kill(pid, signal.SIGKILL)         # does its command
+            break
     _, status = os.waitpid(pid, 0)
     try:
         if os.WIFSIGNALED(status):
@@ -264,7 +265,7 @@ def serve(path: str, idle: float) -> None:
     finally:
         listener.close()
         if inode(path) == ours:
-            with _quiet():
+            with contextlib.suppress(OSError):
                 os.unlink(path)
 
 
@@ -294,33 +295,25 @@ def _stop(signum: int, frame: Any) -> None:
     raise _Stopped
 
 
-class _quiet:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: Any) -> bool:
-        return exc[0] is not None and issubclass(exc[0], OSError)
-
-
-def _private_dir(path: str) -> None:
+def _usable(path: str) -> None:
     """The socket's directory, made 0700 if it is not there; refused when someone else owns
-    it or others can enter it."""
+    it or others can enter it, or when the path is too long for a socket."""
     directory = os.path.dirname(path)
     os.makedirs(directory, mode=0o700, exist_ok=True)
     st = os.stat(directory)
     if st.st_uid != os.getuid() or stat.S_IMODE(st.st_mode) & 0o077:
         raise WarmError(f"{directory} must be this user's own and closed to others (chmod 700) "
                         "to hold the warm process's socket")
-
-
-def _listen(path: str) -> socket.socket:
-    _private_dir(path)
     if len(os.fsencode(path)) > MAX_PATH:
         raise WarmError(f"the socket path {path} is longer than {MAX_PATH} bytes; set "
                         "BLUEGREEN_WARM_SOCKET to a shorter one")
+
+
+def _listen(path: str) -> socket.socket:
+    _usable(path)
     if _running(path) is not None:
         raise WarmError(f"a warm process already listens on {path}")
-    with _quiet():
+    with contextlib.suppress(OSError):
         os.unlink(path)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old = os.umask(0o177)
@@ -360,10 +353,7 @@ def start(idle: float, path: str | None = None) -> tuple[str, int, bool]:
     pid = _running(path)
     if pid is not None:
         return path, pid, False
-    _private_dir(path)
-    if len(os.fsencode(path)) > MAX_PATH:
-        raise WarmError(f"the socket path {path} is longer than {MAX_PATH} bytes; set "
-                        "BLUEGREEN_WARM_SOCKET to a shorter one")
+    _usable(path)
     log = os.path.join(os.path.dirname(path), "warm.log")
     with open(os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as err:
         proc = subprocess.Popen([sys.executable, "-m", "bluegreen.warm", path, str(idle)],
