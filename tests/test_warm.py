@@ -17,6 +17,8 @@ from typing import Iterator
 
 import pytest
 
+import bluegreen
+
 from conftest import BLUEGREEN, PrivateNginx, Project, make_project, run_cli, start_sshd
 
 
@@ -103,6 +105,16 @@ def test_commands_run_in_a_fork_of_the_warm_process_as_the_user_runs_them(
     assert "error:" in bad.stderr
     assert project.bg("check", "-c", "nothing.toml", check=2).stderr.startswith("error: ")
     assert project.answer().version == "2.0.0"
+    # Another installation's client (here: a copy of the package) is not served by this
+    # warm process: its command runs in its own process.
+    other = project.dir / "other"
+    shutil.copytree(Path(bluegreen.__file__).parent, other / "bluegreen",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    proc = subprocess.run([*BLUEGREEN, "deploy", "--version", "2.0.0", "--no-promote"],
+                          cwd=project.dir, env={**env, "PYTHONPATH": str(other)},
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert int(report.read_text().split()[0]) != warm_pid
 
 
 def test_ctrl_c_reaches_the_command_and_a_killed_client_takes_its_command_along(
