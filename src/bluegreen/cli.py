@@ -680,7 +680,9 @@ def demo(kind: str, keep: bool, duration: float, verbose: bool) -> None:
                    "or ~/.ssh). It exits "
                    "after --idle seconds without a command, or when bluegreen is upgraded "
                    "(the next command starts a fresh one). BLUEGREEN_WARM=0 runs a command "
-                   "without it.")
+                   "without it. Its socket: $XDG_RUNTIME_DIR/bluegreen/warm.sock (else "
+                   "~/.cache/bluegreen/; BLUEGREEN_WARM_SOCKET sets another). More: "
+                   "`bluegreen docs operations`.")
 @click.option("--idle", type=click.FloatRange(min=1), default=600, show_default=True,
               metavar="SECONDS", help="Exit after this long without a command.")
 @click.option("--stop", "action", flag_value="stop", help="Stop it (running commands go on).")
