@@ -8,9 +8,7 @@ Host keys are always verified against ``known_hosts`` (the host's own setting, e
 In a fork of the warm process (`bluegreen warm`), the connection is the warm process's SSH
 pool's (``serve_pool``): one kept connection per host and way of reaching it, on which each
 command opens its own agent session and uploads (a relay over a Unix socket), so a command
-does not pay the SSH handshake again, and the agent session of the next command started
-ahead (a spare: the login shell's and python3's start off that command's path, kept
-``SPARE_AGE``). A kept connection is used only while everything its
+does not pay the SSH handshake again. A kept connection is used only while everything its
 verification and login depended on is unchanged (the known_hosts file, the identity file,
 ~/.ssh and its config, HOME, the user, the ssh-agent socket): any change, and the command
 gets a new connection, verified again.
@@ -29,7 +27,6 @@ import stat
 import struct
 import sys
 import termios
-import time
 import tty
 from pathlib import Path, PurePosixPath
 from typing import Any, AsyncIterator, Iterator, Sequence
@@ -53,9 +50,6 @@ POOL: str | None = None
 # What a connection's login reads from the environment (asyncssh: ~/.ssh, the user name,
 # the ssh-agent): the pool connects with the command's values of these.
 POOL_ENV = ("HOME", "USER", "LOGNAME", "SSH_AUTH_SOCK")
-# How long an agent session started ahead for the next command is kept (its login's
-# environment is the server's as it was then).
-SPARE_AGE = 120.0
 # How long a kept connection may take to open a session before it is taken for dead.
 SESSION_TIMEOUT = 10.0
 # The longest line of an answer the relay passes (an agent's answer is one JSON line).
@@ -487,8 +481,6 @@ class _Pool:
 
     def __init__(self) -> None:
         self.conns: dict[str, asyncio.Task[Any]] = {}
-        # Per connection, an agent session started for the next command (when it started).
-        self.spares: dict[str, tuple[float, asyncio.Task[Any]]] = {}
         self.active = 0
         # Logins read HOME, USER, SSH_AUTH_SOCK from the environment: a login runs with the
         # command's values; logins with other values wait for their turn.
@@ -562,45 +554,7 @@ class _Pool:
                 self._turn.notify_all()
 
     async def _session(self, key: str, cfg: HostConfig, env: dict[str, str | None]) -> Any:
-        """An agent session: the spare one started after the last command to this host, if
-        it is alive and younger than SPARE_AGE (its python3 has started: its login and start
-        are off this command's path), else a new one; then a spare for the next command."""
-        proc = await self._take_spare(key)
-        if proc is None:
-            proc = await self._new_session(key, cfg, env)
-        self.spares[key] = (time.monotonic(),
-                            asyncio.create_task(self._spare(key, cfg, env)))
-        return proc
-
-    async def _take_spare(self, key: str) -> Any:
-        born, task = self.spares.pop(key, (0.0, None))
-        if task is None:
-            return None
-        proc = await task
-        if proc is None or proc.exit_status is not None or proc.is_closing():
-            return None
-        if time.monotonic() - born > SPARE_AGE:
-            proc.close()
-            return None
-        return proc
-
-    async def _spare(self, key: str, cfg: HostConfig, env: dict[str, str | None]) -> Any:
-        try:
-            return await self._new_session(key, cfg, env)
-        except (BlueGreenError, asyncssh.Error, OSError):  # the next command tries itself
-            return None
-
-    def sweep(self) -> None:
-        """Close the spare sessions older than SPARE_AGE (of hosts no command came back to)."""
-        for key, (born, task) in list(self.spares.items()):
-            if time.monotonic() - born > SPARE_AGE and task.done():
-                del self.spares[key]
-                if task.result() is not None:
-                    task.result().close()
-
-    async def _new_session(self, key: str, cfg: HostConfig,
-                           env: dict[str, str | None]) -> Any:
-        """A new agent session; a kept connection that died meanwhile is replaced once."""
+        """An agent session; a kept connection that died meanwhile is replaced once."""
         for attempt in (1, 2):
             conn = await self._connection(key, cfg, env)
             try:
@@ -664,7 +618,6 @@ async def serve_pool(path: str, parent: int) -> None:
     try:
         while os.getppid() == parent and inode(path) == ours:
             await asyncio.sleep(1)
-            pool.sweep()
     finally:
         server.close()
         if inode(path) == ours:
