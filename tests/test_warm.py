@@ -247,8 +247,18 @@ def test_the_warm_process_keeps_ssh_connections_and_verifies_again_after_any_cha
         p.bg("promote", "blue")
         assert p.answer().version == "1.0.0"
         assert logins() == 1  # four commands, one SSH login
-        # The next command's agent is started ahead: one idle agent waits on the server.
-        _wait_for(lambda: len(_agents_under(sshd.proc.pid)) == 1, "one spare agent")
+        # Between commands only the connection is kept: no agent waits on the server (a
+        # login made ahead would miss what changed on the server since: its rc files, PATH).
+        _wait_for(lambda: not _agents_under(sshd.proc.pid), "no agent between commands")
+        # Each command's session is a new login on the kept connection: a changed rc file
+        # counts at once (here: a PATH without python3).
+        rc = sshd.dir / "root-home" / ".bashrc"
+        rc.write_text("PATH=/nonexistent\n")
+        try:
+            assert "has no python3" in p.bg("promote", "green", check=3).stderr
+        finally:
+            rc.unlink()
+        assert logins() == 1
         p.bg("check")  # is there to show that a login works: logs in anew
         assert logins() == 2
         # A changed known_hosts (here: the host's key is not the one listed) is verified
