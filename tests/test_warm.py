@@ -9,6 +9,7 @@ import shutil
 import signal
 import stat
 import subprocess
+import sys
 import sysconfig
 import tempfile
 import time
@@ -177,6 +178,23 @@ def test_a_changed_installation_is_refused_and_the_warm_process_restarts(
               "a fresh warm process listens")
     second = warm.pid()
     assert second != first
+    # A warm process still starting (here: as a client starts one after an upgrade) is
+    # stopped too, and a second one for the same socket does not start beside it.
+    warm.bg("warm", "--stop")
+    env = {**os.environ, "BLUEGREEN_WARM_SOCKET": str(warm.sock)}
+    starting = subprocess.Popen([sys.executable, "-m", "bluegreen.warm", str(warm.sock), "60"],
+                                env=env, stderr=subprocess.DEVNULL)
+    _wait_for(lambda: (warm.sock.parent / "warm.lock").exists()
+              and (warm.sock.parent / "warm.lock").read_text() == str(starting.pid),
+              "the starting warm process holds its lock")
+    rival = subprocess.run([sys.executable, "-m", "bluegreen.warm", str(warm.sock), "60"],
+                            env=env, capture_output=True, text=True, timeout=30)
+    assert "another warm process holds" in rival.stderr
+    assert warm.bg("warm", "--stop").stdout == f"stopped the warm process (pid {starting.pid})\n"
+    assert starting.wait(10) is not None
+    assert warm.bg("warm", "--status", check=1).stdout.startswith("no warm process")
+    warm.bg("warm")
+    second = warm.pid()
     # Asked to stop when it is stale, it stops (and is not started again).
     os.utime(sysconfig.get_paths()["purelib"])
     assert warm.bg("warm", "--stop").stdout == f"stopped the warm process (pid {second})\n"

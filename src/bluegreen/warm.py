@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import importlib
 import json
 import os
@@ -212,14 +213,23 @@ def _keep(conn: socket.socket, started: list[Any], restart: list[str]) -> None:
 
 
 def serve(path: str, idle: float) -> None:
-    """The warm process's life: warm up, listen, fork a keeper per connection; exit after
-    ``idle`` seconds without one (or on SIGTERM)."""
+    """The warm process's life: take the lock, warm up, listen, fork a keeper per
+    connection; exit after ``idle`` seconds without one (or on SIGTERM)."""
+    _usable(path)
+    lock = os.open(_lock_path(path), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:  # another one runs or starts (e.g. two restarts at once)
+        print(f"another warm process holds {_lock_path(path)}", file=sys.stderr)
+        return
+    os.ftruncate(lock, 0)
+    os.write(lock, str(os.getpid()).encode())
     _warm_up()
     started = fingerprint()
     restart = [sys.executable, "-m", "bluegreen.warm", path, str(idle)]
     listener = _listen(path)
     ours = inode(path)
-    pool = _start_pool(os.path.join(os.path.dirname(path), "ssh.sock"), listener)
+    pool = _start_pool(os.path.join(os.path.dirname(path), "ssh.sock"), listener, lock)
     for name in ("SIGTERM", "SIGHUP", "SIGINT"):
         signal.signal(getattr(signal, name), _stop)
     keepers: set[int] = set()
@@ -254,6 +264,7 @@ def serve(path: str, idle: float) -> None:
             pid = os.fork()
             if pid == 0:
                 listener.close()
+                os.close(lock)  # (held by the warm process alone)
                 for name in ("SIGTERM", "SIGHUP"):
                     signal.signal(getattr(signal, name), signal.SIG_DFL)
                 signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -269,13 +280,14 @@ def serve(path: str, idle: float) -> None:
                 os.unlink(path)
 
 
-def _start_pool(path: str, listener: socket.socket) -> int:
+def _start_pool(path: str, listener: socket.socket, lock: int) -> int:
     """Fork the SSH pool (``hosts.ssh.serve_pool``): before any command, so that it has no
     event loop of anyone's; the commands forked later find it through ``ssh.POOL``."""
     parent = os.getpid()
     pid = os.fork()
     if pid == 0:
         listener.close()
+        os.close(lock)
         for name in ("SIGTERM", "SIGHUP", "SIGINT"):
             signal.signal(getattr(signal, name), signal.SIG_DFL)
         os.setpgid(0, 0)
@@ -341,6 +353,27 @@ def _ask(path: str, request: dict[str, Any]) -> dict[str, Any] | None:
     return answer
 
 
+def _lock_path(path: str) -> str:
+    return os.path.join(os.path.dirname(path), "warm.lock")
+
+
+def _starting(path: str) -> int | None:
+    """The pid of a warm process for ``path`` that holds its lock (it runs, or it is still
+    starting: importing, not listening yet), if one does."""
+    try:
+        fd = os.open(_lock_path(path), os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        text = os.read(fd, 32).decode(errors="replace").strip()
+        return int(text) if text.isdigit() else None
+    finally:
+        os.close(fd)
+    return None
+
+
 def _running(path: str) -> int | None:
     """The pid of the warm process listening on ``path``, if one does."""
     answer = _ask(path, {"status": True})
@@ -355,21 +388,24 @@ def start(idle: float, path: str | None = None) -> tuple[str, int, bool]:
         return path, pid, False
     _usable(path)
     log = os.path.join(os.path.dirname(path), "warm.log")
-    with open(os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "bluegreen.warm", path, str(idle)],
-                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=err, start_new_session=True, cwd="/")
+    proc = None
+    if _starting(path) is None:  # (else one is starting already: wait for it)
+        with open(os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as err:
+            proc = subprocess.Popen([sys.executable, "-m", "bluegreen.warm", path, str(idle)],
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                    stderr=err, start_new_session=True, cwd="/")
     deadline = time.monotonic() + READY_TIMEOUT
     while time.monotonic() < deadline:
         pid = _running(path)
         if pid is not None:
-            return path, pid, True
-        if proc.poll() is not None:
+            return path, pid, proc is not None
+        if proc is not None and proc.poll() is not None and _starting(path) is None:
             text = Path(log).read_text().strip()
             raise WarmError(f"the warm process exited at start ({proc.returncode}): "
                             f"{text.splitlines()[-1] if text else 'no output'} (log: {log})")
         time.sleep(0.02)
-    proc.kill()
+    if proc is not None:
+        proc.kill()
     raise WarmError(f"the warm process did not listen on {path} within {READY_TIMEOUT:g}s")
 
 
@@ -379,7 +415,11 @@ def stop(path: str | None = None) -> int | None:
     path = path or socket_path()
     answer = _ask(path, {"stop": True})
     if not answer or "stopping" not in answer:
-        return None
+        starting = _starting(path)  # not listening yet (e.g. restarted after an upgrade)
+        if starting is not None:
+            with contextlib.suppress(OSError):
+                os.kill(starting, signal.SIGTERM)
+        return starting
     pid = int(answer["stopping"])
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline and os.path.exists(path):
