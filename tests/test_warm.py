@@ -14,7 +14,7 @@ import sysconfig
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pytest
 
@@ -35,7 +35,7 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _wait_for(predicate, what: str, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+def _wait_for(predicate: Callable[[], object], what: str, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
