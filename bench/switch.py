@@ -1,7 +1,8 @@
 """Benchmark: how long `bluegreen promote` takes, against the floor of a bare link swap +
 `nginx -s reload` + polling until the new colour answers, measured in the same run; and
 bluegreen's own overhead in a deploy (wall time minus the app's own time: the old copy's
-exit, in the start's round trip, and the new one's boot to healthy).
+exit, in the start's round trip, and the new one's boot to healthy). The promote again with
+a warm process (`bluegreen warm`: imports done, the SSH connection kept).
 
     .venv/bin/python bench/switch.py [--rounds 10] [--proxy nginx|haproxy] [--json OUT]
 
@@ -121,6 +122,22 @@ def measure(kind: str, base: Path, rounds: int, sshd: object,
             out = project.bg("promote", colour, "--json")
             promote_times.append(time.perf_counter() - t0)
             promote_trips.append(json.loads(out.stdout)["hosts"][0]["round_trips"]["total"])
+        # The same with a warm process (`bluegreen warm`): imports done, the SSH connection
+        # kept (opened by a `status` first).
+        warm_times = []
+        os.environ["BLUEGREEN_WARM_SOCKET"] = str(base / kind / "warm" / "warm.sock")
+        del os.environ["BLUEGREEN_WARM"]
+        project.bg("warm", "--idle", "60")
+        try:
+            project.bg("status")
+            for _ in range(rounds):
+                colour = "green" if colour == "blue" else "blue"
+                t0 = time.perf_counter()
+                project.bg("promote", colour)
+                warm_times.append(time.perf_counter() - t0)
+        finally:
+            project.bg("warm", "--stop")
+            os.environ["BLUEGREEN_WARM"] = "0"
         for _ in range(rounds):
             colour = "green" if colour == "blue" else "blue"
             floor_times.append(bare_switch(nginx, colour))
@@ -130,6 +147,7 @@ def measure(kind: str, base: Path, rounds: int, sshd: object,
             "promote_median_s": statistics.median(promote_times),
             "floor_median_s": statistics.median(floor_times),
             "promote_over_floor": statistics.median(promote_times) / statistics.median(floor_times),
+            "warm_promote_median_s": statistics.median(warm_times),
             "deploy_median_s": statistics.median(deploy_walls),
             "app_boot_to_healthy_median_s": statistics.median(boots),
             "deploy_overhead_median_s": statistics.median(overheads),
@@ -154,6 +172,7 @@ def main() -> None:
     parser.add_argument("--bashrc", default="/root/.bashrc",
                         help="the login rc file of the third host (else `sleep 0.1`)")
     args = parser.parse_args()
+    os.environ["BLUEGREEN_WARM"] = "0"  # (not a warm process the user may have running)
     with tempfile.TemporaryDirectory(prefix="bluegreen-bench-") as tmp:
         base = Path(tmp)
         sshd = start_sshd(base / "sshd")
@@ -171,13 +190,15 @@ def main() -> None:
             sshd.stop()
             heavy.stop()
     print(f"proxy: {args.proxy}")
-    print("| host | promote (CLI, median) | floor: bare switch + poll | ratio | deploy | "
-          "app stop+boot→healthy | bluegreen overhead | round trips: promote | deploy | "
-          "SSH sessions per deploy |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| host | promote (CLI, median) | floor: bare switch + poll | ratio | promote with "
+          "`bluegreen warm` | ratio | deploy | app stop+boot→healthy | bluegreen overhead | "
+          "round trips: promote | deploy | SSH sessions per deploy |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
+        warm, floor = float(r["warm_promote_median_s"]), float(r["floor_median_s"])
         print(f"| {r['kind']} | {r['promote_median_s']:.3f} s | {r['floor_median_s']:.3f} s | "
-              f"{r['promote_over_floor']:.1f}x | {r['deploy_median_s']:.2f} s | "
+              f"{r['promote_over_floor']:.1f}x | {warm:.3f} s | {warm / floor:.1f}x | "
+              f"{r['deploy_median_s']:.2f} s | "
               f"{r['app_boot_to_healthy_median_s']:.2f} s | {r['deploy_overhead_median_s']:.2f} s | "
               f"{r['promote_round_trips']:g} | {r['deploy_round_trips']:g} | "
               f"{r['deploy_ssh_sessions']:g} |")
