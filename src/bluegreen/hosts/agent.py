@@ -5,8 +5,10 @@ shell, and with it the user's ``.bashrc``: on servers with a version manager tha
 times in a row) repeat on the host, not across the network.
 
 It reads one JSON request per line on stdin, ``{"id", "ops"}`` (a ``batch``), and writes
-one JSON answer per line, with the request's ``id``, on stdout; requests run at once, each
-in its own thread (a batch's operations one after the other). Operations:
+one JSON answer per line, with the request's ``id`` and ``served`` (how many requests it
+took so far: the client's count of round trips is checked against it), on stdout; requests
+run at once, each in its own thread (a batch's operations one after the other). It ends at
+EOF on stdin (the client closes it once every answer came). Operations:
 
 - ``run``: a command (argv, stdin text, timeout) -> its exit status, stdout, stderr.
 - ``exchange``: connect to a TCP port or a unix socket as seen from the host (TLS with
@@ -219,15 +221,13 @@ def main() -> None:
     def serve(request: Dict[str, Any]) -> None:
         result = batch(request["ops"])
         result["id"] = request["id"]
+        result["served"] = served[0]  # requests taken so far (the client's cross-check)
         answer(result)
 
     answer({"agent": VERSION, "python": sys.version.split()[0], "pid": os.getpid()})
     for line in sys.stdin.buffer:
         request = json.loads(line.decode())
         served[0] += 1
-        if request.get("bye"):
-            answer({"id": request["id"], "served": served[0]})
-            break
         threading.Thread(target=serve, args=(request,), daemon=True).start()
 
 

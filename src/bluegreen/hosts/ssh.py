@@ -83,6 +83,7 @@ class _Agent:
         self.pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self.hello: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self.ended: BaseException | None = None
+        self.served = 0  # requests the agent says it took, as of its latest answer
         self.reader = asyncio.create_task(self._read())
 
     async def _read(self) -> None:
@@ -95,6 +96,7 @@ class _Agent:
                             self.hello.set_result(hello)
                     continue
                 message = json.loads(line)
+                self.served = max(self.served, int(message.pop("served", 0)))
                 future = self.pending.pop(message.pop("id", -1), None)
                 if future is not None and not future.done():
                     future.set_result(message)
@@ -185,7 +187,7 @@ class SSHHost:
         self._relay = relay  # the agent's session on the pool's connection
         self._agent: asyncio.Task[_Agent] | None = None
         self.sessions = 0  # SSH sessions opened (exec and sftp), as the server counts them
-        self.seen: int | None = None  # requests the agent answered, told at close
+        self.seen: int | None = None  # requests the agent took, told at close
 
     @classmethod
     async def open(cls, cfg: HostConfig, *, fresh: bool = False) -> SSHHost:
@@ -314,8 +316,8 @@ class SSHHost:
 
     async def close(self) -> None:
         if self._agent is not None and self._agent.done() and not self._agent.exception():
-            with contextlib.suppress(Exception):
-                self.seen = int((await self.call({"bye": True}, 5))["served"]) - 1
+            # Every request was answered: the agent ends at EOF, no goodbye to wait for.
+            self.seen = self._agent.result().served
         if self._relay is not None:
             self._relay.close()  # the pool keeps the connection
         if self._conn is None:
