@@ -2,7 +2,9 @@
 `nginx -s reload` + polling until the new colour answers, measured in the same run; and
 bluegreen's own overhead in a deploy (wall time minus the app's own time: the old copy's
 exit, in the start's round trip, and the new one's boot to healthy). The promote again with
-a warm process (`bluegreen warm`: imports done, the SSH connection kept).
+a warm process (`bluegreen warm`: imports done, the SSH connection kept), and, over SSH,
+the seed's own `deploy.sh promote` (an `ssh` running `ln -sf` + reload, no check at all),
+and the time until its new colour answered 3 times in a row.
 
     .venv/bin/python bench/switch.py [--rounds 10] [--proxy nginx|haproxy] [--json OUT]
 
@@ -21,6 +23,7 @@ import argparse
 import json
 import os
 import re
+import shlex
 import socket
 import statistics
 import subprocess
@@ -29,6 +32,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
@@ -74,6 +78,28 @@ def bare_switch(nginx: PrivateNginx | PrivateHAProxy, colour: str) -> float:
         if streak < 3:
             time.sleep(0.005)
     return time.perf_counter() - start
+
+
+def seed_switch(nginx: PrivateNginx, sshd: Any, colour: str) -> tuple[float, float]:
+    """The seed's `deploy.sh promote` over SSH, timed: one `ssh` (OpenSSH) running `ln -sf`
+    and the reload, no check at all (it does not wait for the new colour to answer); and
+    the time until the new colour answered 3 times in a row (as the floor polls)."""
+    site = nginx.sites_available / f"testapp-{colour}"
+    link = nginx.sites_enabled / "testapp"
+    remote = (f"ln -sfn {shlex.quote(str(site))} {shlex.quote(str(link))} && "
+              + shlex.join(nginx.command("-s", "reload")))
+    start = time.perf_counter()
+    subprocess.run(["ssh", "-F", "/dev/null", "-p", str(sshd.port), "-i", str(sshd.client_key),
+                    "-o", f"UserKnownHostsFile={sshd.known_hosts}",
+                    "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes",
+                    "root@127.0.0.1", remote], check=True, capture_output=True)
+    returned = time.perf_counter() - start
+    streak = 0
+    while streak < 3:
+        streak = streak + 1 if answer(nginx.port) == colour else 0
+        if streak < 3:
+            time.sleep(0.005)
+    return returned, time.perf_counter() - start
 
 
 def measure(kind: str, base: Path, rounds: int, sshd: object,
@@ -138,6 +164,13 @@ def measure(kind: str, base: Path, rounds: int, sshd: object,
         finally:
             project.bg("warm", "--stop")
             os.environ["BLUEGREEN_WARM"] = "0"
+        seed_times, seed_live_times = [], []
+        if sshd is not None and isinstance(nginx, PrivateNginx):
+            for _ in range(rounds):
+                colour = "green" if colour == "blue" else "blue"
+                returned, live = seed_switch(nginx, sshd, colour)
+                seed_times.append(returned)
+                seed_live_times.append(live)
         for _ in range(rounds):
             colour = "green" if colour == "blue" else "blue"
             floor_times.append(bare_switch(nginx, colour))
@@ -148,6 +181,9 @@ def measure(kind: str, base: Path, rounds: int, sshd: object,
             "floor_median_s": statistics.median(floor_times),
             "promote_over_floor": statistics.median(promote_times) / statistics.median(floor_times),
             "warm_promote_median_s": statistics.median(warm_times),
+            "seed_promote_median_s": statistics.median(seed_times) if seed_times else None,
+            "seed_live_median_s": (statistics.median(seed_live_times) if seed_live_times
+                                   else None),
             "deploy_median_s": statistics.median(deploy_walls),
             "app_boot_to_healthy_median_s": statistics.median(boots),
             "deploy_overhead_median_s": statistics.median(overheads),
@@ -191,13 +227,17 @@ def main() -> None:
             heavy.stop()
     print(f"proxy: {args.proxy}")
     print("| host | promote (CLI, median) | floor: bare switch + poll | ratio | promote with "
-          "`bluegreen warm` | ratio | deploy | app stop+boot→healthy | bluegreen overhead | "
-          "round trips: promote | deploy | SSH sessions per deploy |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "`bluegreen warm` | ratio | the seed's `deploy.sh promote` (no checks) | its new "
+          "colour live | deploy | app stop+boot→healthy | bluegreen overhead | round trips: "
+          "promote | deploy | SSH sessions per deploy |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         warm, floor = float(r["warm_promote_median_s"]), float(r["floor_median_s"])
+        seed, seed_live = r["seed_promote_median_s"], r["seed_live_median_s"]
         print(f"| {r['kind']} | {r['promote_median_s']:.3f} s | {r['floor_median_s']:.3f} s | "
               f"{r['promote_over_floor']:.1f}x | {warm:.3f} s | {warm / floor:.1f}x | "
+              f"{f'{seed:.3f} s' if seed else '-'} | "
+              f"{f'{seed_live:.3f} s' if seed_live else '-'} | "
               f"{r['deploy_median_s']:.2f} s | "
               f"{r['app_boot_to_healthy_median_s']:.2f} s | {r['deploy_overhead_median_s']:.2f} s | "
               f"{r['promote_round_trips']:g} | {r['deploy_round_trips']:g} | "
