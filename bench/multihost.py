@@ -135,7 +135,8 @@ def run_size(n: int, base: Path) -> dict[str, float]:
             os.environ["BLUEGREEN_WARM"] = "0"
         return {"warm_deploy": warm_deploy, "warm_promote": warm_promote,
                 "warm_deploy_cpu_per_host": warm_deploy_cpu / n,
-                "warm_promote_cpu_per_host": warm_promote_cpu / n, "hosts": n, "cluster_up": up, "deploy": deploy, "promote": promote,
+                "warm_promote_cpu_per_host": warm_promote_cpu / n,
+                "hosts": n, "cluster_up": up, "deploy": deploy, "promote": promote,
                 "spread": spread, "loop": loop, "deploy_cpu_per_host": deploy_cpu / n,
                 "promote_cpu_per_host": promote_cpu / n,
                 "deploy_trips_per_host": max(deploy_trips),

@@ -233,11 +233,11 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         warm, floor = float(r["warm_promote_median_s"]), float(r["floor_median_s"])
-        seed, seed_live = r["seed_promote_median_s"], r["seed_live_median_s"]
+        seed, live = r["seed_promote_median_s"], r["seed_live_median_s"]
         print(f"| {r['kind']} | {r['promote_median_s']:.3f} s | {r['floor_median_s']:.3f} s | "
               f"{r['promote_over_floor']:.1f}x | {warm:.3f} s | {warm / floor:.1f}x | "
               f"{f'{seed:.3f} s' if seed else '-'} | "
-              f"{f'{seed_live:.3f} s' if seed_live else '-'} | "
+              f"{f'{live:.3f} s' if live else '-'} | "
               f"{r['deploy_median_s']:.2f} s | "
               f"{r['app_boot_to_healthy_median_s']:.2f} s | {r['deploy_overhead_median_s']:.2f} s | "
               f"{r['promote_round_trips']:g} | {r['deploy_round_trips']:g} | "

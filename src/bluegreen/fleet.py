@@ -320,7 +320,8 @@ async def open_fleet(cfg: Config, hosts: list[HostConfig], out: Reporter, *,
     entries = [*hosts, *cfg.load_balancers]
     if strict:
         out.expect_hosts([h.label for h in entries])
-    opened = await asyncio.gather(*(connect(h, fresh=fresh) for h in entries), return_exceptions=True)
+    opened = await asyncio.gather(*(connect(h, fresh=fresh) for h in entries),
+                                  return_exceptions=True)
     nodes = {hc.label: Node(cfg, hc, h, out) for hc, h in zip(entries, opened)
              if not isinstance(h, BaseException)}
     failed = [(hc, e) for hc, e in zip(entries, opened) if isinstance(e, BaseException)]
