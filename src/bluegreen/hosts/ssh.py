@@ -52,6 +52,8 @@ POOL: str | None = None
 POOL_ENV = ("HOME", "USER", "LOGNAME", "SSH_AUTH_SOCK")
 # How long a kept connection may take to open a session before it is taken for dead.
 SESSION_TIMEOUT = 10.0
+# How long the pool waits for a command to close its end after its agent ended.
+HANG_UP_TIMEOUT = 30.0
 # The longest line of an answer the relay passes (an agent's answer is one JSON line).
 LINE_LIMIT = 1 << 28
 
@@ -576,12 +578,19 @@ class _Pool:
     @staticmethod
     async def _relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                      proc: Any) -> None:
-        """Pass bytes both ways until the agent ends; then its exit status and stderr."""
+        """Pass bytes both ways until the agent ends; then its exit status and stderr, and
+        the connection stays open until the command closed its end (closed under a command
+        still writing, its reads would fail before the exit status: no python3 at all)."""
         async def inbound() -> None:
+            agent = True
             try:
                 while data := await reader.read(65536):
-                    proc.stdin.write(data)
-            except (OSError, asyncssh.Error):
+                    if agent:
+                        try:
+                            proc.stdin.write(data)
+                        except (OSError, asyncssh.Error):  # the agent ended: dropped
+                            agent = False
+            except OSError:
                 pass
             finally:  # the command closed its end: the agent reads EOF and ends
                 with contextlib.suppress(Exception):
@@ -599,7 +608,9 @@ class _Pool:
             ended = json.dumps({"pool_ended": {"exit": done.exit_status, "stderr": stderr}},
                                separators=(",", ":")).encode()
             writer.write((b"" if last == b"\n" else b"\n") + ended + b"\n")
-        except (OSError, asyncssh.Error):
+            await writer.drain()
+            await asyncio.wait_for(asyncio.shield(feeding), HANG_UP_TIMEOUT)
+        except (OSError, asyncssh.Error, asyncio.TimeoutError):
             pass
         finally:
             feeding.cancel()
