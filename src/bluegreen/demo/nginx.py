@@ -22,14 +22,19 @@ _HANDED: set[int] = set()
 
 
 def free_port() -> int:
-    """A free port on 127.0.0.1. With BLUEGREEN_PORT_RANGE ("LOW-HIGH", set per test worker
-    by the suite) one from that range, so that parallel workers never pick the same one;
-    else one the kernel picks."""
+    """A free port on 127.0.0.1, never one this process handed out before (nothing listens
+    on it yet: the kernel could pick it again). With BLUEGREEN_PORT_RANGE ("LOW-HIGH", set
+    per test worker by the suite) one from that range, so that parallel workers never pick
+    the same one; else one the kernel picks."""
     span = os.environ.get("BLUEGREEN_PORT_RANGE", "")
     if not span:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            return int(sock.getsockname()[1])
+        while True:
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+                port = int(sock.getsockname()[1])
+            if port not in _HANDED:
+                _HANDED.add(port)
+                return port
     low, high = (int(x) for x in span.split("-"))
     start = low + (os.getpid() + len(_HANDED)) % (high - low)
     for i in range(high - low):
