@@ -90,6 +90,30 @@ def test_setup_killed_then_rerun(local_project: Project) -> None:
     assert p.answer().colour == "blue"
 
 
+def test_setup_killed_between_link_and_reload_then_rerun(local_project: Project) -> None:
+    """Where the kill above sometimes lands (CI saw it): the first setup linked the site but
+    nginx never loaded it, so nothing answers for the app. The next setup finishes it (it
+    used to stop at "the proxy does not answer ...: is nginx running?")."""
+    import os
+    import subprocess
+    import time
+
+    p = local_project
+    p.bg("setup")
+    link = p.nginx.sites_enabled / "testapp"
+    target = os.readlink(link)
+    link.unlink()
+    subprocess.run(p.nginx.command("-s", "reload"), check=True)
+    deadline = time.monotonic() + 10
+    while p.answer().status != 0:  # the old workers let go: nothing serves the app
+        assert time.monotonic() < deadline, "nginx kept serving the app without its site"
+        time.sleep(0.05)
+    os.symlink(target, link)  # linked, not loaded: where that killed setup stopped
+    p.bg("setup")
+    consistent(p)
+    assert p.answer().colour == "blue"
+
+
 @pytest.mark.parametrize("command,marker", PRUNE)
 def test_prune_killed_then_rerun(local_project: Project, command: str, marker: str) -> None:
     p = local_project

@@ -25,19 +25,22 @@ def split_brain(lives: dict[str, str | None]) -> str | None:
     return ", ".join(f"{host} is on {colour or 'nothing'}" for host, colour in lives.items())
 
 
-async def finish_interrupted(topo: Topology, out: Reporter) -> None:
+async def finish_interrupted(topo: Topology, out: Reporter, *,
+                             silent_ok: bool = False) -> None:
     """A run killed between replacing a link (or map file) and reloading (or setting the
     running HAProxy's map) leaves a proxy whose persisted state names one colour while it
     serves the other. Finish that switch when the named colour is healthy on every host
     behind the proxy; otherwise put the link (map file) back. A canary killed mid-way
-    (requests split) goes back to its stable colour, the one it started from."""
+    (requests split) goes back to its stable colour, the one it started from.
+    ``silent_ok`` (setup): a proxy that does not answer at all is left to the caller (a
+    first setup killed after the link, before the reload: nothing serves the app yet)."""
 
     async def one(p: Proxy) -> None:
         link = await p.live_colour()
         if link is None:
             return
         answer = await p.answer()
-        if answer == link.value and not p.persisted_split:
+        if answer == link.value and not p.persisted_split or answer is None and silent_ok:
             return
         if answer not in (Colour.BLUE.value, Colour.GREEN.value) or p.persisted_split:
             split = await p.split()

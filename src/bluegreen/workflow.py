@@ -139,8 +139,10 @@ async def setup(ctx: Context) -> None:
         await each(topo.apps, _install_supervisor, ctx.out)
         async with locked(ctx, topo):
             # setup reloads the proxy: first make sure that cannot complete a switch that a
-            # killed run left half done towards a colour that is not healthy.
-            await finish_interrupted(topo, ctx.out)
+            # killed run left half done towards a colour that is not healthy. A proxy that
+            # answers nothing yet (a first setup killed after linking, before reloading)
+            # is what this setup's reload and verify are for.
+            await finish_interrupted(topo, ctx.out, silent_ok=True)
 
             async def one(p: Proxy) -> None:
                 live = await p.live_colour()
