@@ -17,6 +17,10 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # (imported only once a warm process is found: start-up)
+    import socket
 
 # Whether to use a warm process at all: BLUEGREEN_WARM=0 runs each command in its own process.
 ENV_OFF = "BLUEGREEN_WARM"
@@ -52,7 +56,7 @@ def main() -> None:
     cli_main(prog_name="bluegreen")
 
 
-def connect(path: str) -> object | None:
+def connect(path: str) -> socket.socket | None:
     """A connection to the warm process listening on ``path``, or None (none runs, or the
     socket or the process is not this user's own)."""
     import stat
@@ -89,7 +93,6 @@ def _hand_over(argv: list[str]) -> int | None:
     import signal
     import socket
 
-    assert isinstance(sock, socket.socket)
     umask = os.umask(0o022)
     os.umask(umask)
     try:

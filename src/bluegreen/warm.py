@@ -340,7 +340,7 @@ def _listen(path: str) -> socket.socket:
 def _ask(path: str, request: dict[str, Any]) -> dict[str, Any] | None:
     """One administrative request (stop, status) to the warm process at ``path``."""
     sock = connect(path)
-    if not isinstance(sock, socket.socket):
+    if sock is None:
         return None
     with sock:
         sock.settimeout(10)
