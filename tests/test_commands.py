@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import time
 from typing import IO
 
-from conftest import BLUEGREEN, Project, app_pids, get, plain_result
+from conftest import BLUEGREEN, Project, app_pids, get, plain_result, run_cli
 
 HOOK = 'echo "$BLUEGREEN_EVENT color=$BLUEGREEN_COLOR version=$BLUEGREEN_VERSION hosts=$BLUEGREEN_HOSTS app=$BLUEGREEN_APP" >> hooks.log'
 
@@ -123,6 +124,34 @@ def test_json_progress_events_and_result(project: Project) -> None:
     assert json.loads(out.stderr.splitlines()[-1])["level"] == "error"
 
 
+# bluegreen's own lines on stderr without a terminal (output.Reporter, plain mode).
+OWN_LINE = re.compile(r" *\d+\.\d\ds |warning: |error: ")
+
+
+def test_stderr_carries_only_bluegreens_own_lines(ssh_project: Project) -> None:
+    """Nothing a library prints reaches the user's stderr (asyncssh under cryptography 51
+    printed five DSA deprecation warnings on every command over SSH), and with --json
+    stderr is JSON lines only; BLUEGREEN_DEBUG=1 shows Python's warnings again."""
+    import json
+
+    p = ssh_project
+    p.bg("setup")
+    p.artifact("1.0.0")
+    for args in (["check"], ["deploy", "--version", "1.0.0"], ["status"]):
+        err = p.bg(*args).stderr
+        foreign = [line for line in err.splitlines() if not OWN_LINE.match(line)]
+        assert not foreign, f"bluegreen {' '.join(args)}: {foreign}"
+    err = p.bg("deploy", "--version", "1.0.0", "--json").stderr
+    assert err and all(json.loads(line)["message"] for line in err.splitlines())
+    # The warnings themselves, where this installation's libraries give any:
+    # BLUEGREEN_DEBUG=1 shows exactly what a plain import shows.
+    plain = subprocess.run([BLUEGREEN[0], "-c", "import asyncssh"], capture_output=True,
+                           text=True, check=True).stderr
+    expected = sorted(line for line in plain.splitlines() if "Warning: " in line)
+    debug = run_cli(p.dir, p.home, ["status"], env={"BLUEGREEN_DEBUG": "1"}).stderr
+    assert sorted(line for line in debug.splitlines() if "Warning: " in line) == expected
+
+
 def test_live_progress_on_a_terminal(local_project: Project) -> None:
     import pexpect
 
@@ -135,7 +164,6 @@ def test_live_progress_on_a_terminal(local_project: Project) -> None:
     child.expect(pexpect.EOF)
     child.close()
     assert child.exitstatus == 0
-    import re
 
     screen = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", child.before)
     # The per-host table, redrawn in place, ends on the host's last step.

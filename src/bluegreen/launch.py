@@ -50,10 +50,31 @@ def main() -> None:
         status = _hand_over(sys.argv[1:])
         if status is not None:
             sys.exit(status)
+    quiet_foreign_warnings()
     from bluegreen.cli import main as cli_main
 
     # The same name (and completion variable, _BLUEGREEN_COMPLETE) as the `bluegreen` script.
     cli_main(prog_name="bluegreen")
+
+
+def quiet_foreign_warnings() -> None:
+    """Keep known deprecation warnings of the libraries bluegreen uses off the user's stderr
+    (they are not the user's to fix, and `--json` progress on stderr must be JSON lines
+    only). Each is ignored by its category and the module that triggers it, nothing more;
+    BLUEGREEN_DEBUG=1, `python -W ...` or PYTHONWARNINGS leave every warning as Python shows
+    it. Call before those libraries are imported: they warn once, at import."""
+    if os.environ.get("BLUEGREEN_DEBUG") or sys.warnoptions:
+        return
+    import warnings
+
+    try:
+        from cryptography.utils import CryptographyDeprecationWarning
+    except ImportError:
+        return
+    # asyncssh names cryptography's DSA classes at import; cryptography 51 (and later)
+    # deprecate them: five lines on every command that reaches a host over SSH.
+    warnings.filterwarnings("ignore", category=CryptographyDeprecationWarning,
+                            module=r"asyncssh\.")
 
 
 def connect(path: str) -> socket.socket | None:

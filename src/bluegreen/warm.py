@@ -41,10 +41,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bluegreen.errors import BlueGreenError
-from bluegreen.hosts import ssh
-from bluegreen.hosts.ssh import inode
-from bluegreen.launch import connect, package_dir, socket_path
+from bluegreen.launch import connect, package_dir, quiet_foreign_warnings, socket_path
+
+# Before asyncssh is imported (below): the warm process's log, and the commands it forks,
+# carry none of its import-time warnings either.
+quiet_foreign_warnings()
+
+from bluegreen.errors import BlueGreenError  # noqa: E402
+from bluegreen.hosts import ssh  # noqa: E402
+from bluegreen.hosts.ssh import inode  # noqa: E402
 
 # A request is small (argv, environment); bigger is not a bluegreen client.
 MAX_REQUEST = 4 << 20
