@@ -81,8 +81,10 @@ def measure(name: str, src: Path, base: Path, sshd: Sshd, relay: Relay,
             rounds: int, warm: bool = False) -> dict[str, object]:
     """``warm``: with a warm process (`bluegreen warm`: imports done, SSH connection kept)."""
     os.environ["PYTHONPATH"] = str(src)
-    os.environ["BLUEGREEN_WARM"] = "1" if warm else "0"
-    os.environ["BLUEGREEN_WARM_SOCKET"] = str(base / name / "warm" / "warm.sock")
+    if warm:
+        os.environ["BLUEGREEN_WARM_SOCKET"] = str(base / name / "warm" / "warm.sock")
+    else:
+        os.environ.pop("BLUEGREEN_WARM_SOCKET", None)
     nginx = PrivateNginx(base / name / "nginx", free_port())
     nginx.write_config(workers=2)
     nginx.start()
@@ -119,7 +121,7 @@ def measure(name: str, src: Path, base: Path, sshd: Sshd, relay: Relay,
             p.bg("warm", "--stop")
         p.cleanup()
         nginx.stop()
-        for var in ("PYTHONPATH", "BLUEGREEN_WARM", "BLUEGREEN_WARM_SOCKET"):
+        for var in ("PYTHONPATH", "BLUEGREEN_WARM_SOCKET"):
             os.environ.pop(var, None)
 
 

@@ -116,9 +116,8 @@ def run_size(n: int, base: Path) -> dict[str, float]:
         # With a warm process (`bluegreen warm`): imports done, SSH connections kept (the
         # first command, `status`, opens them). Its CPU: the warm process's, the client's.
         os.environ["BLUEGREEN_WARM_SOCKET"] = str(base / f"w{n}" / "warm.sock")
-        os.environ.pop("BLUEGREEN_WARM", None)
         out = fleet.bg("warm", "--idle", "60")
-        warm_pid = int(out.stdout.split("pid ")[1].split(",")[0])
+        warm_pid = int(out.stderr.split("pid ")[1].split(",")[0])
         try:
             fleet.bg("status")
             t0, cpu0 = time.perf_counter(), warm_cpu(warm_pid) + children_cpu()
@@ -132,7 +131,6 @@ def run_size(n: int, base: Path) -> dict[str, float]:
         finally:
             fleet.bg("warm", "--stop")
             del os.environ["BLUEGREEN_WARM_SOCKET"]
-            os.environ["BLUEGREEN_WARM"] = "0"
         return {"warm_deploy": warm_deploy, "warm_promote": warm_promote,
                 "warm_deploy_cpu_per_host": warm_deploy_cpu / n,
                 "warm_promote_cpu_per_host": warm_promote_cpu / n,
@@ -151,7 +149,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
-    os.environ["BLUEGREEN_WARM"] = "0"  # (not a warm process the user may have running)
+    os.environ.pop("BLUEGREEN_WARM_SOCKET", None)  # (not a warm process the user may run)
     with tempfile.TemporaryDirectory(prefix="bluegreen-bench-mh-") as tmp:
         rows = [run_size(n, Path(tmp)) for n in sizes]
     one = rows[0]

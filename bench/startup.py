@@ -26,9 +26,9 @@ from pathlib import Path
 
 BIN = Path(sys.executable).with_name("bluegreen")
 # What `deploy`, `promote` and `rollback` import over SSH (the agent is sent as text).
-COMMAND = ("import bluegreen.cli, bluegreen.workflow, bluegreen.config, bluegreen.hosts.ssh, "
+COMMAND = ("import bluegreen.cli, bluegreen.commands.workflow, bluegreen.config, bluegreen.hosts.ssh, "
            "bluegreen.proxies.nginx, bluegreen.proxies.haproxy")
-COLD = {**os.environ, "BLUEGREEN_WARM": "0"}  # (not a warm process the user may run)
+COLD = {k: v for k, v in os.environ.items() if k != "BLUEGREEN_WARM_SOCKET"}  # (no warm process)
 LIBRARIES = ("import asyncio, click, pydantic, rich.console, rich.table, rich.live, jinja2, "
              "asyncssh")
 
@@ -62,7 +62,6 @@ def main() -> None:
     ]
     with tempfile.TemporaryDirectory(prefix="bluegreen-bench-") as tmp:
         env = {**os.environ, "BLUEGREEN_WARM_SOCKET": f"{tmp}/warm.sock"}
-        env.pop("BLUEGREEN_WARM", None)
         subprocess.run([str(BIN), "warm", "--idle", "60"], env=env, check=True,
                        capture_output=True)
         try:

@@ -152,7 +152,6 @@ def measure(kind: str, base: Path, rounds: int, sshd: object,
         # kept (opened by a `status` first).
         warm_times = []
         os.environ["BLUEGREEN_WARM_SOCKET"] = str(base / kind / "warm" / "warm.sock")
-        del os.environ["BLUEGREEN_WARM"]
         project.bg("warm", "--idle", "60")
         try:
             project.bg("status")
@@ -163,7 +162,7 @@ def measure(kind: str, base: Path, rounds: int, sshd: object,
                 warm_times.append(time.perf_counter() - t0)
         finally:
             project.bg("warm", "--stop")
-            os.environ["BLUEGREEN_WARM"] = "0"
+            del os.environ["BLUEGREEN_WARM_SOCKET"]
         seed_times, seed_live_times = [], []
         if sshd is not None and isinstance(nginx, PrivateNginx):
             for _ in range(rounds):
@@ -208,7 +207,7 @@ def main() -> None:
     parser.add_argument("--bashrc", default="/root/.bashrc",
                         help="the login rc file of the third host (else `sleep 0.1`)")
     args = parser.parse_args()
-    os.environ["BLUEGREEN_WARM"] = "0"  # (not a warm process the user may have running)
+    os.environ.pop("BLUEGREEN_WARM_SOCKET", None)  # (not a warm process the user may run)
     with tempfile.TemporaryDirectory(prefix="bluegreen-bench-") as tmp:
         base = Path(tmp)
         sshd = start_sshd(base / "sshd")

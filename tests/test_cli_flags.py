@@ -9,7 +9,7 @@ import subprocess
 import tomllib
 from pathlib import Path
 
-from bluegreen import presets
+from bluegreen.config import presets
 from conftest import BLUEGREEN, Project, live_slot, plain_result, to_toml
 
 

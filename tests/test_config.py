@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bluegreen import presets
+from bluegreen.config import presets
 from bluegreen.config import Colour, load_config, parse_config, parse_listen
 from bluegreen.errors import ConfigError
 

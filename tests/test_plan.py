@@ -9,7 +9,7 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from bluegreen.artifact import check_members
+from bluegreen.rollout.artifact import check_members
 from bluegreen.config import Colour, HAProxySettings, parse_config
 from bluegreen.errors import ArtifactError
 from bluegreen.plan import haproxy, nginx, release, slot

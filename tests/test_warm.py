@@ -1,4 +1,4 @@
-"""The warm process (`bluegreen warm`, bluegreen.warm + bluegreen.launch): commands run in a
+"""The warm process (`bluegreen warm`, bluegreen.warm): commands run in a
 fork of a real warm process, with the client's environment, directory, umask, terminal and
 signals, against a real nginx, sshd and app; and it refuses or goes away when it should."""
 
@@ -70,7 +70,7 @@ def warm(socket_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Warm]:
     sock = socket_dir / "w" / "warm.sock"
     monkeypatch.setenv("BLUEGREEN_WARM_SOCKET", str(sock))
     w = Warm(sock)
-    started = w.bg("warm", "--idle", "120").stdout
+    started = w.bg("warm", "--idle", "120").stderr
     assert "started the warm process" in started, started
     yield w
     w.bg("warm", "--stop")
@@ -116,6 +116,63 @@ def test_commands_run_in_a_fork_of_the_warm_process_as_the_user_runs_them(
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert int(report.read_text().split()[0]) != warm_pid
+
+
+def _ran_in(p: Project, report: Path, env: dict[str, str], prefix: tuple[str, ...] = ()
+            ) -> int:
+    """Run `bluegreen build` (release.build writes where the command ran: the grandparent of
+    the build's shell's parent) with ``env``, under ``prefix``; that pid."""
+    report.unlink(missing_ok=True)
+    proc = subprocess.run([*prefix, *BLUEGREEN, "build", "--version", "1.0.0", "--json"],
+                          cwd=p.dir, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return int(report.read_text().split()[0])
+
+
+def test_only_a_shell_that_asked_uses_it_and_what_does_not_travel_is_carried_or_refused(
+        socket_dir: Path, local_project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`eval "$(bluegreen warm)"` opts a shell in; a command without BLUEGREEN_WARM_SOCKET
+    (another terminal, cron, CI) runs on its own even with a warm process at the default
+    path; the client's TZ and open-files limit are taken on; another network namespace is
+    refused (the command runs on its own, in its own namespace)."""
+    p = local_project
+    report = p.dir / "where.txt"
+    p.artifact("1.0.0")
+    p.write_config(release={
+        "version": "1.0.0", "artifact": "artifacts/sample-{version}.tar.gz",
+        "build": ("k=$(awk '{{print $4}}' /proc/$PPID/stat); w=$(awk '{{print $4}}' "
+                  f"/proc/$k/stat); (echo $w; date +%z; ulimit -n) > {report}")})
+    monkeypatch.delenv("BLUEGREEN_WARM_SOCKET", raising=False)
+    runtime = socket_dir / "rt"
+    runtime.mkdir(mode=0o700)
+    env = {**os.environ, "HOME": str(p.home), "XDG_RUNTIME_DIR": str(runtime)}
+    started = subprocess.run([*BLUEGREEN, "warm", "--idle", "60"], env=env, capture_output=True,
+                             text=True, timeout=30, check=True)
+    sock = runtime / "bluegreen" / "warm.sock"
+    assert started.stdout == f"export BLUEGREEN_WARM_SOCKET={sock};\n", started.stdout
+    warm_pid = int(started.stderr.split("pid ")[1].split(",")[0])
+    asked = {**env, "BLUEGREEN_WARM_SOCKET": str(sock)}
+    try:
+        # Not asked: runs on its own, though a warm process listens at the default path.
+        assert _ran_in(p, report, env) != warm_pid
+        # Asked (what the eval exported), with the client's time zone and files limit.
+        assert _ran_in(p, report, {**asked, "TZ": "JST-9"}, ("prlimit", "--nofile=333:4096")
+                       ) == warm_pid
+        _, zone, nofile = report.read_text().split()
+        assert (zone, nofile) == ("+0900", "333")
+        progress = subprocess.run([*BLUEGREEN, "setup", "--json"],
+                                  cwd=p.dir, env={**asked, "TZ": "JST-9"},
+                                  capture_output=True, text=True, timeout=60)
+        assert progress.stderr and all('+09:00", "elapsed"' in line
+                                       for line in progress.stderr.splitlines())
+        # Another network namespace: the warm process's would be the wrong one.
+        assert _ran_in(p, report, asked, ("unshare", "--net")) != warm_pid
+        # `--stop` prints the line that opts the shell out again.
+        stopped = subprocess.run([*BLUEGREEN, "warm", "--stop"], env=asked,
+                                 capture_output=True, text=True, timeout=30, check=True)
+        assert stopped.stdout == "unset BLUEGREEN_WARM_SOCKET;\n"
+    finally:
+        subprocess.run([*BLUEGREEN, "warm", "--stop"], env=asked, capture_output=True)
 
 
 def test_ctrl_c_reaches_the_command_and_a_killed_client_takes_its_command_along(
@@ -190,14 +247,14 @@ def test_a_changed_installation_is_refused_and_the_warm_process_restarts(
     rival = subprocess.run([sys.executable, "-m", "bluegreen.warm", str(warm.sock), "60"],
                             env=env, capture_output=True, text=True, timeout=30)
     assert "another warm process holds" in rival.stderr
-    assert warm.bg("warm", "--stop").stdout == f"stopped the warm process (pid {starting.pid})\n"
+    assert warm.bg("warm", "--stop").stderr == f"stopped the warm process (pid {starting.pid})\n"
     assert starting.wait(10) is not None
     assert warm.bg("warm", "--status", check=1).stdout.startswith("no warm process")
     warm.bg("warm")
     second = warm.pid()
     # Asked to stop when it is stale, it stops (and is not started again).
     os.utime(sysconfig.get_paths()["purelib"])
-    assert warm.bg("warm", "--stop").stdout == f"stopped the warm process (pid {second})\n"
+    assert warm.bg("warm", "--stop").stderr == f"stopped the warm process (pid {second})\n"
     _wait_for(lambda: not _alive(second), "the stale warm process exited")
     time.sleep(0.5)
     assert warm.bg("warm", "--status", check=1).stdout.startswith("no warm process")
@@ -215,8 +272,8 @@ def test_idle_exit_stop_and_a_directory_open_to_others(socket_dir: Path,
     assert w.bg("--version").returncode == 0  # no warm process: runs as before
     w.bg("warm")
     pid = w.pid()
-    assert w.bg("warm").stdout.startswith("the warm process runs already")
-    assert w.bg("warm", "--stop").stdout == f"stopped the warm process (pid {pid})\n"
+    assert w.bg("warm").stderr.startswith("the warm process runs already")
+    assert w.bg("warm", "--stop").stderr == f"stopped the warm process (pid {pid})\n"
     _wait_for(lambda: not _alive(pid), "the stopped warm process exited")
     w.bg("warm")
     pid = w.pid()

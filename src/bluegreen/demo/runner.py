@@ -14,16 +14,19 @@ from typing import Awaitable, Callable
 from rich.console import Console
 from rich.table import Table
 
-from bluegreen import artifact, workflow
+from bluegreen.commands import workflow
+from bluegreen.commands.setup import setup
+
+from bluegreen.rollout import artifact
 from bluegreen.config import Colour, Config, parse_config
 from bluegreen.demo.load import Counts, Load, exchange
 from bluegreen.demo.haproxy import PrivateHAProxy
 from bluegreen.demo.nginx import PrivateNginx, build_sample, free_port
 from bluegreen.hosts.local import LocalHost
 from bluegreen.output import Reporter
-from bluegreen.boot import Boot
-from bluegreen.fleet import Node
-from bluegreen.slots import Slots
+from bluegreen.rollout.boot import Boot
+from bluegreen.hosts.fleet import Node
+from bluegreen.rollout.slots import Slots
 from bluegreen.proxies import for_node
 
 SERVER_NAME = "demo.bluegreen.test"
@@ -96,7 +99,7 @@ async def run_demo(out: Reporter, *, keep: bool = False, duration: float = 2.0,
         return go
 
     try:
-        await step("setup (blue live, reload)", lambda: workflow.setup(ctx))
+        await step("setup (blue live, reload)", lambda: setup(ctx))
         await step("deploy 1.0.0 (first: to blue)", deploy("1.0.0", True))
         load.start()
         await step("load starts (4 clients)", lambda: asyncio.sleep(0))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from bluegreen.config import PROXY_SETTINGS
-from bluegreen.fleet import Node
+from bluegreen.hosts.fleet import Node
 from bluegreen.proxies.base import Proxy
 from bluegreen.proxies.haproxy import HAProxyProxy
 from bluegreen.proxies.nginx import NginxProxy

@@ -12,10 +12,10 @@ from datetime import datetime, timezone
 from pathlib import PurePosixPath
 from typing import ClassVar, NoReturn
 
-from bluegreen import health
+from bluegreen.hosts import health
 from bluegreen.config import Colour, parse_listen, render
 from bluegreen.errors import ProxyError
-from bluegreen.fleet import Node
+from bluegreen.hosts.fleet import Node
 from bluegreen.hosts.base import Op, exchange_op
 from bluegreen.plan import files
 from bluegreen.plan.files import Query

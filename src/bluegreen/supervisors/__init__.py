@@ -4,7 +4,7 @@ recorded in each slot's state (``mode``), so a slot is stopped by the one that s
 from __future__ import annotations
 
 from bluegreen.errors import BlueGreenError
-from bluegreen.fleet import Node
+from bluegreen.hosts.fleet import Node
 from bluegreen.plan import systemd as systemdplan
 from bluegreen.plan.slot import SlotState
 from bluegreen.supervisors.base import StartFailed, Supervisor

@@ -11,7 +11,7 @@ from pathlib import PurePosixPath
 from typing import Callable, ClassVar
 
 from bluegreen.config import Colour
-from bluegreen.fleet import Node
+from bluegreen.hosts.fleet import Node
 from bluegreen.plan import slot as slotplan
 from bluegreen.plan.files import Query
 from bluegreen.plan.slot import Probe, Slot, SlotState
@@ -35,7 +35,12 @@ class StartFailed(Exception):
 
 
 class Supervisor(abc.ABC):
+    # The name recorded in a slot's state (``SlotState.mode``): the registry's key.
     mode: ClassVar[str]
+    # What runs the slots, in words (`check`: "slots run under ...").
+    title: ClassVar[str]
+    # Slots are systemd units: sudo lines for systemctl, and a unit file an admin installs.
+    runs_units: ClassVar[bool] = False
 
     def __init__(self, node: Node) -> None:
         self.node = node

@@ -11,6 +11,7 @@ from bluegreen.supervisors.base import StartFailed, Supervisor
 
 class DaemonSupervisor(Supervisor):
     mode = "start"
+    title = "the app's own daemon (run.start)"
 
     async def launch(self, slot: Slot, state: SlotState) -> SlotState:
         assert self.cfg.run.start is not None

@@ -15,6 +15,7 @@ from bluegreen.supervisors.base import Supervisor
 
 class ProcessSupervisor(Supervisor):
     mode = "command"
+    title = "bluegreen's own detached process"
 
     async def launch(self, slot: Slot, state: SlotState) -> SlotState:
         result = await self.node.run(self._spawn(slot, state))

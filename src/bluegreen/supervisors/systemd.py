@@ -13,6 +13,8 @@ from bluegreen.supervisors.base import StartFailed, Supervisor
 
 class SystemdSupervisor(Supervisor):
     mode = "systemd"
+    title = "systemd"
+    runs_units = True
 
     @property
     def sudo(self) -> bool:

@@ -12,7 +12,7 @@ INSTALLED = Path("share") / "bluegreen" / "docs"
 
 def directories(prefixes: list[Path] | None = None) -> list[Path]:
     """Where the guides may be, in order: the checkout's docs/, then each prefix's."""
-    checkout = Path(__file__).resolve().parent.parent.parent / "docs"
+    checkout = Path(__file__).resolve().parents[3] / "docs"  # src/bluegreen/cli/guides.py
     roots = prefixes if prefixes is not None else [Path(sys.prefix), Path(sys.base_prefix)]
     return [checkout, *(p / INSTALLED for p in roots)]
 

@@ -1,5 +1,6 @@
 """The steps of each command that deploys or switches: connect, lock, act, record,
-unlock. Day-two commands are in ``operations``; read-only reports in ``reports``."""
+unlock. `setup` is in ``setup``; day-two commands in ``operations``; read-only reports in
+``reports``."""
 
 from __future__ import annotations
 
@@ -11,23 +12,25 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Awaitable, Callable
 
-from bluegreen import canary, records, supervisors
-from bluegreen.artifact import Artifact
+from bluegreen import supervisors
+
+from bluegreen.rollout import canary, records
+from bluegreen.rollout.artifact import Artifact
 from bluegreen.config import ENV_KEY_RE, Colour, Config, HostConfig
 from bluegreen.errors import BlueGreenError, ConfigError, ProxyError
-from bluegreen.fleet import each, open_fleet
-from bluegreen.hooks import run_hook
+from bluegreen.hosts.fleet import each, open_fleet
+from bluegreen.commands.hooks import run_hook
 from bluegreen.output import Reporter
-from bluegreen.plan import admin, files, sudoers
+from bluegreen.plan import files
 from bluegreen.plan import release as releaseplan
 from bluegreen.plan.files import Query
 from bluegreen.plan.slot import SlotState, env_script
 from bluegreen.proxies import Proxy
-from bluegreen.releases import (deploy_target, kept_release, migrate_on, prepare, prune_host,
+from bluegreen.rollout.releases import (deploy_target, kept_release, migrate_on, prepare, prune_host,
                                 upload)
-from bluegreen.settings import Secret
-from bluegreen.switch import finish_interrupted, refuse_split, switch_all
-from bluegreen.topology import AppHost, Topology, build
+from bluegreen.config.models import Secret
+from bluegreen.rollout.switch import finish_interrupted, refuse_split, switch_all
+from bluegreen.rollout.topology import AppHost, Topology, build
 
 
 @dataclass
@@ -123,65 +126,6 @@ def _refuse_partial_switch(ctx: Context, what: str) -> None:
 
 async def _failed(ctx: Context, topo: Topology, err: BlueGreenError) -> None:
     await records.record_failure([a.node for a in topo.apps], ctx.user, err)
-
-
-# ---- setup ----------------------------------------------------------------------------
-
-async def setup(ctx: Context) -> None:
-    """Create the layout, write the proxy's files (nginx: both site files, and the link to
-    blue if none exists; haproxy: the config, and the map file with blue if none exists),
-    test, reload."""
-    async with connected(ctx) as topo:
-        for a in topo.apps:
-            a.node.say(f"creating {a.node.layout.root}")
-        await each(topo.apps, lambda a: a.node.run(files.make_dirs(a.node.layout.directories())),
-                   ctx.out)
-        await each(topo.apps, _install_supervisor, ctx.out)
-        async with locked(ctx, topo):
-            # setup reloads the proxy: first make sure that cannot complete a switch that a
-            # killed run left half done towards a colour that is not healthy. A proxy that
-            # answers nothing yet (a first setup killed after linking, before reloading)
-            # is what this setup's reload and verify are for.
-            await finish_interrupted(topo, ctx.out, silent_ok=True)
-
-            async def one(p: Proxy) -> None:
-                live = await p.live_colour()
-                await p.setup(live)
-                await p.verify(live or Colour.BLUE)
-                p.node.say(f"ready; live colour is {live or Colour.BLUE}")
-
-            await each(topo.proxies, one, ctx.out)
-
-
-async def print_sudoers(ctx: Context) -> str:
-    """The sudoers drop-in for the first selected host's SSH user (`sudo = true`), with the
-    full paths found on that host."""
-    hc = ctx.hosts[0]
-    user = sudoers.user_of(hc)
-    if user is None or user == "root":
-        raise ConfigError(f"hosts: {hc.label} has no non-root user in its address "
-                          "(\"deploy@host\"): --print-sudoers is for a deploy user with "
-                          "sudo = true")
-    async with open_fleet(ctx.cfg, [hc], ctx.out) as fleet:
-        node = fleet.apps[0]
-        supervisor, _ = await supervisors.choose(node)
-        commands = sudoers.privileged(ctx.cfg, supervisor.mode == "systemd")
-        found = await node.run(sudoers.resolve(sorted({c[0] for c in commands})))
-    return sudoers.drop_in(ctx.cfg, user, commands, sudoers.parse_resolve(found.stdout))
-
-
-async def print_root_files(ctx: Context) -> str:
-    """A script an admin runs as root to install what a deploy user may not write."""
-    hc = ctx.hosts[0]
-    async with open_fleet(ctx.cfg, [hc], ctx.out) as fleet:
-        supervisor, _ = await supervisors.choose(fleet.apps[0])
-    return admin.script(ctx.cfg, hc, supervisor.mode == "systemd")
-
-
-async def _install_supervisor(a: AppHost) -> None:
-    supervisor, why = await supervisors.choose(a.node)
-    a.node.say(f"slots run under {supervisor.mode}: {why}")
-    await supervisor.install()
 
 
 # ---- deploy ---------------------------------------------------------------------------

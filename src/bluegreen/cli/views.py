@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from bluegreen.config import Colour
-from bluegreen.reports import CheckItem
+from bluegreen.commands.reports import CheckItem
 from bluegreen.traffic import Traffic
 
 

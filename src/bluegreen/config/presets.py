@@ -17,7 +17,7 @@ def app_name_from(text: str) -> str:
 
 
 def render(preset: str, app: str) -> str:
-    text = resources.files("bluegreen").joinpath(f"presets/{preset}.toml").read_text()
+    text = resources.files("bluegreen.config").joinpath(f"presets/{preset}.toml").read_text()
     module = "".join(part.capitalize() for part in re.split(r"[-_]", app) if part)
     # PKG: the app's name as a Python package (a dash is not allowed there)
     return text.replace("MODULE", module).replace("PKG", app.replace("-", "_")).replace(

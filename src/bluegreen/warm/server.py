@@ -29,6 +29,7 @@ import fcntl
 import importlib
 import json
 import os
+import resource
 import select
 import signal
 import socket
@@ -41,15 +42,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bluegreen.launch import connect, package_dir, quiet_foreign_warnings, socket_path
-
-# Before asyncssh is imported (below): the warm process's log, and the commands it forks,
-# carry none of its import-time warnings either.
-quiet_foreign_warnings()
-
-from bluegreen.errors import BlueGreenError  # noqa: E402
-from bluegreen.hosts import ssh  # noqa: E402
-from bluegreen.hosts.ssh import inode  # noqa: E402
+from bluegreen.errors import BlueGreenError
+from bluegreen.hosts import ssh
+from bluegreen.hosts.ssh import inode
+from bluegreen.warm.client import connect, context, package_dir, socket_path
 
 # A request is small (argv, environment); bigger is not a bluegreen client.
 MAX_REQUEST = 4 << 20
@@ -84,8 +80,8 @@ def fingerprint() -> list[Any]:
 # for host names, rich's emoji table for the first line printed).
 WARM_MODULES = ("asyncio", "concurrent.futures.thread", "encodings.idna", "tomllib",
                 "rich._emoji_codes", "bluegreen.cli", "bluegreen.hosts.local",
-                "bluegreen.hosts.ssh", "bluegreen.operations", "bluegreen.reports",
-                "bluegreen.views", "bluegreen.workflow")
+                "bluegreen.hosts.ssh", "bluegreen.commands.operations", "bluegreen.commands.reports",
+                "bluegreen.cli.views", "bluegreen.commands.workflow", "bluegreen.commands.setup")
 
 
 def _warm_up() -> None:
@@ -93,7 +89,7 @@ def _warm_up() -> None:
     (in the warm process, so that no fork does it again)."""
     import tomllib
 
-    from bluegreen import presets
+    from bluegreen.config import presets
     from bluegreen.config import parse_config
     from bluegreen.output import Reporter
     from bluegreen.plan.template import compile_builtin
@@ -136,6 +132,11 @@ def _run_command(request: dict[str, Any], fds: list[int]) -> None:
     os.umask(int(request["umask"]))
     os.environ.clear()
     os.environ.update(request["env"])
+    time.tzset()  # the client's TZ: history and JSON times in its zone, not this process's
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, tuple(request["nofile"]))
+    except (KeyError, ValueError, OSError):  # above this process's hard limit: keep its own
+        pass
     os.chdir(request["cwd"])
     encodings = request.get("encoding") or ["utf-8"] * 3
     sys.stdin = os.fdopen(0, "r", encoding=encodings[0], closefd=False)
@@ -186,6 +187,11 @@ def _keep(conn: socket.socket, started: list[Any], restart: list[str]) -> None:
     if [request.get("python"), request.get("package")] != started[:2]:
         _send(conn, {"refused": "another installation of bluegreen"})
         os._exit(0)
+    own = context()
+    for key, what in (("netns", "another network namespace"), ("groups", "other groups")):
+        if request.get(key) != own[key]:  # it would run with this process's: run it there
+            _send(conn, {"refused": f"the command runs in {what}"})
+            os._exit(0)
     if fingerprint() != started:
         _send(conn, {"refused": "bluegreen changed on disk", "restart": restart})
         os.kill(os.getppid(), signal.SIGTERM)
@@ -435,7 +441,3 @@ def stop(path: str | None = None) -> int | None:
 def status(path: str | None = None) -> int | None:
     """The pid of this user's warm process, or None."""
     return _running(path or socket_path())
-
-
-if __name__ == "__main__":
-    serve(sys.argv[1], float(sys.argv[2]))

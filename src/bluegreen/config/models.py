@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from bluegreen.errors import ConfigError
-from bluegreen.proxy_settings import (PROXY_SETTINGS, HAProxySettings, NginxSettings, P,
+from bluegreen.config.proxies import (PROXY_SETTINGS, HAProxySettings, NginxSettings, P,
                                       ProxySettings)
 from bluegreen.values import (APP_PLACEHOLDERS, APP_RE, BUILD_PLACEHOLDERS, ENV_KEY_RE,
                               SLOT_PLACEHOLDERS, VERSION_RE, Colour, Model as _Model,

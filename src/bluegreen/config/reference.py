@@ -11,7 +11,7 @@ from typing import Any, get_args, get_origin
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from bluegreen.config import PROXY_SETTINGS, Config, HostConfig
+from bluegreen.config.load import PROXY_SETTINGS, Config, HostConfig
 
 # Sections in the order of the example file; "" is the top level.
 SECTIONS = ("", "release", "run", "slots", "deploy", "canary", "proxy", "hooks",

@@ -15,7 +15,7 @@ from bluegreen.config import Colour
 from bluegreen.errors import BlueGreenError, CommandFailed, Unhealthy
 from bluegreen.plan import slot as slotplan
 from bluegreen.plan.slot import Probe, Slot, SlotState
-from bluegreen.slots import Slots, now_iso
+from bluegreen.rollout.slots import Slots, now_iso
 from bluegreen.supervisors import StartFailed, Supervisor
 
 # How long one health watch on the host lasts before a probe looks at the process.

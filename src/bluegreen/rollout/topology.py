@@ -6,16 +6,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bluegreen import proxies, supervisors
-from bluegreen.boot import Boot
+from bluegreen.rollout.boot import Boot
 from bluegreen.config import Colour
 from bluegreen.errors import BlueGreenError, SplitBrain
-from bluegreen.fleet import Fleet, Node
+from bluegreen.hosts.fleet import Fleet, Node
 from bluegreen.plan import files
 from bluegreen.plan import systemd as systemdplan
 from bluegreen.hosts.base import Op
 from bluegreen.plan.files import Query
 from bluegreen.proxies import Proxy
-from bluegreen.slots import Slots
+from bluegreen.rollout.slots import Slots
 
 
 @dataclass

@@ -6,14 +6,14 @@ from __future__ import annotations
 import asyncio
 from typing import Awaitable, Callable
 
-from bluegreen import records
+from bluegreen.rollout import records
 from bluegreen.config import Colour
 from bluegreen.errors import BlueGreenError, ConnectError, ProxyError, SplitBrain
-from bluegreen.fleet import each
+from bluegreen.hosts.fleet import each
 from bluegreen.output import Reporter
 from bluegreen.plan.files import Query
 from bluegreen.proxies import Proxy
-from bluegreen.topology import AppHost, Topology
+from bluegreen.rollout.topology import AppHost, Topology
 
 Hook = Callable[[], Awaitable[None]]
 

@@ -13,12 +13,12 @@ from typing import Awaitable, Callable
 
 from bluegreen.config import Colour, Config
 from bluegreen.errors import BlueGreenError, CanaryFailed, ConfigError, ProxyError
-from bluegreen.fleet import each
+from bluegreen.hosts.fleet import each
 from bluegreen.output import Reporter
 from bluegreen.proxies import Proxy
 from bluegreen.proxies.base import Meter
-from bluegreen.switch import prove_ready
-from bluegreen.topology import Topology
+from bluegreen.rollout.switch import prove_ready
+from bluegreen.rollout.topology import Topology
 from bluegreen.traffic import Sample, Traffic, Verdict, judge
 from bluegreen.values import percent_steps, seconds
 

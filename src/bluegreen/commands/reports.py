@@ -8,17 +8,19 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any
 
-from bluegreen import records, supervisors
+from bluegreen import supervisors
+
+from bluegreen.rollout import records
 from bluegreen.config import Colour, Config, HostConfig, render
 from bluegreen.errors import SplitBrain
-from bluegreen.fleet import Node, open_fleet
+from bluegreen.hosts.fleet import Node, open_fleet
 from bluegreen.output import Reporter
 from bluegreen.plan import check as checkplan, lock, sudoers
 from bluegreen.proxies import Proxy
 from bluegreen.supervisors.base import probe_query
-from bluegreen.switch import split_brain
+from bluegreen.rollout.switch import split_brain
 from bluegreen.traffic import whole
-from bluegreen.topology import AppHost, build
+from bluegreen.rollout.topology import AppHost, build
 
 
 # The host column of `check`'s rows about this machine (the build, the artifact); not a
@@ -116,8 +118,8 @@ async def _check_host(node: Node, proxy: Proxy | None, *, app: bool) -> list[Che
                          if missing else "sh tar sha256sum ss setsid ps found"))
     if app:
         supervisor, why = await supervisors.choose(node)
-        out.append(CheckItem(node.name, f"slots run under {supervisor.mode}",
-                             True if supervisor.mode == "systemd" else None, why))
+        out.append(CheckItem(node.name, f"slots run under {supervisor.title}",
+                             True if supervisor.runs_units else None, why))
     if node.hc.sudo or node.cfg.proxy.sudo:
         out.append(await _sudo_row(node, app))
     if proxy is not None:
@@ -128,7 +130,7 @@ async def _check_host(node: Node, proxy: Proxy | None, *, app: bool) -> list[Che
 
 async def _sudo_row(node: Node, app: bool) -> CheckItem:
     """Whether sudo lets the SSH user run what bluegreen needs, without a password."""
-    systemd_slots = app and (await supervisors.choose(node))[0].mode == "systemd"
+    systemd_slots = app and (await supervisors.choose(node))[0].runs_units
     commands = sudoers.privileged(node.cfg, systemd_slots)
     result = await node.run(sudoers.may_run(commands[-1]), check=False)
     if result.ok:

@@ -10,15 +10,17 @@ import shlex
 from pathlib import PurePosixPath
 from typing import Any
 
-from bluegreen import records, supervisors
+from bluegreen import supervisors
+
+from bluegreen.rollout import records
 from bluegreen.config import Colour
 from bluegreen.errors import BlueGreenError, ConfigError
-from bluegreen.fleet import each
+from bluegreen.hosts.fleet import each
 from bluegreen.plan import files, history, systemd as systemdplan
 from bluegreen.plan.slot import SlotState, slot_command
-from bluegreen.releases import migrate_on
-from bluegreen.topology import AppHost, Topology
-from bluegreen.workflow import Context, connected, locked
+from bluegreen.rollout.releases import migrate_on
+from bluegreen.rollout.topology import AppHost, Topology
+from bluegreen.commands.workflow import Context, connected, locked
 
 
 async def _mask_host_secrets(ctx: Context, a: AppHost) -> None:

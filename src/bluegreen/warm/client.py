@@ -1,37 +1,37 @@
-"""The `bluegreen` command's entry point: hand the command to this user's warm process
-(`bluegreen warm`, ``bluegreen.warm``) when one runs, else run it in this process.
+"""The warm process's client: what the `bluegreen` program (``bluegreen.__main__``) uses to
+hand a command to the warm process that $BLUEGREEN_WARM_SOCKET names.
 
-This runs at the start of every command, so it imports little of the standard library and
-nothing else until it knows it needs to: with a warm process it is the whole client.
+It runs at the start of every such command, so it imports little of the standard library
+and nothing else: with a warm process it is the whole client.
 
 Hand-over: the request (argv, working directory, environment, umask) goes over the warm
 process's Unix socket with this process's stdin, stdout and stderr attached (SCM_RIGHTS),
 so the command writes to this terminal or pipe itself. Its answer is the pid of the process
 running the command (signals sent here are passed on to its process group: Ctrl-C works as
 it does without a warm process), then its exit status. If the warm process cannot take the
-command (another installation, its code changed on disk, not running), the command runs
-here as it would without one; once it took the command, it never runs twice.
+command (another installation, its code changed on disk, another network namespace or
+other groups, not running), the command runs here as it would without one; once it took
+the command, it never runs twice.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # (imported only once a warm process is found: start-up)
     import socket
 
-# Whether to use a warm process at all: BLUEGREEN_WARM=0 runs each command in its own process.
-ENV_OFF = "BLUEGREEN_WARM"
+# A command is handed over only when its environment names the warm process's socket.
 ENV_SOCKET = "BLUEGREEN_WARM_SOCKET"
 # Signals passed on to the command (as the terminal would send them to its process group).
 FORWARDED = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGWINCH", "SIGUSR1", "SIGUSR2")
 
 
 def socket_path() -> str:
-    """Where this user's warm process listens: $BLUEGREEN_WARM_SOCKET, else
-    $XDG_RUNTIME_DIR/bluegreen/warm.sock, else ~/.cache/bluegreen/warm.sock."""
+    """Where `bluegreen warm` starts (or finds) this user's warm process: $BLUEGREEN_WARM_SOCKET,
+    else $XDG_RUNTIME_DIR/bluegreen/warm.sock, else ~/.cache/bluegreen/warm.sock."""
     explicit = os.environ.get(ENV_SOCKET)
     if explicit:
         return explicit
@@ -40,21 +40,8 @@ def socket_path() -> str:
 
 
 def package_dir() -> str:
-    return os.path.dirname(os.path.abspath(__file__))
-
-
-def main() -> None:
-    # `bluegreen warm` itself runs here: it starts, stops or asks the warm process (and must
-    # not restart a stale one it was asked to stop).
-    if os.environ.get(ENV_OFF) != "0" and sys.argv[1:2] != ["warm"]:
-        status = _hand_over(sys.argv[1:])
-        if status is not None:
-            sys.exit(status)
-    quiet_foreign_warnings()
-    from bluegreen.cli import main as cli_main
-
-    # The same name (and completion variable, _BLUEGREEN_COMPLETE) as the `bluegreen` script.
-    cli_main(prog_name="bluegreen")
+    """The bluegreen package's directory (this file is in its warm/ folder)."""
+    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def quiet_foreign_warnings() -> None:
@@ -104,10 +91,10 @@ def connect(path: str) -> socket.socket | None:
     return sock
 
 
-def _hand_over(argv: list[str]) -> int | None:
-    """Run the command in the warm process: its exit status, or None when it did not take
-    the command (then nothing of it ran)."""
-    sock = connect(socket_path())
+def hand_over(argv: list[str], path: str) -> int | None:
+    """Run the command in the warm process listening on ``path``: its exit status, or None
+    when it did not take the command (then nothing of it ran)."""
+    sock = connect(path)
     if sock is None:
         return None
     import json
@@ -119,7 +106,7 @@ def _hand_over(argv: list[str]) -> int | None:
     try:
         request = json.dumps({
             "argv": argv, "cwd": os.getcwd(), "env": dict(os.environ), "umask": umask,
-            "python": sys.executable, "package": package_dir(),
+            "python": sys.executable, "package": package_dir(), **context(),
             "encoding": [getattr(s, "encoding", None) or "utf-8"
                          for s in (sys.stdin, sys.stdout, sys.stderr)],
         }).encode()
@@ -160,6 +147,20 @@ def _hand_over(argv: list[str]) -> int | None:
     signal.signal(signum, signal.SIG_DFL)
     os.kill(os.getpid(), signum)
     return 128 + signum
+
+
+def context() -> dict[str, Any]:
+    """What a process inherits that a hand-over cannot carry by itself: the warm process
+    refuses a command whose network namespace or groups differ from its own (it would run
+    with the wrong ones), and takes on its open-files limit."""
+    import resource
+
+    try:
+        netns = os.readlink("/proc/self/ns/net")
+    except OSError:
+        netns = None
+    return {"netns": netns, "groups": sorted(os.getgroups()),
+            "nofile": list(resource.getrlimit(resource.RLIMIT_NOFILE))}
 
 
 def _restart(argv: list[str]) -> None:

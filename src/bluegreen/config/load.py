@@ -15,7 +15,7 @@ from typing import Any, get_args
 from pydantic import BaseModel, ValidationError
 
 from bluegreen.errors import ConfigError
-from bluegreen.settings import (APP_PLACEHOLDERS, BUILD_PLACEHOLDERS, ENV_KEY_RE,
+from bluegreen.config.models import (APP_PLACEHOLDERS, BUILD_PLACEHOLDERS, ENV_KEY_RE,
                                 PROXY_SETTINGS, SLOT_PLACEHOLDERS, Colour, Config,
                                 HAProxySettings, HostConfig, NginxSettings, ProxySettings,
                                 check_version, parse_listen, placeholders_in, render)

@@ -11,11 +11,11 @@ from typing import AsyncIterator
 
 from bluegreen.config import Colour
 from bluegreen.errors import BlueGreenError, CommandFailed, LockHeld
-from bluegreen.fleet import Node
+from bluegreen.hosts.fleet import Node
 from bluegreen.hosts import Result
 from bluegreen.plan import history, lock
 from bluegreen.plan.slot import SlotState
-from bluegreen.slots import now_iso
+from bluegreen.rollout.slots import now_iso
 
 
 async def acquire(node: Node, info: lock.LockInfo) -> None:

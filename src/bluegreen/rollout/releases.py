@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import time
 
-from bluegreen import records
-from bluegreen.artifact import Artifact
+from bluegreen.rollout import records
+from bluegreen.rollout.artifact import Artifact
 from bluegreen.config import Colour
 from bluegreen.errors import ArtifactError, BlueGreenError, CommandFailed
-from bluegreen.fleet import Node
+from bluegreen.hosts.fleet import Node
 from bluegreen.hosts import Result
 from bluegreen.plan import files, release as releaseplan, slot as slotplan
 from bluegreen.plan.slot import Slot, SlotState, slot_command
-from bluegreen.topology import AppHost
+from bluegreen.rollout.topology import AppHost
 
 
 async def deploy_target(a: AppHost, art: Artifact,

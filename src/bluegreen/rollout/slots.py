@@ -9,11 +9,13 @@ from pathlib import PurePosixPath
 from datetime import datetime, timezone
 from typing import Any
 
-from bluegreen import health, supervisors
+from bluegreen import supervisors
+
+from bluegreen.hosts import health
 from bluegreen.config import Colour, render
-from bluegreen.settings import status_ranges
-from bluegreen.fleet import Node
-from bluegreen.health import Response
+from bluegreen.config.models import status_ranges
+from bluegreen.hosts.fleet import Node
+from bluegreen.hosts.health import Response
 from bluegreen.hosts.base import Op, exchange_op
 from bluegreen.plan import files
 from bluegreen.plan.slot import Probe, Slot, SlotState

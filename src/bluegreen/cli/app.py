@@ -1,0 +1,249 @@
+"""The command line's frame: the `bluegreen` group, the options every command shares, running
+a command's coroutine and mapping its errors to exit codes, `--json` results. The commands
+themselves: ``changes`` (those that change hosts), ``daytwo`` (reading and day-two ones).
+
+No SSH and no nginx here."""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import json
+import sys
+import traceback
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Callable, Coroutine, NoReturn, TypeVar
+
+import click
+
+from bluegreen import __version__
+from bluegreen.errors import BlueGreenError
+
+if TYPE_CHECKING:
+    from bluegreen.commands import workflow
+    from bluegreen.config import Colour
+    from bluegreen.output import Reporter
+
+
+class Later(ModuleType):
+    """A module imported when first used: `bluegreen --help` and commands that need no host
+    skip pydantic, rich, asyncssh and Jinja2 (~0.2 s)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.__dict__["_name"] = name
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(importlib.import_module(self.__dict__["_name"]), attr)
+
+
+if not TYPE_CHECKING:
+    workflow = Later("bluegreen.commands.workflow")
+
+
+T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_CODES_HELP = """
+Exit codes: 0 done; 1 failed, live traffic left as it was; 2 usage or config error;
+3 cannot connect (or host key unknown/changed); 4 lock held by another run;
+5 the new release did not become healthy and was not promoted (or a canary or
+watch judged it bad: every request went back to the old colour).
+"""
+
+COLOURS = click.Choice(["blue", "green"])
+# The sections of `bluegreen docs` (reference.SECTIONS; a test keeps them equal).
+DOC_SECTIONS = ("", "release", "run", "slots", "deploy", "canary", "proxy", "hooks",
+               "hosts", "load_balancers")
+
+
+def to_colour(value: str | None) -> Colour | None:
+    from bluegreen.config import Colour
+
+    return Colour(value) if value else None
+
+
+class State:
+    def __init__(self, config: str | None, hosts: tuple[str, ...], verbose: bool,
+                 json_out: bool = False, events: bool = False,
+                 destination: str | None = None) -> None:
+        self.config_path = config
+        self.destination = destination
+        self.host_names = hosts
+        self.verbose = verbose
+        # --json on a command that changes things: progress as JSON lines on stderr, the
+        # result (or the error) as one JSON document on stdout.
+        self.events = json_out and events
+        from bluegreen.output import Reporter
+
+        self.out: Reporter = Reporter(verbose=verbose, mode="json" if self.events else None)
+        self.json = json_out
+
+    def context(self) -> workflow.Context:
+        from bluegreen.config import load_config
+
+        cfg = load_config(self.config_path, self.destination)
+        return workflow.make_context(cfg, self.out, self.host_names)
+
+
+def _complete_hosts(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
+    """Shell completion of --host: the host names of the config (-c, or ./bluegreen.toml)."""
+    from bluegreen.config import load_config
+    from bluegreen.errors import BlueGreenError
+
+    try:
+        cfg = load_config(ctx.params.get("config"), ctx.params.get("destination"))
+    except BlueGreenError:
+        return []
+    return [h.label for h in [*cfg.hosts, *cfg.load_balancers] if h.label.startswith(incomplete)]
+
+
+def common(fn: F) -> F:
+    """The options every command takes: -c/--config, -d/--destination, --host, -v."""
+
+    @click.option("-c", "--config", "config", metavar="PATH",
+                  help="Config file (default: ./bluegreen.toml).")
+    @click.option("-d", "--destination", "destination", metavar="NAME",
+                  help="Merge bluegreen.NAME.toml (beside the config file) over it: tables "
+                       "key by key, [[hosts]] replaced; e.g. -d staging.")
+    @click.option("--host", "hosts", multiple=True, metavar="NAME",
+                  help="Only this host (hosts[].name); repeatable.",
+                  shell_complete=_complete_hosts)
+    @click.option("-v", "--verbose", is_flag=True, help="Show each remote command and tracebacks.")
+    @functools.wraps(fn)
+    def wrapper(config: str | None, destination: str | None, hosts: tuple[str, ...],
+                verbose: bool, **kw: Any) -> Any:
+        events, data = getattr(wrapper, "events", False), getattr(wrapper, "data", False)
+        dry = kw.pop("dry_run", False)
+        state = State(config, hosts, verbose, kw.pop("json_out", False) and not dry, events,
+                      destination)
+        if dry:
+            state.out.dry_run = True
+            state.out.mode = "plain"  # every line, not a live table
+        if events or data:
+            kw["json_out"] = state.json
+        result = fn(state, **kw)
+        if dry:
+            click.echo("dry run: nothing was changed on any host")
+        return result
+
+    return wrapper  # type: ignore[return-value]
+
+
+def json_events(fn: F) -> F:
+    """--json for a command that changes things."""
+    fn.events = True  # type: ignore[attr-defined]
+    return click.option("--json", "json_out", is_flag=True,
+                        help="Progress as JSON lines on stderr; the result as one JSON "
+                             "document on stdout.")(fn)
+
+
+def dry_run_option(fn: F) -> F:
+    """--dry-run: a command that changes hosts says what it would do, changing nothing
+    (`common` takes the flag and sets the reporter's ``dry_run``)."""
+    return click.option("--dry-run", "dry_run", is_flag=True,
+                        help="Print each host's steps and the exact commands that would "
+                             "change it (read-only checks still run; secrets masked); "
+                             "change nothing. Exit 0.")(fn)
+
+
+def json_data(fn: F) -> F:
+    """--json for a command that prints data (`logs`: JSON lines)."""
+    fn.data = True  # type: ignore[attr-defined]
+    text = ('JSON lines on stdout, {"host", "color", "release", "line"} per log line.'
+            if fn.__name__ == "logs" else "One JSON document on stdout.")
+    return click.option("--json", "json_out", is_flag=True, help=text)(fn)
+
+
+def run(state: State, coro_fn: Callable[[], Coroutine[Any, Any, T]], *,
+        stop_on_interrupt: bool = False) -> T:
+    """Run a workflow coroutine; turn bluegreen errors into ``error: ...`` and exit codes.
+    ``stop_on_interrupt``: Ctrl-C is the normal way to end it (`logs -f`): exit 0, quietly."""
+    import asyncio
+
+    try:
+        with state.out.session():
+            return asyncio.run(coro_fn())
+    except BlueGreenError as exc:
+        fail(state, exc)
+    except KeyboardInterrupt:
+        if stop_on_interrupt:
+            sys.exit(0)
+        state.out.error("interrupted; if a lock was left behind, `bluegreen unlock` clears it")
+        sys.exit(130)
+
+
+def fail(state: State, exc: BlueGreenError) -> NoReturn:
+    if state.verbose:
+        traceback.print_exc()
+    state.out.error(exc.message)
+    if state.events:
+        emit_json({"schema": JSON_SCHEMA, "ok": False, "error": exc.message,
+                   "exit_code": exc.exit_code,
+                   "hosts": [{"name": exc.host, "error": exc.reason}] if exc.host else []})
+    sys.exit(exc.exit_code)
+
+
+def load(state: State) -> workflow.Context:
+    """The validated config and the selected hosts (exit 2 on a bad config)."""
+    try:
+        return state.context()
+    except BlueGreenError as exc:
+        fail(state, exc)
+
+
+def emit_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2))
+
+
+# The version of every --json result's shape (docs/json.md); 2: `schema`, `ok` and `hosts`
+# as a list of objects with `name` in every result.
+JSON_SCHEMA = 2
+
+
+def emit_result(hosts: list[dict[str, Any]], ok: bool = True, out: Reporter | None = None,
+                **data: Any) -> None:
+    """A --json result: ``{"schema", "ok", ...data, "hosts": [{"name", ...}, ...]}``; with
+    ``out``, each host its ``round_trips`` (commands, uploads, connections, total)."""
+    if out is not None:
+        hosts = [{**h, "round_trips": out.round_trips[h["name"]]}
+                 if h["name"] in out.round_trips else h for h in hosts]
+    emit_json({"schema": JSON_SCHEMA, "ok": ok, **data, "hosts": hosts})
+
+
+@click.group(help="Zero-downtime blue-green deploys to one or many Linux servers, switched "
+                  "with nginx or HAProxy.\n\nOptions go after the command name: "
+                  "`bluegreen deploy -c prod.toml`.\n" + EXIT_CODES_HELP)
+@click.version_option(__version__, prog_name="bluegreen")
+def main() -> None:
+    pass
+
+
+def command_table(group: click.Group | None = None) -> str:
+    """README's command table, made from the commands' own options and help (a test keeps
+    the README equal to it), of ``group`` (default: this package's; the `bluegreen` program
+    adds `warm`). The options every config command takes (`common`) are said once, under
+    the table."""
+    import re
+
+    rows = ["| command | what it does | options |", "|---|---|---|"]
+    shared = {"config", "destination", "hosts", "verbose"}
+    for name, command in (group or main).commands.items():
+        ctx = click.Context(command)
+        usage = " ".join(p.make_metavar(ctx) for p in command.params
+                         if isinstance(p, click.Argument))
+        first = re.split(r"\.\s+(?=[A-Z])", command.help or "")[0].rstrip(".")
+        names = {o.name for o in command.params}
+        own = [o for o in command.params if isinstance(o, click.Option) and not o.hidden
+               and not (shared <= names and o.name in shared)]
+        options = ", ".join(
+            "/".join(o.opts) + ("" if o.is_flag else f" {o.metavar or (o.name or '').upper()}")
+            for o in own) + (" + common" if shared <= names else "")
+        cells = [f"`bluegreen {name}{' ' + usage if usage else ''}`", first,
+                 options.removeprefix(" + ") or "-"]
+        rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    rows.append("")
+    rows.append("common: `-c/--config PATH`, `-d/--destination NAME`, `--host NAME` "
+                "(repeatable), `-v/--verbose`.")
+    return "\n".join(rows) + "\n"

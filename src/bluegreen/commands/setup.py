@@ -1,0 +1,71 @@
+"""`setup`: the layout on each host, the supervisor's unit, the proxy's files; and what an
+admin installs for a deploy user (`--print-sudoers`, `--print-root-files`)."""
+
+from __future__ import annotations
+
+from bluegreen import supervisors
+from bluegreen.commands.workflow import Context, connected, locked
+from bluegreen.config import Colour
+from bluegreen.errors import ConfigError
+from bluegreen.hosts.fleet import each, open_fleet
+from bluegreen.plan import admin, files, sudoers
+from bluegreen.proxies import Proxy
+from bluegreen.rollout.switch import finish_interrupted
+from bluegreen.rollout.topology import AppHost
+
+
+async def setup(ctx: Context) -> None:
+    """Create the layout, write the proxy's files (nginx: both site files, and the link to
+    blue if none exists; haproxy: the config, and the map file with blue if none exists),
+    test, reload."""
+    async with connected(ctx) as topo:
+        for a in topo.apps:
+            a.node.say(f"creating {a.node.layout.root}")
+        await each(topo.apps, lambda a: a.node.run(files.make_dirs(a.node.layout.directories())),
+                   ctx.out)
+        await each(topo.apps, _install_supervisor, ctx.out)
+        async with locked(ctx, topo):
+            # setup reloads the proxy: first make sure that cannot complete a switch that a
+            # killed run left half done towards a colour that is not healthy. A proxy that
+            # answers nothing yet (a first setup killed after linking, before reloading)
+            # is what this setup's reload and verify are for.
+            await finish_interrupted(topo, ctx.out, silent_ok=True)
+
+            async def one(p: Proxy) -> None:
+                live = await p.live_colour()
+                await p.setup(live)
+                await p.verify(live or Colour.BLUE)
+                p.node.say(f"ready; live colour is {live or Colour.BLUE}")
+
+            await each(topo.proxies, one, ctx.out)
+
+
+async def print_sudoers(ctx: Context) -> str:
+    """The sudoers drop-in for the first selected host's SSH user (`sudo = true`), with the
+    full paths found on that host."""
+    hc = ctx.hosts[0]
+    user = sudoers.user_of(hc)
+    if user is None or user == "root":
+        raise ConfigError(f"hosts: {hc.label} has no non-root user in its address "
+                          "(\"deploy@host\"): --print-sudoers is for a deploy user with "
+                          "sudo = true")
+    async with open_fleet(ctx.cfg, [hc], ctx.out) as fleet:
+        node = fleet.apps[0]
+        supervisor, _ = await supervisors.choose(node)
+        commands = sudoers.privileged(ctx.cfg, supervisor.runs_units)
+        found = await node.run(sudoers.resolve(sorted({c[0] for c in commands})))
+    return sudoers.drop_in(ctx.cfg, user, commands, sudoers.parse_resolve(found.stdout))
+
+
+async def print_root_files(ctx: Context) -> str:
+    """A script an admin runs as root to install what a deploy user may not write."""
+    hc = ctx.hosts[0]
+    async with open_fleet(ctx.cfg, [hc], ctx.out) as fleet:
+        supervisor, _ = await supervisors.choose(fleet.apps[0])
+    return admin.script(ctx.cfg, hc, supervisor.runs_units)
+
+
+async def _install_supervisor(a: AppHost) -> None:
+    supervisor, why = await supervisors.choose(a.node)
+    a.node.say(f"slots run under {supervisor.title}: {why}")
+    await supervisor.install()
