@@ -49,6 +49,7 @@ async def print_sudoers(ctx: Context) -> str:
         raise ConfigError(f"hosts: {hc.label} has no non-root user in its address "
                           "(\"deploy@host\"): --print-sudoers is for a deploy user with "
                           "sudo = true")
+    sudoers.check_user(user, f"hosts: {hc.label}")
     async with open_fleet(ctx.cfg, [hc], ctx.out) as fleet:
         node = fleet.apps[0]
         supervisor, _ = await supervisors.choose(node)

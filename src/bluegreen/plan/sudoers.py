@@ -4,7 +4,10 @@ fixed argv, listed here exactly, with full paths and no wildcards."""
 
 from __future__ import annotations
 
+import re
+
 from bluegreen.config import Colour, Config, HAProxySettings, HostConfig, render
+from bluegreen.errors import ConfigError
 from bluegreen.plan import haproxy, nginx, systemd
 from bluegreen.plan.files import Argv, reading, sh, shell_command
 
@@ -14,26 +17,36 @@ SECURE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 def privileged(cfg: Config, with_systemd: bool) -> list[Argv]:
     """Every command (without `sudo -n`) bluegreen may run as root for this app."""
-    steps: list[Argv] = []
+    return [argv for _, argv in sourced(cfg, with_systemd)]
+
+
+def sourced(cfg: Config, with_systemd: bool) -> list[tuple[tuple[str, ...], Argv]]:
+    """`privileged`, each command with the config keys its words come from."""
+    steps: list[tuple[tuple[str, ...], Argv]] = []
     # Files whose content runs as root (site files, the HAProxy config, the unit) are not
     # here: an admin installs them (`plan.admin`). The map file is data, not config.
     if isinstance(cfg.proxy, HAProxySettings):
         path = haproxy.map_file(cfg)
-        steps += [*haproxy.write(cfg, path, True), haproxy.remove(cfg, path, True)]
+        keys: tuple[str, ...] = ("proxy.map_file",)
+        steps += [(keys, s) for s in [*haproxy.write(cfg, path, True),
+                                      haproxy.remove(cfg, path, True)]]
         if not haproxy.shared(cfg):  # `maintenance on|off` writes it (data, like the map)
-            steps += haproxy.write(cfg, haproxy.maintenance_map(cfg), True)
+            steps += [(keys, s) for s in haproxy.write(cfg, haproxy.maintenance_map(cfg), True)]
     else:
+        keys = ("proxy.sites_available", "proxy.sites_enabled", "proxy.site")
         for colour in Colour:
-            steps += nginx.switch(cfg, colour, True)
-        steps.append(nginx.remove_link(cfg, True))
-    for command in (cfg.proxy.test, cfg.proxy.reload):
-        steps.append(shell_command(render(command, app=cfg.app), True))
+            steps += [(keys, s) for s in nginx.switch(cfg, colour, True)]
+        steps.append((keys, nginx.remove_link(cfg, True)))
+    for key in ("test", "reload"):
+        command = render(getattr(cfg.proxy, key), app=cfg.app)
+        steps.append(((f"proxy.{key}",), shell_command(command, True)))
     if with_systemd:
         for colour in Colour:
-            steps += [systemd.enable(cfg, colour, True), systemd.reset_failed(cfg, colour, True),
-                      systemd.restart(cfg, colour, True), systemd.stop(cfg, colour, True),
-                      systemd.disable(cfg, colour, True)]
-    unique = {tuple(s[2:]): s[2:] for s in steps if s[:2] == ["sudo", "-n"]}
+            steps += [(("app",), s) for s in (
+                systemd.enable(cfg, colour, True), systemd.reset_failed(cfg, colour, True),
+                systemd.restart(cfg, colour, True), systemd.stop(cfg, colour, True),
+                systemd.disable(cfg, colour, True))]
+    unique = {tuple(s[2:]): (k, s[2:]) for k, s in steps if s[:2] == ["sudo", "-n"]}
     return list(unique.values())
 
 
@@ -53,8 +66,57 @@ def user_of(hc: HostConfig) -> str | None:
     return hc.address.rpartition("@")[0] or None
 
 
+# What sudoers reads in a command's words as more than the word itself: fnmatch wildcards,
+# which match spaces too, so one allowed word can stand for many arguments (`*`, `?`,
+# `[...]`, `[!...]`, `[^...]`); `^...$`, a regular expression (sudo 1.9.10+); `#`, a
+# comment, which would cut the arguments off; `""`, no arguments; a backslash, an escape;
+# and whitespace, which splits a word in two (sudo matches the arguments joined by spaces).
+UNSAFE = re.compile(r'[*?\[\]!^#"\\\s]')
+# A user name sudoers reads as something else: a keyword (ALL) or an alias (User_Alias
+# names are upper case), so the line would grant other users, or every user.
+_ALIAS = re.compile(r"^[A-Z][A-Z0-9_]*$")
+
+
+def check_user(user: str, where: str) -> None:
+    """Refuse a user name the drop-in cannot give rights to alone (root, ALL, an alias)."""
+    if user == "root" or _ALIAS.match(user):
+        what = "root needs no drop-in" if user == "root" else (
+            "sudoers reads an upper-case name as a keyword or alias (ALL: every user)")
+        raise ConfigError(f"{where}: the SSH user {user!r} cannot be given a sudoers drop-in "
+                          f"({what}); deploy as a lower-case non-root user, e.g. "
+                          "\"deploy@host\"")
+
+
+def check_words(keys: tuple[str, ...], argv: Argv, cfg: Config) -> None:
+    """Refuse a command sudoers would not match word for word: a word with a wildcard, a
+    space or another character sudoers gives a meaning to (`UNSAFE`), or an empty word."""
+    for word in argv:
+        if word and not UNSAFE.search(word):
+            continue
+        culprits = [k for k in keys if UNSAFE.search(_value(cfg, k))] or list(keys)
+        raise ConfigError(
+            f"{' / '.join(culprits)}: the sudoers line for `{' '.join(argv)}` would have the "
+            f"word {word!r}, which sudo matches as a pattern (wildcards, spaces, `!`, `^`, "
+            "`#`, `\"` and `\\` let it admit other command lines) or cannot express (an "
+            "empty word); use plain words (no `*?[]!^#\"\\` nor spaces) when a host has "
+            "sudo = true")
+
+
+def _value(cfg: Config, key: str) -> str:
+    section, _, name = key.rpartition(".")
+    return str(getattr(cfg.proxy if section == "proxy" else cfg, name, ""))
+
+
 def drop_in(cfg: Config, user: str, commands: list[Argv], paths: dict[str, str]) -> str:
-    """The sudoers file: `user` may run exactly ``commands`` as root, without a password."""
+    """The sudoers file: `user` may run exactly ``commands`` as root, without a password.
+    Raises ConfigError for a user or a word the file cannot name exactly."""
+    check_user(user, "hosts")
+    by_argv = {tuple(argv): keys for keys, argv in sourced(cfg, True)}
+    for argv in commands:
+        keys = by_argv.get(tuple(argv), ("proxy",))
+        check_words(keys, argv, cfg)
+        if argv[0] in paths:
+            check_words(keys, [paths[argv[0]]], cfg)
     missing = sorted({c[0] for c in commands if c[0] not in paths})
     lines = [f"# /etc/sudoers.d/bluegreen-{cfg.app}: what {user} may run as root for "
              f"bluegreen ({cfg.app}), and nothing else.",
@@ -64,7 +126,9 @@ def drop_in(cfg: Config, user: str, commands: list[Argv], paths: dict[str, str])
         lines.append(f"# not found on the host (not allowed): {' '.join(missing)}")
     for argv in commands:
         if argv[0] in paths:
-            words = [paths[argv[0]], *(_escape(a) for a in argv[1:])]
+            # Without arguments a sudoers command admits any; `""` admits none.
+            words = [paths[argv[0]], *(_escape(a) for a in argv[1:])] if argv[1:] else [
+                paths[argv[0]], '""']
             lines.append(f"{user} ALL=(root) NOPASSWD: {' '.join(words)}")
     return "\n".join(lines) + "\n"
 

@@ -1,0 +1,221 @@
+"""The sudoers drop-in (`setup --print-sudoers`): each line admits exactly one command line,
+the one bluegreen runs, as sudo matches it (fnmatch on the arguments joined by spaces, no
+arguments = any, `""` = none); sudo's own parser (`visudo`, `cvtsudoers`) reads it so."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Callable
+
+import pytest
+from hypothesis import HealthCheck, find, given, settings
+from hypothesis.errors import NoSuchExample
+from hypothesis import strategies as st
+
+from bluegreen.config import Config, parse_config
+from bluegreen.errors import ConfigError
+from bluegreen.plan import sudoers
+
+from conftest import run_cli
+
+USER = "deploy"
+
+
+def config(proxy: dict[str, str]) -> Config:
+    return parse_config({
+        "app": "shop",
+        "run": {"command": "python3 app.py"},
+        "proxy": proxy,
+        "hosts": [{"address": f"{USER}@web1", "sudo": True}],
+    }, Path("/tmp"))
+
+
+def host_paths(commands: list[list[str]]) -> dict[str, str]:
+    """Where a host's `command -v` would find each command."""
+    return {c[0]: c[0] if c[0].startswith("/") else f"/usr/bin/{c[0]}" for c in commands}
+
+
+def _fnmatch_regex(pattern: str) -> str:
+    """POSIX fnmatch without flags, as sudo calls it for arguments: `*` and `?` match any
+    character (spaces and `/` too), `[...]` / `[!...]` / `[^...]` a set, `\\X` is X."""
+    out, i = [], 0
+    while i < len(pattern):
+        ch = pattern[i]
+        if ch == "\\" and i + 1 < len(pattern):
+            out.append(re.escape(pattern[i + 1]))
+            i += 2
+            continue
+        if ch == "*":
+            out.append("(?s:.*)")
+        elif ch == "?":
+            out.append("(?s:.)")
+        elif ch == "[" and (end := pattern.find("]", i + 2)) != -1:
+            body = pattern[i + 1:end]
+            neg = body[:1] in ("!", "^")
+            chars = body[1:] if neg else body
+            out.append(f"[{'^' if neg else ''}{''.join(re.escape(c) for c in chars)}]")
+            i = end
+        else:
+            out.append(re.escape(ch))
+        i += 1
+    return "".join(out)
+
+
+def parse_line(line: str) -> tuple[str, str | None]:
+    """A rule's command and its argument pattern (None: none written), read as sudoers'
+    lexer does: an unescaped `#` starts a comment, words are separated by blanks."""
+    spec = line.split(" NOPASSWD: ", 1)[1]
+    cut = re.search(r"(?<!\\)#", spec)
+    spec = (spec[:cut.start()] if cut else spec).strip()
+    command, _, args = spec.partition(" ")
+    args = args.strip()
+    return command, (args or None)
+
+
+def arg_regex(args: str | None) -> str:
+    """A regex for the user's arguments joined by spaces that the rule admits."""
+    if args is None:
+        return "(?s:.*)"          # no arguments written: any arguments
+    if args == '""':
+        return ""                 # `""`: no arguments at all
+    if args.startswith("^") and args.endswith("$"):
+        return args[1:-1]         # sudo 1.9.10+: a regular expression
+    return _fnmatch_regex(re.sub(r"\\([,:=])", r"\1", args))  # the lexer unescapes these
+
+
+def admits(line: str, paths: dict[str, str], argv: list[str]) -> bool:
+    """Would sudo run ``argv`` (as the user typed it after `sudo -n`) under this rule?"""
+    command, args = parse_line(line)
+    if paths.get(argv[0]) != command:
+        return False
+    return re.fullmatch(arg_regex(args), " ".join(argv[1:])) is not None
+
+
+def rules(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line and not line.startswith("#")]
+
+
+def assert_exact_or_refused(proxy: dict[str, str],
+                            other: Callable[[str, str], str | None]) -> None:
+    """Either the drop-in is refused (a ConfigError naming the key) or each printed line,
+    matched the way sudo matches, admits exactly one of bluegreen's command lines.
+    ``other(regex, exact)``: a string the regex matches other than ``exact``, if any."""
+    cfg = config(proxy)
+    commands = sudoers.privileged(cfg, with_systemd=True)
+    paths = host_paths(commands)
+    words = [w for c in commands for w in c]
+    plain = all(w and not re.search(r'[*?\[\]!^#"\\\s]', w) for w in words)
+    try:
+        text = sudoers.drop_in(cfg, USER, commands, paths)
+    except ConfigError as exc:
+        assert not plain, exc
+        assert exc.exit_code == 2
+        assert re.match(r"^(proxy\.\w+)( / proxy\.\w+)*: ", str(exc)), exc
+        return
+    lines = rules(text)
+    for argv in commands:
+        assert any(admits(line, paths, argv) for line in lines), argv
+    for line in lines:
+        exact = [c for c in commands if admits(line, paths, c)]
+        assert len(exact) == 1, (line, exact)
+        name, args = exact[0][0], " ".join(exact[0][1:])
+        hostile = [[name], [name, "-f", "/etc/shadow"], [*exact[0], "/etc/shadow"]]
+        found = other(arg_regex(parse_line(line)[1]), args)
+        if found is not None:  # another argument string the rule's pattern admits
+            hostile.append([name, *found.split(" ")] if found else [name])
+        for argv in hostile:
+            assert not admits(line, paths, argv) or argv == exact[0], (line, argv)
+    assert plain, "a word sudoers reads as a pattern was printed"
+
+
+# Words a config could hold: plain ones, and ones with each character sudoers reads.
+WORD = st.text(alphabet=st.sampled_from("abz09-_./*?[]!^#\"\\ ,:="), min_size=1, max_size=8)
+SITE = WORD.filter(lambda w: "/" not in w and not w.startswith("."))
+COMMAND = st.lists(WORD, min_size=1, max_size=3).map(shlex.join)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(site=SITE, reload=COMMAND, test=COMMAND, data=st.data())
+def test_every_printed_line_admits_only_the_exact_command(
+        site: str, reload: str, test: str, data: st.DataObject) -> None:
+    def other(regex: str, exact: str) -> str | None:
+        drawn = data.draw(st.from_regex(regex, fullmatch=True))
+        return drawn if drawn != exact else None
+
+    assert_exact_or_refused({"site": site, "reload": reload, "test": test}, other)
+
+
+@pytest.mark.parametrize("proxy", [
+    {"site": "a*b"},
+    {"site": "my*app", "reload": "/usr/local/bin/reload-proxy"},
+    {"reload": "/usr/local/bin/reload-proxy"},
+    {"test": "nginx -t -c '/etc/my nginx.conf'"},
+    {"test": "nginx -t #x"},
+    {"kind": "haproxy", "map_file": "/etc/haproxy/[a-z].map"},
+], ids=["site-glob", "issue-28", "one-word-reload", "space-in-test", "comment", "map-set"])
+def test_the_issues_cases_admit_only_the_exact_command(proxy: dict[str, str]) -> None:
+    """The cases of issue 28, each searched for another admitted command line."""
+    def other(regex: str, exact: str) -> str | None:
+        try:
+            found: str = find(st.from_regex(regex, fullmatch=True), lambda s: s != exact,
+                              settings=settings(max_examples=2000, database=None))
+            return found
+        except NoSuchExample:
+            return None
+
+    assert_exact_or_refused(proxy, other)
+
+
+def test_user_names_sudoers_reads_as_others_are_refused() -> None:
+    cfg = config({})
+    commands = sudoers.privileged(cfg, with_systemd=True)
+    for user in ("ALL", "root", "ADMINS"):
+        with pytest.raises(ConfigError, match="hosts: the SSH user"):
+            sudoers.drop_in(cfg, user, commands, host_paths(commands))
+    assert rules(sudoers.drop_in(cfg, "deploy", commands, host_paths(commands)))
+
+
+def test_print_sudoers_for_user_all_is_a_config_error(tmp_path: Path) -> None:
+    """Refused before connecting (exit 2), naming the host."""
+    (tmp_path / "bluegreen.toml").write_text(
+        'app = "shop"\n[run]\ncommand = "python3 app.py"\n'
+        '[[hosts]]\naddress = "ALL@127.0.0.1"\nsudo = true\n')
+    out = run_cli(tmp_path, tmp_path, ["setup", "--print-sudoers"], check=2)
+    assert "hosts: ALL@127.0.0.1: the SSH user 'ALL'" in out.stderr, out.stderr
+    assert out.stdout == ""
+
+
+@pytest.mark.skipif(shutil.which("visudo") is None, reason="needs sudo's visudo")
+@pytest.mark.parametrize("proxy", [
+    {},
+    {"reload": "/usr/local/bin/reload-proxy", "test": "/usr/local/bin/test-proxy"},
+    {"kind": "haproxy", "map_file": "/etc/haproxy/maps/{app},x=y:z.map"},
+    {"sites_available": "/etc/nginx/a,b", "site": "shop=1:2"},
+])
+def test_visudo_and_sudos_parser_read_the_drop_in_as_printed(
+        proxy: dict[str, str], tmp_path: Path) -> None:
+    """`visudo -cf` accepts the file; `cvtsudoers` (sudo's parser) reads each rule back as
+    the exact command line, and `""` after a command that takes no arguments."""
+    cfg = config(proxy)
+    commands = sudoers.privileged(cfg, with_systemd=True)
+    paths = host_paths(commands)
+    path = tmp_path / "bluegreen-shop"
+    path.write_text(sudoers.drop_in(cfg, USER, commands, paths))
+    subprocess.run(["visudo", "-cf", str(path)], check=True, capture_output=True)
+    parsed = json.loads(subprocess.run(["cvtsudoers", "-f", "json", str(path)], check=True,
+                                       capture_output=True, text=True).stdout)
+    seen = []
+    for spec in parsed["User_Specs"]:
+        assert spec["User_List"] == [{"username": USER}]
+        for cmnd in spec["Cmnd_Specs"]:
+            assert cmnd["runasusers"] == [{"username": "root"}]
+            seen += [c["command"] for c in cmnd["Commands"]]
+    wanted = [" ".join([paths[c[0]], *c[1:]]) if c[1:] else f'{paths[c[0]]} ""'
+              for c in commands]
+    assert seen == wanted
+    assert not any(re.search(r"[*?\[\]\\]", s.partition(" ")[2]) for s in seen)
