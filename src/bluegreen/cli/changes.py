@@ -114,7 +114,8 @@ def build(state: State, json_out: bool, version: str | None) -> None:
     async def go() -> artifact.Artifact:
         return artifact.prepare(ctx.cfg, version=version, artifact=None, skip_build=False,
                                 echo=lambda line: ctx.out.step(None, line),
-                                output=lambda line: ctx.out.debug(None, line))
+                                output=lambda line: ctx.out.debug(None, line),
+                                warn=lambda line: ctx.out.warn(None, line))
 
     art = run(state, go)
     if json_out:
@@ -179,7 +180,8 @@ def deploy(state: State, json_out: bool, artifact_path: str | None, version: str
     async def go() -> workflow.DeployResult:
         art = artifact.prepare(ctx.cfg, version=version, artifact=artifact_path,
                                skip_build=skip_build, echo=lambda line: ctx.out.step(None, line),
-                               output=lambda line: ctx.out.debug(None, line))
+                               output=lambda line: ctx.out.debug(None, line),
+                               warn=lambda line: ctx.out.warn(None, line))
         ctx.out.step(None, f"release {art.release_id} ({art.path.name})")
         return await workflow.deploy(ctx, art, promote=not no_promote, plan=plan)
 

@@ -104,15 +104,26 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def check_members(path: Path) -> None:
+def check_members(path: Path) -> list[str]:
     """Refuse a tarball that is not gzip'd tar, or whose members could land outside the
-    release dir (absolute paths, ``..``, links pointing out, devices)."""
+    release dir (absolute paths, ``..``, links pointing out, devices) or run as their
+    owner (setuid, setgid). Returns warnings (world-writable members: unpacked without
+    it)."""
+    writable: list[str] = []
     try:
         with tarfile.open(path, "r:gz") as tar:
             for member in tar:
                 _check_member(member)
+                if member.mode & 0o002 and not member.issym():
+                    writable.append(member.name)
     except (tarfile.TarError, EOFError, OSError) as exc:
         raise ArtifactError(f"{path} is not a readable .tar.gz: {exc}") from None
+    if not writable:
+        return []
+    names = ", ".join(writable[:5]) + (f" and {len(writable) - 5} more" if writable[5:] else "")
+    return [f"artifact {path.name}: {len(writable)} world-writable member(s) ({names}); "
+            "unpacked without write access for group and others (chmod go-w); build the "
+            "artifact without them to silence this"]
 
 
 def _check_member(member: tarfile.TarInfo) -> None:
@@ -121,6 +132,11 @@ def _check_member(member: tarfile.TarInfo) -> None:
         raise ArtifactError(f"unsafe artifact: member {member.name!r} escapes the release dir")
     if member.isdev() or member.isfifo():
         raise ArtifactError(f"unsafe artifact: member {member.name!r} is a device or fifo")
+    if member.mode & 0o6000 and not member.issym():
+        raise ArtifactError(
+            f"unsafe artifact: member {member.name!r} is setuid or setgid (mode "
+            f"{member.mode:04o}); it would run as its owner; build the artifact without "
+            "it (chmod u-s,g-s)")
     if member.issym() or member.islnk():
         target = PurePosixPath(member.linkname)
         base = name.parent if member.issym() else PurePosixPath()
@@ -145,9 +161,10 @@ def _escapes(path: PurePosixPath) -> bool:
 
 def prepare(cfg: Config, *, version: str | None, artifact: str | None,
             skip_build: bool, echo: Callable[[str], None] | None = None,
-            output: Callable[[str], None] | None = None) -> Artifact:
+            output: Callable[[str], None] | None = None,
+            warn: Callable[[str], None] | None = None) -> Artifact:
     """Build (unless skipped or an artifact is given) and check the artifact to deploy;
-    ``echo`` and ``output``: see `build`."""
+    ``echo`` and ``output``: see `build`; ``warn`` gets what the check lets through."""
     ver = resolve_version(cfg, version)
     if artifact is None and not skip_build:
         build(cfg, ver, echo, output)
@@ -155,5 +172,7 @@ def prepare(cfg: Config, *, version: str | None, artifact: str | None,
     if not path.is_file():
         raise ArtifactError(f"artifact {path} does not exist"
                             + ("" if cfg.release.build else " (release.build is not set)"))
-    check_members(path)
+    for warning in check_members(path):
+        if warn:
+            warn(warning)
     return Artifact(path, ver, sha256_of(path))
