@@ -9,6 +9,7 @@ import os
 import stat
 import subprocess
 import tarfile
+import time
 from pathlib import Path, PurePosixPath
 
 import pytest
@@ -116,3 +117,67 @@ def test_the_hosts_unpack_strips_setuid_setgid_and_world_write(tmp_path: Path) -
     assert not [n for n, m in found.items() if m & 0o6022], {n: oct(m) for n, m in found.items()}
     assert (Path(str(layout.release(rid))) / "bin" / "root-shell").read_bytes().startswith(b"#!")
     assert not Path(str(release.upload_path(layout, rid))).exists()
+
+
+def test_a_corrupt_header_in_the_middle_is_refused_before_upload(local_project: Project) -> None:
+    """Python's tarfile stops at a header with a bad checksum; GNU tar on the host skips it
+    and unpacks what follows (here a setuid file): the check must read to the end."""
+    p = local_project
+    p.bg("setup")
+    p.deploy("1.0.0")
+    art, raw = sample_with(p, "2.0.0", [_member("hidden/", 0o755, tarfile.DIRTYPE),
+                                        _member("hidden/ok", 0o644),
+                                        _member("hidden/root-shell", 0o4755)])
+    damaged = bytearray(raw)
+    with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
+        middle = next(m for m in tar if m.name == "hidden/ok")
+    damaged[middle.offset + 148] ^= 0x55  # its checksum field
+    art.write_bytes(gzip.compress(bytes(damaged), mtime=0))
+    # GNU tar reads past it and still finds the setuid member.
+    listed = subprocess.run(["tar", "-tzf", str(art)], capture_output=True, text=True)
+    assert "hidden/root-shell" in listed.stdout and "Skipping to next header" in listed.stderr
+
+    out = p.bg("deploy", "--version", "2.0.0", check=1)
+    assert "corrupt tar header at byte" in out.stderr, out.stderr
+    assert "uploading" not in out.stderr
+    assert not any(d.name.startswith(("2.0.0", ".2.0.0"))
+                   for d in (p.deploy_to / "releases").iterdir())
+    assert p.answer().version == "1.0.0"
+
+
+def layout_release_exists(layout: Layout, rid: str) -> bool:
+    return Path(str(layout.release(rid))).exists()
+
+
+def test_the_unpack_dir_is_private_until_it_is_whole(tmp_path: Path) -> None:
+    """While tar runs, the temp dir is mode 700 (no other user can reach the half-unpacked
+    tree); the release dir then gets the usual mode. The archive comes through a fifo, so
+    tar is caught mid-way for real."""
+    root = tmp_path / "srv"
+    (root / "releases").mkdir(parents=True)
+    layout = Layout(root=PurePosixPath(root))
+    rid = "1.0.0-abcdef012345"
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for info, data in (_member("./", 0o755, tarfile.DIRTYPE), _member("a", 0o644),
+                           _member("b", 0o644, data=os.urandom(1 << 20))):
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    upload = Path(str(release.upload_path(layout, rid)))
+    os.mkfifo(upload)
+    tmp = root / "releases" / f".{rid}.unpack"
+    proc = subprocess.Popen(release.unpack(layout, rid), preexec_fn=lambda: os.umask(0o022))
+    try:
+        with upload.open("wb") as fifo:
+            half = len(buf.getvalue()) // 2
+            fifo.write(buf.getvalue()[:half])  # "./" and "a", and half of "b"
+            fifo.flush()
+            deadline = time.monotonic() + 10
+            while not (tmp / "a").exists() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert (tmp / "a").exists() and not layout_release_exists(layout, rid)
+            assert stat.S_IMODE(tmp.stat().st_mode) == 0o700, oct(tmp.stat().st_mode)
+            fifo.write(buf.getvalue()[half:])
+        assert proc.wait(timeout=60) == 0
+    finally:
+        proc.kill()
+    assert stat.S_IMODE(Path(str(layout.release(rid))).stat().st_mode) == 0o755

@@ -35,17 +35,18 @@ def verify(path: PurePosixPath, sha256: str) -> Argv:
 
 
 def unpack(layout: Layout, rid: str) -> Argv:
-    """Unpack into a dot-named temp dir and rename it into place, so a release dir is
-    always whole; on failure (a full disk, a bad archive) nothing is left behind. No
-    setuid, setgid or world-writable mode survives."""
+    """Unpack into a dot-named temp dir (mode 700 until it is whole) and rename it into
+    place, so a release dir is always whole; on failure (a full disk, a bad archive)
+    nothing is left behind. No setuid, setgid or world-writable mode survives."""
     # GNU tar run by root keeps the archive's modes (--same-permissions) and owners: a
     # setuid file would be root's. The chmod also covers a umask of 0.
     return sh(
-        'tmp="$(dirname "$1")/.$(basename "$1").unpack"; rm -rf "$tmp"; mkdir -p "$tmp" || exit 1\n'
+        'tmp="$(dirname "$1")/.$(basename "$1").unpack"; rm -rf "$tmp"; mkdir -m 700 "$tmp" || exit 1\n'
         'if ! tar -xzf "$2" -C "$tmp" --no-same-owner --no-same-permissions --no-overwrite-dir; then\n'
         '  rm -rf "$tmp" "$2"; exit 1\n'
         'fi\n'
-        'chmod -R u-s,g-s,go-w "$tmp" && touch "$tmp" && mv -T "$tmp" "$1" && rm -f "$2"',
+        'chmod -R u-s,g-s,go-w "$tmp" && chmod "$(umask -S)" "$tmp" && chmod go-w "$tmp" && '
+        'touch "$tmp" && mv -T "$tmp" "$1" && rm -f "$2"',
         layout.release(rid),
         upload_path(layout, rid),
     )

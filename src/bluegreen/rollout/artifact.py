@@ -105,10 +105,10 @@ def sha256_of(path: Path) -> str:
 
 
 def check_members(path: Path) -> list[str]:
-    """Refuse a tarball that is not gzip'd tar, or whose members could land outside the
-    release dir (absolute paths, ``..``, links pointing out, devices) or run as their
-    owner (setuid, setgid). Returns warnings (world-writable members: unpacked without
-    it)."""
+    """Refuse a tarball that is not gzip'd tar, that tar on a host would read further than
+    this check (a corrupt header), or whose members could land outside the release dir
+    (absolute paths, ``..``, links pointing out, devices) or run as their owner (setuid,
+    setgid). Returns warnings (world-writable members: unpacked without it)."""
     writable: list[str] = []
     try:
         with tarfile.open(path, "r:gz") as tar:
@@ -116,6 +116,7 @@ def check_members(path: Path) -> list[str]:
                 _check_member(member)
                 if member.mode & 0o002 and not member.issym():
                     writable.append(member.name)
+            _check_end(tar, path)
     except (tarfile.TarError, EOFError, OSError) as exc:
         raise ArtifactError(f"{path} is not a readable .tar.gz: {exc}") from None
     if not writable:
@@ -124,6 +125,21 @@ def check_members(path: Path) -> list[str]:
     return [f"artifact {path.name}: {len(writable)} world-writable member(s) ({names}); "
             "unpacked without write access for group and others (chmod go-w); build the "
             "artifact without them to silence this"]
+
+
+def _check_end(tar: tarfile.TarFile, path: Path) -> None:
+    """Refuse unless the members read reach the end of the archive, as GNU tar sees it:
+    Python's tarfile stops at a header with a bad checksum, GNU tar skips it and unpacks
+    the members after it, so those would reach the host unchecked. Both stop at a zero
+    block (the end-of-archive marker, or a lone one) and at the end of the data."""
+    fileobj = tar.fileobj
+    assert fileobj is not None
+    fileobj.seek(tar.offset)
+    if fileobj.read(tarfile.BLOCKSIZE).strip(b"\0"):
+        raise ArtifactError(
+            f"unsafe artifact: {path} has a corrupt tar header at byte {tar.offset} of the "
+            "unpacked archive; tar on the host would skip it and unpack the members after "
+            "it unchecked; rebuild the artifact")
 
 
 def _check_member(member: tarfile.TarInfo) -> None:
