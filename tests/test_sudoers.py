@@ -66,15 +66,18 @@ def _fnmatch_regex(pattern: str) -> str:
     return "".join(out)
 
 
-def parse_line(line: str) -> tuple[str, str | None]:
-    """A rule's command and its argument pattern (None: none written), read as sudoers'
-    lexer does: an unescaped `#` starts a comment, words are separated by blanks."""
+def parse_line(line: str) -> list[tuple[str, str | None]]:
+    """A rule's commands, each with its argument pattern (None: none written), read as
+    sudoers' lexer does: an unescaped `#` starts a comment, an unescaped `,` another
+    command, words are separated by blanks."""
     spec = line.split(" NOPASSWD: ", 1)[1]
     cut = re.search(r"(?<!\\)#", spec)
-    spec = (spec[:cut.start()] if cut else spec).strip()
-    command, _, args = spec.partition(" ")
-    args = args.strip()
-    return command, (args or None)
+    spec = spec[:cut.start()] if cut else spec
+    out: list[tuple[str, str | None]] = []
+    for part in re.split(r"(?<!\\),", spec):
+        command, _, args = part.strip().partition(" ")
+        out.append((command, args.strip() or None))
+    return out
 
 
 def arg_regex(args: str | None) -> str:
@@ -90,10 +93,10 @@ def arg_regex(args: str | None) -> str:
 
 def admits(line: str, paths: dict[str, str], argv: list[str]) -> bool:
     """Would sudo run ``argv`` (as the user typed it after `sudo -n`) under this rule?"""
-    command, args = parse_line(line)
-    if paths.get(argv[0]) != command:
-        return False
-    return re.fullmatch(arg_regex(args), " ".join(argv[1:])) is not None
+    path = paths.get(argv[0], argv[0] if argv[0].startswith("/") else None)
+    return any(path == command
+               and re.fullmatch(arg_regex(args), " ".join(argv[1:])) is not None
+               for command, args in parse_line(line))
 
 
 def rules(text: str) -> list[str]:
@@ -109,7 +112,8 @@ def assert_exact_or_refused(proxy: dict[str, str],
     commands = sudoers.privileged(cfg, with_systemd=True)
     paths = host_paths(commands)
     words = [w for c in commands for w in c]
-    plain = all(w and not re.search(r'[*?\[\]!^#"\\\s]', w) for w in words)
+    plain = (all(w and not re.search(r'[*?\[\]!^#"\\\s]', w) for w in words)
+             and not any(re.search("[,:=]", c[0]) for c in commands))
     try:
         text = sudoers.drop_in(cfg, USER, commands, paths)
     except ConfigError as exc:
@@ -118,18 +122,24 @@ def assert_exact_or_refused(proxy: dict[str, str],
         assert re.match(r"^(proxy\.\w+)( / proxy\.\w+)*: ", str(exc)), exc
         return
     lines = rules(text)
-    for argv in commands:
-        assert any(admits(line, paths, argv) for line in lines), argv
     for line in lines:
         exact = [c for c in commands if admits(line, paths, c)]
-        assert len(exact) == 1, (line, exact)
-        name, args = exact[0][0], " ".join(exact[0][1:])
-        hostile = [[name], [name, "-f", "/etc/shadow"], [*exact[0], "/etc/shadow"]]
-        found = other(arg_regex(parse_line(line)[1]), args)
-        if found is not None:  # another argument string the rule's pattern admits
-            hostile.append([name, *found.split(" ")] if found else [name])
+        hostile: list[list[str]] = []
+        for command, pattern in parse_line(line):
+            hostile += [[command], [command, "-f", "/etc/shadow"]]
+            for argv in exact:
+                hostile.append([*argv, "/etc/shadow"])
+                found = other(arg_regex(pattern), " ".join(argv[1:]))
+                if found is not None:  # another argument string the pattern admits
+                    hostile.append([command, *found.split(" ")] if found else [command])
+            if pattern not in (None, '""'):  # the command as the line writes it
+                hostile.append([command, *re.sub(r"\\(.)", r"\1", pattern).split(" ")])
         for argv in hostile:
-            assert not admits(line, paths, argv) or argv == exact[0], (line, argv)
+            assert not admits(line, paths, argv) or [paths.get(argv[0], argv[0]), *argv[1:]] in [
+                [paths[c[0]], *c[1:]] for c in exact], (line, argv)
+        assert len(exact) == 1, (line, exact)
+    for argv in commands:
+        assert any(admits(line, paths, argv) for line in lines), argv
     assert plain, "a word sudoers reads as a pattern was printed"
 
 
@@ -157,7 +167,9 @@ def test_every_printed_line_admits_only_the_exact_command(
     {"test": "nginx -t -c '/etc/my nginx.conf'"},
     {"test": "nginx -t #x"},
     {"kind": "haproxy", "map_file": "/etc/haproxy/[a-z].map"},
-], ids=["site-glob", "issue-28", "one-word-reload", "space-in-test", "comment", "map-set"])
+    {"reload": "/opt/bin/reload,/usr/bin/tee /etc/sudoers"},
+], ids=["site-glob", "issue-28", "one-word-reload", "space-in-test", "comment", "map-set",
+        "comma-in-command"])
 def test_the_issues_cases_admit_only_the_exact_command(proxy: dict[str, str]) -> None:
     """The cases of issue 28, each searched for another admitted command line."""
     def other(regex: str, exact: str) -> str | None:

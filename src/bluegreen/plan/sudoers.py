@@ -89,17 +89,18 @@ def check_user(user: str, where: str) -> None:
 
 def check_words(keys: tuple[str, ...], argv: Argv, cfg: Config) -> None:
     """Refuse a command sudoers would not match word for word: a word with a wildcard, a
-    space or another character sudoers gives a meaning to (`UNSAFE`), or an empty word."""
-    for word in argv:
-        if word and not UNSAFE.search(word):
+    space or another character sudoers gives a meaning to (`UNSAFE`), or an empty word;
+    in the command itself also `,` (it would start a second command), `:` and `=`."""
+    for i, word in enumerate(argv):
+        if word and not UNSAFE.search(word) and not (i == 0 and re.search("[,:=]", word)):
             continue
         culprits = [k for k in keys if UNSAFE.search(_value(cfg, k))] or list(keys)
         raise ConfigError(
             f"{' / '.join(culprits)}: the sudoers line for `{' '.join(argv)}` would have the "
-            f"word {word!r}, which sudo matches as a pattern (wildcards, spaces, `!`, `^`, "
-            "`#`, `\"` and `\\` let it admit other command lines) or cannot express (an "
-            "empty word); use plain words (no `*?[]!^#\"\\` nor spaces) when a host has "
-            "sudo = true")
+            f"word {word!r}, which sudo would not read as just that word (wildcards and "
+            "spaces let a line admit other command lines, `#` cuts it, `,` in a command "
+            "starts another one) or cannot express (an empty word); use plain words (no "
+            "`*?[]!^#\"\\` nor spaces; no `,:=` in a command) when a host has sudo = true")
 
 
 def _value(cfg: Config, key: str) -> str:
