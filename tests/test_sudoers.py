@@ -22,6 +22,7 @@ from bluegreen.errors import ConfigError
 from bluegreen.plan import sudoers
 
 from conftest import run_cli
+from systemd_host import APP, Site, SystemdHost, SystemdLab, lab  # noqa: F401 (fixture)
 
 USER = "deploy"
 
@@ -231,3 +232,64 @@ def test_visudo_and_sudos_parser_read_the_drop_in_as_printed(
               for c in commands]
     assert seen == wanted
     assert not any(re.search(r"[*?\[\]\\]", s.partition(" ")[2]) for s in seen)
+
+
+# A deploy user on a real server (as docs/servers.md prepares one).
+PREPARE_DEPLOY_USER = f"""
+useradd --create-home --shell /bin/bash deploy
+install -d -m 0700 -o deploy -g deploy /home/deploy/.ssh
+install -m 0600 -o deploy -g deploy /root/.ssh/authorized_keys /home/deploy/.ssh/
+install -d -o deploy -g deploy /srv/{APP}
+printf '#!/bin/sh\\nexec nginx -s reload\\n' > /usr/local/bin/reload-proxy
+chmod 0755 /usr/local/bin/reload-proxy
+"""
+
+
+@pytest.fixture(scope="module")
+def server(lab: SystemdLab) -> SystemdHost:
+    host = lab.add()
+    host.boot()
+    return host
+
+
+def test_real_sudo_runs_only_the_printed_command_lines(
+        lab: SystemdLab, server: SystemdHost, tmp_path: Path) -> None:
+    """On a real server: the drop-in `setup --print-sudoers` prints for a one-word
+    `proxy.reload` passes `visudo -cf`, and sudo then allows each printed command line and
+    refuses the same commands with other arguments; `site = "my*app"` is refused (exit 2,
+    naming proxy.site) before anything is printed."""
+    server.shell(PREPARE_DEPLOY_USER)
+    try:
+        site = Site(lab, server, tmp_path / "project", user="deploy")
+        site.proxy = {**site.proxy, "reload": "/usr/local/bin/reload-proxy"}
+        site.write_config()
+        drop_in = site.bg("setup", "--print-sudoers").stdout
+        server.exec("sh", "-c", f"cat > /etc/sudoers.d/bluegreen-{APP} && chmod 0440 "
+                    f"/etc/sudoers.d/bluegreen-{APP} && visudo -cf /etc/sudoers.d/bluegreen-{APP}",
+                    input=drop_in)
+
+        def sudo_allows(command: str) -> bool:
+            """`sudo -n -l COMMAND` as deploy: exit 0 when sudo would run it."""
+            return server.exec("runuser", "-u", "deploy", "--", "sh", "-c",
+                               f"sudo -n -l {command}", check=False).returncode == 0
+
+        printed = [line.split(" NOPASSWD: ", 1)[1].removesuffix(' ""')
+                   for line in rules(drop_in)]
+        assert "/usr/local/bin/reload-proxy" in printed, drop_in
+        for command in printed:
+            assert sudo_allows(command), command
+        for command in ("/usr/local/bin/reload-proxy -f /etc/shadow",
+                        "/usr/local/bin/reload-proxy /etc/shadow",
+                        f"/usr/bin/ln -sfn /etc/shadow /etc/nginx/sites-enabled/.{APP}.bluegreen-tmp",
+                        f"/usr/bin/rm -f /etc/nginx/sites-enabled/{APP} /etc/passwd",
+                        "/usr/bin/rm -f /etc/passwd"):
+            assert not sudo_allows(command), command
+
+        site.proxy = {**site.proxy, "site": "my*app"}
+        site.write_config()
+        out = site.bg("setup", "--print-sudoers", check=2)
+        assert out.stderr.startswith("error: proxy.site: "), out.stderr
+        assert out.stdout == ""
+    finally:
+        server.shell(f"rm -rf /srv/{APP} /etc/sudoers.d/bluegreen-{APP} "
+                     "/usr/local/bin/reload-proxy; userdel -r deploy", check=False)
