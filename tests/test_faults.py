@@ -3,6 +3,7 @@ after becoming healthy; a disk that fills up; shell metacharacters in paths."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -152,6 +153,33 @@ def test_release_that_dies_after_becoming_healthy_is_not_promoted(project: Proje
     assert (a.colour, a.version) == ("blue", "1.0.0")
     p.deploy("2.0.0")  # re-run after the fault: stops nothing (gone), starts again, promotes
     assert p.answer().version == "2.0.0"
+
+
+def test_status_fails_when_the_live_slot_is_killed(project: Project) -> None:
+    """The live slot's process OOM-killed (SIGKILL): the proxy answers 502, and `status`
+    says so (exit 1, ok false, a problem with the fix), not that all is well."""
+    p = project
+    p.bg("setup")
+    p.deploy("1.0.0")
+    p.deploy("2.0.0")
+    assert p.bg("status").returncode == 0
+    os.kill(p.status()["slots"]["green"]["pid"], signal.SIGKILL)
+    assert p.answer().status == 502
+    out = p.bg("status", "--json", check=1)
+    data = json.loads(out.stdout)
+    assert data["ok"] is False and data["split_brain"] is False
+    assert len(data["problems"]) == 1 and "`bluegreen rollback`" in data["problems"][0]
+    assert p.bg("status", check=1).stdout  # the text form too
+    p.bg("rollback")  # the fix it names: blue (1.0.0) is healthy
+    assert (p.answer().status, p.answer().version) == (200, "1.0.0")
+    assert json.loads(p.bg("status", "--json").stdout)["problems"] == []  # green is idle
+    os.kill(p.status()["slots"]["blue"]["pid"], signal.SIGKILL)  # and now the live one too
+    assert p.answer().status == 502
+    data = json.loads(p.bg("status", "--json", check=1).stdout)
+    assert data["ok"] is False and len(data["problems"]) == 1
+    assert "rollback" not in data["problems"][0] and "`bluegreen deploy`" in data["problems"][0]
+    p.deploy("3.0.0")  # the fix it names
+    assert p.answer().version == "3.0.0" and p.bg("status").returncode == 0
 
 
 def test_disk_full_during_upload_and_unpack(local_project: Project, tmp_path: Path) -> None:

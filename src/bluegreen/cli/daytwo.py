@@ -29,7 +29,9 @@ else:
 
 
 @main.command(help="Per host: the live colour, what the proxy answers, and each slot's "
-                   "release, version, port, pid, running and healthy.")
+                   "release, version, port, pid, running and healthy. Exits 1 when a live "
+                   "slot is not running or not healthy (users get errors; the problem "
+                   "names the fix), 3 when a host cannot be reached.")
 @json_data
 @common
 def status(state: State, json_out: bool) -> None:
@@ -43,6 +45,8 @@ def status(state: State, json_out: bool) -> None:
         views.print_status(data)
     if any(not h["reachable"] for h in [*data["hosts"], *data.get("load_balancers", [])]):
         sys.exit(3)
+    if reports.live_slots_down(data["hosts"]):
+        sys.exit(1)
 
 
 @main.command(help="Drain and stop an idle slot (the live one is refused).")

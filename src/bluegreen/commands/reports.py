@@ -175,11 +175,41 @@ async def status(cfg: Config, hosts: list[HostConfig], out: Reporter) -> dict[st
         problems.append("live releases differ: " + ", ".join(
             f"{host} serves {rel or 'nothing'}" for host, rel in releases.items())
             + "; fix: deploy one release to every host")
+    split_brain_found = bool(problems)
+    problems.extend(_live_slot_problem(h) for h in live_slots_down(host_rows))
     data: dict[str, Any] = {"app": cfg.app, "hosts": host_rows,
-                            "split_brain": bool(problems), "problems": problems}
+                            "split_brain": split_brain_found, "problems": problems}
     if cfg.load_balancers:
         data["load_balancers"] = balancer_rows
     return data
+
+
+def live_slots_down(host_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The reachable hosts (`status` rows) whose live slot holds a release but is not
+    running or not healthy: the proxy sends users there, and they get errors (502). A live
+    slot that never held a release (after `setup`, before the first deploy) is not one."""
+    down = []
+    for h in host_rows:
+        live = h.get("live") if h.get("reachable") else None
+        slot = h["slots"].get(live) if live else None
+        if slot and slot["release"] and not (slot["running"] and slot["healthy"]):
+            down.append(h)
+    return down
+
+
+def _live_slot_problem(h: dict[str, Any]) -> str:
+    """One sentence on a host's live slot that does not serve, with the fix."""
+    live = Colour(h["live"])
+    slot, idle = h["slots"][live.value], h["slots"][live.other.value]
+    what = ("is running but not healthy" if slot["running"] else
+            f"is not running (nothing listens on port {slot['port']})")
+    if idle["running"] and idle["healthy"] and idle["release"]:
+        fix = (f"`bluegreen rollback` switches to {live.other} ({idle['release']}), which is "
+               "healthy")
+    else:
+        fix = (f"redeploy (`bluegreen deploy`), since {live.other} is not healthy either")
+    return (f"{h['host']}: the live slot {live} ({slot['release']}) {what}, so users get "
+            f"errors through the proxy; fix: {fix}")
 
 
 async def _status_host(a: AppHost) -> dict[str, Any]:
