@@ -182,6 +182,27 @@ def test_status_fails_when_the_live_slot_is_killed(project: Project) -> None:
     assert p.answer().version == "3.0.0" and p.bg("status").returncode == 0
 
 
+def test_a_torn_history_line_loses_no_other_event(project: Project) -> None:
+    """A power cut in the middle of an append leaves half a line at the end of
+    history.jsonl: the next events start on lines of their own and are read; the torn
+    line is skipped and reported (`history --json`: the host's `torn_lines`)."""
+    p = project
+    p.bg("setup")
+    p.deploy("1.0.0")
+    path = p.deploy_to / "history.jsonl"
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[:-1]) + lines[-1][:len(lines[-1]) // 2])  # the cut
+    p.deploy("2.0.0")
+    out = p.bg("history", "--json")
+    result = json.loads(out.stdout)
+    assert [(e["event"], e["version"]) for e in result["events"][:2]] == [
+        ("promote", "2.0.0"), ("deploy", "2.0.0")]
+    assert result["hosts"] == [{"name": "web1", "torn_lines": [len(lines)]}]
+    assert "torn" in out.stderr
+    p.bg("rollback")
+    assert json.loads(p.bg("history", "--json").stdout)["events"][0]["event"] == "rollback"
+
+
 def test_disk_full_during_upload_and_unpack(local_project: Project, tmp_path: Path) -> None:
     p = local_project
     mount = tmp_path / "small"

@@ -248,3 +248,55 @@ def test_sudoers_lets_a_deploy_user_write_the_haproxy_map_and_maintenance_map() 
         tmp = path.parent / f".{path.name}.bluegreen-tmp"
         assert f"tee {tmp}" in lines and f"mv -f {tmp} {path}" in lines, (path, lines)
     assert not any(str(haproxy.config_file(HX)) in line for line in lines)
+
+
+def test_history_append_is_one_write_whole_or_not_at_all(tmp_path: Path) -> None:
+    """The append, run for real: after a torn last line it starts a line of its own; a
+    write cut short (here by a file size limit, as a full disk does) is taken back, so no
+    half line is left for the next append to continue."""
+    import resource
+
+    from bluegreen.plan import history
+
+    path = tmp_path / "history.jsonl"
+    path.write_text('{"time":"2026-01-01T00:00:00+00:00","event":"deploy"}\n{"time":"2026-0')
+    line = history.line(history.entry(time="2026-01-02T00:00:00+00:00", event="promote",
+                                      host="web1", color="blue", release="r", version="1",
+                                      user="u"))
+    argv = history.append(Layout(PurePosixPath(tmp_path)))
+    subprocess.run(argv, input=line, text=True, check=True)
+    events, torn = history.parse(path.read_text())
+    assert [e["event"] for e in events] == ["deploy", "promote"] and torn == [2]
+
+    before = path.read_bytes()
+    limit = len(before) + 100  # the next line does not fit whole
+
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    big = history.line(history.entry(time="2026-01-03T00:00:00+00:00", event="failed",
+                                     host="web1", color=None, release=None, version=None,
+                                     user="u", detail="x" * 1000))
+    done = subprocess.run(argv, input=big, text=True, preexec_fn=small_files,
+                          capture_output=True)
+    assert done.returncode != 0
+    assert path.read_bytes() == before  # nothing of it stays
+    subprocess.run(argv, input=line, text=True, check=True)
+    assert [e["event"] for e in history.parse(path.read_text())[0]] == [
+        "deploy", "promote", "promote"]
+
+
+def test_history_reads_an_event_glued_to_a_torn_line() -> None:
+    """What `cat >>` appends left after a torn line (recorded from a host): the next event
+    on the same line. It is read; the line is reported as torn."""
+    from bluegreen.plan import history
+
+    text = ('{"time":"2026-12-01T10:00:00+00:00","event":"deploy","host":"web1","color":"blue",'
+            '"release":"1.0.0-aaaaaaaaaaaa","version":"1.0.0","user":"ci","detail":""}\n'
+            '{"time":"2026-12-01T10:00:01+00:00","event":"promote","host":"web1","col'
+            '{"time":"2026-12-01T11:00:00+00:00","event":"deploy","host":"web1","color":"green",'
+            '"release":"2.0.0-bbbbbbbbbbbb","version":"2.0.0","user":"ci","detail":""}\n')
+    events, torn = history.parse(text)
+    assert [(e["event"], e["version"]) for e in events] == [("deploy", "1.0.0"),
+                                                           ("deploy", "2.0.0")]
+    assert torn == [2]

@@ -65,17 +65,20 @@ def stop(state: State, json_out: bool, colour: str) -> None:
     click.echo(f"{colour} stopped")
 
 
-@main.command(help="Deploy, promote, rollback, stop, prune and failure events, newest first.")
+@main.command(help="Deploy, promote, rollback, stop, prune and failure events, newest first. "
+                   "A line torn by a crash in the middle of an append is skipped, with a "
+                   "warning.")
 @click.option("-n", "limit", type=click.IntRange(min=1), help="Show at most N events.")
 @json_data
 @common
 def history(state: State, json_out: bool, limit: int | None) -> None:
     state.out.quiet = json_out
     ctx = load(state)
-    events = run(state, lambda: operations.read_history(ctx, limit))
+    events, torn = run(state, lambda: operations.read_history(ctx, limit))
     if json_out:
-        names = list(dict.fromkeys(e["host"] for e in events))
-        emit_result([{"name": n} for n in names], events=events)
+        names = list(dict.fromkeys([*(e["host"] for e in events), *torn]))
+        emit_result([{"name": n, "torn_lines": torn[n]} if n in torn else {"name": n}
+                     for n in names], events=events)
         return
     views.print_history(events)
 

@@ -213,13 +213,22 @@ async def logs(ctx: Context, colour: Colour | None, lines: int, follow: bool,
                 show((await a.node.run(argv, check=False)).stdout)
 
 
-async def read_history(ctx: Context, limit: int | None) -> list[dict[str, Any]]:
-    """Every host's history, merged, newest first."""
+async def read_history(ctx: Context, limit: int | None
+                       ) -> tuple[list[dict[str, Any]], dict[str, list[int]]]:
+    """Every host's history, merged, newest first; and per host, the torn lines skipped
+    (each a warning)."""
     async with connected(ctx) as topo:
         texts = await each(topo.apps, lambda a: a.node.run(history.read(a.node.layout)),
                            ctx.out)
-    indexed = [(str(e.get("time", "")), i, e)
-               for r in texts for i, e in enumerate(history.parse(r.stdout))]
+    indexed: list[tuple[str, int, dict[str, Any]]] = []
+    torn: dict[str, list[int]] = {}
+    for a, r in zip(topo.apps, texts):
+        events, skipped = history.parse(r.stdout)
+        indexed.extend((str(e.get("time", "")), i, e) for i, e in enumerate(events))
+        if skipped:
+            torn[a.name] = skipped
+            ctx.out.warn(a.name, f"{a.node.layout.history}: skipped torn line(s) "
+                         f"{', '.join(map(str, skipped))} (an append cut short by a crash)")
     indexed.sort(key=lambda t: (t[0], t[1]), reverse=True)
-    events = [e for _, _, e in indexed]
-    return events[:limit] if limit else events
+    merged = [e for _, _, e in indexed]
+    return (merged[:limit] if limit else merged), torn

@@ -76,9 +76,26 @@ def remove_config(path: PurePosixPath, use_sudo: bool) -> Argv:
     return sudo(["rm", "-f", str(path)], use_sudo)
 
 
+# One write(2) with O_APPEND of the whole of stdin (a line): `cat >>` may write it in
+# pieces, and a crash or a full disk between them left half a line, which the next line
+# then continued (one unreadable line: the next event lost). A short write is cut back off;
+# after a line torn anyway (a power cut), the new one starts on a line of its own.
+# python3: the agent needs it on every host already. Python 3.6 or later.
+APPEND_LINE = "; ".join([  # one line: it is what `--dry-run` prints
+    "import os, sys",
+    "line = sys.stdin.buffer.read()",
+    "fd = os.open(sys.argv[1], os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)",
+    "size = os.fstat(fd).st_size",
+    "line = b'\\n' * (size > 0 and os.pread(fd, 1, size - 1) != b'\\n') + line",
+    "written = os.write(fd, line)",  # OSError (a full disk) when it wrote nothing
+    "written == len(line) or sys.exit(os.ftruncate(fd, size) or 'cannot append to %s: "
+    "wrote %d of %d bytes' % (sys.argv[1], written, len(line)))",
+])
+
+
 def append_file(path: PurePosixPath) -> Argv:
-    """Append stdin to ``path``."""
-    return sh('cat >> "$1"', path)
+    """Append stdin (one line) to ``path`` in one write: whole, or not at all."""
+    return ["python3", "-I", "-S", "-c", APPEND_LINE, str(path)]
 
 
 def read_file(path: PurePosixPath) -> FileRead:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from bluegreen.plan.files import Argv, append_file, read_file, reading
@@ -31,14 +32,29 @@ def read(layout: Layout) -> Argv:
     return read_file(layout.history)
 
 
-def parse(text: str) -> list[dict[str, Any]]:
-    """The events in a history file, oldest first; a torn last line is skipped."""
-    events = []
-    for raw in text.splitlines():
-        try:
-            obj = json.loads(raw)
-        except ValueError:
+def parse(text: str) -> tuple[list[dict[str, Any]], list[int]]:
+    """The events in a history file, oldest first, and the numbers (from 1) of the torn
+    lines skipped: an append cut short (a crash, a power cut). Before appends were one
+    write, the next event continued such a line: it is read from where it starts."""
+    events: list[dict[str, Any]] = []
+    torn: list[int] = []
+    for number, raw in enumerate(text.splitlines(), start=1):
+        if not raw.strip():
             continue
-        if isinstance(obj, dict):
+        obj = _event(raw)
+        if obj is None:
+            torn.append(number)
+            # Every event starts with this key, which a JSON string cannot hold unescaped.
+            starts = [m.start() for m in re.finditer(r'\{"time":', raw) if m.start() > 0]
+            obj = next((e for e in map(_event, (raw[i:] for i in starts)) if e), None)
+        if obj is not None:
             events.append(obj)
-    return events
+    return events, torn
+
+
+def _event(raw: str) -> dict[str, Any] | None:
+    try:
+        obj = json.loads(raw)
+    except ValueError:
+        return None
+    return obj if isinstance(obj, dict) else None
