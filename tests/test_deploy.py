@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import threading
 import time
 from pathlib import Path
 
-from conftest import SERVER_NAME, Project, get, live_slot, squatter
+from conftest import BLUEGREEN, SERVER_NAME, Project, get, live_slot, squatter
 
 
 def setup(p: Project) -> None:
@@ -252,6 +253,46 @@ def test_lock_held_exits_4_and_unlock_clears_it(project: Project) -> None:
     assert "no lock" in project.bg("unlock").stdout
     project.deploy("1.0.0")
     assert project.answer().version == "1.0.0"
+
+
+def test_unlock_refuses_a_live_fresh_holder_unless_forced(project: Project) -> None:
+    """A deploy that is running (held in its pre_deploy hook) keeps its lock: `unlock`
+    exits 4 and removes nothing; `--force` removes it. A fresh lock from another machine
+    (whose pid cannot be checked) too; a dead holder's lock goes without --force."""
+    p = project
+    setup(p)
+    p.deploy("1.0.0")
+    hooked = p.dir / "hooked"
+    p.write_config(hooks={"pre_deploy": f"touch {hooked}; exec sleep 60"})
+    p.artifact("2.0.0")
+    running = subprocess.Popen([*BLUEGREEN, "deploy", "--version", "2.0.0"], cwd=p.dir,
+                               env={**os.environ, "HOME": str(p.home)}, start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while not hooked.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert hooked.exists() and running.poll() is None
+        lock = p.deploy_to / "lock"
+        p.bg("unlock", check=4)
+        p.bg("unlock", "--json", check=4)
+        assert lock.exists() and running.poll() is None
+        assert json.loads(p.bg("unlock", "--force", "--json").stdout)["hosts"][0]["lock"] \
+            .startswith("removed")
+        assert not lock.exists()
+    finally:
+        os.killpg(running.pid, signal.SIGKILL)
+        running.wait()
+    assert p.answer().version == "1.0.0"
+    assert "no lock" in p.bg("unlock").stdout
+    lock.mkdir()
+    (lock / "info.json").write_text(json.dumps({
+        "user": "alice", "host": "laptop", "pid": 4242, "command": "bluegreen deploy",
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())}))
+    p.bg("unlock", check=4)
+    assert lock.exists()
+    p.bg("unlock", "--force")
+    assert not lock.exists()
 
 
 def test_every_changing_command_waits_for_the_lock(local_project: Project) -> None:

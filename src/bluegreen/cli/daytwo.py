@@ -205,12 +205,17 @@ def remove(state: State, json_out: bool, yes: bool) -> None:
                                          if paths else ""))
 
 
-@main.command(help="Remove a lock left by a run that died (prints who held it, since when).")
+@main.command(help="Remove a lock left by a run that died (prints who held it, since when). "
+                   "A lock under an hour old whose run may still be going on (its pid runs "
+                   "on this machine, or it was taken on another machine) is refused with "
+                   "exit 4 on every host, unless --force.")
+@click.option("--force", is_flag=True,
+              help="Remove a fresh lock even when its run may still be going on.")
 @json_data
 @common
-def unlock(state: State, json_out: bool) -> None:
+def unlock(state: State, json_out: bool, force: bool) -> None:
     ctx = load(state)
-    done = run(state, lambda: operations.unlock(ctx))
+    done = run(state, lambda: operations.unlock(ctx, force))
     if json_out:
         emit_result([{"name": host, "lock": what} for host, what in done])
         return

@@ -14,7 +14,7 @@ from bluegreen import supervisors
 
 from bluegreen.rollout import records
 from bluegreen.config import Colour
-from bluegreen.errors import BlueGreenError, ConfigError
+from bluegreen.errors import BlueGreenError, ConfigError, LockHeld
 from bluegreen.hosts.fleet import each
 from bluegreen.plan import files, history, systemd as systemdplan
 from bluegreen.plan.slot import SlotState, slot_command
@@ -102,12 +102,21 @@ async def remove(ctx: Context) -> dict[str, list[str]]:
     return {host: [str(p) for p in paths] for host, paths in left.items()}
 
 
-async def unlock(ctx: Context) -> list[tuple[str, str]]:
-    """Remove each host's lock; returns (host, what was removed)."""
+async def unlock(ctx: Context, force: bool = False) -> list[tuple[str, str]]:
+    """Remove each host's lock; returns (host, what was removed). A fresh lock whose run
+    may still be going on is refused on every host (exit 4, nothing removed), unless
+    ``force``: removing it would let a second run interleave with that one."""
     out: list[tuple[str, str]] = []
     async with connected(ctx) as topo:
-        for a in topo.apps:
-            held, holder = await records.read_lock(a.node)
+        locks = [(a, *await records.read_lock(a.node)) for a in topo.apps]
+        for a, held, holder in locks:
+            why = records.may_still_run(holder) if held and not force else None
+            if why:
+                raise LockHeld(f"{records.describe_holder(a.node, holder)} ({why}): a run "
+                               "that may still be going on; nothing was unlocked. Wait for "
+                               "it, or if you know it died, `bluegreen unlock --force`",
+                               host=a.name)
+        for a, held, holder in locks:
             if not held:
                 out.append((a.name, "no lock"))
                 continue

@@ -22,8 +22,9 @@ async def acquire(node: Node, info: lock.LockInfo) -> None:
     result = await node.run(lock.acquire(node.layout), input=info.to_json(), check=False)
     if result.exit_status == lock.HELD:
         _, holder = await read_lock(node)
+        remedy = "`bluegreen unlock --force`" if may_still_run(holder) else "`bluegreen unlock`"
         raise LockHeld(describe_holder(node, holder) + "; wait for it, or if no bluegreen "
-                       "command is running, `bluegreen unlock` clears it", host=node.name)
+                       f"command is running, {remedy} clears it", host=node.name)
     if result.exit_status == lock.NOT_SET_UP:
         raise BlueGreenError(f"{node.layout.root} does not exist: run `bluegreen setup` first",
                              host=node.name)
@@ -54,6 +55,21 @@ def describe_holder(node: Node, holder: lock.LockInfo | None) -> str:
             # is most likely left by one that died.
             text += f" ({age / 3600:.1f} h ago: probably a run that died)"
     return text
+
+
+def may_still_run(holder: lock.LockInfo | None) -> str | None:
+    """Why the run holding a lock may still be running, or None when it cannot be: its pid
+    is gone from this machine, or the lock is over an hour old. A run on another machine
+    cannot be checked from here, so its fresh lock may be a run going on. A lock that
+    names no holder is one a run died taking (or a full disk)."""
+    if holder is None:
+        return None
+    age = lock.age_seconds(holder.started)
+    if age is not None and age > lock.STALE_AFTER:
+        return None
+    if holder.host == socket.gethostname():
+        return f"pid {holder.pid} still runs" if _pid_alive(holder.pid) else None
+    return f"it runs on {holder.host}, where its pid cannot be checked from here"
 
 
 async def release(node: Node) -> None:
@@ -139,4 +155,8 @@ def _pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    try:  # a zombie (ended, not yet reaped by its parent, e.g. a warm process) is gone
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
