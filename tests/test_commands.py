@@ -249,6 +249,49 @@ def test_remove_tears_the_app_down_and_asks_first(project: Project) -> None:
     assert p.nginx.pid() is not None  # nginx itself keeps running (other sites)
 
 
+def test_remove_deletes_only_its_own_layout_from_a_shared_deploy_to(project: Project) -> None:
+    """deploy_to is a home dir (`/home/deploy`) with the deploy user's SSH keys and another
+    app in it: `remove` deletes only what bluegreen made there, keeps the dir and says so.
+    The prompt on a terminal names the dir; answering no changes nothing."""
+    import json
+
+    import pexpect
+
+    p = project
+    home = p.dir / "home-deploy"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "authorized_keys").write_text("ssh-ed25519 AAAA deploy@laptop\n")
+    (home / "otherapp").mkdir()
+    (home / "otherapp" / "index.html").write_text("other app\n")
+    p.host_override = {"deploy_to": str(home)}
+    p.write_config()
+    p.bg("setup")
+    p.deploy("1.0.0")
+    p.deploy("2.0.0")
+    child = pexpect.spawn(BLUEGREEN[0], [*BLUEGREEN[1:], "remove"], cwd=str(p.dir),
+                          env={**os.environ, "HOME": str(p.home), "TERM": "dumb"},
+                          encoding="utf-8", timeout=60, dimensions=(30, 400))
+    child.expect(r"\[y/N\]")
+    assert str(home) in child.before, child.before
+    child.sendline("n")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus != 0 and p.answer().version == "2.0.0"
+
+    result = plain_result(p.bg("remove", "--yes", "--json").stdout)
+    assert result["ok"] is True
+    assert result["hosts"] == [{"name": "web1", "left_for_admin": [], "deploy_to": str(home),
+                                "kept": [".ssh", "otherapp"]}]
+    assert p.answer().version is None and not app_pids(p)
+    assert (home / ".ssh" / "authorized_keys").read_text() == "ssh-ed25519 AAAA deploy@laptop\n"
+    assert (home / "otherapp" / "index.html").read_text() == "other app\n"
+    assert sorted(os.listdir(home)) == [".ssh", "otherapp"]
+    # Run again (e.g. after a crash): nothing of bluegreen's is left, the rest stays.
+    again = json.loads(p.bg("remove", "--yes", "--json").stdout)
+    assert again["hosts"][0]["kept"] == [".ssh", "otherapp"]
+    assert sorted(os.listdir(home)) == [".ssh", "otherapp"]
+
+
 def maintenance_round(p: Project) -> None:
     """on (503 with the message, /deployment_id still answers, slots untouched, kept by a
     deploy, shown by status, recorded), then off (served again)."""

@@ -64,7 +64,8 @@ def test_dry_run_prints_the_plan_and_changes_nothing(local_project: Project) -> 
     promote = plans["promote"]
     assert "ln -sfn" in promote and p.nginx.reload_command.split()[0] in promote
     assert "would verify that the proxy answers green" in promote
-    assert "rm -rf -- " + str(p.deploy_to) in plans["remove"]
+    assert 'rm -rf -- "$@"' in plans["remove"] and "rmdir" in plans["remove"]
+    assert f"{p.deploy_to} {p.deploy_to}/releases {p.deploy_to}/slots" in plans["remove"]
     # Nothing ran for real: the live answer and the releases are as before.
     assert p.answer().version == "1.0.0"
     assert {d.name.split("-")[0] for d in (p.deploy_to / "releases").iterdir()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import subprocess
 import tarfile
 from pathlib import Path, PurePosixPath
@@ -300,3 +301,27 @@ def test_history_reads_an_event_glued_to_a_torn_line() -> None:
     assert [(e["event"], e["version"]) for e in events] == [("deploy", "1.0.0"),
                                                            ("deploy", "2.0.0")]
     assert torn == [2]
+
+
+def test_remove_layout_deletes_only_bluegreens_entries_run_by_a_real_sh(tmp_path: Path) -> None:
+    from bluegreen.plan import layout
+
+    root = tmp_path / "home"
+    own = Layout(PurePosixPath(root))
+    for directory in own.directories():
+        Path(directory).mkdir(parents=True, exist_ok=True)
+    Path(own.history).write_text("{}\n")
+    Path(own.lock).mkdir()
+    (root / ".ssh").mkdir()
+    (root / ".ssh" / "authorized_keys").write_text("key\n")
+    argv = layout.remove(own)
+    assert argv[-5:] == [str(root / name) for name in
+                         ("releases", "slots", "shared", "history.jsonl", "lock")]
+    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    assert layout.parse_remove(out) == [".ssh"] and os.listdir(root) == [".ssh"]
+    (root / ".ssh" / "authorized_keys").unlink()
+    (root / ".ssh").rmdir()
+    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    assert layout.parse_remove(out) is None and not root.exists()
+    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    assert layout.parse_remove(out) is None  # already gone: a re-run

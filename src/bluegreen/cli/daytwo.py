@@ -179,8 +179,10 @@ def maintenance(state: State, json_out: bool, state_word: str, message: str | No
 @main.command(help="Tear the app down on every host: each proxy stops sending it traffic "
                    "(site files and link, or HAProxy config and map lines, removed; proxy "
                    "reloaded), both slots are drained and stopped (units disabled and "
-                   "removed), and deploy_to (releases, history, env files) is deleted. Asks "
-                   "first on a terminal; elsewhere it needs --yes.")
+                   "removed), and what bluegreen made under deploy_to (releases, slots, "
+                   "shared, history.jsonl, lock) is deleted, then deploy_to itself if that "
+                   "left it empty (else it is kept, with a note). Asks first on a terminal; "
+                   "elsewhere it needs --yes.")
 @click.option("--yes", is_flag=True, help="Do not ask (required without a terminal).")
 @json_events
 @dry_run_option
@@ -188,21 +190,29 @@ def maintenance(state: State, json_out: bool, state_word: str, message: str | No
 def remove(state: State, json_out: bool, yes: bool) -> None:
     ctx = load(state)
     if not yes and not state.out.dry_run:
+        from bluegreen.plan.layout import Layout
+
         names = ", ".join(h.label for h in [*ctx.hosts, *ctx.cfg.load_balancers])
+        roots = ", ".join(dict.fromkeys(str(Layout.of(ctx.cfg, h).root) for h in ctx.hosts))
         if not sys.stdin.isatty():
-            click.echo(f"error: remove deletes {ctx.cfg.app} from {names}; without a terminal "
-                       "to confirm, pass --yes", err=True)
+            click.echo(f"error: remove deletes {ctx.cfg.app} from {names} (in {roots}); "
+                       "without a terminal to confirm, pass --yes", err=True)
             sys.exit(2)
-        click.confirm(f"Remove {ctx.cfg.app} from {names} (slots stopped, site removed, "
-                      "deploy_to deleted)?", abort=True)
-    left = run(state, lambda: operations.remove(ctx))
+        click.confirm(f"Remove {ctx.cfg.app} from {names} (slots stopped, site removed; "
+                      f"releases, slots, shared, history.jsonl and lock deleted from {roots}, "
+                      "then the directory if nothing else is in it)?", abort=True)
+    removed = run(state, lambda: operations.remove(ctx))
     if json_out:
-        emit_result([{"name": h, "left_for_admin": paths} for h, paths in left.items()],
-                    out=ctx.out)
+        emit_result([{"name": h, "left_for_admin": r.left_for_admin,
+                      **({"deploy_to": r.deploy_to, "kept": r.kept} if r.deploy_to else {})}
+                     for h, r in removed.items()], out=ctx.out)
         return
-    for host, paths in left.items():
-        click.echo(f"{host}: removed" + (f"; root's files left for an admin: {' '.join(paths)}"
-                                         if paths else ""))
+    for host, r in removed.items():
+        notes = ([f"{r.deploy_to} kept: it holds other files ({', '.join(r.kept)})"]
+                 if r.kept else [])
+        if r.left_for_admin:
+            notes.append(f"root's files left for an admin: {' '.join(r.left_for_admin)}")
+        click.echo(f"{host}: removed" + "".join(f"; {n}" for n in notes))
 
 
 @main.command(help="Remove a lock left by a run that died (prints who held it, since when). "

@@ -7,6 +7,7 @@ from __future__ import annotations
 import html
 import json
 import shlex
+from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -16,7 +17,7 @@ from bluegreen.rollout import records
 from bluegreen.config import Colour
 from bluegreen.errors import BlueGreenError, ConfigError, LockHeld
 from bluegreen.hosts.fleet import each
-from bluegreen.plan import files, history, systemd as systemdplan
+from bluegreen.plan import files, history, layout, systemd as systemdplan
 from bluegreen.plan.slot import SlotState, slot_command
 from bluegreen.rollout.releases import migrate_on
 from bluegreen.rollout.topology import AppHost, Topology
@@ -71,16 +72,26 @@ async def maintenance(ctx: Context, on: bool, message: str | None) -> list[str]:
         return [p.name for p in topo.proxies]
 
 
-async def remove(ctx: Context) -> dict[str, list[str]]:
+@dataclass
+class Removed:
+    """What `remove` left on a host: root-owned files for an admin (with sudo); on an app
+    host, ``deploy_to`` and what else was in it, which kept it (empty: it was removed)."""
+
+    left_for_admin: list[str] = field(default_factory=list)
+    deploy_to: str | None = None
+    kept: list[str] = field(default_factory=list)
+
+
+async def remove(ctx: Context) -> dict[str, Removed]:
     """Tear the app down everywhere: each proxy stops sending it traffic (site or config
     removed, reloaded), then on each app host both slots are drained and stopped (their
-    units disabled, the unit file removed) and ``deploy_to`` is deleted. Returns, per
-    host, the root-owned files left for an admin (with sudo)."""
+    units disabled, the unit file removed) and bluegreen's layout under ``deploy_to`` is
+    deleted, then ``deploy_to`` itself unless other files are in it."""
     async with connected(ctx) as topo, locked(ctx, topo):
-        left = dict(zip([p.name for p in topo.proxies],
-                        await each(topo.proxies, lambda p: p.remove(), ctx.out)))
+        done = {p.name: Removed([str(path) for path in paths]) for p, paths in zip(
+            topo.proxies, await each(topo.proxies, lambda p: p.remove(), ctx.out))}
 
-        async def teardown(a: AppHost) -> list[PurePosixPath]:
+        async def teardown(a: AppHost) -> tuple[list[PurePosixPath], list[str]]:
             for colour in Colour:
                 state = await a.boot.stop(colour)
                 if state is not None:
@@ -93,13 +104,21 @@ async def remove(ctx: Context) -> dict[str, list[str]]:
                 else:
                     await a.node.run(files.remove_file(unit))
                     await a.node.run(systemdplan.systemctl(False, "daemon-reload"))
-            a.node.say(f"removing {a.node.layout.root}")
-            await a.node.run(["rm", "-rf", "--", str(a.node.layout.root)], timeout=600)
-            return kept
+            root = a.node.layout.root
+            a.node.say(f"removing {', '.join(e.name for e in a.node.layout.entries())} "
+                       f"from {root}")
+            others = layout.parse_remove(
+                (await a.node.run(layout.remove(a.node.layout), timeout=600)).stdout) or []
+            if others:
+                a.node.say(f"kept {root}: it holds files bluegreen did not make "
+                           f"({', '.join(others)})")
+            return kept, others
 
-        for a, kept in zip(topo.apps, await each(topo.apps, teardown, ctx.out)):
-            left[a.name] = left.get(a.name, []) + kept
-    return {host: [str(p) for p in paths] for host, paths in left.items()}
+        for a, (kept, others) in zip(topo.apps, await each(topo.apps, teardown, ctx.out)):
+            row = done.setdefault(a.name, Removed())
+            row.left_for_admin += [str(p) for p in kept]
+            row.deploy_to, row.kept = str(a.node.layout.root), others
+    return done
 
 
 async def unlock(ctx: Context, force: bool = False) -> list[tuple[str, str]]:

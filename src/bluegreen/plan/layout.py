@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 from bluegreen.config import Colour, Config, HostConfig, render
+from bluegreen.plan.files import Argv, sh
 
 
 @dataclass(frozen=True)
@@ -71,3 +72,25 @@ class Layout:
             self.slot(Colour.GREEN) / "tmp",
             self.shared_env.parent,
         ]
+
+    def entries(self) -> list[PurePosixPath]:
+        """What bluegreen makes directly under ``deploy_to`` (`directories`, the history,
+        the lock): all that `remove` deletes there. The lock last: it is `remove`'s own."""
+        return [self.releases, self.root / "slots", self.shared_env.parent, self.history,
+                self.lock]
+
+
+def remove(layout: Layout) -> Argv:
+    """Delete bluegreen's entries under ``deploy_to``, then ``deploy_to`` itself if that
+    left it empty. Prints ``removed``, or ``kept`` and what else is in it (a home dir's
+    ``.ssh``, another app): ``deploy_to`` may be a dir bluegreen did not make."""
+    return sh('root="$1"; shift; rm -rf -- "$@" || exit 1\n'
+              'if rmdir -- "$root" 2>/dev/null || [ ! -e "$root" ]; then echo removed; '
+              'else echo kept; ls -A -- "$root" | head -n 20; fi',
+              layout.root, *layout.entries())
+
+
+def parse_remove(output: str) -> list[str] | None:
+    """From `remove`'s output: None when ``deploy_to`` was removed, else what kept it."""
+    lines = output.splitlines()
+    return lines[1:] if lines[:1] == ["kept"] else None
