@@ -7,8 +7,9 @@ from pathlib import PurePosixPath
 
 from bluegreen.plan.files import Argv, reading, sh
 
+# python3: the agent on a server, and the history's appends (`files.append_file`) on any host.
 TOOLS = ("sh", "tar", "sha256sum", "ss", "setsid", "ps", "kill", "mkdir", "mv", "ln",
-         "readlink", "tail")
+         "readlink", "tail", "python3")
 
 
 @reading
