@@ -203,6 +203,51 @@ def test_a_torn_history_line_loses_no_other_event(project: Project) -> None:
     assert json.loads(p.bg("history", "--json").stdout)["events"][0]["event"] == "rollback"
 
 
+def test_a_history_append_on_a_full_disk_leaves_no_half_line(local_project: Project,
+                                                              tmp_path: Path) -> None:
+    """deploy_to on a filesystem with room for the lock and the maintenance page but not
+    for the whole history line: the append fails (a warning) and leaves nothing of it,
+    so once there is room again the next event is read."""
+    p = local_project
+    mount = tmp_path / "small"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], check=True)
+    try:
+        p.host_override = {"deploy_to": str(mount / "srv")}
+        p.write_config()
+        p.bg("setup")
+        p.deploy("1.0.0")
+        history = mount / "srv" / "history.jsonl"
+        before = history.read_bytes()
+        filler = mount / "filler"
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+        try:
+            while True:
+                os.write(fd, b"\0" * 4096)  # a page at a time: whole pages, or none
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+        # The message is in the lock (the command line, 6 bytes a character in its JSON):
+        # 2 pages; in the maintenance page (2 bytes a character): 1 page; in the history
+        # line (6 bytes a character): more than what is left of the history's last page.
+        message = "é" * 1160
+        os.truncate(filler, filler.stat().st_size - 3 * 4096)
+        out = p.bg("maintenance", "on", "--message", message)
+        assert "history.jsonl" in out.stderr  # the append failed: a warning
+        assert history.read_bytes() == before
+        assert p.answer().status == 503
+        filler.unlink()
+        p.bg("maintenance", "off")
+        result = json.loads(p.bg("history", "--json").stdout)
+        assert [e["event"] for e in result["events"][:2]] == ["maintenance", "promote"]
+        assert result["events"][0]["detail"] == "off"
+        assert result["hosts"] == [{"name": "web1"}]  # no torn line
+    finally:
+        p.cleanup()
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
 def test_disk_full_during_upload_and_unpack(local_project: Project, tmp_path: Path) -> None:
     p = local_project
     mount = tmp_path / "small"
