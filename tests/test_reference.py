@@ -28,7 +28,7 @@ def test_configuration_md_key_table_is_generated_from_the_models() -> None:
     block = block.split("<!-- keys:end -->")[0]
     assert block == reference.markdown(), (
         "docs/configuration.md's key table differs from the models; regenerate it with "
-        "`python -c 'from bluegreen import reference; print(reference.markdown())'`")
+        "`python -c 'from bluegreen.config import reference; print(reference.markdown())'`")
 
 
 def _example_sections() -> dict[str, str]:
