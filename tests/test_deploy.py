@@ -543,6 +543,37 @@ def test_promote_without_a_colour_only_goes_forward(local_project: Project) -> N
     assert p.answer().version == "1.0.0"
 
 
+def refused(p: Project, *args: str) -> dict[str, object]:
+    """`bluegreen ARGS --json` refused with exit 1: its result."""
+    out = p.bg(*args, "--json", check=1)
+    result: dict[str, object] = json.loads(out.stdout)
+    assert result["ok"] is False and result["exit_code"] == 1, result
+    return result
+
+
+def test_rollback_only_goes_backward(project: Project) -> None:
+    """A repeated `rollback` (a CI retry, up-arrow) must not switch to the release it rolled
+    away from, nor `rollback` to a release that was never live: exit 1 naming `rollback
+    --to`, nothing switched."""
+    p = project
+    setup(p)
+    p.deploy("1.0.0")
+    p.deploy("2.0.0")
+    result = json.loads(p.bg("rollback", "--json").stdout)
+    assert result["ok"] is True and result["live"] == {"web1": "blue"}
+    assert (p.answer().colour, p.answer().version) == ("blue", "1.0.0")
+    before = live_slot(p)
+    assert "rollback --to" in str(refused(p, "rollback")["error"])
+    assert live_slot(p) == before and (p.answer().colour, p.answer().version) == ("blue", "1.0.0")
+    # A release staged after the live one was never live: nothing to go back to there.
+    p.deploy("3.0.0", "--no-promote")
+    assert "rollback --to" in str(refused(p, "rollback")["error"])
+    assert live_slot(p) == before and (p.answer().colour, p.answer().version) == ("blue", "1.0.0")
+    # Going further back on purpose still works.
+    p.bg("rollback", "--to", "2.0.0")
+    assert p.answer().version == "2.0.0"
+
+
 def test_rollback_to_an_older_kept_release(project: Project) -> None:
     """`rollback --to VERSION`: the kept release starts on the idle colour (no upload) and
     is promoted once healthy; an unknown one is refused with what is kept."""

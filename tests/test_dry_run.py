@@ -47,8 +47,7 @@ def test_dry_run_prints_the_plan_and_changes_nothing(local_project: Project) -> 
     p.deploy("2.0.0", "--no-promote")
     p.artifact("3.0.0")
     plans = {}
-    for args in (["deploy", "--version", "3.0.0"], ["promote"], ["rollback"],
-                 ["stop", "green"], ["prune", "--keep", "1"], ["remove"]):
+    for args in (["deploy", "--version", "3.0.0"], ["promote"], ["stop", "green"], ["prune", "--keep", "1"], ["remove"]):
         before = snapshot(p)
         out = p.bg(*args, "--dry-run")
         assert snapshot(p) == before, args
@@ -71,6 +70,16 @@ def test_dry_run_prints_the_plan_and_changes_nothing(local_project: Project) -> 
     assert {d.name.split("-")[0] for d in (p.deploy_to / "releases").iterdir()
             if not d.name.startswith(".")} == {"1.0.0", "2.0.0"}
     assert Path(p.deploy_to / "lock").exists() is False
+    # `rollback` only goes backward: with 2.0.0 staged after the live 1.0.0, a dry run
+    # refuses as a real run would; once 2.0.0 is live, it plans the way back.
+    before = snapshot(p)
+    p.bg("rollback", "--dry-run", check=1)
+    assert snapshot(p) == before
+    p.bg("promote")
+    before = snapshot(p)
+    out = p.bg("rollback", "--dry-run")
+    assert snapshot(p) == before and secret not in out.stdout + out.stderr
+    assert "would verify that the proxy answers blue" in out.stderr
 
 
 def test_dry_run_with_haproxy_sends_nothing_to_its_runtime_api(local_project_hx: Project) -> None:

@@ -220,9 +220,10 @@ def promote(state: State, json_out: bool, colour: str | None, canary: str | None
 
 
 @main.command(help="Promote the previously live colour (it must still be running and "
-                   "healthy); says which release it goes back to. With --to: start an older "
-                   "release still kept on the hosts on the idle colour and promote it once "
-                   "healthy.")
+                   "healthy, and hold a release started before the live one, so a repeated "
+                   "rollback changes nothing); says which release it goes back to. With --to: "
+                   "start an older release still kept on the hosts on the idle colour and "
+                   "promote it once healthy.")
 @click.option("--to", "to", metavar="RELEASE", help="A kept release: its id "
               "(`history`, `status`) or a version (its newest kept build).")
 @json_events

@@ -29,6 +29,7 @@ from bluegreen.proxies import Proxy
 from bluegreen.rollout.releases import (deploy_target, kept_release, migrate_on, prepare, prune_host,
                                 upload)
 from bluegreen.config.models import Secret
+from bluegreen.rollout.slots import moment
 from bluegreen.rollout.switch import finish_interrupted, refuse_split, switch_all
 from bluegreen.rollout.topology import AppHost, Topology, build
 
@@ -323,8 +324,25 @@ async def _can_roll_back(a: AppHost, target: Colour) -> None:
                f"is {state.status} ({state.release})")
             + "; deploy again instead", host=a.name)
     live = await a.slots.state(target.other)
+    if live is not None and _forward(state, live):
+        # Run twice (a CI retry, up-arrow), a rollback would switch back to the release it
+        # rolled away from; before any rollback, to one staged and never live.
+        raise BlueGreenError(
+            f"nothing older to roll back to: {target} holds {state.release}, started after "
+            f"the live {live.release} on {target.other}, so switching to it would go forward, "
+            f"not back (a repeated rollback?). Nothing was switched. To go further back: "
+            f"`bluegreen rollback --to RELEASE` (a release kept on the hosts, see `bluegreen "
+            f"history`); to switch to {target} anyway: `bluegreen promote {target}`",
+            host=a.name)
     a.node.say(f"rolling back to {state.release} on {target} (started {state.started})"
                + (f", away from {live.release} on {target.other}" if live else ""))
+
+
+def _forward(target: SlotState, live: SlotState) -> bool:
+    """Whether a switch to ``target`` goes forward: its release was started after the live
+    one's. `promote` without a colour only goes forward, `rollback` only backward."""
+    started, live_started = moment(target.started), moment(live.started)
+    return started is not None and live_started is not None and started > live_started
 
 
 async def _newer_than_live(a: AppHost, target: Colour) -> None:
@@ -332,18 +350,20 @@ async def _newer_than_live(a: AppHost, target: Colour) -> None:
     started after the live one's (e.g. `deploy --no-promote`). Run twice (a retried CI
     job), it would otherwise put the old release back."""
     idle, live = await a.slots.state(target), await a.slots.state(target.other)
-    if idle is None or live is None or idle.started > live.started:
-        return  # newer, or nothing to compare (the health check says what is missing)
-    raise BlueGreenError(
-        f"nothing newer to promote: {target} holds {idle.release}, started before the live "
-        f"{live.release} on {target.other}, so promoting it would go "
-        f"back, not forward (a repeated promote?). Nothing was changed. To go back on "
-        f"purpose: `bluegreen rollback`; to switch to {target} anyway: `bluegreen promote "
-        f"{target}`", host=a.name)
+    if idle is None or live is None:
+        return  # nothing to compare (the health check says what is missing)
+    if not _forward(idle, live):
+        raise BlueGreenError(
+            f"nothing newer to promote: {target} holds {idle.release}, started before the "
+            f"live {live.release} on {target.other}, so promoting it would go "
+            f"back, not forward (a repeated promote?). Nothing was changed. To go back on "
+            f"purpose: `bluegreen rollback`; to switch to {target} anyway: `bluegreen "
+            f"promote {target}`", host=a.name)
 
 
 async def rollback(ctx: Context) -> dict[str, Colour]:
-    """Promote the previously live colour (it must still be running and healthy)."""
+    """Promote the previously live colour (it must still be running and healthy, and hold a
+    release started before the live one: only backward)."""
     return await promote(ctx, None, event="rollback")
 
 

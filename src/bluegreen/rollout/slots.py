@@ -32,6 +32,16 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).astimezone().isoformat(timespec="milliseconds")
 
 
+def moment(text: object) -> datetime | None:
+    """A time ``now_iso`` wrote (a slot's start, a history event), comparable with any other
+    whatever UTC offset each machine wrote it with; None when ``text`` is not one."""
+    try:
+        when = datetime.fromisoformat(str(text))
+    except ValueError:
+        return None
+    return when if when.tzinfo is not None else None
+
+
 class Slots:
     """The two slots of one app host; ``proxies`` are those that send it traffic."""
 
