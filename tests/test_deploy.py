@@ -511,7 +511,7 @@ def test_deploys_switches_and_drains_under_an_independent_client(project: Projec
         out = p.deploy("3.0.0")
         assert "stopping blue" in out.stderr
         p.bg("rollback")
-        p.bg("promote")
+        p.bg("promote", "blue")
     finally:
         report = client.stop()
     assert report["failures"] == [], report
@@ -522,7 +522,7 @@ def test_deploys_switches_and_drains_under_an_independent_client(project: Projec
 def test_promote_without_a_colour_only_goes_forward(local_project: Project) -> None:
     """A retried `promote` (a CI job run twice) must not put the old release back: the
     second one refuses (exit 1, nothing changed, a hint); `rollback` says which release it
-    goes back to; `promote` then goes forward again; naming the colour always works."""
+    goes back to; naming the colour always works."""
     p = local_project
     setup(p)
     p.deploy("1.0.0")
@@ -537,7 +537,7 @@ def test_promote_without_a_colour_only_goes_forward(local_project: Project) -> N
     back = p.bg("rollback")
     assert "rolling back to 1.0.0-" in back.stderr and "away from 2.0.0-" in back.stderr
     assert p.answer().version == "1.0.0"
-    p.bg("promote")  # forward to the newer release again
+    p.bg("promote", "green")  # on purpose (without the colour: refused after a rollback)
     assert p.answer().version == "2.0.0"
     p.bg("promote", "blue")  # on purpose
     assert p.answer().version == "1.0.0"
@@ -572,6 +572,33 @@ def test_rollback_only_goes_backward(project: Project) -> None:
     # Going further back on purpose still works.
     p.bg("rollback", "--to", "2.0.0")
     assert p.answer().version == "2.0.0"
+
+
+def test_promote_without_a_colour_does_not_undo_a_rollback(local_project: Project) -> None:
+    """A retried CI `promote` after a human `rollback` must not ship the release rolled away
+    from again (its slot started after the live one's, so a comparison of start times alone
+    let it through): refused unless the colour is named. A release deployed after the
+    rollback is promoted as usual."""
+    p = local_project
+    setup(p)
+    p.deploy("1.0.0")
+    p.deploy("2.0.0", "--no-promote")
+    p.bg("promote")
+    p.bg("rollback")
+    assert (p.answer().colour, p.answer().version) == ("blue", "1.0.0")
+    before = live_slot(p)
+    error = str(refused(p, "promote")["error"])
+    assert "promote green" in error, error
+    assert live_slot(p) == before and (p.answer().colour, p.answer().version) == ("blue", "1.0.0")
+    p.bg("promote", "green")  # named: on purpose
+    assert (p.answer().colour, p.answer().version) == ("green", "2.0.0")
+    p.bg("rollback")
+    assert (p.answer().colour, p.answer().version) == ("blue", "1.0.0")
+    p.deploy("3.0.0", "--no-promote")  # a fixed release, staged after the rollback
+    out = p.bg("promote", "--json")
+    assert (p.answer().colour, p.answer().version) == ("green", "3.0.0")
+    # The history is read with the lock: no round trip more than a promote of a colour.
+    assert json.loads(out.stdout)["hosts"][0]["round_trips"]["total"] == 3, out.stdout
 
 
 def test_rollback_to_an_older_kept_release(project: Project) -> None:

@@ -53,7 +53,7 @@ def test_setup_deploy_promote_rollback_without_reload(hx_project: Project) -> No
     assert st["slots"]["blue"]["healthy"] and st["slots"]["green"]["healthy"]
     p.bg("rollback")
     assert (p.answer().colour, p.answer().version) == ("blue", "1.0.0")
-    out = p.bg("promote", "--json")
+    out = p.bg("promote", "green", "--json")
     assert p.answer().colour == "green"
     # The map file and the runtime API's `set map` go with the verify (3 round trips per
     # host, as with nginx: tests/test_round_trips.py; this host is local or SSH).

@@ -141,7 +141,7 @@ def test_all_hosts_flip_together(fleet: Fleet, tmp_path: Path) -> None:
         assert all(h["slots"]["blue"]["healthy"] for h in data["hosts"])
         fleet.bg("rollback")
         assert fleet.answers() == [("blue", "1.0.0")] * 3
-        fleet.bg("promote")
+        fleet.bg("promote", "green")
         assert "stopping blue" in fleet.deploy("3.0.0").stderr  # drained, then stopped
         assert fleet.answers() == [("blue", "3.0.0")] * 3
     finally:

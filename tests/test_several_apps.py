@@ -50,7 +50,7 @@ def test_two_apps_share_one_haproxy_frontend_and_switch_apart(local_project_hx: 
         try:
             one.deploy("2.0.0")
             one.bg("rollback")
-            one.bg("promote")
+            one.bg("promote", "green")
         finally:
             report = client.stop()
         assert report["failures"] == [] and set(report["versions"]) == {"5.0.0"}, report

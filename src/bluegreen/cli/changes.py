@@ -199,7 +199,8 @@ def deploy(state: State, json_out: bool, artifact_path: str | None, version: str
 @main.command(help="Health-check the target colour on every host, switch the proxy to it, "
                    "and verify through the proxy. Without COLOUR: the idle colour, only when "
                    "it holds a release started after the live one (e.g. `deploy "
-                   "--no-promote`), so a repeated promote never goes back; to go back, "
+                   "--no-promote`) that no rollback sent traffic away from, so a repeated "
+                   "promote never goes back and never undoes a rollback; to go back, "
                    "`rollback` or name the colour. --canary: in judged steps.")
 @click.argument("colour", type=COLOURS, required=False)
 @canary_options

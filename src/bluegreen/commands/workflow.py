@@ -21,7 +21,7 @@ from bluegreen.errors import BlueGreenError, ConfigError, ProxyError
 from bluegreen.hosts.fleet import each, open_fleet
 from bluegreen.commands.hooks import run_hook
 from bluegreen.output import Reporter
-from bluegreen.plan import files
+from bluegreen.plan import files, history
 from bluegreen.plan import release as releaseplan
 from bluegreen.plan.files import Query
 from bluegreen.plan.slot import SlotState, env_script
@@ -235,7 +235,10 @@ async def promote(ctx: Context, colour: Colour | None, *, event: str = "promote"
     A colour named puts every proxy on it, also load balancers that disagree. A rollback
     while a canary's split is in effect (a run killed mid-canary) only ends the split."""
     _refuse_partial_switch(ctx, event)
-    async with connected(ctx) as topo, locked(ctx, topo):
+    forward_only = colour is None and event == "promote"
+    # Whether a rollback sent traffic off the idle release: read with the lock.
+    reads = (lambda a: [history.read(a.node.layout)]) if forward_only else None
+    async with connected(ctx) as topo, locked(ctx, topo, reads):
         apps = topo.apps
         if event == "rollback":
             ended = await _end_canary(ctx, topo)
@@ -259,7 +262,7 @@ async def promote(ctx: Context, colour: Colour | None, *, event: str = "promote"
         if event == "rollback":
             await each(apps, lambda a: _can_roll_back(a, targets[a.name]), ctx.out)
         else:
-            if colour is None:
+            if forward_only:
                 await each(apps, lambda a: _newer_than_live(a, targets[a.name]), ctx.out)
             if any(live is not targets[apps[0].name] for live in proxy_lives):
                 before = lambda: run_hook(  # noqa: E731
@@ -347,8 +350,9 @@ def _forward(target: SlotState, live: SlotState) -> bool:
 
 async def _newer_than_live(a: AppHost, target: Colour) -> None:
     """`promote` without a colour moves forward only: the idle colour must hold a release
-    started after the live one's (e.g. `deploy --no-promote`). Run twice (a retried CI
-    job), it would otherwise put the old release back."""
+    started after the live one's (e.g. `deploy --no-promote`), and no rollback may have
+    sent traffic off it since. Run twice (a retried CI job), or after a rollback, it would
+    otherwise put back a release that someone moved away from."""
     idle, live = await a.slots.state(target), await a.slots.state(target.other)
     if idle is None or live is None:
         return  # nothing to compare (the health check says what is missing)
@@ -359,6 +363,13 @@ async def _newer_than_live(a: AppHost, target: Colour) -> None:
             f"back, not forward (a repeated promote?). Nothing was changed. To go back on "
             f"purpose: `bluegreen rollback`; to switch to {target} anyway: `bluegreen "
             f"promote {target}`", host=a.name)
+    moved = await records.rolled_away(a.node, target, idle.started)
+    if moved is not None:
+        raise BlueGreenError(
+            f"{target} holds {idle.release}, which a rollback sent traffic away from (at "
+            f"{moved.get('time')}, by {moved.get('user')}); a promote without a colour never "
+            f"undoes a rollback (a retried CI job?). Nothing was changed. To ship it again on "
+            f"purpose: `bluegreen promote {target}`; else deploy a fixed release", host=a.name)
 
 
 async def rollback(ctx: Context) -> dict[str, Colour]:

@@ -7,7 +7,7 @@ import asyncio
 import os
 import socket
 from contextlib import asynccontextmanager
-from typing import AsyncIterator
+from typing import Any, AsyncIterator
 
 from bluegreen.config import Colour
 from bluegreen.errors import BlueGreenError, CommandFailed, LockHeld
@@ -15,7 +15,7 @@ from bluegreen.hosts.fleet import Node
 from bluegreen.hosts import Result
 from bluegreen.plan import history, lock
 from bluegreen.plan.slot import SlotState
-from bluegreen.rollout.slots import now_iso
+from bluegreen.rollout.slots import moment, now_iso
 
 
 async def acquire(node: Node, info: lock.LockInfo) -> None:
@@ -136,6 +136,19 @@ async def record(node: Node, event: str, colour: Colour | None, state: SlotState
                       f"{(result.stderr.strip() or result.stdout.strip())[-300:]}")
 
     node.if_done(history.append(node.layout), input=history.line(entry), then=appended)
+
+
+async def rolled_away(node: Node, colour: Colour, since: str) -> dict[str, Any] | None:
+    """The newest ``rollback`` in the host's history that sent its traffic off ``colour``
+    after ``since`` (when that colour's slot started the release it runs), or None."""
+    start = moment(since)
+    text = (await node.run(history.read(node.layout))).stdout
+    for event in history.parse(text)[::-1]:
+        when = moment(event.get("time"))
+        if (event.get("event") == "rollback" and event.get("color") == colour.other.value
+                and start is not None and when is not None and when > start):
+            return event
+    return None
 
 
 async def record_failure(nodes: list[Node], user: str, err: BlueGreenError) -> None:
