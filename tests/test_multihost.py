@@ -266,6 +266,30 @@ def test_split_brain_is_shown_and_deploy_refused(fleet: Fleet) -> None:
     assert fleet.answers() == [("blue", "3.0.0")] * 3
 
 
+def test_promote_refuses_a_colour_holding_different_releases(tmp_path: Path) -> None:
+    """`deploy 2.0.0 --host h1 --no-promote`, then `deploy 2.1.0 --host h2 --no-promote`:
+    green holds another release on each host, and a switch to it would serve both at once.
+    `promote` (with or without the colour) is refused, naming each host's release, and
+    nothing moves; once every host holds one release, `promote` switches them all."""
+    with running_fleet(tmp_path, 2) as fleet:
+        fleet.deploy("1.0.0")
+        fleet.deploy("2.0.0", "--host", "h1", "--no-promote")
+        fleet.deploy("2.1.0", "--host", "h2", "--no-promote")
+        hosts = json.loads(fleet.bg("status", "--json").stdout)["hosts"]
+        staged = [h["slots"]["green"]["release"] for h in hosts]
+        assert [r.split("-")[0] for r in staged] == ["2.0.0", "2.1.0"]
+        for args in (["promote"], ["promote", "green"]):
+            result = json.loads(fleet.bg(*args, "--json", check=1).stdout)
+            assert result["ok"] is False and result["exit_code"] == 1, result
+            assert all(r in result["error"] for r in staged), result
+            assert fleet.answers() == [("blue", "1.0.0")] * 2
+            assert fleet.links() == ["blue"] * 2
+        # The same artifact (a rebuild would be another release) on h1 too: one release.
+        fleet.bg("deploy", "--version", "2.1.0", "--host", "h1", "--no-promote")
+        fleet.bg("promote")
+        assert fleet.answers() == [("green", "2.1.0")] * 2
+
+
 def test_boot_limit(fleet: Fleet) -> None:
     """boot_limit = 1: the hosts start their slot one after the other, each once the one
     before is healthy; judged by when each host's new process started (/proc), not by the

@@ -197,7 +197,8 @@ def deploy(state: State, json_out: bool, artifact_path: str | None, version: str
 
 
 @main.command(help="Health-check the target colour on every host, switch the proxy to it, "
-                   "and verify through the proxy. Without COLOUR: the idle colour, only when "
+                   "and verify through the proxy. Refused when that colour holds different "
+                   "releases on different hosts. Without COLOUR: the idle colour, only when "
                    "it holds a release started after the live one (e.g. `deploy "
                    "--no-promote`) that no rollback sent traffic away from, so a repeated "
                    "promote never goes back and never undoes a rollback; to go back, "

@@ -262,6 +262,7 @@ async def promote(ctx: Context, colour: Colour | None, *, event: str = "promote"
         if event == "rollback":
             await each(apps, lambda a: _can_roll_back(a, targets[a.name]), ctx.out)
         else:
+            await _one_release(apps, targets)
             if forward_only:
                 await each(apps, lambda a: _newer_than_live(a, targets[a.name]), ctx.out)
             if any(live is not targets[apps[0].name] for live in proxy_lives):
@@ -370,6 +371,21 @@ async def _newer_than_live(a: AppHost, target: Colour) -> None:
             f"{moved.get('time')}, by {moved.get('user')}); a promote without a colour never "
             f"undoes a rollback (a retried CI job?). Nothing was changed. To ship it again on "
             f"purpose: `bluegreen promote {target}`; else deploy a fixed release", host=a.name)
+
+
+async def _one_release(apps: list[AppHost], targets: dict[str, Colour]) -> None:
+    """A switch must not leave the hosts serving different releases of the app (e.g. two
+    `deploy --host NAME --no-promote` runs of different releases): refused, exit 1."""
+    states = [await a.slots.state(targets[a.name]) for a in apps]
+    if len({s.release for s in states if s is not None}) > 1:
+        alone = "" if apps[0].node.cfg.load_balancers else (
+            ", or promote some hosts alone with `--host NAME`")
+        raise BlueGreenError(
+            "the hosts hold different releases on the colour to promote ("
+            + ", ".join(f"{a.name}: {s.release if s else 'nothing'} on {targets[a.name]}"
+                        for a, s in zip(apps, states))
+            + "); nothing was switched. Deploy one release to every host first (`bluegreen "
+            f"deploy --no-promote`){alone}")
 
 
 async def rollback(ctx: Context) -> dict[str, Colour]:
