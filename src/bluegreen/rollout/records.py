@@ -142,8 +142,8 @@ async def rolled_away(node: Node, colour: Colour, since: str) -> dict[str, Any] 
     """The newest ``rollback`` in the host's history that sent its traffic off ``colour``
     after ``since`` (when that colour's slot started the release it runs), or None."""
     start = moment(since)
-    text = (await node.run(history.read(node.layout))).stdout
-    for event in history.parse(text)[::-1]:
+    events, _ = history.parse((await node.run(history.read(node.layout))).stdout)
+    for event in events[::-1]:
         when = moment(event.get("time"))
         if (event.get("event") == "rollback" and event.get("color") == colour.other.value
                 and start is not None and when is not None and when > start):
