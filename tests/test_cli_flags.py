@@ -206,8 +206,11 @@ def test_release_prepare_runs_once_per_release_and_its_failure_changes_nothing(
     out = p.deploy("3.0.0", check=1)
     assert "prepare failed (exit 3)" in out.stderr and "no wheel for this platform" in out.stderr
     assert live_slot(p) == before
-    assert p.status()["slots"]["blue"]["healthy"]  # the idle slot was not stopped: rollback
-    p.bg("rollback")
+    assert p.status()["slots"]["blue"]["healthy"]  # the idle slot was not stopped
+    # (blue's 1.0.0 was staged after the live 2.0.0: `rollback` would go forward and
+    # refuses; the operator names the colour)
+    p.bg("rollback", check=1)
+    p.bg("promote", "blue")
     assert p.answer().version == "1.0.0"
 
 
@@ -307,3 +310,15 @@ def test_build_says_it_runs_how_long_it_took_and_its_output_with_v(
                             "build": "echo failing-step-output; exit 3"})
     failed = p.bg("build", check=1)
     assert "failed (exit 3) after" in failed.stderr and "failing-step-output" in failed.stderr
+
+
+def test_bad_canary_and_duration_options_are_one_line_usage_errors(tmp_path: Path) -> None:
+    """`--canary 50,30`, `--canary 5,abc`, `--step 5parsecs`: exit 2 and one `error:` line
+    naming the option, before any config is read (they printed a traceback and exited 1)."""
+    for args in (["deploy", "--canary", "50,30"], ["deploy", "--canary", "5,abc"],
+                 ["promote", "--canary", "--step", "5parsecs"], ["deploy", "--watch", "0"]):
+        proc = subprocess.run([*BLUEGREEN, *args], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=30)
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert proc.stderr.count("\n") == 1 and proc.stderr.startswith(
+            f"error: {args[-2] if args[-1] != '--canary' else args[-1]} "), proc.stderr

@@ -178,3 +178,17 @@ def test_kinds_are_branched_on_only_where_they_are_registered() -> None:
             if KIND_BRANCH.search(line):
                 found.append(f"{path.relative_to(PACKAGE)}:{number}: {line.strip()}")
     assert not found, "branches on a kind's name outside its registry:\n" + "\n".join(found)
+
+
+def test_help_imports_none_of_the_heavy_libraries() -> None:
+    """`bluegreen --help` (and `init`, `completion`) stay quick: the CLI imports the config
+    models, rich, Jinja2 and asyncssh on first use, not at start-up."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "bluegreen", "--help"],
+                          capture_output=True, text=True, check=True)
+    loaded = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines()}
+    heavy = sorted(m for m in loaded if m.split(".")[0] in {"pydantic", "rich", "jinja2",
+                                                             "asyncssh"})
+    assert not heavy, f"imported by `bluegreen --help`: {heavy[:5]}"

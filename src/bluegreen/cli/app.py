@@ -156,6 +156,32 @@ def json_data(fn: F) -> F:
     return click.option("--json", "json_out", is_flag=True, help=text)(fn)
 
 
+class OptionError(click.ClickException):
+    """A bad option value: one line, `error: ...`, exit 2 (as a bad config value)."""
+
+    exit_code = 2
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"error: {self.format_message()}", err=True)
+
+
+def checked(parser: str) -> Callable[[click.Context, click.Parameter, str | None], str | None]:
+    """An option callback that refuses a value ``values.<parser>`` refuses (a ValueError),
+    before any config is read; "" (a flag given without its value) is left to the config's
+    default. (``values`` imports pydantic: only when the option is given.)"""
+    def callback(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+        if value:
+            from bluegreen import values
+
+            try:
+                getattr(values, parser)(value)
+            except ValueError as exc:
+                raise OptionError(f"{param.opts[0]} {exc}") from None
+        return value
+
+    return callback
+
+
 def run(state: State, coro_fn: Callable[[], Coroutine[Any, Any, T]], *,
         stop_on_interrupt: bool = False) -> T:
     """Run a workflow coroutine; turn bluegreen errors into ``error: ...`` and exit codes.

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from bluegreen.cli.app import (COLOURS, DOC_SECTIONS, JSON_SCHEMA, F, Later, State, common,
+from bluegreen.cli.app import (COLOURS, checked, DOC_SECTIONS, JSON_SCHEMA, F, Later, State, common,
                                dry_run_option, emit_json, emit_result, json_data, json_events,
                                load, main, run, to_colour)
 from bluegreen.config import presets
@@ -130,13 +130,13 @@ def canary_options(fn: F) -> F:
     fn = click.option("--no-sticky", "no_sticky", is_flag=True,
                       help="Canary by plain weights: each request picks a colour (default: "
                            "a client keeps its colour, by a cookie the proxy sets).")(fn)
-    fn = click.option("--watch", "watch", metavar="DURATION",
+    fn = click.option("--watch", "watch", metavar="DURATION", callback=checked("seconds"),
                       help="After the full switch, judge the new colour for this long (e.g. "
                            "60s) and roll back automatically if it is bad (exit 5).")(fn)
-    fn = click.option("--step", "step", metavar="DURATION",
+    fn = click.option("--step", "step", metavar="DURATION", callback=checked("seconds"),
                       help="How long each canary step is judged (default: [canary] step).")(fn)
     fn = click.option("--canary", "canary", is_flag=False, flag_value="", default=None,
-                      metavar="STEPS",
+                      metavar="STEPS", callback=checked("percent_steps"),
                       help="Switch in steps: the new colour's share of requests, e.g. "
                            "10,50,100 (default: [canary] steps), each judged against the old "
                            "colour on the proxy's own numbers (errors, latency); a bad step "
