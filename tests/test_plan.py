@@ -218,11 +218,13 @@ def test_systemd_unit_and_start_script() -> None:
     from bluegreen.plan import systemd
 
     layout = Layout(PurePosixPath("/srv/shop"))
-    unit = systemd.render_unit(CFG, layout, CFG.hosts[0])  # deploy@web1
+    unit = systemd.render_unit(CFG, layout, "deploy")  # the SSH user, as `id -un` says
     assert "ExecStart=/bin/sh /srv/shop/slots/%i/start.sh" in unit
     assert "User=deploy" in unit and "TimeoutStopSec=30" in unit
-    as_root = CFG.hosts[0].model_copy(update={"address": "root@web1"})
-    assert "User=root" in systemd.render_unit(CFG, layout, as_root)
+    assert systemd.unit_user(unit) == "deploy"
+    as_root = systemd.render_unit(CFG, layout, "root")
+    assert "User=root" in as_root and systemd.unit_user(as_root) == "root"
+    assert systemd.unit_user("[Service]\nUser=deploy\nUser=\n") == "root"
     s = slot.Slot(Colour.GREEN, 5000, layout, "1.0.0-abc", "1.0.0")
     script = systemd.start_script(CFG, s)
     assert script.splitlines()[2:] == [

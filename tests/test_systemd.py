@@ -218,3 +218,54 @@ def test_elixir_release_in_the_foreground_under_systemd(site: Site, tmp_path: Pa
     assert site.unit("green", "MainPID") == pid  # the console did not disturb the node
     site.bg("rollback")
     assert site.answer().body.startswith("hello from 3.0.0 (blue)")
+
+
+def test_root_files_run_the_units_as_the_ssh_user_the_host_names(
+        lab: SystemdLab, server: SystemdHost, tmp_path: Path) -> None:
+    """With `sudo = true` and an address without `user@` (the user from ~/.ssh/config),
+    the unit runs the slots as that user, as the host says (`id -un`): a `User=root` unit
+    would run, as root, the start script the deploy user rewrites before each restart. A
+    unit that would run as root or as another user is refused (exit 2)."""
+    server.shell(PREPARE_DEPLOY_USER)
+    try:
+        site = Site(lab, server, tmp_path / "project", user="deploy")
+        drop_in = site.bg("setup", "--print-sudoers").stdout  # it wants "deploy@" (yet)
+        config = site.dir / "bluegreen.toml"
+        config.write_text(config.read_text().replace(f'"deploy@{server.address}"',
+                                                     f'"{server.address}"'))
+        ssh_config = site.home / ".ssh" / "config"
+        ssh_config.parent.mkdir(mode=0o700)
+        ssh_config.write_text(f"Host {server.address}\n  User deploy\n")
+        script = site.bg("setup", "--print-root-files").stdout
+        assert "User=deploy" in script and "User=root" not in script, script
+
+        # Installed, it runs the slots as deploy.
+        server.exec("sh", "-c", "cat > /etc/sudoers.d/bluegreen-testapp && chmod 0440 "
+                    "/etc/sudoers.d/bluegreen-testapp", input=drop_in)
+        server.exec("sh", "-s", input=script)
+        site.bg("setup")
+        site.deploy("1.0.0")
+        main_pid = site.unit("blue", "MainPID")
+        assert server.exec("ps", "-o", "user=", "-p", main_pid).stdout.strip() == "deploy"
+
+        # A unit template that runs the slots as root, or as another user: refused.
+        for user in ("root", "nobody"):
+            (site.dir / "unit.j2").write_text(
+                f"[Service]\nUser={user}\nExecStart=/bin/sh {{{{ slots_dir }}}}/%i/start.sh\n")
+            text = config.read_text()
+            if "unit_template" not in text:
+                config.write_text(text.replace("[run]\n", '[run]\nunit_template = "unit.j2"\n'))
+            out = site.bg("setup", "--print-root-files", check=2)
+            assert f"User={user}" not in out.stdout
+            assert "sudo = true" in out.stderr and "'deploy'" in out.stderr, out.stderr
+        # And an SSH user that is root, with sudo = true.
+        ssh_config.write_text(f"Host {server.address}\n  User root\n")
+        config.write_text(config.read_text().replace('unit_template = "unit.j2"\n', ""))
+        out = site.bg("setup", "--print-root-files", check=2)
+        assert "User=root" not in out.stdout and "'root'" in out.stderr, out.stderr
+    finally:
+        server.shell(f"systemctl disable -q --now bluegreen-{APP}@blue bluegreen-{APP}@green; "
+                     f"rm -rf /srv/{APP} {UNIT} /etc/sudoers.d/bluegreen-{APP} "
+                     f"/etc/nginx/sites-enabled/{APP} /etc/nginx/sites-available/{APP}-*; "
+                     "systemctl daemon-reload; systemctl reload nginx; userdel -r deploy",
+                     check=False)

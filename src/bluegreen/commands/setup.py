@@ -63,7 +63,8 @@ async def print_root_files(ctx: Context) -> str:
     hc = ctx.hosts[0]
     async with open_fleet(ctx.cfg, [hc], ctx.out) as fleet:
         supervisor, _ = await supervisors.choose(fleet.apps[0])
-    return admin.script(ctx.cfg, hc, supervisor.runs_units)
+        unit = await supervisor.unit_file()
+    return admin.script(ctx.cfg, hc, unit)
 
 
 async def _install_supervisor(a: AppHost) -> None:

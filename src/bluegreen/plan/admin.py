@@ -28,10 +28,10 @@ def proxy_files(cfg: Config, hc: HostConfig | None) -> list[tuple[PurePosixPath,
             for c in Colour]
 
 
-def script(cfg: Config, hc: HostConfig, with_systemd: bool) -> str:
-    """A shell script that installs every root-owned file bluegreen needs, then checks it."""
-    app_files = [(systemd.unit_path(cfg), systemd.render_unit(cfg, Layout.of(cfg, hc), hc))
-                 ] if with_systemd else []
+def script(cfg: Config, hc: HostConfig, unit: str | None) -> str:
+    """A shell script that installs every root-owned file bluegreen needs (``unit``: the
+    slots' systemd unit, when they run under systemd), then checks it."""
+    app_files = [(systemd.unit_path(cfg), unit)] if unit is not None else []
     out = ["#!/bin/sh",
            f"# Written by `bluegreen setup --print-root-files` for {cfg.app}. Run it as root",
            "# once, and again when `bluegreen setup` says a file is out of date.",

@@ -8,6 +8,7 @@ import shlex
 from pathlib import PurePosixPath
 
 from bluegreen.config import Colour, Config, HostConfig
+from bluegreen.errors import ConfigError
 from bluegreen.plan.files import Argv, Query, reading, sh, sudo
 from bluegreen.plan.layout import Layout
 from bluegreen.plan.slot import Slot
@@ -18,6 +19,8 @@ SHOW_PROPERTIES = ("ActiveState", "SubState", "MainPID", "NRestarts", "ExecMainS
                    "UnitFileState")
 # `check`: the host runs systemd as its init (what sd_booted() tests).
 DETECT = Query(["test", "-d", "/run/systemd/system"])
+# The SSH user as the host knows it (an address without `user@` takes ~/.ssh/config's).
+WHO = Query(["id", "-un"])
 
 
 def unit_prefix(cfg: Config) -> str:
@@ -32,19 +35,43 @@ def unit_path(cfg: Config) -> PurePosixPath:
     return UNIT_DIR / f"{unit_prefix(cfg)}@.service"
 
 
-def user_of(hc: HostConfig) -> str | None:
-    """The SSH user the slots run as (None: root)."""
-    user = hc.address.rpartition("@")[0] if "@" in hc.address else ""
-    return user if user and user != "root" else None
-
-
-def render_unit(cfg: Config, layout: Layout, hc: HostConfig) -> str:
-    """The template unit: the built-in one, or ``run.unit_template``."""
+def render_unit(cfg: Config, layout: Layout, user: str) -> str:
+    """The template unit: the built-in one, or ``run.unit_template``; its slots run as
+    ``user`` (the SSH user, as `id -un` answers on the host)."""
     context = {"app": cfg.app, "unit_prefix": unit_prefix(cfg),
                "slots_dir": str(layout.root / "slots"), "deploy_to": str(layout.root),
-               "stop_timeout": f"{cfg.run.stop_timeout:g}", "user": user_of(hc)}
+               "stop_timeout": f"{cfg.run.stop_timeout:g}",
+               "user": None if user == "root" else user}
     return render_file(cfg, "run.unit_template", cfg.run.unit_template,
                        "systemd-slot.service.j2", context)
+
+
+def unit_user(text: str) -> str:
+    """The user a unit runs its service as: its last ``User=`` (systemd takes the last
+    assignment; an empty one resets it), else root."""
+    user = ""
+    for line in text.splitlines():
+        key, eq, value = line.strip().partition("=")
+        if eq and key.strip() == "User":
+            user = value.strip()
+    return user or "root"
+
+
+def check_unit_user(text: str, ssh_user: str, hc: HostConfig) -> None:
+    """With `sudo = true` the unit runs, as root if it runs as root, the start script the
+    SSH user writes before each `sudo systemctl restart`: so the unit must run the slots as
+    that user, never as root or another one."""
+    if not hc.sudo:
+        return
+    runs_as = unit_user(text)
+    if runs_as == "root" or runs_as != ssh_user:
+        raise ConfigError(
+            f"hosts: {hc.label} has sudo = true and its SSH user is {ssh_user!r}, but the "
+            f"unit would run the slots as {runs_as!r} (User={runs_as}): its ExecStart runs "
+            f"slots/<colour>/start.sh, which {ssh_user!r} rewrites before each restart, so "
+            f"that would let {ssh_user!r} run anything as {runs_as!r}. Deploy as a non-root "
+            "user (\"deploy@host\") and keep the unit's User= that user "
+            "(run.unit_template)")
 
 
 def start_script(cfg: Config, slot: Slot) -> str:

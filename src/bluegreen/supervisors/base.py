@@ -46,6 +46,10 @@ class Supervisor(abc.ABC):
         self.node = node
         self.cfg = node.cfg
 
+    async def unit_file(self) -> str | None:
+        """The unit file an admin installs for this app's slots (``runs_units``), else None."""
+        return None
+
     @abc.abstractmethod
     async def launch(self, slot: Slot, state: SlotState) -> SlotState:
         """Start ``slot``'s release (its env file is written); returns ``state`` with what

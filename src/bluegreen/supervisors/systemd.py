@@ -23,7 +23,7 @@ class SystemdSupervisor(Supervisor):
     async def install(self) -> bool:
         """Write the template unit if it differs, and `daemon-reload` only then. With
         `sudo = true` an admin installs it (writing a system unit is root's power)."""
-        text = systemd.render_unit(self.cfg, self.node.layout, self.node.hc)
+        text = await self.unit_file()
         path = systemd.unit_path(self.cfg)
         current = (await self.node.run(files.read_file(path))).stdout
         if current == text:
@@ -38,6 +38,14 @@ class SystemdSupervisor(Supervisor):
         self.node.say(f"installing {path}")
         await self.node.run(systemd.install_unit(self.cfg), input=text)
         return True
+
+    async def unit_file(self) -> str:
+        """The unit, for the SSH user the host names; refused (exit 2) when with `sudo =
+        true` it would run the slots as root or as another user."""
+        user = (await self.node.run(systemd.WHO)).stdout.strip()
+        text = systemd.render_unit(self.cfg, self.node.layout, user)
+        systemd.check_unit_user(text, user, self.node.hc)
+        return text
 
     async def launch(self, slot: Slot, state: SlotState) -> SlotState:
         path = systemd.start_script_path(self.node.layout, slot.colour)
