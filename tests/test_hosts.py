@@ -141,6 +141,57 @@ def test_secrets_never_printed_and_metacharacters_stay_text(project: Project) ->
     assert os.environ.get("DATABASE_PASSWORD") is None
 
 
+
+def test_a_failing_app_that_prints_its_secrets_leaks_them_nowhere(ssh_project: Project) -> None:
+    """An app that prints its secrets (from `run.env_file` and from `[run.secrets]`) and
+    then never becomes healthy, or exits: no secret shows in `deploy --json` (the stdout
+    document and the stderr events), `-v` (tracebacks too), the error's log tail; nor in
+    `migrate` (which fails printing them) or `logs`. Also the secrets given before a
+    rotation: the live slot still runs with them, and the idle slot's log holds them."""
+    p = ssh_project
+    old = ("0ld-Env-Secret-41", "0ld-Command-Secret-6")
+    new = ("n3w-Env-Secret-42", "n3w-Command-Secret-7")
+
+    def use(secrets: tuple[str, str]) -> None:
+        (p.dir / ".env.production").write_text(f"DATABASE_PASSWORD={secrets[0]}\n")
+        p.extra_run["secrets"] = {"API_TOKEN": {"command": f"printf %s {secrets[1]}"}}
+        p.write_config()
+
+    p.extra_run = {"command": 'echo "db=$DATABASE_PASSWORD token=$API_TOKEN"; '
+                              'echo "db=$DATABASE_PASSWORD token=$API_TOKEN" >&2; '
+                              "exec python3 app.py",
+                   "env_file": ".env.production", "health_timeout": 3}
+    use(old)
+    p.bg("setup")
+    p.deploy("1.0.0")  # blue
+    p.deploy("2.0.0")  # green, live: it keeps the old secrets
+    p.extra_run["migrate"] = ('echo "migrating db=$DATABASE_PASSWORD token=$API_TOKEN"; '
+                              'echo "no db at $DATABASE_PASSWORD" >&2; exit 3')
+    use(new)
+    outputs = []
+    for version, mode in (("3.0.0", "unhealthy"), ("4.0.0", "exit")):
+        p.artifact(version, mode)
+        for flags in (["--json"], ["--json", "-v"], ["-v"]):
+            out = p.bg("deploy", "--version", version, *flags, check=5)
+            outputs.append(out)
+            if "--json" in flags:
+                doc = json.loads(out.stdout)
+                assert doc["ok"] is False and "db=******** token=********" in doc["error"]
+
+    def leaks(texts: list[subprocess.CompletedProcess[str]]) -> list[str]:
+        return [s for out in texts for text in (out.stdout, out.stderr)
+                for s in (*old, *new) if s in text]
+
+    assert not leaks(outputs), [o.stdout + o.stderr for o in outputs]
+    migrate = p.bg("migrate", "--color", "green", check=1)
+    assert "migrating db=******** token=********" in migrate.stderr
+    logs = [p.bg("logs", "--color", c, "-n", "500") for c in ("blue", "green")]
+    for out in logs:
+        assert "db=******** token=********" in out.stdout
+    assert not leaks([migrate, *logs]), [o.stdout + o.stderr for o in (migrate, *logs)]
+    assert p.answer().body.startswith("hello from 2.0.0")
+
+
 def test_relative_key_paths_are_relative_to_the_config_file(ssh_project: Project) -> None:
     """`identity_file` and `known_hosts` given relative are read next to the config file,
     also when bluegreen runs from another directory (`-c deploy/bluegreen.toml`)."""

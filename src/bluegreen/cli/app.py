@@ -201,13 +201,17 @@ def run(state: State, coro_fn: Callable[[], Coroutine[Any, Any, T]], *,
 
 
 def fail(state: State, exc: BlueGreenError) -> NoReturn:
+    # Masked here, where it is printed, whatever put a secret in the message (a log tail,
+    # a command's output): not only where each producer remembered to.
+    mask = state.out.mask
     if state.verbose:
-        traceback.print_exc()
+        sys.stderr.write(mask(traceback.format_exc()))
     state.out.error(exc.message)
     if state.events:
-        emit_json({"schema": JSON_SCHEMA, "ok": False, "error": exc.message,
+        emit_json({"schema": JSON_SCHEMA, "ok": False, "error": mask(exc.message),
                    "exit_code": exc.exit_code,
-                   "hosts": [{"name": exc.host, "error": exc.reason}] if exc.host else []})
+                   "hosts": [{"name": exc.host, "error": mask(exc.reason)}] if exc.host
+                   else []})
     sys.exit(exc.exit_code)
 
 

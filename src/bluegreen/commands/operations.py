@@ -25,18 +25,9 @@ from bluegreen.commands.workflow import Context, connected, locked
 
 
 async def _mask_host_secrets(ctx: Context, a: AppHost) -> None:
-    """Mask the secrets the host's env file holds: what its slots were given (their local
-    sources, e.g. a CI variable, may not be there now)."""
-    result = await a.node.run(files.read_file(a.node.layout.shared_env), check=False)
-    values = []
-    for line in result.stdout.splitlines():  # `export KEY='value'` (plan.slot.env_script)
-        try:
-            words = shlex.split(line)
-        except ValueError:
-            continue
-        if len(words) == 2 and words[0] == "export" and "=" in words[1]:
-            values.append(words[1].split("=", 1)[1])
-    ctx.out.add_secrets(values)
+    """Mask the secrets the host's slots were given (their local sources, e.g. a CI
+    variable, may not be there now, and may have been rotated since)."""
+    await a.slots.mask_given_secrets()
 
 
 MAINTENANCE_MESSAGE = "Down for maintenance; back shortly."

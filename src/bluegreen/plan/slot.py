@@ -96,6 +96,42 @@ def slot_env(cfg: Config, slot: Slot, secrets: dict[str, str]) -> dict[str, str]
     return env
 
 
+# The variables every slot gets that are not secrets (`slot_env`'s first ones).
+BASE_ENV = ("PORT", "BLUEGREEN_COLOR", "BLUEGREEN_VERSION", "BLUEGREEN_RELEASE_DIR",
+            "BLUEGREEN_BIND")
+
+
+@reading
+def given_envs(layout: Layout) -> Argv:
+    """Print the env files the host's slots were given (and the shared one), one after the
+    other: the secrets a slot's log may hold, also ones rotated since."""
+    return sh('for f; do if [ -f "$f" ]; then cat "$f"; echo; fi; done',
+              layout.shared_env, *[layout.slot_env(c) for c in Colour])
+
+
+def given_secrets(cfg: Config, text: str) -> list[str]:
+    """The secret values in env files (``export KEY='value'``, as `env_script` writes):
+    every variable's but the slot's own (`BASE_ENV`) and `[run.env]`'s."""
+    try:
+        words = shlex.split(text)
+    except ValueError:  # a file cut short: its whole lines
+        words = [w for line in text.splitlines() for w in _words(line)]
+    plain = set(BASE_ENV) | set(cfg.run.env)
+    values = []
+    for word in words:
+        key, eq, value = word.partition("=")
+        if eq and key not in plain and key != "export":
+            values.append(value)
+    return values
+
+
+def _words(line: str) -> list[str]:
+    try:
+        return shlex.split(line)
+    except ValueError:
+        return []
+
+
 def env_script(env: dict[str, str]) -> str:
     """The slot's env file: one ``export KEY='value'`` per line, every value quoted,
     so sourcing it never runs anything that a value contains."""

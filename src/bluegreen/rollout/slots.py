@@ -18,6 +18,7 @@ from bluegreen.hosts.fleet import Node
 from bluegreen.hosts.health import Response
 from bluegreen.hosts.base import Op, exchange_op
 from bluegreen.plan import files
+from bluegreen.plan import slot as slotplan
 from bluegreen.plan.slot import Probe, Slot, SlotState
 from bluegreen.proxies import Proxy
 from bluegreen.supervisors.base import probe, probe_query
@@ -151,10 +152,18 @@ class Slots:
 
     async def log_tail(self, colour: Colour, lines: int = LOG_TAIL,
                        state: SlotState | None = None) -> str:
-        """The last lines of the slot's logs, secrets masked."""
+        """The last lines of the slot's logs, secrets masked (also ones the slots were
+        given before a rotation)."""
         state = state or await self.state(colour)
+        await self.mask_given_secrets()
         result = await self.node.run(self.logs_argv(colour, state, lines, False), check=False)
         return self.node.out.mask(result.stdout.rstrip())
+
+    async def mask_given_secrets(self) -> None:
+        """Mask, in all output from now on, every secret the host's slots were given: a
+        log holds what its app printed, also with secrets rotated since."""
+        result = await self.node.run(slotplan.given_envs(self.layout), check=False)
+        self.node.out.add_secrets(slotplan.given_secrets(self.cfg, result.stdout))
 
     async def connections(self, colour: Colour, sid: int | None = None,
                           probe: Probe | None = None) -> int:
