@@ -71,6 +71,43 @@ def test_bad_values_name_the_key_path(path: str, value: object, expected: str) -
     assert expected in error_of(with_(path, value))
 
 
+
+TLS = {"certificate": "/etc/ssl/{app}.pem"}
+
+
+@pytest.mark.parametrize("path,value", [
+    ("proxy.listen", "80 reuseport; location / { return 200 x; }"),
+    ("proxy.listen", "80 default_server\n"),
+    ("proxy.tls", {**TLS, "listen": "443 ssl; } server { listen 81"}),
+    ("proxy.server_name", "example.com }"),
+    ("proxy.server_name", "example.com\n"),
+    ("proxy.test", "nginx -t\ntouch /tmp/pwned"),
+    ("proxy.reload", "nginx -s reload\rtouch /tmp/pwned"),
+    ("hosts", [{"address": "local", "name": "web1\nchmod 4755 /bin/sh"}]),
+    ("hosts", [{"address": "web1", "private_address": "10.0.0.1:80 down; server 10.6.6.6"}]),
+    ("slots.bind", "127.0.0.1:1; server 10.6.6.6"),
+    ("hosts", [{"address": "local", "deploy_to": "/srv/x\nExecStartPre=/bin/touch /pwned"}]),
+])
+def test_values_written_into_proxy_config_or_root_script_are_checked(path: str,
+                                                                     value: object) -> None:
+    """A value bluegreen writes as it is into the nginx site, the HAProxy config, the unit
+    or root's install script (`setup --print-root-files`) may hold no line break, and no
+    `;`, `{`, `}` where nginx would read them as syntax: exit 2 naming the key."""
+    key = {"hosts": "hosts[0].", "proxy.tls": "proxy.tls.listen"}.get(path, path)
+    message = error_of(with_(path, value))
+    assert message.startswith(f"invalid config: {key}"), message
+    assert "not allowed" in message or "no line breaks" in message, message
+
+
+def test_print_root_files_refuses_a_listen_with_nginx_syntax(tmp_path: Path) -> None:
+    (tmp_path / "bluegreen.toml").write_text(
+        'app = "x"\n[run]\ncommand = "a"\n[proxy]\nlisten = "80 reuseport; include /etc/shadow"\n'
+        '[[hosts]]\naddress = "local"\n')
+    proc = run_cli("setup", "--print-root-files", cwd=tmp_path)
+    assert proc.returncode == 2 and "proxy.listen" in proc.stderr, proc.stderr
+    assert "include" not in proc.stdout
+
+
 def test_missing_required_keys() -> None:
     assert "app: required key is missing" in error_of({k: v for k, v in GOOD.items() if k != "app"})
     assert "run: required key is missing" in error_of({k: v for k, v in GOOD.items() if k != "run"})

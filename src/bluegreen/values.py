@@ -61,6 +61,21 @@ def status_ranges(spec: str) -> tuple[tuple[int, int], ...]:
     return tuple(out)
 
 
+def rendered_word(v: str, forbidden: str = ";{}") -> str:
+    """A value written as it is into the nginx site, the HAProxy config or the script
+    `setup --print-root-files` prints for root: no line break or control character (a line
+    of its own there), and none of ``forbidden`` (nginx syntax: `;` ends a directive,
+    `{}` a block) outside a `{placeholder}`."""
+    if re.search(r"[\x00-\x1f\x7f]", v):
+        raise ValueError(f"{v!r}: no line breaks or control characters (it is written "
+                         "into the proxy's config or root's install script)")
+    bad = sorted(set(re.sub(r"\{\w+\}", "", v)) & set(forbidden))
+    if bad:
+        raise ValueError(f"{v!r}: {' '.join(repr(c) for c in bad)} not allowed (it is "
+                         "written into the proxy's config as it is)")
+    return v
+
+
 def parse_listen(listen: str) -> tuple[str, int]:
     """The address and port the proxy listens on, from an nginx ``listen`` value."""
     first = listen.split()[0] if listen.split() else ""

@@ -17,8 +17,8 @@ from bluegreen.config.proxies import (PROXY_SETTINGS, HAProxySettings, NginxSett
 from bluegreen.values import (APP_PLACEHOLDERS, APP_RE, BUILD_PLACEHOLDERS, ENV_KEY_RE,
                               SLOT_PLACEHOLDERS, VERSION_RE, Colour, Model as _Model,
                               Port, PositiveSeconds, check_version, key as _key,
-                              parse_listen, percent_steps, placeholders_in, render, seconds,
-                              status_ranges)
+                              parse_listen, percent_steps, placeholders_in, render, rendered_word,
+                              seconds, status_ranges)
 
 __all__ = ["APP_PLACEHOLDERS", "APP_RE", "BUILD_PLACEHOLDERS", "ENV_KEY_RE", "PROXY_SETTINGS",
            "SLOT_PLACEHOLDERS", "VERSION_RE", "Colour", "Config", "HAProxySettings",
@@ -175,6 +175,12 @@ class Slots(_Model):
     bind: str = _key("127.0.0.1", "the address the slots listen on (`{bind}`, `BLUEGREEN_BIND`) "
                      "and where health checks go; behind load balancers `\"{private_address}\"`")
 
+    @field_validator("bind")
+    @classmethod
+    def _bind(cls, v: str) -> str:
+        """In the proxies' upstreams (`server <bind>:<port>;`), as it is."""
+        return rendered_word(v, forbidden=";{}#'\" ")
+
     @model_validator(mode="after")
     def _distinct(self) -> Slots:
         if self.blue == self.green:
@@ -213,7 +219,13 @@ class HostConfig(_Model):
     def _deploy_to(cls, v: str) -> str:
         if not v.startswith("/") or v.rstrip("/") == "":
             raise ValueError("must be an absolute path other than /")
-        return v
+        return rendered_word(v, forbidden="")  # in the unit's ExecStart
+
+    @field_validator("name", "private_address")
+    @classmethod
+    def _in_proxy_config(cls, v: str | None) -> str | None:
+        """In the proxies' upstreams and HAProxy's server names, as they are."""
+        return None if v is None else rendered_word(v, forbidden=";{}#'\" ")
 
     @property
     def label(self) -> str:

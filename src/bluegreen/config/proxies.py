@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import Field, field_validator, model_validator
 
-from bluegreen.values import Model as _Model, key as _key, parse_listen
+from bluegreen.values import Model as _Model, key as _key, parse_listen, rendered_word
 
 class TLSSettings(_Model):
     """`[proxy.tls]`: HTTPS on the proxy, with certificates the host already has (e.g. from
@@ -33,7 +33,7 @@ class TLSSettings(_Model):
     @field_validator("listen")
     @classmethod
     def _listen(cls, v: str) -> str:
-        parse_listen(v)
+        parse_listen(rendered_word(v))
         return v
 
     @field_validator("certificate", "certificate_key", "acme_root")
@@ -67,17 +67,24 @@ class _ProxyCommon(_Model):
         """An empty `test`/`reload` takes the kind's default."""
         return v or cls.model_fields[info.field_name].default
 
+    @field_validator("test", "reload")
+    @classmethod
+    def _one_line(cls, v: str) -> str:
+        """A line of root's install script (`test`), run as its words under sudo."""
+        return rendered_word(v, forbidden="")
+
     @field_validator("server_name")
     @classmethod
     def _server_name(cls, v: str) -> str:
-        if not re.match(r"^[A-Za-z0-9_.*{}~^\\$-]+( [A-Za-z0-9_.*{}~^\\$-]+)*$", v):
+        rendered_word(v)
+        if not re.fullmatch(r"^[A-Za-z0-9_.*{}~^\\$-]+( [A-Za-z0-9_.*{}~^\\$-]+)*$", v):
             raise ValueError("must be nginx server names separated by single spaces")
         return v
 
     @field_validator("listen")
     @classmethod
     def _listen(cls, v: str) -> str:
-        parse_listen(v)
+        parse_listen(rendered_word(v))
         return v
 
 
