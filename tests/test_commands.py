@@ -331,3 +331,60 @@ def test_maintenance_mode_with_haproxy_through_the_runtime_api(local_project_hx:
     p.bg("remove", "--yes")
     assert sorted(f.name for f in p.nginx.conf_d.iterdir()) == []  # type: ignore[union-attr]
     assert p.answer().version is None
+
+
+def test_nothing_bluegreen_creates_is_open_to_other_users(ssh_project: Project) -> None:
+    """Over SSH (sshd's umask 022): after setup and deploys, no file or dir under deploy_to
+    can be read, listed or passed through by another user (`nobody`, asked for real), but
+    for the maintenance page while it is on: deploy_to and shared/ o+x (not listed), the
+    page 0644. The site serves, and maintenance still works through nginx."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    base = Path(tempfile.mkdtemp(prefix="bg-modes-", dir="/tmp"))
+    base.chmod(0o755)  # another user could reach deploy_to; only its own modes stop them
+    p = ssh_project
+    root = base / "srv"
+    try:
+        p.host_override = {"deploy_to": str(root)}
+        (p.dir / ".env.production").write_text("TOKEN=s3cr3t-token-99\n")
+        p.extra_run = {"command": 'echo "token $TOKEN"; exec python3 app.py',
+                       "env_file": ".env.production"}
+        p.write_config()
+        p.bg("setup")
+        p.deploy("1.0.0")
+        p.deploy("2.0.0")
+        assert p.answer().version == "2.0.0"
+
+        def open_to_others() -> dict[str, str]:
+            return {str(q.relative_to(base)): oct(q.stat().st_mode & 0o7)
+                    for q in [root, *root.rglob("*")]
+                    if not q.is_symlink() and q.stat().st_mode & 0o7}
+
+        def as_nobody(*argv: str) -> bool:
+            return subprocess.run(["runuser", "-u", "nobody", "--", *argv],
+                                  capture_output=True).returncode == 0
+
+        assert open_to_others() == {}
+        log = root / "slots" / "green" / "log"
+        assert "token ********" not in log.read_text() and "token s3cr3t" in log.read_text()
+        assert not as_nobody("cat", str(log)) and not as_nobody("ls", str(root))
+        assert not as_nobody("cat", str(root / "history.jsonl"))
+
+        p.bg("maintenance", "on", "--message", "back soon")
+        answer = p.answer()
+        assert answer.status == 503 and "back soon" in answer.body, answer
+        page = root / "shared" / "maintenance.html"
+        assert open_to_others() == {"srv": "0o1", "srv/shared": "0o1",
+                                    "srv/shared/maintenance.html": "0o4"}
+        assert as_nobody("cat", str(page)) and not as_nobody("ls", str(root))
+        assert not as_nobody("cat", str(log))
+        p.bg("setup")  # keeps the way to the page while it is there
+        assert p.answer().status == 503 and as_nobody("cat", str(page))
+        p.bg("maintenance", "off")
+        assert (p.answer().status, p.answer().version) == (200, "2.0.0")
+        assert open_to_others() == {}
+    finally:
+        p.cleanup()
+        shutil.rmtree(base, ignore_errors=True)

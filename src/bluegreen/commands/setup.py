@@ -8,7 +8,7 @@ from bluegreen.commands.workflow import Context, connected, locked
 from bluegreen.config import Colour
 from bluegreen.errors import ConfigError
 from bluegreen.hosts.fleet import each, open_fleet
-from bluegreen.plan import admin, files, sudoers
+from bluegreen.plan import admin, files, layout, sudoers
 from bluegreen.proxies import Proxy
 from bluegreen.rollout.switch import finish_interrupted
 from bluegreen.rollout.topology import AppHost
@@ -23,6 +23,7 @@ async def setup(ctx: Context) -> None:
             a.node.say(f"creating {a.node.layout.root}")
         await each(topo.apps, lambda a: a.node.run(files.make_dirs(a.node.layout.directories())),
                    ctx.out)
+        await each(topo.apps, lambda a: a.node.run(layout.close(a.node.layout)), ctx.out)
         await each(topo.apps, _install_supervisor, ctx.out)
         async with locked(ctx, topo):
             # setup reloads the proxy: first make sure that cannot complete a switch that a

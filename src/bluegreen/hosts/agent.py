@@ -203,11 +203,16 @@ def watch(request: Dict[str, Any], status: List[List[int]], body: Optional[str] 
         time.sleep(min(interval, left))
 
 
+# Everything the agent's commands create is closed to other users (plan.layout.UMASK):
+# sshd's usual 022 left the slots' logs, which hold what apps print, readable by anyone.
+UMASK = 0o027
+
 OPERATIONS: Dict[str, Callable[..., Dict[str, Any]]] = {
     "run": run, "exchange": exchange, "watch": watch}
 
 
 def main() -> None:
+    os.umask(UMASK)
     out = sys.stdout.buffer
     lock = threading.Lock()
     served = [0]

@@ -12,6 +12,7 @@ from typing import Any, AsyncIterator, Sequence
 from bluegreen.errors import CommandFailed
 from bluegreen.hosts import agent
 from bluegreen.hosts.base import Op
+from bluegreen.plan.layout import UMASK
 
 
 class LocalHost:
@@ -34,8 +35,9 @@ class LocalHost:
 
     async def _run(self, argv: Sequence[str], input: str | None, timeout: float
                    ) -> dict[str, Any]:
+        # Under bluegreen's umask, as the agent runs commands on a remote host.
         proc = await asyncio.create_subprocess_exec(
-            *argv,
+            "sh", "-c", f'umask {UMASK:03o} && exec "$@"', "sh", *argv,
             stdin=asyncio.subprocess.PIPE if input is not None else asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,

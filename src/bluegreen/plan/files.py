@@ -54,7 +54,7 @@ def shell_command(command: str, use_sudo: bool) -> Argv:
     return ["sudo", "-n", *shlex.split(command)] if use_sudo else ["sh", "-c", command]
 
 
-def write_file(path: PurePosixPath, mode: str = "0644") -> Argv:
+def write_file(path: PurePosixPath, mode: str = "0640") -> Argv:
     """Atomically replace ``path`` with stdin (temp file in the same dir, then rename)."""
     return sh(
         'umask 077; tmp="$1.bluegreen-tmp"; cat > "$tmp" && chmod "$2" "$tmp" && mv -f "$tmp" "$1"',

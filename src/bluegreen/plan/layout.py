@@ -80,6 +80,38 @@ class Layout:
                 self.lock]
 
 
+# What bluegreen creates on a host is closed to other users (sshd's usual umask, 022,
+# left the slots' logs, which hold what apps print, and the state readable by anyone):
+# every command runs under this umask (`hosts.agent` has its own copy, `hosts.local`).
+UMASK = 0o027
+
+
+def close(layout: Layout) -> Argv:
+    """``deploy_to`` 0750, and nothing of bluegreen's layout under it open to other users
+    (what a version before the umask left 0755/0644); `setup` runs it. While the
+    maintenance page is there, the proxy's way to it stays open (`open_page`)."""
+    page = layout.maintenance_page
+    return sh('root="$1"; page="$2"; shift 2; chmod 0750 "$root" || exit 1\n'
+              'for e; do if [ -e "$e" ]; then chmod -R o-rwx -- "$e" || exit 1; fi; done\n'
+              'if [ -e "$page" ]; then chmod o+x -- "$root" "$(dirname "$page")" && '
+              'chmod 0644 -- "$page"; fi',
+              layout.root, page, *layout.entries())
+
+
+def open_page(layout: Layout) -> Argv:
+    """The one opening, for the proxy (`maintenance on`): nginx's workers (www-data, not
+    the deploy user) may pass through ``deploy_to`` and ``shared/`` (o+x: not list them
+    nor read what else is in them) to the maintenance page, written 0644 next."""
+    page = layout.maintenance_page
+    return sh('mkdir -p -- "$2" && chmod o+x -- "$1" "$2"', layout.root, page.parent)
+
+
+def close_page(layout: Layout) -> Argv:
+    """`maintenance off`: remove the page and close the way to it again."""
+    page = layout.maintenance_page
+    return sh('rm -f -- "$3" && if [ -d "$2" ]; then chmod o-x -- "$1" "$2"; fi',
+              layout.root, page.parent, page)
+
 def remove(layout: Layout) -> Argv:
     """Delete bluegreen's entries under ``deploy_to``, then ``deploy_to`` itself if that
     left it empty. Prints ``removed``, or ``kept`` and what else is in it (a home dir's

@@ -159,7 +159,7 @@ def ready_slot(dirs: list[PurePosixPath], env_file: PurePosixPath, state_file: P
               '(umask 077; cat > "$env.bluegreen-tmp") && chmod 0600 "$env.bluegreen-tmp" '
               '&& mv -f "$env.bluegreen-tmp" "$env" || exit 1\n'
               '(umask 077; printf "%s" "$json" > "$state.bluegreen-tmp") '
-              '&& chmod 0644 "$state.bluegreen-tmp" && mv -f "$state.bluegreen-tmp" "$state" '
+              '&& chmod 0640 "$state.bluegreen-tmp" && mv -f "$state.bluegreen-tmp" "$state" '
               '|| exit 1\n'
               'echo "--- bluegreen: starting $rid ($at) ---" >> "$log"\n',
               env_file, state_file, state_json, log, release_id, time, *dirs)

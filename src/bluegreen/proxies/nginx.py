@@ -8,7 +8,7 @@ from pathlib import PurePosixPath
 from bluegreen.config import Colour
 from bluegreen.errors import ProxyError
 from bluegreen.hosts.base import Result
-from bluegreen.plan import files
+from bluegreen.plan import files, layout
 from bluegreen.plan import nginx
 from bluegreen.hosts.base import Op
 from bluegreen.plan.files import Query
@@ -205,7 +205,7 @@ class NginxProxy(Proxy):
         path = self.node.layout.maintenance_page
         self._maintenance = None
         if not on:
-            await self.node.run(files.remove_file(path))
+            await self.node.run(layout.close_page(self.node.layout))
             return
         if not nginx.supports_maintenance(path):
             raise ProxyError(f"maintenance mode needs deploy_to without spaces, quotes, ';' "
@@ -217,7 +217,7 @@ class NginxProxy(Proxy):
             raise ProxyError(f"{nginx.available(self.cfg, live or Colour.BLUE)} predates "
                              "maintenance mode: run `bluegreen setup` (it rewrites the site "
                              "files) first", host=self.name)
-        await self.node.run(files.make_dirs([path.parent]))
+        await self.node.run(layout.open_page(self.node.layout))
         await self.node.run(files.write_file(path, "0644"), input=page)
 
     async def in_maintenance(self) -> bool:

@@ -49,7 +49,7 @@ class SystemdSupervisor(Supervisor):
 
     async def launch(self, slot: Slot, state: SlotState) -> SlotState:
         path = systemd.start_script_path(self.node.layout, slot.colour)
-        await self.node.run(files.write_file(path, "0755"),
+        await self.node.run(files.write_file(path, "0750"),
                             input=systemd.start_script(self.cfg, slot))
         await self.node.run(systemd.enable(self.cfg, slot.colour, self.sudo))
         await self.node.run(systemd.reset_failed(self.cfg, slot.colour, self.sudo), check=False)
