@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import tomllib
@@ -149,6 +150,27 @@ def test_presets_are_valid_configs(preset: str, tmp_path: Path) -> None:
         assert cfg.run.migrate == "bin/shop-api eval 'ShopApi.Release.migrate()'"
     if preset in ("python", "django", "fastapi"):  # a package name, not the app's dashes
         assert "shop_api." in (cfg.run.command or "") and cfg.release.prepare
+    # Every environment key as written in the preset (the Elixir MODULE token once replaced
+    # the end of DJANGO_SETTINGS_MODULE); gunicorn's control socket in each slot's dir.
+    expected = {"generic": {"ENVIRONMENT"}, "fastapi": {"PYTHONUNBUFFERED"},
+                "elixir": {"RELEASE_NODE", "RELEASE_TMP", "PHX_SERVER"},
+                "python": {"PYTHONUNBUFFERED", "XDG_RUNTIME_DIR"},
+                "django": {"DJANGO_SETTINGS_MODULE", "PYTHONUNBUFFERED", "XDG_RUNTIME_DIR"}}
+    assert set(cfg.run.env) == expected[preset]
+    if preset == "django":
+        assert cfg.run.env["DJANGO_SETTINGS_MODULE"] == "shop_api.settings"
+    if "XDG_RUNTIME_DIR" in cfg.run.env:
+        assert cfg.run.env["XDG_RUNTIME_DIR"] == "{slot_dir}"
+    assert not re.search(r"@[A-Z]+@", text)  # every token replaced
+
+
+@pytest.mark.parametrize("name", ["My App", "9lives", "a" * 41, "shop.api", "Shop"])
+def test_init_refuses_an_app_name_check_would_refuse(name: str, tmp_path: Path) -> None:
+    """`init --app "My App"` wrote a file `check` then refused (and invalid TOML)."""
+    proc = subprocess.run([sys.executable, "-m", "bluegreen", "init", "--app", name],
+                          cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.startswith(f"error: --app {name!r}")
+    assert not (tmp_path / "bluegreen.toml").exists()
 
 
 def test_documented_example_config_loads() -> None:

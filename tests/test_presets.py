@@ -133,6 +133,17 @@ def test_django_preset_deploys_a_startproject_app_offline(local_project: Project
     assert (release / ".venv" / "bin" / "python").exists()
     assert (release / "static" / "admin").is_dir()  # collectstatic ran
     assert "gunicorn" in Path(f"/proc/{st['slots'][st['live']]['pid']}/cmdline").read_text()
+    environ = Path(f"/proc/{st['slots'][st['live']]['pid']}/environ").read_bytes().split(b"\0")
+    assert b"DJANGO_SETTINGS_MODULE=testapp.settings" in environ
+    # gunicorn (25.1 and later) keeps a control socket: each colour its own, in its slot dir,
+    # so stopping the idle colour leaves the live one's (a shared ~/.gunicorn/gunicorn.ctl
+    # was removed by whichever stopped last).
+    wheel = next(wheelhouse.glob("gunicorn-*.whl")).name.split("-")[1]
+    if tuple(int(n) for n in wheel.split(".")[:2]) >= (25, 1):
+        live_socket = p.deploy_to / "slots" / st["live"] / "gunicorn.ctl"
+        assert live_socket.is_socket()
+        bg(p, wheelhouse, "stop", "blue" if st["live"] == "green" else "green")
+        assert live_socket.is_socket()
 
 
 def test_fastapi_preset_deploys_uvicorn_offline(local_project: Project,

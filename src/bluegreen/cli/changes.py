@@ -43,7 +43,12 @@ def init(preset: str, app_name: str | None, config: str, force: bool) -> None:
         click.echo(f"error: {path} exists; pass --force to overwrite it", err=True)
         sys.exit(2)
     name = app_name or presets.app_name_from(Path.cwd().name)
-    path.write_text(presets.render(preset, name))
+    try:
+        text = presets.render(preset, name)
+    except ValueError as exc:
+        click.echo(f"error: --app {exc}", err=True)
+        sys.exit(2)
+    path.write_text(text)
     click.echo(f"wrote {path} ({preset} preset, app {name!r}); edit it, then run "
                "`bluegreen check`")
 

@@ -16,9 +16,22 @@ def app_name_from(text: str) -> str:
     return name[:40]
 
 
+def check_app(app: str) -> str:
+    """``app``, or a ValueError that says what a name may be (the config's `app` rule: `init`
+    writes it into the file) and suggests one."""
+    from bluegreen.values import APP_RE
+
+    if not re.fullmatch(APP_RE, app):
+        raise ValueError(f"{app!r} is not an app name: a lower-case letter, then up to 39 "
+                         f"letters, digits, '-' or '_' (e.g. {app_name_from(app)!r})")
+    return app
+
+
 def render(preset: str, app: str) -> str:
+    """The preset's file for ``app``: @APP@ is the name, @PKG@ the name as a Python package
+    (a dash is not allowed there), @MODULE@ as an Elixir module (CamelCase)."""
+    check_app(app)
     text = resources.files("bluegreen.config").joinpath(f"presets/{preset}.toml").read_text()
     module = "".join(part.capitalize() for part in re.split(r"[-_]", app) if part)
-    # PKG: the app's name as a Python package (a dash is not allowed there)
-    return text.replace("MODULE", module).replace("PKG", app.replace("-", "_")).replace(
-        "APP", app)
+    return (text.replace("@MODULE@", module).replace("@PKG@", app.replace("-", "_"))
+            .replace("@APP@", app))
