@@ -215,7 +215,8 @@ def test_release_prepare_runs_once_per_release_and_its_failure_changes_nothing(
 
 
 def test_tables_off_a_terminal_are_not_cut(local_project: Project) -> None:
-    """`bluegreen history | cat`: every value whole, also with no COLUMNS set."""
+    """`bluegreen history | cat`: every value whole, also with no COLUMNS set, and no row
+    padded with the widest row's spaces (`check` ended each line with ~300)."""
     import os
     import subprocess
 
@@ -228,6 +229,7 @@ def test_tables_off_a_terminal_are_not_cut(local_project: Project) -> None:
         out = subprocess.run([*BLUEGREEN, command], cwd=p.dir, capture_output=True, text=True,
                              env={**env, "HOME": str(p.home)})
         assert "…" not in out.stdout, out.stdout
+        assert not [line for line in out.stdout.splitlines() if line.endswith(" ")], command
         if command != "check":
             assert rid in out.stdout, out.stdout
     history = subprocess.run([*BLUEGREEN, "history"], cwd=p.dir, capture_output=True,

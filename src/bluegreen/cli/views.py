@@ -21,12 +21,23 @@ def console() -> Console:
     return Console(highlight=False, width=None if sys.stdout.isatty() else 10_000)
 
 
+def show(out: Console, table: Table) -> None:
+    """Print ``table``; off a terminal without the padding rich puts after each row's last
+    cell (rows as wide as the widest, hundreds of spaces in a log)."""
+    if out.is_terminal:
+        out.print(table)
+        return
+    with out.capture() as captured:
+        out.print(table)
+    out.file.write("".join(line.rstrip() + "\n" for line in captured.get().splitlines()))
+
+
 def print_check(items: list[CheckItem]) -> None:
     table = Table("host", "check", "result", box=None, pad_edge=False)
     for item in items:
         mark = {True: "[green]ok[/]", False: "[red]FAIL[/]", None: "[yellow]note[/]"}[item.ok]
         table.add_row(escape(item.host), escape(item.item), f"{mark} {escape(item.detail)}")
-    console().print(table)
+    show(console(), table)
 
 
 def print_history(events: list[dict[str, Any]]) -> None:
@@ -34,7 +45,7 @@ def print_history(events: list[dict[str, Any]]) -> None:
     for e in events:
         table.add_row(*(escape(str(e.get(k) or "-")) for k in
                         ("time", "host", "event", "color", "release", "user", "detail")))
-    console().print(table)
+    show(console(), table)
 
 
 def print_status(data: dict[str, Any]) -> None:
@@ -70,7 +81,7 @@ def print_status(data: dict[str, Any]) -> None:
             table.add_row(colour + mark, str(s["release"] or "-"), str(s["port"]),
                           str(s["pid"] or "-"), yes(s["running"]), yes(s["healthy"]),
                           str(s["connections"]))
-        out.print(table)
+        show(out, table)
         if h.get("lock"):
             out.print(f"[yellow]{escape(h['lock'])}[/]; if no bluegreen command is running, "
                       "`bluegreen unlock` clears it")
