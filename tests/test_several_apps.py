@@ -5,9 +5,10 @@ touching the other's traffic; a restarted HAProxy brings each back on its own co
 from __future__ import annotations
 
 import http.client
+import json
 from pathlib import Path
 
-from conftest import SERVER_NAME, Project, make_project
+from conftest import SERVER_NAME, Project, get, make_project
 from loadclient import LoadClient
 
 
@@ -82,5 +83,39 @@ def test_two_apps_share_one_haproxy_frontend_and_switch_apart(local_project_hx: 
         assert [line for line in lines if not line.startswith("#")] == [
             f"{SERVER_NAME} testapp_green"]
         assert not (one.nginx.conf_d / "shop.cfg").exists()  # type: ignore[union-attr]
+    finally:
+        two.cleanup()
+
+
+def second_app(one: Project, tmp_path: Path, server_name: str = "shop.test") -> Project:
+    """Another app on the same host and nginx as ``one``, named "shop"."""
+    (tmp_path / "second").mkdir()
+    two = make_project(tmp_path / "second", one.nginx, None)
+    two.extra_proxy = {"server_name": server_name}
+    two.write_config(app="shop")
+    return two
+
+
+def test_setup_refuses_slot_ports_another_app_holds(local_project: Project,
+                                                    tmp_path: Path) -> None:
+    """A second app configured with the first app's slot ports: `setup` exits 1 before
+    writing anything (no layout, no site file, no link: with one, the second app's name
+    would be served by the first app's slots)."""
+    one = local_project
+    one.bg("setup")
+    one.deploy("1.0.0")
+    two = second_app(one, tmp_path)
+    try:
+        two.blue, two.green = one.blue, one.green
+        two.write_config(app="shop")
+        out = two.bg("setup", "--json", check=1)
+        result = json.loads(out.stdout)
+        assert result["ok"] is False and result["exit_code"] == 1
+        assert str(one.deploy_to) in result["error"]  # names the app holding the port
+        assert not two.deploy_to.exists()
+        assert sorted(p.name for p in one.nginx.sites_available.iterdir()) == [
+            "testapp-blue", "testapp-green"]
+        assert [p.name for p in one.nginx.sites_enabled.iterdir()] == ["testapp"]
+        assert one.answer().version == "1.0.0"
     finally:
         two.cleanup()

@@ -91,10 +91,9 @@ async def _check_app(a: AppHost, own_proxy: bool) -> list[CheckItem]:
             items.append(CheckItem(a.name, f"port {port} ({colour})", True,
                                    "held by this app's own slot"))
         else:
-            pids = ", ".join(str(p) for p in probe.listeners)
             items.append(CheckItem(a.name, f"port {port} ({colour})", False,
-                                   f"held by pid {pids}, not this app's slot (another app?): "
-                                   f"stop it or change slots.{colour}"))
+                                   f"held by {a.slots.strangers(probe)}, not this app's "
+                                   f"slot: stop it or change slots.{colour}"))
     return items
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from bluegreen import supervisors
 from bluegreen.commands.workflow import Context, connected, locked
 from bluegreen.config import Colour
-from bluegreen.errors import ConfigError
+from bluegreen.errors import BlueGreenError, ConfigError
 from bluegreen.hosts.fleet import each, open_fleet
 from bluegreen.plan import admin, files, layout, sudoers
 from bluegreen.proxies import Proxy
@@ -19,6 +19,7 @@ async def setup(ctx: Context) -> None:
     blue if none exists; haproxy: the config, and the map file with blue if none exists),
     test, reload."""
     async with connected(ctx) as topo:
+        await each(topo.apps, _refuse_foreign_ports, ctx.out)
         for a in topo.apps:
             a.node.say(f"creating {a.node.layout.root}")
         await each(topo.apps, lambda a: a.node.run(files.make_dirs(a.node.layout.directories())),
@@ -66,6 +67,19 @@ async def print_root_files(ctx: Context) -> str:
         supervisor, _ = await supervisors.choose(fleet.apps[0])
         unit = await supervisor.unit_file()
     return admin.script(ctx.cfg, hc, unit)
+
+
+async def _refuse_foreign_ports(a: AppHost) -> None:
+    """Before anything is written: a slot port held by a process that is not this app's
+    own slot (another app's, say) would get this app's traffic once the site is linked."""
+    for colour in Colour:
+        probe = await a.slots.probe(colour)
+        if probe.listening and not a.slots.owns(colour, await a.slots.state(colour), probe):
+            raise BlueGreenError(
+                f"port {a.node.cfg.slots.port(colour)} of the {colour} slot is held by "
+                f"{a.slots.strangers(probe)}, not this app's slot: the proxy would send this "
+                f"app's traffic there. Stop it or change slots.{colour}; nothing was written",
+                host=a.name)
 
 
 async def _install_supervisor(a: AppHost) -> None:

@@ -143,6 +143,17 @@ class Slots:
             or (lst.colour == colour.value and (lst.release_dir or "").startswith(releases))
             for pid, lst in probe.listeners.items())
 
+    def strangers(self, probe: Probe) -> str:
+        """Who holds the slot's port, for messages: each pid, and for another bluegreen
+        app's slot (its environment names a release dir) that app's ``deploy_to``."""
+        words = []
+        for pid, lst in probe.listeners.items():
+            release = PurePosixPath(lst.release_dir) if lst.release_dir else None
+            words.append(f"pid {pid}" if release is None or release.parent.name != "releases"
+                         else f"pid {pid}, the {lst.colour} slot of the app deployed at "
+                         f"{release.parent.parent}")
+        return "; ".join(words)
+
     def logs_argv(self, colour: Colour, state: SlotState | None, lines: int,
                   follow: bool) -> list[str]:
         """Tail the slot's log, and the release's own (a daemon release writes its own)."""
