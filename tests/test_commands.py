@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
+from pathlib import Path
 from typing import IO
 
+import pytest
+
+from bluegreen.demo.nginx import PrivateNginx
 from conftest import BLUEGREEN, Project, app_pids, get, plain_result, run_cli
 
 HOOK = 'echo "$BLUEGREEN_EVENT color=$BLUEGREEN_COLOR version=$BLUEGREEN_VERSION hosts=$BLUEGREEN_HOSTS app=$BLUEGREEN_APP" >> hooks.log'
@@ -319,6 +326,49 @@ def maintenance_round(p: Project) -> None:
 
 def test_maintenance_mode_with_nginx(project: Project) -> None:
     maintenance_round(project)
+
+
+def page_row(p: Project) -> bool | None:
+    """`check --json`'s row for the maintenance page: ok, or None (a note)."""
+    result = json.loads(p.bg("check", "--json").stdout)
+    rows = [r for r in result["hosts"][0]["items"] if r["item"].startswith("maintenance page")]
+    assert result["ok"] is True and len(rows) == 1, result
+    return rows[0]["ok"]  # type: ignore[no-any-return]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="nginx's `user` directive needs root")
+def test_maintenance_on_that_nginx_workers_cannot_see_fails_and_says_why(
+        local_project: Project, nginx: PrivateNginx) -> None:
+    """nginx's workers run as nobody and deploy_to is under a 0700 directory: their `-f`
+    test of the page is false, so users would keep getting the app. `maintenance on`
+    exits 1 naming the workers' user and that directory, and takes the page back (status
+    does not say maintenance); once the workers can reach it, on and off take."""
+    p = local_project
+    nginx.write_config(workers=1, user="nobody nogroup")
+    subprocess.run(nginx.command("-s", "reload"), check=True)
+    private = Path(tempfile.mkdtemp(prefix="bluegreen-private-"))  # 0700, outside tmp_path
+    try:
+        p.host_override = {"deploy_to": str(private / "srv")}
+        p.write_config()
+        p.bg("setup")
+        p.deploy("1.0.0")
+        assert page_row(p) is None  # `check` warns (a note; it does not fail)
+        out = p.bg("maintenance", "on", "--json", check=1)
+        result = json.loads(out.stdout)
+        assert result["ok"] is False and result["exit_code"] == 1
+        assert "'nobody'" in result["error"] and str(private) in result["error"]
+        assert (p.answer().status, p.answer().version) == (200, "1.0.0")
+        assert p.status()["maintenance"] is False
+
+        private.chmod(0o711)  # the workers may traverse it now
+        assert page_row(p) is True
+        p.bg("maintenance", "on")
+        assert p.answer().status == 503 and "Down for maintenance" in p.answer().body
+        p.bg("maintenance", "off")
+        assert (p.answer().status, p.answer().version) == (200, "1.0.0")
+    finally:
+        p.cleanup()
+        shutil.rmtree(private, ignore_errors=True)
 
 
 def test_maintenance_mode_with_haproxy_through_the_runtime_api(local_project_hx: Project) -> None:

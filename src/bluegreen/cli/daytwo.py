@@ -157,7 +157,8 @@ def logs(state: State, colour: str | None, follow: bool, lines: int, json_out: b
 @main.command(help="`maintenance on`: every proxy answers this app's requests with 503 and "
                    "a page (--message, or proxy.maintenance_page), except /deployment_id; "
                    "the slots keep running, deploys and promotes keep it on. `maintenance "
-                   "off`: serve the app again. nginx: no reload; HAProxy: through the "
+                   "off`: serve the app again. Both verified through every proxy (else "
+                   "exit 1 with the reason). nginx: no reload; HAProxy: through the "
                    "runtime API. Recorded in history; `status` shows it.")
 @click.argument("state_word", metavar="on|off", type=click.Choice(["on", "off"]))
 @click.option("--message", metavar="TEXT", help="The page's text (default: \"Down for "

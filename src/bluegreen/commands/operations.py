@@ -17,6 +17,7 @@ from bluegreen.rollout import records
 from bluegreen.config import Colour
 from bluegreen.errors import BlueGreenError, ConfigError, LockHeld
 from bluegreen.hosts.fleet import each
+from bluegreen.proxies import maintenance as proven
 from bluegreen.plan import files, history, layout, systemd as systemdplan
 from bluegreen.plan.slot import SlotState, slot_command
 from bluegreen.rollout.releases import migrate_on
@@ -44,7 +45,8 @@ def maintenance_page(message: str) -> str:
 
 async def maintenance(ctx: Context, on: bool, message: str | None) -> list[str]:
     """Make every proxy answer this app's requests (except /deployment_id) with 503 and a
-    page, or serve it again; the slots keep running. Recorded in each host's history."""
+    page, or serve it again, proven through each proxy (else ProxyError, exit 1, with the
+    reason); the slots keep running. Recorded in each host's history."""
     text = message or MAINTENANCE_MESSAGE
     page = maintenance_page(text)
     if ctx.cfg.proxy.maintenance_page:
@@ -55,7 +57,9 @@ async def maintenance(ctx: Context, on: bool, message: str | None) -> list[str]:
             raise ConfigError(f"proxy.maintenance_page: cannot read {path}: {exc.strerror}"
                               ) from None
     async with connected(ctx) as topo, locked(ctx, topo):
-        await each(topo.proxies, lambda p: p.set_maintenance(on, html.escape(text), page),
+        # The text a served page holds: a custom page whole, else the message.
+        marker = page if ctx.cfg.proxy.maintenance_page else html.escape(text)
+        await each(topo.proxies, lambda p: proven.switch(p, on, html.escape(text), page, marker),
                    ctx.out)
         for a in topo.apps:
             await records.record(a.node, "maintenance", None, None, ctx.user,

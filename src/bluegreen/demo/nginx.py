@@ -87,12 +87,13 @@ class PrivateNginx:
                 "sites_enabled": str(self.sites_enabled), "test": self.test_command,
                 "reload": self.reload_command}
 
-    def write_config(self, workers: int = 2, main: str = "") -> None:
-        """nginx.conf; ``main``: extra directives for the main context."""
+    def write_config(self, workers: int = 2, main: str = "", user: str | None = None) -> None:
+        """nginx.conf; ``main``: extra directives for the main context; ``user``: the
+        workers' (as root; default: root's own)."""
         for d in (self.sites_available, self.sites_enabled, self.prefix / "logs",
                   self.prefix / "temp"):
             d.mkdir(parents=True, exist_ok=True)
-        user = "user root root;\n" if os.geteuid() == 0 else ""
+        user = f"user {user or 'root root'};\n" if os.geteuid() == 0 else ""
         temp = self.prefix / "temp"
         self.conf.write_text(
             f"{user}worker_processes {workers};\n{main}"

@@ -275,6 +275,7 @@ _MASTERS = (
     'else masters="$masters $p"; fi\n'
     "done\n"
     'masters=$(echo $masters | tr " " "\\n" | sort -u)\n')
+MASTERS = _MASTERS  # also read by plan.workers
 
 
 def write_path(path: PurePosixPath, use_sudo: bool) -> Steps:

@@ -48,6 +48,9 @@ class Proxy(abc.ABC):
 
     kind: ClassVar[str]
     files: ClassVar[str]  # what `test` checks, for messages
+    # The running proxy tests the maintenance page's file per request (nginx): its workers
+    # must reach it, and `maintenance on` says why when they do not.
+    tests_page_file: ClassVar[bool] = False
 
     def __init__(self, node: Node, servers: list[tuple[str, str]]) -> None:
         self.node = node

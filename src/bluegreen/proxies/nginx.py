@@ -24,6 +24,7 @@ UNKNOWN = object()
 class NginxProxy(Proxy):
     kind = "nginx"
     files = "site"
+    tests_page_file = True
     _link: Colour | None | object = UNKNOWN
     _to_canary = False  # the link names a canary's file (of the stable colour `_link`)
     _maintenance: bool | None = None  # the page's existence, read with the link
@@ -200,8 +201,7 @@ class NginxProxy(Proxy):
         await self.reload()
 
     async def set_maintenance(self, on: bool, message: str, page: str) -> None:
-        """The page file's existence is the switch: each site file answers 503 with it
-        while it exists (nginx checks per request: no reload)."""
+        """The page file's existence is the switch (nginx tests it per request: no reload)."""
         path = self.node.layout.maintenance_page
         self._maintenance = None
         if not on:
