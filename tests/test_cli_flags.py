@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import tomllib
+from dataclasses import replace
 from pathlib import Path
 
 from bluegreen.config import presets
@@ -78,17 +80,22 @@ def test_failing_post_hook_is_a_warning(local_project: Project) -> None:
 
 def test_verify_failure_switches_back(local_project: Project) -> None:
     """Phase 3 fails: the link is switched but the proxy keeps answering the old colour
-    (here: a reload that does nothing). The link is put back; exit 1 names the step."""
+    (here: a reload that first gives the green site file blue's content: nginx applies
+    it, and answers blue). The link is put back; exit 1 names the step."""
     p = local_project
     p.bg("setup")
     p.deploy("1.0.0")
     p.deploy("2.0.0", "--no-promote")
-    p.extra_proxy = {"reload": "true"}
+    sites = p.nginx.sites_available  # type: ignore[union-attr]
+    p.extra_proxy = {"reload": shlex.join(["sh", "-c", shlex.join(
+        ["cp", str(sites / "testapp-blue"), str(sites / "testapp-green")]) + " && " +
+        p.nginx.reload_command])}  # type: ignore[union-attr]
     p.write_config()
     before = live_slot(p)
     out = p.bg("promote", check=1)
     assert "step 'verify through the proxy'" in out.stderr and "switched back" in out.stderr
-    assert live_slot(p) == before  # the link is back on blue, nginx never reloaded
+    # The link is back on blue (nginx reloaded with it: new workers), the slot untouched.
+    assert replace(live_slot(p), proxy_workers=()) == replace(before, proxy_workers=())
     assert p.answer().version == "1.0.0"
     # The history line and the lock's release that go with a verify ran only after it
     # was done: the lock is released (as always, at the end), no promote was recorded.

@@ -8,7 +8,8 @@ import http.client
 import json
 from pathlib import Path
 
-from conftest import SERVER_NAME, Project, get, make_project
+from bluegreen.demo.nginx import free_port
+from conftest import SERVER_NAME, Project, make_project, squatter
 from loadclient import LoadClient
 
 
@@ -117,5 +118,50 @@ def test_setup_refuses_slot_ports_another_app_holds(local_project: Project,
             "testapp-blue", "testapp-green"]
         assert [p.name for p in one.nginx.sites_enabled.iterdir()] == ["testapp"]
         assert one.answer().version == "1.0.0"
+    finally:
+        two.cleanup()
+
+
+def listen_row(p: Project) -> bool | None:
+    """`check --json`'s row for proxy.listen."""
+    result = json.loads(p.bg("check", "--json", check=False).stdout)
+    rows = [r for r in result["hosts"][0]["items"] if r["item"].startswith("proxy.listen")]
+    assert len(rows) == 1, result
+    return rows[0]["ok"]  # type: ignore[no-any-return]
+
+
+def test_a_setup_that_cannot_bind_takes_its_link_back_and_spares_the_other_app(
+        local_project: Project, tmp_path: Path) -> None:
+    """A second app on the same nginx whose proxy.listen port another process holds
+    (`nginx -t` passes: it does not bind): `check` fails that row; `setup` exits 1 quoting
+    nginx's `[emerg]` and takes its link back, so the first app still switches. A link
+    left behind anyway (an older bluegreen): the first app's switch says that nginx did
+    not apply the configuration, and why, and traffic stays where it was."""
+    one = local_project
+    one.bg("setup")
+    one.deploy("1.0.0")
+    assert listen_row(one) is True
+    two = second_app(one, tmp_path)
+    nginx = one.nginx
+    taken = free_port()
+    try:
+        with squatter(taken):
+            two.extra_proxy = {"server_name": "shop.test", "listen": f"127.0.0.1:{taken}"}
+            two.write_config(app="shop")
+            assert listen_row(two) is False
+            result = json.loads(two.bg("setup", "--json", check=1).stdout)
+            assert result["exit_code"] == 1
+            assert "[emerg]" in result["error"] and "bind()" in result["error"], result
+            assert [p.name for p in nginx.sites_enabled.iterdir()] == ["testapp"]
+
+            one.deploy("2.0.0")  # the first app still switches
+            assert one.answer().version == "2.0.0"
+
+            (nginx.sites_enabled / "shop").symlink_to(nginx.sites_available / "shop-blue")
+            result = json.loads(one.bg("rollback", "--json", check=1).stdout)
+            assert result["exit_code"] == 1
+            assert "[emerg]" in result["error"] and "bind()" in result["error"], result
+            assert one.answer().version == "2.0.0"
+            assert one.link_target().endswith("testapp-green")
     finally:
         two.cleanup()

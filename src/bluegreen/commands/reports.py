@@ -17,6 +17,7 @@ from bluegreen.hosts.fleet import Node, open_fleet
 from bluegreen.output import Reporter
 from bluegreen.plan import check as checkplan, lock, sudoers
 from bluegreen.proxies import Proxy, maintenance
+from bluegreen.proxies.base import listen_finding
 from bluegreen.supervisors.base import probe_query
 from bluegreen.rollout.switch import split_brain
 from bluegreen.traffic import whole
@@ -123,7 +124,7 @@ async def _check_host(node: Node, proxy: Proxy | None, *, app: bool) -> list[Che
         out.append(await _sudo_row(node, app))
     if proxy is not None:
         out.extend(CheckItem(node.name, item, ok, detail)
-                   for item, ok, detail in [*await proxy.checks(),
+                   for item, ok, detail in [*await proxy.checks(), await listen_finding(proxy),
                                             *await maintenance.page_row(proxy)])
     return out
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
@@ -59,3 +60,16 @@ def parse_host_probe(output: str) -> HostReport:
             report.deploy_to = parts[1]
             report.blocked_by = parts[-1]
     return report
+
+
+@reading
+def listeners(port: int) -> Argv:
+    """`ss`'s lines for the TCP sockets listening on ``port`` (with their processes where
+    the SSH user may see them)."""
+    return sh('ss -Htlnp "sport = :$1" 2>/dev/null; exit 0', str(port))
+
+
+def parse_listeners(output: str) -> list[list[tuple[str, int]]]:
+    """Per listening socket, its processes as (name, pid); empty when not visible."""
+    return [[(name, int(pid)) for name, pid in re.findall(r'\("([^"]*)",pid=(\d+)', line)]
+            for line in output.splitlines() if line.strip()]

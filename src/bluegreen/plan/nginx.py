@@ -11,6 +11,7 @@ from pathlib import PurePosixPath
 from bluegreen.config import Colour, Config, NginxSettings, parse_listen, render
 from bluegreen.plan.files import Argv, Steps, reading, remove_config, replace_config, sh
 from bluegreen.plan.template import render_proxy_config
+from bluegreen.plan.workers import MASTERS, WATCH, watched
 from bluegreen.traffic import Sample, Traffic
 
 
@@ -231,51 +232,25 @@ def switch_and_reload(cfg: Config, target: Colour | PurePosixPath,
     """One round trip: point the link at ``target``, test, reload; if the test or the
     reload fails, the link goes back to ``previous`` (removed when None) and the exit
     status says which (TEST_FAILED, RELOAD_FAILED). After the reload it waits for the
-    hand-over (`HANDOVER`): from then on only workers of the new configuration accept."""
+    hand-over (`plan.workers.WATCH`): from then on only workers of the new configuration
+    accept; NOT_APPLIED (the link put back) when nginx kept its previous configuration."""
     back = (_chain(switch(cfg, previous, use_sudo)) if previous is not None
-            else shlex.join(remove_link(cfg, use_sudo)))
+            else shlex.join(remove_link(cfg, use_sudo))) + f" || exit {LINK_BACK_FAILED}; "
     _, port = parse_listen(cfg.proxy.listen)
     return sh(f"{_chain(switch(cfg, target, use_sudo))} || exit {LINK_FAILED}\n"
-              f"if ! {shlex.join(test)}; then {back} || exit {LINK_BACK_FAILED}; "
-              f"exit {TEST_FAILED}; fi\n"
-              f"{_MASTERS}old=$(for m in $masters; do pgrep -P \"$m\" -f "
-              "'^nginx: worker process *$'; done)\n"
-              f"if ! {shlex.join(reload)}; then {back} || exit {LINK_BACK_FAILED}; "
-              f"exit {RELOAD_FAILED}; fi\n"
-              f"{HANDOVER}", str(port))
+              f"if ! {shlex.join(test)}; then {back}exit {TEST_FAILED}; fi\n"
+              f"{watched(reload, back, RELOAD_FAILED)}", str(port), WATCH, link(cfg).parent)
 
 
-# nginx's master starts the new workers on a reload, sleeps 100 ms, and only then tells
-# the old ones to stop accepting (they retitle themselves "... is shutting down" and close
-# their listening sockets): until then both answer, so an answer of the new colour proves
-# nothing about the next. Wait (up to ~5 s) until each worker from before the reload has
-# stopped accepting; where they cannot be seen (no `ss`, nginx is another user's), wait
-# out nginx's 100 ms with room to spare.
-HANDOVER = (
-    'if [ -z "$old" ]; then sleep 0.15; exit 0; fi\n'
-    "n=0\n"
-    "for p in $old; do\n"
-    "  while c=$( (tr '\\0' ' ' < \"/proc/$p/cmdline\") 2>/dev/null) && [ -n \"$c\" ]; do\n"
-    '    case "$c" in *"shutting down"*) break;; esac\n'
-    "    n=$((n + 1)); [ \"$n\" -lt 1000 ] || exit 0\n"
-    "    sleep 0.005\n"
-    "  done\n"
-    "done\n"
-    "exit 0\n")
+def reload_watched(cfg: Config, reload: Argv) -> Argv:
+    """``reload``, then the wait for the hand-over, as in `switch_and_reload`: exit 0,
+    RELOAD_FAILED, or NOT_APPLIED with the last `[emerg]` line on stderr."""
+    _, port = parse_listen(cfg.proxy.listen)
+    return sh(watched(reload, "", RELOAD_FAILED), str(port), WATCH, link(cfg).parent)
 
-# The masters of the nginx processes listening on the port ``$1`` (this nginx: another one
-# on the machine that reloads is not ours), in ``$masters``: empty when they cannot be seen.
-_MASTERS = (
-    'masters=""\n'
-    'for p in $(ss -Htlnp "sport = :$1" 2>/dev/null | grep -o "pid=[0-9]*" | cut -d= -f2 '
-    "| sort -u); do\n"
-    '  [ "$(cat "/proc/$p/comm" 2>/dev/null)" = nginx ] || continue\n'
-    '  pp=$(ps -o ppid= -p "$p" | tr -d " ")\n'
-    '  if [ "$(cat "/proc/$pp/comm" 2>/dev/null)" = nginx ]; then masters="$masters $pp"; '
-    'else masters="$masters $p"; fi\n'
-    "done\n"
-    'masters=$(echo $masters | tr " " "\\n" | sort -u)\n')
-MASTERS = _MASTERS  # also read by plan.workers
+
+
+
 
 
 def write_path(path: PurePosixPath, use_sudo: bool) -> Steps:
@@ -333,7 +308,7 @@ def old_workers(cfg: Config) -> Argv:
     root), every nginx's are counted."""
     _, port = parse_listen(cfg.proxy.listen)
     return sh(
-        f"{_MASTERS}"
+        f"{MASTERS}"
         'if [ -z "$masters" ]; then pgrep -f "^nginx: worker process is shutting down"; exit 0; fi\n'
         "for m in $masters; do\n"
         '  pgrep -P "$m" -f "^nginx: worker process is shutting down"\n'

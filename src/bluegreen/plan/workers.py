@@ -1,13 +1,116 @@
-"""Readers of the running nginx's workers: the user they run as and the first directory
-on a path they cannot traverse (the maintenance page is tested by them, per request)."""
+"""nginx's workers: whether a reload was applied (new workers came, the old ones stop
+accepting), the user they run as and the first directory on a path they cannot traverse
+(the maintenance page is tested by them, per request)."""
 
 from __future__ import annotations
 
+import shlex
 from pathlib import PurePosixPath
 
 from bluegreen.config import Config, parse_listen
 from bluegreen.plan.files import Argv, reading, sh
-from bluegreen.plan.nginx import MASTERS
+
+# The masters of the nginx processes listening on the port ``$1`` (this nginx: another one
+# on the machine that reloads is not ours), in ``$masters``: empty when they cannot be seen.
+MASTERS = (
+    'masters=""\n'
+    'for p in $(ss -Htlnp "sport = :$1" 2>/dev/null | grep -o "pid=[0-9]*" | cut -d= -f2 '
+    "| sort -u); do\n"
+    '  [ "$(cat "/proc/$p/comm" 2>/dev/null)" = nginx ] || continue\n'
+    '  pp=$(ps -o ppid= -p "$p" | tr -d " ")\n'
+    '  if [ "$(cat "/proc/$pp/comm" 2>/dev/null)" = nginx ]; then masters="$masters $pp"; '
+    'else masters="$masters $p"; fi\n'
+    "done\n"
+    'masters=$(echo $masters | tr " " "\\n" | sort -u)\n')
+
+# `nginx -s reload` only signals the master, which exits 0 whatever then happens: when
+# the new configuration cannot be applied (a `listen` port another process holds: `nginx
+# -t` does not bind) the master logs `[emerg]` and keeps its workers, and every later
+# reload fails the same way. So a reload counts once a worker from before it stops
+# accepting (`WATCH`).
+NOT_APPLIED = 95
+
+
+def watched(reload: Argv, back: str, reload_failed: int) -> str:
+    """The script's end: note this nginx's workers (the masters on the port ``$1``; when
+    none listens there yet, on a port another site in ``$3``, the sites_enabled folder,
+    listens on), reload (else ``back``), then run ``WATCH`` (``$2``) on them; ``back``
+    puts the link back (ends in `; `), ``reload_failed``: the exit status when the reload
+    command fails."""
+    return ("for port in \"$1\" $(awk '$1 == \"listen\" {print $2}' \"$3\"/* 2>/dev/null | "
+            "sed 's/;$//; s/.*://' | grep -x '[0-9][0-9]*' | sort -u); do\n"
+            f"{MASTERS.replace(':$1', ':$port')}"
+            '  [ -z "$masters" ] || break\n'
+            "done\n"
+            'old=""\n'
+            "for m in $masters; do old=\"$old $m:$(pgrep -P \"$m\" -f "
+            "'^nginx: worker process *$' | paste -sd, -)\"; done\n"
+            "since=$(date '+%Y/%m/%d %H:%M:%S')\n"
+            f"if ! {shlex.join(reload)}; then {back}exit {reload_failed}; fi\n"
+            'python3 -c "$2" "$old" "$since"; rc=$?\n'
+            f'if [ "$rc" = {NOT_APPLIED} ]; then {back}exit {NOT_APPLIED}; fi\n'
+            'if [ "$rc" != 0 ]; then sleep 0.15; fi\n'
+            "exit 0\n")
+
+
+# nginx's master starts the new workers on a reload, sleeps 100 ms, and only then tells
+# the old ones to stop accepting (they retitle themselves "... is shutting down" and close
+# their listening sockets): until then both answer, so an answer of the new colour proves
+# nothing about the next. Wait (up to ~5 s) until each worker from before the reload of a
+# master that took it has stopped accepting; where they cannot be seen, wait out nginx's
+# 100 ms with room to spare. When no master took it within 5 s: NOT_APPLIED, with the
+# first and the last `[emerg]` line since the reload in the error logs the masters hold
+# open (and the usual one) on stderr. Arguments: "master:worker,..." ..., the time before.
+WATCH = f"""
+import os, sys, time
+old = {{}}
+for item in sys.argv[1].split():
+    master, _, pids = item.partition(":")
+    old[master] = [p for p in pids.split(",") if p]
+if not any(old.values()):
+    time.sleep(0.15)
+    sys.exit(0)
+def serving(pid):
+    try:
+        with open("/proc/%s/cmdline" % pid, "rb") as f:
+            title = f.read()
+    except OSError:
+        return False
+    return bool(title) and b"shutting down" not in title
+deadline = time.monotonic() + 5
+while time.monotonic() < deadline:
+    took = [m for m, pids in old.items() if pids and not all(map(serving, pids))]
+    if took:
+        while time.monotonic() < deadline and any(serving(p) for m in took for p in old[m]):
+            time.sleep(0.005)
+        sys.exit(0)
+    time.sleep(0.005)
+logs = {{"/var/log/nginx/error.log"}}
+for m in old:
+    try:
+        fds = os.listdir("/proc/%s/fd" % m)
+    except OSError:
+        continue
+    for fd in fds:
+        try:
+            path = os.readlink("/proc/%s/fd/%s" % (m, fd))
+        except OSError:
+            continue
+        if path.startswith("/") and os.path.isfile(path):
+            logs.add(path)
+found = []
+for path in logs:
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, os.path.getsize(path) - 65536))
+            text = f.read().decode(errors="replace")
+    except OSError:
+        continue
+    found += [line for line in text.splitlines() if "[emerg]" in line and line[:19] >= sys.argv[2]]
+# nginx says why first ("bind() to ... failed"), then, last, "still could not bind()".
+print(" / ".join(dict.fromkeys(found[:1] + found[-1:])), file=sys.stderr)
+sys.exit({NOT_APPLIED})
+"""
 
 # Run as the SSH user with the workers' user name and the path: prints the first
 # component (directory, or the file itself) that user may not traverse or read, by the

@@ -17,7 +17,7 @@ from bluegreen.config import Colour, parse_listen, render
 from bluegreen.errors import ProxyError
 from bluegreen.hosts.fleet import Node
 from bluegreen.hosts.base import Op, exchange_op
-from bluegreen.plan import files
+from bluegreen.plan import check as checkplan, files
 from bluegreen.plan.files import Query
 from bluegreen.plan.nginx import Finding, deployment_id_request
 from bluegreen.traffic import Sample, Traffic
@@ -26,7 +26,7 @@ CERT_WARN_DAYS = 14
 VERIFY_TIMEOUT = 10.0
 VERIFY_STREAK = 3
 # Polled on the host. After a change that waited for the hand-over (an nginx relink waits
-# until no worker of the old configuration accepts, `plan.nginx.HANDOVER`; HAProxy's runtime
+# until no worker of the old configuration accepts, `plan.workers.WATCH`; HAProxy's runtime
 # API changes the running map at once), three answers 5 ms apart. After any other reload
 # the three answers span 0.1 s: old nginx workers keep accepting for 100 ms after it.
 VERIFY_INTERVAL = 0.05
@@ -285,6 +285,26 @@ class Proxy(abc.ABC):
         test = await self.node.run(self.command(self.cfg.proxy.test), check=False)
         return (f"proxy test `{self.cfg.proxy.test}`", test.ok, "passes" if test.ok else
                 (test.stderr.strip() or test.stdout.strip())[-300:])
+
+
+async def listen_finding(proxy: Proxy) -> Finding:
+    """`check`: ``proxy.listen``'s port is free or the proxy's own (a process named as its
+    kind). `nginx -t` does not bind, so a port another process holds passes it, and the
+    reload then fails on it: every later reload too, for every site on that nginx."""
+    _, port = parse_listen(proxy.cfg.proxy.listen)
+    item = f"proxy.listen {proxy.cfg.proxy.listen}"
+    sockets = checkplan.parse_listeners((await proxy.node.run(checkplan.listeners(port))).stdout)
+    if not sockets:
+        return (item, True, f"free: {proxy.kind} will bind it")
+    owners = {f"{name} (pid {pid})" for procs in sockets for name, pid in procs
+              if name != proxy.kind}
+    if owners:
+        return (item, False, f"port {port} is held by {', '.join(sorted(owners))}, not "
+                f"{proxy.kind}: its reload could not bind it. Stop that or change proxy.listen")
+    if not all(sockets):
+        return (item, None, f"port {port} is in use by a process the SSH user cannot see "
+                f"(fine if it is {proxy.kind})")
+    return (item, True, f"{proxy.kind} listens on it")
 
 
 def certificate_finding(item: str, der: bytes | None, name: str) -> Finding:

@@ -9,7 +9,7 @@ from bluegreen.config import Colour
 from bluegreen.errors import ProxyError
 from bluegreen.hosts.base import Result
 from bluegreen.plan import files, layout
-from bluegreen.plan import nginx
+from bluegreen.plan import nginx, workers
 from bluegreen.hosts.base import Op
 from bluegreen.plan.files import Query
 from bluegreen.plan.nginx import Finding
@@ -79,25 +79,14 @@ class NginxProxy(Proxy):
         return True
 
     async def setup(self, live: Colour | None) -> None:
-        previous = {c: await self.read(nginx.available(self.cfg, c)) for c in Colour}
-        changed = [c for c in Colour if await self.write_site(c)]
-        if live is None:
-            self.node.say(f"linking {nginx.link(self.cfg)} -> blue")
-            self._linked(UNKNOWN)
-            await self.node.run_steps(nginx.switch(self.cfg, Colour.BLUE, self.sudo))
-            self._linked(Colour.BLUE)
-        try:
-            await self.test()
-        except ProxyError:
-            for c in changed:
-                if previous[c]:
-                    await self.node.run_steps(nginx.write_site(self.cfg, c, self.sudo),
-                                              input=previous[c])
-            if live is None:
-                await self.restore(None)
-            self.node.say("site files and link put back; nginx not reloaded")
-            raise
-        await self.reload()
+        await set_up(self, live)
+
+    async def reload(self) -> None:
+        """``proxy.reload``, proven taken: until nginx's workers from before it stop
+        accepting (`plan.workers.WATCH`)."""
+        self.handed_over = True
+        self._check(await self.node.run(nginx.reload_watched(
+            self.cfg, self.command(self.cfg.proxy.reload)), check=False, timeout=60), None)
 
     async def prepare(self, target: Colour, live: Colour) -> None:
         """Rewrite the target's site file if it differs, point the link at it, test, and
@@ -175,10 +164,16 @@ class NginxProxy(Proxy):
                           else f"link put back to {previous}; nginx not reloaded")
             raise ProxyError(f"`{self.cfg.proxy.test}` rejected the {self.files}:\n{output}",
                              host=self.name, detail=output)
-        if result.exit_status == nginx.RELOAD_FAILED:
+        if result.exit_status in (nginx.RELOAD_FAILED, workers.NOT_APPLIED) and previous:
             self.node.say(f"link put back to {previous}")
+        if result.exit_status == nginx.RELOAD_FAILED:
             raise ProxyError(f"`{self.cfg.proxy.reload}` failed (is {self.kind} running?):"
                              f"\n{output}", host=self.name, detail=output)
+        if result.exit_status == workers.NOT_APPLIED:
+            raise ProxyError("nginx did not apply the new configuration (its workers from "
+                             "before the reload still serve; `nginx -t` does not bind the "
+                             f"listen ports): {output or 'no [emerg] line in its error log'}",
+                             host=self.name, detail=output)
         if result.exit_status == nginx.SITE_FAILED:
             folder = nginx.available(self.cfg, Colour.BLUE).parent
             raise ProxyError(f"writing the site file in {folder} failed: {output}",
@@ -319,6 +314,38 @@ class NginxProxy(Proxy):
         """What the running nginx's version and config mean for zero downtime."""
         result = await self.node.run(nginx.inspect(self.cfg), check=False)
         return nginx.advice(result.stdout)
+
+
+async def set_up(proxy: NginxProxy, live: Colour | None) -> None:
+    """Write both site files (and with no link yet, link blue), test, reload, and verify
+    the answer; when a step fails, what it changed is put back: the site files, the link
+    it made (a link left behind would make every later reload fail the same way, for
+    every site on this nginx), and, if nginx had applied them, nginx reloaded again."""
+    cfg, node = proxy.cfg, proxy.node
+    previous = {c: await proxy.read(nginx.available(cfg, c)) for c in Colour}
+    changed = [c for c in Colour if await proxy.write_site(c)]
+    if live is None:
+        node.say(f"linking {nginx.link(cfg)} -> blue")
+        proxy._linked(UNKNOWN)
+        await node.run_steps(nginx.switch(cfg, Colour.BLUE, proxy.sudo))
+        proxy._linked(Colour.BLUE)
+    applied = False
+    try:
+        await proxy.test()
+        await proxy.reload()
+        applied = True
+        await proxy.verify(live or Colour.BLUE)
+    except ProxyError:
+        for c in changed:
+            if previous[c]:
+                await node.run_steps(nginx.write_site(cfg, c, proxy.sudo), input=previous[c])
+        if live is None:
+            await proxy.restore(None)
+        if applied and (changed or live is None):
+            await proxy.reload()
+        node.say("site files and link put back; " + ("nginx reloaded with them" if applied
+                                                     else "nginx runs its previous configuration"))
+        raise
 
 
 class LogMeter(Meter):
