@@ -54,7 +54,8 @@ def init(preset: str, app_name: str | None, config: str, force: bool) -> None:
 
 
 @main.command(help="Validate the config, check the local build command (or artifact), connect "
-                   "to every host, verify the proxy, paths and slot ports, say which "
+                   "to every host, verify the proxy (and that proxy.listen is free or its "
+                   "own), paths and slot ports, say which "
                    "supervisor runs the slots, and what `setup` would create. Changes nothing.")
 @json_data
 @common
@@ -84,7 +85,9 @@ def check(state: State, json_out: bool) -> None:
 @main.command(help="Create the layout under deploy_to and write the proxy's files (nginx: both "
                    "site files, and the link to blue if there is none; haproxy: the config "
                    "file, and the map file with blue if there is none), install the systemd "
-                   "unit (slots under systemd), test and reload the proxy.")
+                   "unit (slots under systemd), test and reload the proxy, verify through "
+                   "it. Refuses (exit 1, nothing written) slot ports held by anything but "
+                   "this app's slots; a failed nginx setup puts its files and link back.")
 @click.option("--print-sudoers", is_flag=True,
               help="Print the sudoers drop-in a non-root deploy user (hosts[].sudo = true) "
                    "needs: exactly the commands bluegreen runs as root, with the full paths "
