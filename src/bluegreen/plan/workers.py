@@ -56,11 +56,13 @@ def watched(reload: Argv, back: str, reload_failed: int) -> str:
 # nginx's master starts the new workers on a reload, sleeps 100 ms, and only then tells
 # the old ones to stop accepting (they retitle themselves "... is shutting down" and close
 # their listening sockets): until then both answer, so an answer of the new colour proves
-# nothing about the next. Wait (up to ~5 s) until each worker from before the reload of a
-# master that took it has stopped accepting; where they cannot be seen, wait out nginx's
-# 100 ms with room to spare. When no master took it within 5 s: NOT_APPLIED, with the
-# first and the last `[emerg]` line since the reload in the error logs the masters hold
-# open (and the usual one) on stderr. Arguments: "master:worker,..." ..., the time before.
+# nothing about the next. Wait until each worker from before the reload of a master that
+# took it has stopped accepting (up to 5 s more); where they cannot be seen, wait out
+# nginx's 100 ms with room to spare. When no master took it within 5 s and an `[emerg]`
+# line was logged since the reload (a bind() is retried for 2.5 s), or within 15 s (a
+# big configuration loads slowly): NOT_APPLIED, with the first and the last `[emerg]` line
+# since the reload in the error logs the masters hold open (and the usual one) on
+# stderr. Arguments: "master:worker,worker master:..." and the time before the reload.
 WATCH = f"""
 import os, sys, time
 old = {{}}
@@ -77,36 +79,45 @@ def serving(pid):
     except OSError:
         return False
     return bool(title) and b"shutting down" not in title
-deadline = time.monotonic() + 5
-while time.monotonic() < deadline:
+def emergencies():
+    logs = {{"/var/log/nginx/error.log"}}
+    for m in old:
+        try:
+            fds = os.listdir("/proc/%s/fd" % m)
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                path = os.readlink("/proc/%s/fd/%s" % (m, fd))
+            except OSError:
+                continue
+            if path.startswith("/") and os.path.isfile(path):
+                logs.add(path)
+    found = []
+    for path in logs:
+        try:
+            with open(path, "rb") as f:
+                f.seek(max(0, os.path.getsize(path) - 65536))
+                text = f.read().decode(errors="replace")
+        except OSError:
+            continue
+        found += [l for l in text.splitlines() if "[emerg]" in l and l[:19] >= sys.argv[2]]
+    return found
+start = time.monotonic()
+checks = [5.0, 15.0]
+while True:
     took = [m for m, pids in old.items() if pids and not all(map(serving, pids))]
     if took:
+        deadline = time.monotonic() + 5
         while time.monotonic() < deadline and any(serving(p) for m in took for p in old[m]):
             time.sleep(0.005)
         sys.exit(0)
+    if time.monotonic() - start >= checks[0]:
+        found = emergencies()
+        if found or len(checks) == 1:
+            break
+        checks.pop(0)
     time.sleep(0.005)
-logs = {{"/var/log/nginx/error.log"}}
-for m in old:
-    try:
-        fds = os.listdir("/proc/%s/fd" % m)
-    except OSError:
-        continue
-    for fd in fds:
-        try:
-            path = os.readlink("/proc/%s/fd/%s" % (m, fd))
-        except OSError:
-            continue
-        if path.startswith("/") and os.path.isfile(path):
-            logs.add(path)
-found = []
-for path in logs:
-    try:
-        with open(path, "rb") as f:
-            f.seek(max(0, os.path.getsize(path) - 65536))
-            text = f.read().decode(errors="replace")
-    except OSError:
-        continue
-    found += [line for line in text.splitlines() if "[emerg]" in line and line[:19] >= sys.argv[2]]
 # nginx says why first ("bind() to ... failed"), then, last, "still could not bind()".
 print(" / ".join(dict.fromkeys(found[:1] + found[-1:])), file=sys.stderr)
 sys.exit({NOT_APPLIED})
