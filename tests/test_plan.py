@@ -327,3 +327,19 @@ def test_remove_layout_deletes_only_bluegreens_entries_run_by_a_real_sh(tmp_path
     assert layout.parse_remove(out) is None and not root.exists()
     out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
     assert layout.parse_remove(out) is None  # already gone: a re-run
+
+
+def test_listeners_of_a_port_are_read_from_ss_with_their_processes() -> None:
+    """`check`'s proxy.listen row reads `ss -Htlnp` (recorded here): per socket, its
+    processes; a socket whose processes the SSH user may not see has none."""
+    from bluegreen.plan.check import parse_listeners
+
+    recorded = (
+        'LISTEN 0      511    127.0.0.1:24936 0.0.0.0:* users:(("nginx",pid=10152,fd=7),'
+        '("nginx",pid=10056,fd=7))\n'
+        'LISTEN 0      128    127.0.0.1:24937 0.0.0.0:* users:(("python3",pid=10266,fd=3))'
+        "                       \n"
+        "LISTEN 0      511          0.0.0.0:80        0.0.0.0:*          \n")
+    assert parse_listeners(recorded) == [[("nginx", 10152), ("nginx", 10056)],
+                                         [("python3", 10266)], []]
+    assert parse_listeners("") == []
