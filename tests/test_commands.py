@@ -338,12 +338,12 @@ def page_row(p: Project) -> bool | None:
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="nginx's `user` directive needs root")
 def test_maintenance_on_that_nginx_workers_cannot_see_fails_and_says_why(
-        local_project: Project, nginx: PrivateNginx) -> None:
+        project: Project, nginx: PrivateNginx) -> None:
     """nginx's workers run as nobody and deploy_to is under a 0700 directory: their `-f`
     test of the page is false, so users would keep getting the app. `maintenance on`
     exits 1 naming the workers' user and that directory, and takes the page back (status
     does not say maintenance); once the workers can reach it, on and off take."""
-    p = local_project
+    p = project
     nginx.write_config(workers=1, user="nobody nogroup")
     subprocess.run(nginx.command("-s", "reload"), check=True)
     private = Path(tempfile.mkdtemp(prefix="bluegreen-private-"))  # 0700, outside tmp_path
