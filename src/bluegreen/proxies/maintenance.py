@@ -66,6 +66,12 @@ async def page_row(proxy: Proxy) -> list[Finding]:
     if user is None:
         return []
     item = f"maintenance page {path}"
+    # deploy_to and shared/ are closed to others (0750) until `maintenance on` opens them
+    # (o+x) and writes the page 0644 (plan.layout.open_page): only a directory above them
+    # can keep the workers out.
+    if blocked in {str(path), str(path.parent), str(proxy.node.layout.root)}:
+        return [(item, True, f"nginx's workers ({user!r}) can reach deploy_to; `maintenance "
+                 "on` opens deploy_to and shared/ to them (o+x) for the page")]
     if blocked:
         return [(item, None, f"nginx's workers run as {user!r}, who cannot traverse or read "
                  f"{blocked}: `maintenance on` would not take. Let {user!r} reach "
