@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
+import tempfile
 import tomllib
 from pathlib import Path
 
@@ -61,7 +63,7 @@ def test_good_config_loads_with_defaults() -> None:
     ("proxy.bogus", 1, "proxy.bogus: unknown key"),
     ("slots.green", 4000, "slots: blue and green must use different ports"),
     ("app", "MyApp", "app: String should match pattern"),
-    ("run.health_timeout", "soon", "run.health_timeout: Input should be a valid number"),
+    ("run.health_timeout", "soon", "run.health_timeout: 'soon' is not a duration"),
     ("release.version", "1.0; rm -rf /", "release.version: version '1.0; rm -rf /' must match"),
     ("hosts", [{"address": "a b"}], "hosts[0].address: must be 'local' or '[user@]host'"),
     ("hosts", [], "hosts: List should have at least 1 item"),
@@ -277,3 +279,44 @@ def test_unknown_keys_get_a_suggestion(change: dict[str, object], expected: str)
     data = copy.deepcopy(GOOD)
     data.update(change)
     assert expected in error_of(data)
+
+
+def test_config_is_found_from_a_subdirectory(tmp_path: Path) -> None:
+    """Run in a project's subdirectory, bluegreen uses the bluegreen.toml above it (as git
+    does), its relative paths from its own directory; with none above, it says so."""
+    from bluegreen.config.load import find_config
+
+    (tmp_path / "bluegreen.toml").write_text(
+        'app = "shop"\n[release]\nartifact = "dist/x.tar.gz"\n[run]\ncommand = "x {port}"\n'
+        '[slots]\nblue = 4000\ngreen = 5000\n[[hosts]]\nname = "web1"\naddress = "local"\n'
+        f'deploy_to = "{tmp_path}/srv"\n')
+    deeper = tmp_path / "src" / "deeper"
+    deeper.mkdir(parents=True)
+    assert find_config(deeper) == tmp_path / "bluegreen.toml"
+    proc = subprocess.run([sys.executable, "-m", "bluegreen", "status", "--json"], cwd=deeper,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert [h["name"] for h in json.loads(proc.stdout)["hosts"]] == ["web1"]
+    nowhere = Path(tempfile.mkdtemp(prefix="bluegreen-none-"))
+    try:
+        proc = subprocess.run([sys.executable, "-m", "bluegreen", "status"], cwd=nowhere,
+                              capture_output=True, text=True)
+        assert proc.returncode == 2 and "here or in any directory above" in proc.stderr
+    finally:
+        nowhere.rmdir()
+
+
+def test_one_duration_syntax_everywhere_and_ports_as_integers() -> None:
+    """`health_timeout = "30s"` was refused while `canary.step = "30s"` worked, and
+    `proxy.listen = 18080` (a TOML integer) was refused."""
+    base = tomllib.loads(presets.render("generic", "shop"))
+    base["run"].update(health_timeout="30s", stop_timeout="2m", drain_timeout="500ms",
+                       health_interval="0.2s")
+    base["proxy"].update(listen=18080)
+    cfg = parse_config(base, Path("/"))
+    assert (cfg.run.health_timeout, cfg.run.stop_timeout, cfg.run.drain_timeout,
+            cfg.run.health_interval) == (30, 120, 0.5, 0.2)
+    assert cfg.proxy.listen == "18080"
+    base["run"]["health_timeout"] = "5parsecs"
+    with pytest.raises(ConfigError, match=r"run\.health_timeout.*not a duration"):
+        parse_config(base, Path("/"))

@@ -8,7 +8,7 @@ import re
 import string
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 APP_RE = r"^[a-z][a-z0-9_-]{0,39}$"
 VERSION_RE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._+-]{0,63}$")
@@ -38,8 +38,13 @@ class Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
 
 
-PositiveSeconds = Annotated[float, Field(gt=0, le=86400)]
+# Durations in the config: seconds, or "30s", "2m", "500ms", "1h" (``duration``).
+Seconds = Annotated[float, BeforeValidator(lambda v: duration(v)), Field(ge=0, le=86400)]
+PositiveSeconds = Annotated[float, BeforeValidator(lambda v: duration(v)), Field(gt=0, le=86400)]
 Port = Annotated[int, Field(ge=1, le=65535)]
+# A listen value: "80", "127.0.0.1:8080", or the port as a TOML integer (80).
+Listen = Annotated[str, BeforeValidator(
+    lambda v: str(v) if isinstance(v, int) and not isinstance(v, bool) else v)]
 
 
 def key(default: Any = ..., description: str = "", **kw: Any) -> Any:
@@ -90,16 +95,24 @@ def parse_listen(listen: str) -> tuple[str, int]:
     return addr, int(port)
 
 
-def seconds(value: str | float | int) -> float:
-    """A duration: a number of seconds, or a string such as "30s", "2m", "1.5s", "90"."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        number = float(value)
-    else:
-        match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h)?\s*", str(value))
+def duration(value: object) -> object:
+    """A duration's number of seconds: a number, or a string such as "30s", "2m", "500ms",
+    "1h", "90" (one syntax for every duration: config keys and options alike). Anything
+    else is left for the model to refuse (a bool stays a bool)."""
+    if isinstance(value, str):
+        match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h)?\s*", value)
         if not match:
             raise ValueError(f"{value!r} is not a duration (e.g. 30s, 2m, 1h, 0.5)")
-        number = float(match.group(1)) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600,
-                                          None: 1}[match.group(2)]
+        return float(match.group(1)) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600,
+                                        None: 1}[match.group(2)]
+    return value
+
+
+def seconds(value: str | float | int) -> float:
+    """A duration: a number of seconds, or a string such as "30s", "2m", "1.5s", "90"."""
+    number = duration(value)
+    if not isinstance(number, (int, float)) or isinstance(number, bool):
+        raise ValueError(f"{value!r} is not a duration (e.g. 30s, 2m, 1h, 0.5)")
     if not 0 < number <= 86400:
         raise ValueError(f"{value!r}: a duration is more than 0 and at most 24h")
     return number

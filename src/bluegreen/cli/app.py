@@ -103,7 +103,8 @@ def common(fn: F) -> F:
     """The options every command takes: -c/--config, -d/--destination, --host, -v."""
 
     @click.option("-c", "--config", "config", metavar="PATH",
-                  help="Config file (default: ./bluegreen.toml).")
+                  help="Config file (default: bluegreen.toml here or in the nearest "
+                       "directory above).")
     @click.option("-d", "--destination", "destination", metavar="NAME",
                   help="Merge bluegreen.NAME.toml (beside the config file) over it: tables "
                        "key by key, [[hosts]] replaced; e.g. -d staging.")

@@ -142,13 +142,25 @@ def parse_config(data: dict[str, Any], base_dir: Path) -> Config:
     return cfg
 
 
+def find_config(start: Path | None = None) -> Path | None:
+    """``bluegreen.toml`` in ``start`` (the working directory), else in the nearest
+    directory above it, as git finds its repository from a subdirectory; None when none."""
+    here = (start or Path.cwd()).absolute()
+    for directory in (here, *here.parents):
+        if (directory / DEFAULT_CONFIG).is_file():
+            return directory / DEFAULT_CONFIG
+    return None
+
+
 def load_config(path: str | Path | None, destination: str | None = None) -> Config:
-    """Read and validate the config file (``./bluegreen.toml`` by default); with a
+    """Read and validate the config file (by default ``bluegreen.toml`` here or in the
+    nearest directory above: ``find_config``); with a
     ``destination``, ``<stem>.<destination>.toml`` beside it is merged over it (tables key
     by key, arrays of tables such as ``[[hosts]]`` replaced), as Kamal's
     ``deploy.staging.yml``. A problem names the file its key came from."""
-    file = Path(path) if path else Path(DEFAULT_CONFIG)
-    hint = "" if path else " (run `bluegreen init` to write one, or pass -c PATH)"
+    file = Path(path) if path else find_config() or Path(DEFAULT_CONFIG)
+    hint = "" if path else (" here or in any directory above (run `bluegreen init` to write "
+                            "one, or pass -c PATH)")
     data = _read_toml(file, hint)
     if destination is None:
         return parse_config(data, file.resolve().parent)

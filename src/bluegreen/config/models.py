@@ -9,15 +9,15 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from bluegreen.errors import ConfigError
 from bluegreen.config.proxies import (PROXY_SETTINGS, HAProxySettings, NginxSettings, P,
                                       ProxySettings)
 from bluegreen.values import (APP_PLACEHOLDERS, APP_RE, BUILD_PLACEHOLDERS, ENV_KEY_RE,
                               SLOT_PLACEHOLDERS, VERSION_RE, Colour, Model as _Model,
-                              Port, PositiveSeconds, check_version, key as _key,
-                              parse_listen, percent_steps, placeholders_in, render, rendered_word,
+                              Port, PositiveSeconds, Seconds, check_version, duration,
+                              key as _key, parse_listen, percent_steps, placeholders_in, render, rendered_word,
                               seconds, status_ranges)
 
 __all__ = ["APP_PLACEHOLDERS", "APP_RE", "BUILD_PLACEHOLDERS", "ENV_KEY_RE", "PROXY_SETTINGS",
@@ -98,11 +98,11 @@ class Run(_Model):
                                    "of `proxy.server_name`")
     health_status: str = _key("200-299", "the status codes that count as healthy: codes and "
                               "ranges, e.g. `\"200-299,301\"`")
-    health_interval: Annotated[float, Field(ge=0.01, le=60)] = _key(
+    health_interval: Annotated[float, BeforeValidator(duration), Field(ge=0.01, le=60)] = _key(
         0.1, "seconds between health requests while a new release starts")
     stop_timeout: PositiveSeconds = _key(30, "seconds for a stopped process to exit before "
                                          "SIGKILL")
-    drain_timeout: Annotated[float, Field(ge=0, le=86400)] = _key(
+    drain_timeout: Seconds = _key(
         30, "seconds to wait until no connection is open to an idle slot before it is stopped")
     migrate: str | None = _key(None, "run once, on the first host, after the new slot is healthy "
                                "and before the switch; its failure means no switch (exit 1)")

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import Field, field_validator, model_validator
 
-from bluegreen.values import Model as _Model, key as _key, parse_listen, rendered_word
+from bluegreen.values import Listen, Model as _Model, key as _key, parse_listen, rendered_word
 
 class TLSSettings(_Model):
     """`[proxy.tls]`: HTTPS on the proxy, with certificates the host already has (e.g. from
@@ -19,7 +19,7 @@ class TLSSettings(_Model):
     certificate_key: str | None = _key(None, "TLS: path on the host of the private key "
                                        "(default: inside `certificate`). HAProxy: only "
                                        "`<certificate>.key` or the certificate itself")
-    listen: str = _key("443", "TLS: the HTTPS listener, like `proxy.listen`; verify and "
+    listen: Listen = _key("443", "TLS: the HTTPS listener, like `proxy.listen`; verify and "
                        "status ask it with SNI = the first `server_name`")
     redirect_http: bool = _key(True, "TLS: the plain `proxy.listen` answers 301 to https "
                                "(except `/deployment_id` and, with `acme_root`, "
@@ -48,7 +48,7 @@ class TLSSettings(_Model):
 class _ProxyCommon(_Model):
     server_name: str = _key("localhost", "the site's names; the first is the `Host` used to ask "
                             "the proxy `/deployment_id`")
-    listen: str = _key("80", "nginx: a `listen` value; haproxy: `[address:]port`. The proxy is "
+    listen: Listen = _key("80", "nginx: a `listen` value; haproxy: `[address:]port`. The proxy is "
                        "asked on its address (127.0.0.1 if none) and port")
     test: str = ""
     reload: str = ""
