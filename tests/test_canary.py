@@ -228,3 +228,6 @@ def test_each_step_first_proves_the_new_colour_still_healthy(canary_project: Pro
         "web1; every request goes to blue again" in out.stderr
     assert (p.answer().colour, p.answer().version) == ("blue", "1.0.0")
     assert p.status()["canary"] is None
+    # `remove` takes every site file it wrote, the canary's included (it was left behind).
+    p.bg("remove", "--yes")
+    assert not list(p.nginx.sites_available.glob("testapp*"))  # type: ignore[union-attr]

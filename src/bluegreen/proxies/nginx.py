@@ -222,14 +222,14 @@ class NginxProxy(Proxy):
         return self._maintenance
 
     async def remove(self) -> list[PurePosixPath]:
-        """Remove the link, test, reload (the site is gone); then the two site files
-        (root's under sudo: left for an admin)."""
+        """Remove the link, test, reload (the site is gone); then the site files: the two
+        colours' and a canary's (root's under sudo: left for an admin)."""
         self._linked(UNKNOWN)
         await self.node.run(nginx.remove_link(self.cfg, self.sudo))
         self._linked(None)
         await self.apply()
         self.node.say(f"removed {nginx.link(self.cfg)}; nginx reloaded")
-        sites = [nginx.available(self.cfg, c) for c in Colour]
+        sites = [f(self.cfg, c) for f in (nginx.available, nginx.canary_file) for c in Colour]
         if self.sudo:
             return sites
         await self.node.run(["rm", "-f", "--", *map(str, sites)])
