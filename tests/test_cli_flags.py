@@ -331,3 +331,18 @@ def test_bad_canary_and_duration_options_are_one_line_usage_errors(tmp_path: Pat
         assert proc.returncode == 2, (args, proc.stderr)
         assert proc.stderr.count("\n") == 1 and proc.stderr.startswith(
             f"error: {args[-2] if args[-1] != '--canary' else args[-1]} "), proc.stderr
+
+
+def test_help_lists_commands_in_workflow_order_with_whole_first_sentences() -> None:
+    """`bluegreen --help` listed commands alphabetically, cut at the first period
+    ("An interactive run.console (e.g.")."""
+    import re
+
+    out = subprocess.run([*BLUEGREEN, "--help"], capture_output=True, text=True,
+                         check=True).stdout.split("Commands:")[1]
+    names = re.findall(r"(?m)^  ([a-z]+) ", out)
+    assert names[:8] == ["init", "check", "setup", "build", "deploy", "promote", "rollback",
+                         "status"]
+    assert names[-1] == "warm" and len(names) == len(set(names))
+    assert "console An interactive run.console (e.g. `bin/app remote`) in a pty, in a " \
+           "slot's env (default: the live slot) exec" in " ".join(out.split())

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import importlib
 import json
+import re
 import sys
 import traceback
 from pathlib import Path
@@ -243,7 +244,28 @@ def emit_result(hosts: list[dict[str, Any]], ok: bool = True, out: Reporter | No
     emit_json({"schema": JSON_SCHEMA, "ok": ok, **data, "hosts": hosts})
 
 
-@click.group(help="Zero-downtime blue-green deploys to one or many Linux servers, switched "
+def first_sentence(text: str | None) -> str:
+    """A command's help up to the end of its first sentence (a period before a capital:
+    "e.g. `bin/app remote`" does not end one), without that period."""
+    return re.split(r"\.\s+(?=[A-Z])", text or "")[0].rstrip(".")
+
+
+class Program(click.Group):
+    """The `bluegreen` group: `--help` lists the commands in the order a first deploy meets
+    them (the order they are added), each with the whole first sentence of its help."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(self.commands)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, first_sentence(command.help)) for name, command in self.commands.items()
+                if not command.hidden]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+@click.group(cls=Program, help="Zero-downtime blue-green deploys to one or many Linux servers, switched "
                   "with nginx or HAProxy.\n\nOptions go after the command name: "
                   "`bluegreen deploy -c prod.toml`.\n" + EXIT_CODES_HELP)
 @click.version_option(__version__, prog_name="bluegreen")
@@ -256,15 +278,13 @@ def command_table(group: click.Group | None = None) -> str:
     the README equal to it), of ``group`` (default: this package's; the `bluegreen` program
     adds `warm`). The options every config command takes (`common`) are said once, under
     the table."""
-    import re
-
     rows = ["| command | what it does | options |", "|---|---|---|"]
     shared = {"config", "destination", "hosts", "verbose"}
     for name, command in (group or main).commands.items():
         ctx = click.Context(command)
         usage = " ".join(p.make_metavar(ctx) for p in command.params
                          if isinstance(p, click.Argument))
-        first = re.split(r"\.\s+(?=[A-Z])", command.help or "")[0].rstrip(".")
+        first = first_sentence(command.help)
         names = {o.name for o in command.params}
         own = [o for o in command.params if isinstance(o, click.Option) and not o.hidden
                and not (shared <= names and o.name in shared)]
