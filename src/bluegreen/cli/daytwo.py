@@ -37,7 +37,7 @@ else:
 def status(state: State, json_out: bool) -> None:
     state.out.quiet = json_out
     ctx = load(state)
-    data = run(state, lambda: reports.status(ctx.cfg, ctx.hosts, ctx.out))
+    data = run(state, lambda: reports.status(ctx.cfg, ctx.hosts, ctx.out, ctx.via))
     if json_out:
         emit_json({"schema": JSON_SCHEMA, "ok": not data["problems"] and all(
             h["reachable"] for h in [*data["hosts"], *data.get("load_balancers", [])]), **data})

@@ -14,6 +14,7 @@ from bluegreen.rollout import records
 from bluegreen.config import Colour, Config, HostConfig, render
 from bluegreen.errors import SplitBrain
 from bluegreen.hosts.fleet import Node, open_fleet
+from bluegreen.hosts.relay import Relay
 from bluegreen.output import Reporter
 from bluegreen.plan import check as checkplan, lock, sudoers
 from bluegreen.proxies import Proxy, maintenance
@@ -67,7 +68,7 @@ async def check(cfg: Config, hosts: list[HostConfig], out: Reporter) -> list[Che
     """Connect to every host and verify tools, proxy and paths; changes nothing. Each host
     gets a new SSH login (a kept connection would not show that one still works)."""
     local = check_local(cfg)
-    async with open_fleet(cfg, hosts, out, strict=False, fresh=True) as fleet:
+    async with open_fleet(cfg, hosts, out, strict=False) as fleet:
         topo = build(fleet)
         own = not cfg.load_balancers
         rows = [*(_check_app(a, own) for a in topo.apps),
@@ -144,10 +145,12 @@ async def _sudo_row(node: Node, app: bool) -> CheckItem:
                      + "; install the drop-in `bluegreen setup --print-sudoers` prints")
 
 
-async def status(cfg: Config, hosts: list[HostConfig], out: Reporter) -> dict[str, Any]:
+async def status(cfg: Config, hosts: list[HostConfig], out: Reporter,
+                 via: Relay | None = None) -> dict[str, Any]:
     """Per host: live colour, proxy answer, and each slot's release, pid and health; with
-    load balancers, each balancer's link and answer too. Unreachable hosts are listed."""
-    async with open_fleet(cfg, hosts, out, strict=False) as fleet:
+    load balancers, each balancer's link and answer too. Unreachable hosts are listed.
+    ``via``: a relay that may lend kept SSH connections."""
+    async with open_fleet(cfg, hosts, out, strict=False, via=via) as fleet:
         topo = build(fleet)
         lb_rows: dict[str, dict[str, Any]] = {}
         if cfg.load_balancers:

@@ -52,7 +52,7 @@ async def print_sudoers(ctx: Context) -> str:
                           "(\"deploy@host\"): --print-sudoers is for a deploy user with "
                           "sudo = true")
     sudoers.check_user(user, f"hosts: {hc.label}")
-    async with open_fleet(ctx.cfg, [hc], ctx.out) as fleet:
+    async with open_fleet(ctx.cfg, [hc], ctx.out, via=ctx.via) as fleet:
         node = fleet.apps[0]
         supervisor, _ = await supervisors.choose(node)
         commands = sudoers.privileged(ctx.cfg, supervisor.runs_units)
@@ -63,7 +63,7 @@ async def print_sudoers(ctx: Context) -> str:
 async def print_root_files(ctx: Context) -> str:
     """A script an admin runs as root to install what a deploy user may not write."""
     hc = ctx.hosts[0]
-    async with open_fleet(ctx.cfg, [hc], ctx.out) as fleet:
+    async with open_fleet(ctx.cfg, [hc], ctx.out, via=ctx.via) as fleet:
         supervisor, _ = await supervisors.choose(fleet.apps[0])
         unit = await supervisor.unit_file()
     return admin.script(ctx.cfg, hc, unit)

@@ -18,7 +18,9 @@ from bluegreen.rollout import canary, records
 from bluegreen.rollout.artifact import Artifact
 from bluegreen.config import ENV_KEY_RE, Colour, Config, HostConfig
 from bluegreen.errors import BlueGreenError, ConfigError, ProxyError
+from bluegreen.hosts import relay
 from bluegreen.hosts.fleet import each, open_fleet
+from bluegreen.hosts.relay import Relay
 from bluegreen.commands.hooks import run_hook
 from bluegreen.output import Reporter
 from bluegreen.plan import files, history
@@ -43,6 +45,9 @@ class Context:
     hosts: list[HostConfig]
     command: str = field(default_factory=lambda: " ".join(["bluegreen", *sys.argv[1:]]))
     user: str = field(default_factory=lambda: _user())
+    # A relay that lends kept SSH connections: the one this command's environment names
+    # (the warm process's pool, for the commands it runs), else none.
+    via: Relay | None = field(default_factory=relay.from_environment)
 
 
 def _user() -> str:
@@ -96,7 +101,7 @@ def _resolve_secret(cfg: Config, name: str, secret: Secret) -> str:
 @asynccontextmanager
 async def connected(ctx: Context) -> AsyncIterator[Topology]:
     """One connection per selected host and per load balancer for the whole command."""
-    async with open_fleet(ctx.cfg, ctx.hosts, ctx.out) as fleet:
+    async with open_fleet(ctx.cfg, ctx.hosts, ctx.out, via=ctx.via) as fleet:
         yield build(fleet)
 
 

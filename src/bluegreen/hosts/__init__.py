@@ -6,14 +6,15 @@ from __future__ import annotations
 from bluegreen.config import HostConfig
 from bluegreen.hosts.base import Host, Result
 from bluegreen.hosts.counting import CountingHost
+from bluegreen.hosts.relay import Relay
 
 __all__ = ["CountingHost", "Host", "Result", "connect"]
 
 
-async def connect(cfg: HostConfig, *, fresh: bool = False) -> CountingHost:
+async def connect(cfg: HostConfig, *, via: Relay | None = None) -> CountingHost:
     """An open Host for one ``[[hosts]]`` entry: this machine, or a server over SSH; its
-    round trips counted. ``fresh``: a new SSH login, not a connection the warm process
-    kept."""
+    round trips counted. ``via``: a relay that may lend a kept SSH connection (else a new
+    login)."""
     if cfg.is_local:
         from bluegreen.hosts.local import LocalHost
 
@@ -21,4 +22,4 @@ async def connect(cfg: HostConfig, *, fresh: bool = False) -> CountingHost:
     # Imported only when a host is remote: asyncssh takes ~0.1 s to import.
     from bluegreen.hosts.ssh import SSHHost
 
-    return CountingHost(await SSHHost.open(cfg, fresh=fresh))
+    return CountingHost(await SSHHost.open(cfg, via=via))

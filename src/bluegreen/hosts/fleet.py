@@ -14,6 +14,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Sequence, 
 from bluegreen.config import Config, HostConfig
 from bluegreen.errors import BlueGreenError, CommandFailed, ConnectError
 from bluegreen.hosts import CountingHost, Host, Result, connect
+from bluegreen.hosts.relay import Relay
 from bluegreen.hosts.base import (Endpoint, Exchanged, Op, Ranges, Watched, check_result,
                                   describe, exchange_op, exchanged, ran, run_op, watch_op,
                                   watched)
@@ -312,15 +313,15 @@ class Fleet:
 
 @asynccontextmanager
 async def open_fleet(cfg: Config, hosts: list[HostConfig], out: Reporter, *,
-                     strict: bool = True, fresh: bool = False) -> AsyncIterator[Fleet]:
+                     strict: bool = True, via: Relay | None = None) -> AsyncIterator[Fleet]:
     """Connect to ``hosts`` and every load balancer at once; close them all at the end.
     ``strict``: any host that cannot be reached is an error (every one is reported);
-    otherwise it is listed in ``unreachable`` and the others are used. ``fresh``: a new
-    SSH login to each, not a connection the warm process kept."""
+    otherwise it is listed in ``unreachable`` and the others are used. ``via``: a relay
+    that may lend kept SSH connections (none: a new login to each)."""
     entries = [*hosts, *cfg.load_balancers]
     if strict:
         out.expect_hosts([h.label for h in entries])
-    opened = await asyncio.gather(*(connect(h, fresh=fresh) for h in entries),
+    opened = await asyncio.gather(*(connect(h, via=via) for h in entries),
                                   return_exceptions=True)
     nodes = {hc.label: Node(cfg, hc, h, out) for hc, h in zip(entries, opened)
              if not isinstance(h, BaseException)}

@@ -5,13 +5,9 @@ import.
 Host keys are always verified against ``known_hosts`` (the host's own setting, else
 ``~/.ssh/known_hosts``); an unknown or changed key is exit 3, never accepted.
 
-In a fork of the warm process (`bluegreen warm`), the connection is the warm process's SSH
-pool's (``serve_pool``): one kept connection per host and way of reaching it, on which each
-command opens its own agent session and uploads (a relay over a Unix socket), so a command
-does not pay the SSH handshake again. A kept connection is used only while everything its
-verification and login depended on is unchanged (the known_hosts file, the identity file,
-~/.ssh and its config, HOME, the user, the ssh-agent socket): any change, and the command
-gets a new connection, verified again.
+Given a relay (``hosts.relay``: a process that keeps SSH connections, e.g. the warm
+process's pool), the agent session and uploads go through it when it has the host, so a
+command does not pay the SSH handshake again.
 """
 
 from __future__ import annotations
@@ -37,6 +33,7 @@ from bluegreen.config import HostConfig
 from bluegreen.errors import BlueGreenError, CommandFailed, ConnectError
 from bluegreen.hosts import agent as agent_program
 from bluegreen.hosts.base import Op
+from bluegreen.hosts.relay import Relay, RelayedProcess
 
 CONNECT_TIMEOUT = 15.0
 AGENT_START_TIMEOUT = 20.0
@@ -45,17 +42,6 @@ ANSWER_MARGIN = 30.0
 # The agent, run by the login shell like any command: its source is the argument; -I -S:
 # the standard library only (no site-packages, no PYTHON* variables; ~30 ms less).
 AGENT_COMMAND = "exec python3 -I -S -c " + shlex.quote(Path(agent_program.__file__).read_text())
-# The socket of the warm process's SSH pool, in a fork of it (set by bluegreen.warm).
-POOL: str | None = None
-# What a connection's login reads from the environment (asyncssh: ~/.ssh, the user name,
-# the ssh-agent): the pool connects with the command's values of these.
-POOL_ENV = ("HOME", "USER", "LOGNAME", "SSH_AUTH_SOCK")
-# How long a kept connection may take to open a session before it is taken for dead.
-SESSION_TIMEOUT = 10.0
-# How long the pool waits for a command to close its end after its agent ended.
-HANG_UP_TIMEOUT = 30.0
-# The longest line of an answer the relay passes (an agent's answer is one JSON line).
-LINE_LIMIT = 1 << 28
 
 
 def _stdin() -> Any:
@@ -130,7 +116,7 @@ class _Agent:
             self.pending.pop(ident, None)
 
 
-async def _dial(cfg: HostConfig) -> Any:
+async def dial(cfg: HostConfig) -> Any:
     """A new asyncssh connection to ``cfg``'s host, its key verified; ConnectError (exit 3)
     with what to do when it cannot be made."""
     user, _, hostname = cfg.address.rpartition("@")
@@ -182,27 +168,29 @@ async def _dial(cfg: HostConfig) -> Any:
 
 
 class SSHHost:
-    def __init__(self, cfg: HostConfig, conn: Any, relay: _PoolProcess | None = None) -> None:
+    def __init__(self, cfg: HostConfig, conn: Any, via: Relay | None = None,
+                 relayed: RelayedProcess | None = None) -> None:
         self.name = cfg.label
         self._cfg = cfg
-        self._conn = conn  # an asyncssh connection; None while only the pool's is used
-        self._relay = relay  # the agent's session on the pool's connection
+        self._conn = conn  # an asyncssh connection; None while only the relay's is used
+        self._via = via  # the relay that lends this host's connection, if it does
+        self._relay = relayed  # the agent's session on the relay's connection
         self._agent: asyncio.Task[_Agent] | None = None
         self.sessions = 0  # SSH sessions opened (exec and sftp), as the server counts them
         self.seen: int | None = None  # requests the agent took, told at close
 
     @classmethod
-    async def open(cls, cfg: HostConfig, *, fresh: bool = False) -> SSHHost:
-        """Connected to ``cfg``'s host: through the warm process's pool when there is one,
-        unless ``fresh`` (a login of its own)."""
-        if POOL is not None and not fresh:
-            relay = await _PoolProcess.start(POOL, cfg)
-            if relay is not None:
-                return cls(cfg, None, relay)
-        return cls(cfg, await _dial(cfg))
+    async def open(cls, cfg: HostConfig, *, via: Relay | None = None) -> SSHHost:
+        """Connected to ``cfg``'s host: through the relay ``via`` when it has the host
+        (a connection it keeps), else a login of its own."""
+        if via is not None:
+            relayed = await via.agent(cfg)
+            if relayed is not None:
+                return cls(cfg, None, via, relayed)
+        return cls(cfg, await dial(cfg))
 
     def _lost(self, exc: BaseException) -> ConnectError:
-        return _lost(self._cfg, exc)
+        return lost(self._cfg, exc)
 
     async def _start_agent(self) -> _Agent:
         self.sessions += 1
@@ -266,19 +254,17 @@ class SSHHost:
         return results
 
     async def _direct(self) -> Any:
-        """This command's own connection (opened now when the pool's was used so far)."""
+        """This command's own connection (opened now when the relay's was used so far)."""
         if self._conn is None:
-            self._conn = await _dial(self._cfg)
+            self._conn = await dial(self._cfg)
         return self._conn
 
     async def put(self, local: Path, remote: PurePosixPath) -> None:
         self.sessions += 1
-        if self._relay is not None and POOL is not None:
-            answer = await _pool_call(POOL, {"op": "put", "local": str(local.absolute()),
-                                             "remote": str(remote)}, self._cfg)
-            if answer is not None:
+        if self._via is not None and self._relay is not None:
+            if await self._via.put(self._cfg, local, remote):
                 return
-        await _sftp_put(await self._direct(), self._cfg, local, remote)
+        await sftp_put(await self._direct(), self._cfg, local, remote)
 
     async def stream(self, argv: Sequence[str]) -> AsyncIterator[str]:
         self.sessions += 1
@@ -321,7 +307,7 @@ class SSHHost:
             # Every request was answered: the agent ends at EOF, no goodbye to wait for.
             self.seen = self._agent.result().served
         if self._relay is not None:
-            self._relay.close()  # the pool keeps the connection
+            self._relay.close()  # the relay keeps the connection
         if self._conn is None:
             return
         self._conn.close()
@@ -331,12 +317,12 @@ class SSHHost:
             pass
 
 
-def _lost(cfg: HostConfig, exc: BaseException) -> ConnectError:
+def lost(cfg: HostConfig, exc: BaseException) -> ConnectError:
     reason = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
     return ConnectError(f"lost the SSH connection to {cfg.address}: {reason}", host=cfg.label)
 
 
-async def _sftp_put(conn: Any, cfg: HostConfig, local: Path, remote: PurePosixPath) -> None:
+async def sftp_put(conn: Any, cfg: HostConfig, local: Path, remote: PurePosixPath) -> None:
     """Upload ``local`` to ``remote`` over ``conn`` (one SFTP session)."""
     try:
         async with conn.start_sftp_client() as sftp:
@@ -346,7 +332,7 @@ async def _sftp_put(conn: Any, cfg: HostConfig, local: Path, remote: PurePosixPa
         raise CommandFailed(f"upload of {local.name} to {remote} failed: {exc.reason} "
                             "(is the disk full?)", host=cfg.label) from None
     except (asyncssh.Error, OSError) as exc:
-        raise _lost(cfg, exc) from None
+        raise lost(cfg, exc) from None
 
 
 @contextlib.contextmanager
@@ -370,283 +356,3 @@ def _text(data: Any) -> str:
     if isinstance(data, bytes):
         return data.decode(errors="replace")
     return str(data)
-
-
-# The warm process's SSH pool: the command's end (_PoolProcess, _pool_call), then the pool.
-
-_ENDED = b'{"pool_ended":'
-
-
-def _stat(path: Path | None) -> list[int] | None:
-    try:
-        st = path.stat() if path is not None else None
-    except OSError:
-        return None
-    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns] if st else None
-
-
-def _envelope(cfg: HostConfig) -> dict[str, Any]:
-    """What the pool needs to reach ``cfg``'s host as this command would: the host with its
-    paths made absolute here, this command's login environment, and the state of every
-    file its verification and login read (a change: a new connection, verified again)."""
-    known_hosts = Path(cfg.known_hosts or "~/.ssh/known_hosts").expanduser().absolute()
-    identity = Path(cfg.identity_file).expanduser().absolute() if cfg.identity_file else None
-    ssh_dir = Path("~/.ssh").expanduser()
-    host = {**cfg.model_dump(mode="json"), "known_hosts": str(known_hosts),
-            "identity_file": str(identity) if identity else None}
-    return {"host": host, "env": {k: os.environ.get(k) for k in POOL_ENV},
-            "stamp": [_stat(p) for p in (known_hosts, identity, ssh_dir, ssh_dir / "config")]}
-
-
-def _pool_error(answer: dict[str, Any], cfg: HostConfig) -> BlueGreenError:
-    kinds: dict[str, type[BlueGreenError]] = {"ConnectError": ConnectError,
-                                               "CommandFailed": CommandFailed}
-    return kinds.get(str(answer.get("kind")), BlueGreenError)(str(answer["error"]),
-                                                             host=cfg.label)
-
-
-async def _pool_open(path: str, request: dict[str, Any], cfg: HostConfig
-                     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
-    """Send ``request`` to the pool; its stream once the pool said ok, None when the pool
-    is not there (the caller connects itself: nothing was done), or its error raised."""
-    try:
-        reader, writer = await asyncio.open_unix_connection(path, limit=LINE_LIMIT)
-    except OSError:
-        return None
-    try:
-        writer.write(json.dumps({**_envelope(cfg), **request}).encode() + b"\n")
-        answer = json.loads(await reader.readline() or b"{}")
-    except (OSError, ValueError):
-        answer = {}
-    if answer.get("ok"):
-        return reader, writer
-    writer.close()
-    if "error" in answer:
-        raise _pool_error(answer, cfg)
-    return None
-
-
-async def _pool_call(path: str, request: dict[str, Any], cfg: HostConfig) -> bool | None:
-    """One request the pool answers at once (an upload): True, or None without a pool."""
-    stream = await _pool_open(path, request, cfg)
-    if stream is None:
-        return None
-    stream[1].close()
-    return True
-
-
-class _PoolProcess:
-    """An agent's session on the pool's connection, as ``_Agent`` uses a process: lines on
-    ``stdout``, ``stdin.write``; its exit status and stderr when it ended."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._reader, self._writer = reader, writer
-        self.stdin = self.stderr = self
-        self.stdout = self._lines()
-        self.exit_status: int | None = None
-        self._stderr = ""
-        self._ended = asyncio.Event()
-
-    @classmethod
-    async def start(cls, path: str, cfg: HostConfig) -> _PoolProcess | None:
-        """An agent session from the pool; None when there is no pool to ask."""
-        stream = await _pool_open(path, {"op": "agent"}, cfg)
-        return cls(*stream) if stream is not None else None
-
-    def write(self, text: str) -> None:
-        self._writer.write(text.encode())
-
-    async def _lines(self) -> AsyncIterator[str]:
-        try:
-            async for raw in self._reader:
-                if raw.startswith(_ENDED):
-                    ended = json.loads(raw)["pool_ended"]
-                    self.exit_status, self._stderr = ended["exit"], ended["stderr"]
-                    break
-                yield raw.decode(errors="replace")
-        finally:
-            self._ended.set()
-
-    async def wait(self, check: bool = False) -> None:
-        await self._ended.wait()
-
-    async def read(self) -> str:
-        await self._ended.wait()
-        return self._stderr
-
-    def close(self) -> None:
-        self._writer.close()
-
-
-class _Pool:
-    """The warm process's SSH connections, kept between commands: per host and everything
-    its login depended on (``_envelope``), one connection, on which each command opens its
-    own agent session (relayed over its Unix socket connection) and uploads."""
-
-    def __init__(self) -> None:
-        self.conns: dict[str, asyncio.Task[Any]] = {}
-        self.active = 0
-        # Logins read HOME, USER, SSH_AUTH_SOCK from the environment: a login runs with the
-        # command's values; logins with other values wait for their turn.
-        self._login_env: tuple[str | None, ...] | None = None
-        self._logins = 0
-        self._turn = asyncio.Condition()
-
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.active += 1
-        try:
-            creds = writer.get_extra_info("socket").getsockopt(
-                socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-            if struct.unpack("3i", creds)[1] != os.getuid():
-                return
-            request = json.loads(await reader.readline())
-            cfg = HostConfig.model_validate(request["host"])
-            key = json.dumps([[request["host"].get(k) for k in
-                               ("address", "port", "identity_file", "known_hosts")],
-                              request["env"], request["stamp"]])
-            try:
-                if request["op"] == "agent":
-                    proc = await self._session(key, cfg, request["env"])
-                    writer.write(b'{"ok": true}\n')
-                    await self._relay(reader, writer, proc)
-                elif request["op"] == "put":
-                    conn = await self._connection(key, cfg, request["env"])
-                    await _sftp_put(conn, cfg, Path(request["local"]),
-                                    PurePosixPath(request["remote"]))
-                    writer.write(b'{"ok": true}\n')
-            except BlueGreenError as exc:
-                writer.write(json.dumps({"error": exc.reason, "kind": type(exc).__name__})
-                             .encode() + b"\n")
-            await writer.drain()
-        except (OSError, ValueError, KeyError):
-            pass
-        finally:
-            self.active -= 1
-            writer.close()
-
-    async def _connection(self, key: str, cfg: HostConfig, env: dict[str, str | None]) -> Any:
-        task = self.conns.get(key)
-        if task is not None and task.done() and (
-                task.cancelled() or task.exception() is not None or task.result().is_closed()):
-            task = None
-        if task is None:
-            task = self.conns[key] = asyncio.create_task(self._login(cfg, env))
-        try:
-            return await asyncio.shield(task)
-        except BlueGreenError:
-            if self.conns.get(key) is task:
-                del self.conns[key]
-            raise
-
-    async def _login(self, cfg: HostConfig, env: dict[str, str | None]) -> Any:
-        wanted = tuple(env.get(k) for k in POOL_ENV)
-        async with self._turn:
-            await self._turn.wait_for(lambda: not self._logins or self._login_env == wanted)
-            if not self._logins:
-                for name, value in zip(POOL_ENV, wanted):
-                    if value is None:
-                        os.environ.pop(name, None)
-                    else:
-                        os.environ[name] = value
-                self._login_env = wanted
-            self._logins += 1
-        try:
-            return await _dial(cfg)
-        finally:
-            async with self._turn:
-                self._logins -= 1
-                self._turn.notify_all()
-
-    async def _session(self, key: str, cfg: HostConfig, env: dict[str, str | None]) -> Any:
-        """An agent session; a kept connection that died meanwhile is replaced once."""
-        for attempt in (1, 2):
-            conn = await self._connection(key, cfg, env)
-            try:
-                # (a connection whose peer vanished without a word answers nothing)
-                return await asyncio.wait_for(conn.create_process(AGENT_COMMAND, encoding=None),
-                                              SESSION_TIMEOUT)
-            except (asyncssh.Error, OSError, asyncio.TimeoutError) as exc:
-                # Not used again: dead, or refusing sessions (sshd's MaxSessions); closed
-                # only when dead (a refusing one still serves other commands' sessions).
-                self.conns.pop(key, None)
-                if isinstance(exc, asyncio.TimeoutError):
-                    conn.close()
-                if attempt == 2:
-                    raise _lost(cfg, exc) from None
-        raise AssertionError("unreachable")
-
-    @staticmethod
-    async def _relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                     proc: Any) -> None:
-        """Pass bytes both ways until the agent ends; then its exit status and stderr, and
-        the connection stays open until the command closed its end (closed under a command
-        still writing, its reads would fail before the exit status: no python3 at all)."""
-        async def inbound() -> None:
-            agent = True
-            try:
-                while data := await reader.read(65536):
-                    if agent:
-                        try:
-                            proc.stdin.write(data)
-                        except (OSError, asyncssh.Error):  # the agent ended: dropped
-                            agent = False
-            except OSError:
-                pass
-            finally:  # the command closed its end: the agent reads EOF and ends
-                with contextlib.suppress(Exception):
-                    proc.stdin.write_eof()
-
-        feeding = asyncio.create_task(inbound())
-        last = b"\n"
-        try:
-            while chunk := await proc.stdout.read(65536):
-                writer.write(chunk)
-                last = chunk[-1:]
-                await writer.drain()
-            done = await proc.wait(check=False)
-            stderr = (done.stderr or b"").decode(errors="replace")[-4000:]
-            ended = json.dumps({"pool_ended": {"exit": done.exit_status, "stderr": stderr}},
-                               separators=(",", ":")).encode()
-            writer.write((b"" if last == b"\n" else b"\n") + ended + b"\n")
-            await writer.drain()
-            await asyncio.wait_for(asyncio.shield(feeding), HANG_UP_TIMEOUT)
-        except (OSError, asyncssh.Error, asyncio.TimeoutError):
-            pass
-        finally:
-            feeding.cancel()
-            proc.close()
-
-
-async def serve_pool(path: str, parent: int) -> None:
-    """The warm process's SSH pool, listening on ``path`` (0600) until the warm process
-    ``parent`` is gone or the socket removed; commands using it then still go on to their
-    end, then its connections are closed."""
-    pool = _Pool()
-    old = os.umask(0o177)
-    try:
-        server = await asyncio.start_unix_server(pool.handle, path, limit=LINE_LIMIT)
-    finally:
-        os.umask(old)
-    ours = os.stat(path).st_ino
-    try:
-        while os.getppid() == parent and inode(path) == ours:
-            await asyncio.sleep(1)
-    finally:
-        server.close()
-        if inode(path) == ours:
-            with contextlib.suppress(OSError):
-                os.unlink(path)
-        while pool.active:
-            await asyncio.sleep(0.1)
-        for task in pool.conns.values():
-            if task.done() and not task.cancelled() and task.exception() is None:
-                task.result().close()
-
-
-def inode(path: str) -> int | None:
-    """The inode of the file at ``path`` (None if there is none): whether a socket is
-    still the one a process bound."""
-    try:
-        return os.stat(path).st_ino
-    except OSError:
-        return None

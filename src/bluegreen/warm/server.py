@@ -3,7 +3,7 @@ everything a command needs (click, pydantic and the config models, rich, Jinja2,
 ~0.3 s that every command otherwise spends before it does anything) and runs each command
 in a fork of itself, so a command starts in milliseconds.
 
-It also forks the SSH pool (``hosts.ssh.serve_pool``): the SSH connections its commands
+It also forks the SSH pool (``warm.pool.serve_pool``): the SSH connections its commands
 opened, kept for the next ones. The client end is ``bluegreen.launch`` (the `bluegreen`
 entry point). Per command:
 
@@ -43,8 +43,8 @@ from pathlib import Path
 from typing import Any
 
 from bluegreen.errors import BlueGreenError
-from bluegreen.hosts import ssh
-from bluegreen.hosts.ssh import inode
+from bluegreen.hosts import relay
+from bluegreen.warm.pool import inode, serve_pool
 from bluegreen.warm.client import connect, context, package_dir, socket_path
 
 # A request is small (argv, environment); bigger is not a bluegreen client.
@@ -121,8 +121,9 @@ def _send(conn: socket.socket, message: dict[str, Any]) -> None:
     conn.sendall(json.dumps(message).encode() + b"\n")
 
 
-def _run_command(request: dict[str, Any], fds: list[int]) -> None:
-    """In the forked command process: become the client's command, run it, exit."""
+def _run_command(request: dict[str, Any], fds: list[int], pool: str) -> None:
+    """In the forked command process: become the client's command (its SSH connections
+    lent by the pool listening on ``pool``), run it, exit."""
     os.setpgid(0, 0)
     for target, fd in enumerate(fds):
         os.dup2(fd, target)
@@ -132,6 +133,7 @@ def _run_command(request: dict[str, Any], fds: list[int]) -> None:
     os.umask(int(request["umask"]))
     os.environ.clear()
     os.environ.update(request["env"])
+    os.environ[relay.ENV] = pool  # (the commands layer hands it to hosts.connect)
     time.tzset()  # the client's TZ: history and JSON times in its zone, not this process's
     try:
         resource.setrlimit(resource.RLIMIT_NOFILE, tuple(request["nofile"]))
@@ -171,7 +173,7 @@ def _run_command(request: dict[str, Any], fds: list[int]) -> None:
     os._exit(code)
 
 
-def _keep(conn: socket.socket, started: list[Any], restart: list[str]) -> None:
+def _keep(conn: socket.socket, started: list[Any], restart: list[str], pool: str) -> None:
     """In the forked keeper: take one request, run it in a child, report how it ended."""
     try:
         request, fds = _recv_request(conn)
@@ -199,7 +201,7 @@ def _keep(conn: socket.socket, started: list[Any], restart: list[str]) -> None:
     pid = os.fork()
     if pid == 0:
         conn.close()
-        _run_command(request, fds)
+        _run_command(request, fds, pool)
     for fd in fds:
         os.close(fd)
     try:
@@ -240,7 +242,8 @@ def serve(path: str, idle: float) -> None:
     restart = [sys.executable, "-m", "bluegreen.warm", path, str(idle)]
     listener = _listen(path)
     ours = inode(path)
-    pool = _start_pool(os.path.join(os.path.dirname(path), "ssh.sock"), listener, lock)
+    pool_path = os.path.join(os.path.dirname(path), "ssh.sock")
+    pool = _start_pool(pool_path, listener, lock)
     for name in ("SIGTERM", "SIGHUP", "SIGINT"):
         signal.signal(getattr(signal, name), _stop)
     keepers: set[int] = set()
@@ -279,7 +282,7 @@ def serve(path: str, idle: float) -> None:
                 for name in ("SIGTERM", "SIGHUP"):
                     signal.signal(getattr(signal, name), signal.SIG_DFL)
                 signal.signal(signal.SIGINT, signal.default_int_handler)
-                _keep(conn, started, restart)
+                _keep(conn, started, restart, pool_path)
             keepers.add(pid)
             conn.close()
     except _Stopped:
@@ -292,8 +295,9 @@ def serve(path: str, idle: float) -> None:
 
 
 def _start_pool(path: str, listener: socket.socket, lock: int) -> int:
-    """Fork the SSH pool (``hosts.ssh.serve_pool``): before any command, so that it has no
-    event loop of anyone's; the commands forked later find it through ``ssh.POOL``."""
+    """Fork the SSH pool (``pool.serve_pool``): before any command, so that it has no
+    event loop of anyone's; the commands forked later are given its socket in their
+    environment ($BLUEGREEN_SSH_POOL, ``hosts.relay``)."""
     parent = os.getpid()
     pid = os.fork()
     if pid == 0:
@@ -303,10 +307,9 @@ def _start_pool(path: str, listener: socket.socket, lock: int) -> int:
             signal.signal(getattr(signal, name), signal.SIG_DFL)
         os.setpgid(0, 0)
         try:
-            asyncio.run(ssh.serve_pool(path, parent))
+            asyncio.run(serve_pool(path, parent))
         finally:
             os._exit(0)
-    ssh.POOL = path
     return pid
 
 
