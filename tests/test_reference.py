@@ -140,3 +140,22 @@ def test_guides_are_printed_by_docs_and_shipped_in_the_wheel(tmp_path: Path) -> 
     names = zipfile.ZipFile(next(wheel_dir.glob("bluegreen-*.whl"))).namelist()
     shipped = {Path(n).name for n in names if "/data/share/bluegreen/docs/" in n}
     assert {p.name for p in DOCS.glob("*.md")} <= shipped and "bluegreen.example.toml" in shipped
+    # Installed as a user installs it (a fresh virtualenv, its dependencies resolved by
+    # pip), it runs outside the checkout: --version, a guide from <prefix>/share, a preset.
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    install = subprocess.run([str(venv / "bin" / "pip"), "install", "--quiet",
+                              str(next(wheel_dir.glob("bluegreen-*.whl")))],
+                             capture_output=True, text=True, timeout=600)
+    assert install.returncode == 0, install.stderr[-2000:]
+    away = tmp_path / "elsewhere"
+    away.mkdir()
+    program = str(venv / "bin" / "bluegreen")
+    version = subprocess.run([program, "--version"], cwd=away, capture_output=True, text=True)
+    assert version.returncode == 0 and version.stdout.startswith("bluegreen, version ")
+    guide = subprocess.run([program, "docs", "python"], cwd=away, capture_output=True, text=True)
+    assert guide.returncode == 0 and guide.stdout == (DOCS / "python.md").read_text()
+    assert guide.stderr == ""
+    subprocess.run([program, "init", "--preset", "django"], cwd=away, check=True,
+                   capture_output=True)
+    assert "DJANGO_SETTINGS_MODULE" in (away / "bluegreen.toml").read_text()
