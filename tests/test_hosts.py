@@ -359,3 +359,35 @@ def test_a_login_that_prints_a_banner_does_not_disturb_the_agent(ssh_project: Pr
     finally:
         rc.unlink()
     assert p.answer().version == "1.0.0"
+
+
+def test_the_agent_shows_a_short_command_line_on_the_server(ssh_project: Project) -> None:
+    """`ps` on a server showed the agent's whole source as one `python3 -c "..."` line: it
+    is a short bootstrap that reads the source from stdin, and works as before."""
+    import asyncio
+
+    from bluegreen.config import HostConfig
+    from bluegreen.hosts import connect
+    from bluegreen.hosts.base import ran, run_op
+
+    assert ssh_project.sshd is not None
+    cfg = HostConfig(address="root@127.0.0.1", port=ssh_project.sshd.port,
+                     identity_file=str(ssh_project.sshd.client_key),
+                     known_hosts=str(ssh_project.sshd.known_hosts))
+
+    async def go() -> tuple[str, list[str]]:
+        host = await connect(cfg)
+        try:
+            argv = ["sh", "-c", "cat; echo $PPID"]
+            [answer] = await host.batch([run_op(argv, "from stdin ")])
+            out = ran(host.name, argv, answer, 60).stdout
+            # The agent runs while the host is open: its whole command line (ps shows it).
+            agent = out.split()[-1]
+            args = Path(f"/proc/{agent}/cmdline").read_bytes().replace(b"\0", b" ")
+            return out, [args.decode()]
+        finally:
+            await host.close()
+
+    out, [args] = asyncio.run(go())
+    assert out.startswith("from stdin ")
+    assert args.startswith("python3 -I -S -c ") and len(args) < 200, args[:300]

@@ -39,9 +39,15 @@ CONNECT_TIMEOUT = 15.0
 AGENT_START_TIMEOUT = 20.0
 # How long past a request's own timeout its answer may take (the network, a busy host).
 ANSWER_MARGIN = 30.0
-# The agent, run by the login shell like any command: its source is the argument; -I -S:
-# the standard library only (no site-packages, no PYTHON* variables; ~30 ms less).
-AGENT_COMMAND = "exec python3 -I -S -c " + shlex.quote(Path(agent_program.__file__).read_text())
+# The agent, run by the login shell like any command: a short bootstrap (what `ps` shows
+# on the server) that reads the agent's source from stdin, its length first, then runs
+# it on the same stdin (its requests follow). -I -S: the standard library only (no
+# site-packages, no PYTHON* variables; ~30 ms less).
+AGENT_COMMAND = "exec python3 -I -S -c " + shlex.quote(
+    'import sys; i = sys.stdin.buffer; '
+    'exec(compile(i.read(int(i.readline())), "bluegreen-agent", "exec"))')
+_SOURCE = Path(agent_program.__file__).read_text()
+AGENT_SOURCE = f"{len(_SOURCE.encode())}\n{_SOURCE}"
 
 
 def _stdin() -> Any:
@@ -194,14 +200,15 @@ class SSHHost:
 
     async def _start_agent(self) -> _Agent:
         self.sessions += 1
-        if self._relay is not None:
-            return _Agent(self._relay)
-        try:
-            process = await self._conn.create_process(AGENT_COMMAND)
-        except (asyncssh.Error, OSError) as exc:
-            raise self._lost(exc) from None
-        # The first request is written at once, not after the agent's hello: it waits in
-        # the pipe while python3 starts (one round trip less).
+        process: Any = self._relay
+        if process is None:
+            try:
+                process = await self._conn.create_process(AGENT_COMMAND)
+            except (asyncssh.Error, OSError) as exc:
+                raise self._lost(exc) from None
+        # The source, then the first request, are written at once, not after the agent's
+        # hello: they wait in the pipe while python3 starts (one round trip less).
+        process.stdin.write(AGENT_SOURCE)
         return _Agent(process)
 
     async def _not_started(self, agent: _Agent) -> ConnectError:
