@@ -159,3 +159,23 @@ def test_guides_are_printed_by_docs_and_shipped_in_the_wheel(tmp_path: Path) -> 
     subprocess.run([program, "init", "--preset", "django"], cwd=away, check=True,
                    capture_output=True)
     assert "DJANGO_SETTINGS_MODULE" in (away / "bluegreen.toml").read_text()
+
+
+def test_every_test_docs_name_exists() -> None:
+    """docs/reliability.md maps each fault and invariant to tests: each one it names
+    (`test_file.py::test_name`, or `::test_name` after one in the same row) exists."""
+    import ast
+    import re
+
+    defined = {f.name: {n.name for n in ast.walk(ast.parse(f.read_text()))
+                        if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
+               for f in (DOCS.parent / "tests").glob("test_*.py")}
+    missing = []
+    for doc in DOCS.glob("*.md"):
+        for line in doc.read_text().splitlines():
+            file = None
+            for found in re.finditer(r"`(test_[a-z_0-9]+\.py)?::(test_[A-Za-z_0-9]+)", line):
+                file = found.group(1) or file
+                if file is not None and found.group(2) not in defined.get(file, set()):
+                    missing.append(f"{doc.name}: {file}::{found.group(2)}")
+    assert not missing, missing
