@@ -425,6 +425,70 @@ def test_concurrent_deploys_one_gets_exit_4(project: Project) -> None:
     assert not (project.deploy_to / "lock").exists()
 
 
+def test_lock_wait_waits_for_a_held_lock_then_runs(local_project: Project) -> None:
+    """`--lock-wait DURATION` (CI pipelines that overlap): a command finding the lock held
+    by a deploy (kept in its pre_deploy hook until the test lets it go) waits, saying who
+    holds it, and runs once it is released; a wait too short is exit 4 as without it."""
+    p = local_project
+    setup(p)
+    p.deploy("1.0.0")
+    p.artifact("2.0.0")
+    gate = p.dir / "gate"
+    p.write_config(hooks={"pre_deploy": f"while [ ! -e {gate} ]; do sleep 0.1; done"})
+    env = {**os.environ, "HOME": str(p.home)}
+
+    def start(*args: str, name: str) -> tuple[subprocess.Popen[str], Path]:
+        err = p.dir / f"{name}.stderr"
+        proc = subprocess.Popen([*BLUEGREEN, *args], cwd=p.dir, env=env, text=True,
+                                stdout=subprocess.PIPE, stderr=err.open("w"))
+        return proc, err
+
+    first, _ = start("deploy", "--version", "2.0.0", name="first")
+    second: subprocess.Popen[str] | None = None
+    try:
+        deadline = time.monotonic() + 30
+        while not (p.deploy_to / "lock" / "info.json").exists():
+            assert first.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        short = p.bg("stop", "blue", "--lock-wait", "1s", "--json", check=4)
+        assert json.loads(short.stdout)["exit_code"] == 4
+        p.bg("stop", "blue", "--lock-wait", "soon", check=2)  # one duration syntax
+        # A rollback only works after the deploy: green must hold 2.0.0, live.
+        second, second_err = start("rollback", "--lock-wait", "60s", "--json", name="second")
+        while "waiting for the lock" not in second_err.read_text():
+            assert second.poll() is None and time.monotonic() < deadline, second_err.read_text()
+            time.sleep(0.05)
+        waiting = [json.loads(line) for line in second_err.read_text().splitlines()
+                   if "waiting for the lock" in line]
+        assert waiting[0]["host"] == "web1" and "bluegreen deploy --version 2.0.0" in waiting[0][
+            "message"]
+        time.sleep(1.5)  # it keeps waiting (polling) while the lock is held
+        assert second.poll() is None
+        gate.touch()
+        assert first.wait(60) == 0
+        assert second.wait(60) == 0, second_err.read_text()
+        assert second.stdout is not None and json.loads(second.stdout.read())["live"] == {
+            "web1": "blue"}
+        assert p.answer().version == "1.0.0"
+        assert [e["event"] for e in p.history()[:3]] == ["rollback", "promote", "deploy"]
+        assert not (p.deploy_to / "lock").exists()
+    finally:  # never leave the first deploy waiting on its hook
+        gate.touch()
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                proc.wait(60)
+
+
+def test_lock_wait_on_every_command_that_locks() -> None:
+    from bluegreen.cli import main
+
+    for name in ("setup", "deploy", "promote", "rollback", "stop", "prune", "remove",
+                 "maintenance", "migrate"):
+        assert "lock_wait" in {o.name for o in main.commands[name].params}, name
+    for name in ("status", "history", "unlock", "check", "logs"):
+        assert "lock_wait" not in {o.name for o in main.commands[name].params}, name
+
+
 def test_stale_lock_names_the_dead_holder(local_project: Project) -> None:
     import socket
 

@@ -80,12 +80,15 @@ class State:
 
         self.out: Reporter = Reporter(verbose=verbose, mode="json" if self.events else None)
         self.json = json_out
+        self.lock_wait = 0.0  # `--lock-wait`, in seconds
 
     def context(self) -> workflow.Context:
         from bluegreen.config import load_config
 
         cfg = load_config(self.config_path, self.destination)
-        return workflow.make_context(cfg, self.out, self.host_names)
+        ctx = workflow.make_context(cfg, self.out, self.host_names)
+        ctx.lock_wait = self.lock_wait
+        return ctx
 
 
 def _complete_hosts(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
@@ -118,8 +121,13 @@ def common(fn: F) -> F:
                 verbose: bool, **kw: Any) -> Any:
         events, data = getattr(wrapper, "events", False), getattr(wrapper, "data", False)
         dry = kw.pop("dry_run", False)
+        lock_wait = kw.pop("lock_wait", None)
         state = State(config, hosts, verbose, kw.pop("json_out", False) and not dry, events,
                       destination)
+        if lock_wait:
+            from bluegreen import values
+
+            state.lock_wait = values.seconds(lock_wait)  # checked by its callback
         if dry:
             state.out.dry_run = True
             state.out.mode = "plain"  # every line, not a live table
@@ -148,6 +156,17 @@ def dry_run_option(fn: F) -> F:
                         help="Print each host's steps and the exact commands that would "
                              "change it (read-only checks still run; secrets masked); "
                              "change nothing. Exit 0.")(fn)
+
+
+def lock_wait_option(fn: F) -> F:
+    """--lock-wait: a command that takes the hosts' lock waits for a held one (`common`
+    takes the value and puts it in the context)."""
+    return click.option("--lock-wait", "lock_wait", metavar="DURATION",
+                        callback=checked("seconds"),
+                        help="When another run holds a host's lock, wait up to DURATION "
+                             "(e.g. 30s, 2m) for it to end, saying who holds it, instead "
+                             "of exit 4 at once (CI pipelines that overlap); still exit 4 "
+                             "if it is held that long.")(fn)
 
 
 def json_data(fn: F) -> F:

@@ -11,7 +11,7 @@ import click
 
 from bluegreen.cli.app import (COLOURS, checked, DOC_SECTIONS, JSON_SCHEMA, F, Later, State, common,
                                dry_run_option, emit_json, emit_result, json_data, json_events,
-                               load, main, run, to_colour)
+                               load, lock_wait_option, main, run, to_colour)
 from bluegreen.config import presets
 
 if TYPE_CHECKING:
@@ -96,6 +96,7 @@ def check(state: State, json_out: bool) -> None:
               help="Print a script an admin runs as root once (with sudo = true): it "
                    "installs the files whose content runs as root (the systemd unit, the "
                    "nginx site files or HAProxy config). Changes nothing.")
+@lock_wait_option
 @json_events
 @dry_run_option
 @common
@@ -174,6 +175,7 @@ def canary_plan(ctx: workflow.Context, canary: str | None, step: str | None,
 @click.option("--no-promote", is_flag=True, help="Start and health-check, but do not switch.")
 @click.option("--skip-build", is_flag=True, help="Do not run release.build.")
 @canary_options
+@lock_wait_option
 @json_events
 @dry_run_option
 @common
@@ -213,6 +215,7 @@ def deploy(state: State, json_out: bool, artifact_path: str | None, version: str
                    "`rollback` or name the colour. --canary: in judged steps.")
 @click.argument("colour", type=COLOURS, required=False)
 @canary_options
+@lock_wait_option
 @json_events
 @dry_run_option
 @common
@@ -236,6 +239,7 @@ def promote(state: State, json_out: bool, colour: str | None, canary: str | None
                    "promote it once healthy.")
 @click.option("--to", "to", metavar="RELEASE", help="A kept release: its id "
               "(`history`, `status`) or a version (its newest kept build).")
+@lock_wait_option
 @json_events
 @dry_run_option
 @common

@@ -11,7 +11,7 @@ import click
 
 from bluegreen.cli.app import (COLOURS, DOC_SECTIONS, JSON_SCHEMA, F, Later, State, common,
                                dry_run_option, emit_json, emit_result, json_data, json_events,
-                               load, main, run, to_colour)
+                               load, lock_wait_option, main, run, to_colour)
 from bluegreen.config import presets
 
 if TYPE_CHECKING:
@@ -51,6 +51,7 @@ def status(state: State, json_out: bool) -> None:
 
 @main.command(help="Drain and stop an idle slot (the live one is refused).")
 @click.argument("colour", type=COLOURS)
+@lock_wait_option
 @json_events
 @dry_run_option
 @common
@@ -86,6 +87,7 @@ def history(state: State, json_out: bool, limit: int | None) -> None:
 @main.command(help="Keep the N newest releases plus the blue and green slots' releases; delete "
                    "the rest.")
 @click.option("--keep", type=click.IntRange(min=1), help="How many to keep (default: release.keep).")
+@lock_wait_option
 @json_events
 @dry_run_option
 @common
@@ -103,6 +105,7 @@ def prune(state: State, json_out: bool, keep: int | None) -> None:
 @main.command(help="Run run.migrate with a slot's release, env and env_file (default: the idle "
                    "slot, where a deploy --no-promote left the new release).")
 @click.option("--color", "colour", type=COLOURS, help="The slot (default: idle).")
+@lock_wait_option
 @common
 def migrate(state: State, colour: str | None) -> None:
     ctx = load(state)
@@ -163,6 +166,7 @@ def logs(state: State, colour: str | None, follow: bool, lines: int, json_out: b
 @click.argument("state_word", metavar="on|off", type=click.Choice(["on", "off"]))
 @click.option("--message", metavar="TEXT", help="The page's text (default: \"Down for "
               "maintenance; back shortly.\").")
+@lock_wait_option
 @json_events
 @common
 def maintenance(state: State, json_out: bool, state_word: str, message: str | None) -> None:
@@ -185,6 +189,7 @@ def maintenance(state: State, json_out: bool, state_word: str, message: str | No
                    "left it empty (else it is kept, with a note). Asks first on a terminal; "
                    "elsewhere it needs --yes.")
 @click.option("--yes", is_flag=True, help="Do not ask (required without a terminal).")
+@lock_wait_option
 @json_events
 @dry_run_option
 @common

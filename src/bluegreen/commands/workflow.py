@@ -48,6 +48,7 @@ class Context:
     # A relay that lends kept SSH connections: the one this command's environment names
     # (the warm process's pool, for the commands it runs), else none.
     via: Relay | None = field(default_factory=relay.from_environment)
+    lock_wait: float = 0.0  # seconds to wait for a held lock (`--lock-wait`); 0: exit 4
 
 
 def _user() -> str:
@@ -108,11 +109,16 @@ async def connected(ctx: Context) -> AsyncIterator[Topology]:
 @asynccontextmanager
 async def locked(ctx: Context, topo: Topology,
                  also: Callable[[AppHost], list[Query]] | None = None) -> AsyncIterator[None]:
-    """Every app host's lock held for the body (exit 4 if one is held); what each host
-    reads first (and ``also``) is read in the same round trip as its lock."""
-    for a in topo.apps:
-        a.node.ahead(*a.first_reads(), *(also(a) if also else []))
-    async with records.locked([a.node for a in topo.apps], ctx.user, ctx.command):
+    """Every app host's lock held for the body (exit 4 if one is held, after
+    ``ctx.lock_wait``); what each host reads first (and ``also``) is read in the same
+    round trip as its lock."""
+    def announce() -> None:
+        for a in topo.apps:
+            a.node.ahead(*a.first_reads(), *(also(a) if also else []))
+
+    announce()
+    async with records.locked([a.node for a in topo.apps], ctx.user, ctx.command,
+                              wait=ctx.lock_wait, again=announce):
         for a in topo.apps:
             await a.remember_first_reads()
         yield

@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import time
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 from bluegreen.config import Colour
 from bluegreen.errors import BlueGreenError, CommandFailed, LockHeld
@@ -16,6 +17,8 @@ from bluegreen.hosts import Result
 from bluegreen.plan import history, lock
 from bluegreen.plan.slot import SlotState
 from bluegreen.rollout.slots import moment, now_iso
+
+LOCK_POLL = 1.0  # seconds between two tries for a held lock (`--lock-wait`)
 
 
 async def acquire(node: Node, info: lock.LockInfo) -> None:
@@ -91,17 +94,58 @@ def release_if_done(node: Node) -> None:
     node.if_done(lock.release(node.layout), then=released)
 
 
-@asynccontextmanager
-async def locked(nodes: list[Node], user: str, command: str) -> AsyncIterator[None]:
-    """Hold every host's lock for the body; a held lock is exit 4 and nothing is done."""
-    info = lock.LockInfo(user=user, host=socket.gethostname(), pid=os.getpid(),
-                         command=command, started=now_iso())
+async def _acquire_all(nodes: list[Node], info: lock.LockInfo) -> None:
+    """Take every host's lock, or none: the locks taken are released when one fails."""
     results = await asyncio.gather(*(acquire(n, info) for n in nodes), return_exceptions=True)
     taken = [n for n, r in zip(nodes, results) if not isinstance(r, BaseException)]
     failures = [r for r in results if isinstance(r, BaseException)]
     if failures:
         await asyncio.gather(*(release(n) for n in taken), return_exceptions=True)
         raise failures[0]
+
+
+async def _acquire_waiting(nodes: list[Node], info: lock.LockInfo, wait: float,
+                           again: Callable[[], None] | None) -> None:
+    """Take every host's lock, polling while one is held, for at most ``wait`` seconds
+    (`--lock-wait`); then exit 4 as without it. Between two tries no lock is kept (two
+    runs waiting for each other's hosts would otherwise both time out). ``again``: called
+    before each new try (what goes with the lock's round trip is announced anew)."""
+    deadline = time.monotonic() + wait
+    said: dict[str, str] = {}
+    while True:
+        try:
+            await _acquire_all(nodes, info)
+            return
+        except LockHeld as held:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise LockHeld(f"still locked after waiting {_duration(wait)} (--lock-wait): "
+                               f"{held.reason}", host=held.host) from None
+            node = next((n for n in nodes if n.name == held.host), nodes[0])
+            holder = held.reason.split("; wait for it")[0]
+            if said.get(node.name) != holder:  # once per holder, not on every poll
+                said[node.name] = holder
+                node.say(f"waiting for the lock (up to {_duration(left)} more): {holder}")
+            await asyncio.sleep(min(LOCK_POLL, left))
+            if again is not None:
+                again()
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f}s" if seconds < 120 else f"{seconds / 60:.1f}m"
+
+
+@asynccontextmanager
+async def locked(nodes: list[Node], user: str, command: str, *, wait: float = 0,
+                 again: Callable[[], None] | None = None) -> AsyncIterator[None]:
+    """Hold every host's lock for the body; a held lock is exit 4 and nothing is done
+    (with ``wait``: once it has been held that many seconds, see ``_acquire_waiting``)."""
+    info = lock.LockInfo(user=user, host=socket.gethostname(), pid=os.getpid(),
+                         command=command, started=now_iso())
+    if wait > 0:
+        await _acquire_waiting(nodes, info, wait, again)
+    else:
+        await _acquire_all(nodes, info)
     try:
         yield
     except BaseException:
