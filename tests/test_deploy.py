@@ -682,3 +682,38 @@ def test_rollback_to_an_older_kept_release(project: Project) -> None:
     missing = p.bg("rollback", "--to", "0.9.0", check=1)
     assert "no kept release is '0.9.0'" in missing.stderr and "2.0.0-" in missing.stderr
     assert p.answer().version == "3.0.0"
+
+
+def test_history_records_no_switch_that_moved_nothing(local_project: Project) -> None:
+    """A switch that moves nothing (the first deploy starts on the live colour; `promote`
+    of the live colour) records no `promote`: history holds what changed."""
+    p = local_project
+    setup(p)
+    p.deploy("1.0.0")
+    assert [(e["event"], e["color"], e["version"]) for e in p.history()] == [
+        ("deploy", "blue", "1.0.0")]
+    p.bg("promote", "blue", "--json")
+    assert len(p.history()) == 1
+    p.deploy("2.0.0")
+    events = p.history()
+    assert [(e["event"], e["color"], e["version"], e["detail"]) for e in events] == [
+        ("promote", "green", "2.0.0", "blue -> green"),
+        ("deploy", "green", "2.0.0", "started on green"), ("deploy", "blue", "1.0.0",
+                                                            "started on blue")]
+
+
+def test_a_failed_event_names_its_colour_and_release(local_project: Project) -> None:
+    p = local_project
+    setup(p)
+    p.deploy("1.0.0")
+    p.deploy("2.0.0")
+    # A deploy that fails: blue is drained for 3.0.0, which exits at start.
+    p.deploy("3.0.0", mode="exit", check=5)
+    failed = p.history()[0]
+    assert (failed["event"], failed["color"], failed["version"]) == ("failed", "blue", "3.0.0")
+    assert failed["release"].startswith("3.0.0-")
+    # A promote that fails: blue's 3.0.0 is not healthy.
+    p.bg("promote", "blue", "--json", check=1)
+    failed = p.history()[0]
+    assert (failed["event"], failed["color"], failed["version"]) == ("failed", "blue", "3.0.0")
+    assert p.answer().version == "2.0.0"

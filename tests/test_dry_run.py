@@ -92,3 +92,30 @@ def test_dry_run_with_haproxy_sends_nothing_to_its_runtime_api(local_project_hx:
     assert snapshot(p) == before
     assert "would send to HAProxy's runtime API" in out.stderr and "live green" in out.stderr
     assert p.answer().version == "1.0.0"
+
+
+def test_every_dry_run_summary_says_would(local_project: Project) -> None:
+    """A dry run's summary never reads as done ("removed", "live is"): each line says
+    what would happen."""
+    p = local_project
+    out = p.bg("setup", "--dry-run")
+    assert "ready; live colour is" not in out.stderr and "would be ready" in out.stderr
+    p.bg("setup")
+    p.deploy("1.0.0")
+    p.deploy("2.0.0", "--no-promote")
+    p.deploy("3.0.0", "--no-promote")  # 1.0.0 live, 3.0.0 on green; 2.0.0 only on disk
+    p.artifact("4.0.0")
+    for args in (["deploy", "--version", "4.0.0"], ["deploy", "--version", "4.0.0",
+                 "--no-promote"], ["promote"], ["promote", "blue"], ["stop", "green"],
+                 ["prune", "--keep", "1"], ["remove"], ["rollback", "--to", "2.0.0"]):
+        out = p.bg(*args, "--dry-run")
+        lines = out.stdout.strip().splitlines()
+        assert lines[-1] == "dry run: nothing was changed on any host", args
+        assert lines[:-1] and all("would" in line for line in lines[:-1]), (args, lines)
+    assert "would remove 1 release(s): 2.0.0-" in p.bg("prune", "--keep", "1",
+                                                        "--dry-run").stdout
+    p.bg("promote")
+    out = p.bg("rollback", "--dry-run")
+    assert out.stdout.splitlines()[0] == "web1: would roll back; live would be blue"
+    assert p.answer().version == "3.0.0" and len(list((p.deploy_to / "releases").glob(
+        "[0-9]*"))) == 3

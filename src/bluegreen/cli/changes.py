@@ -201,8 +201,11 @@ def deploy(state: State, json_out: bool, artifact_path: str | None, version: str
                     out=ctx.out, release=result.release, version=result.version,
                     promoted=result.promoted)
         return
+    dry = state.out.dry_run  # a dry run says what it would do, never "live"
     for host, colour in result.targets.items():
-        what = "live" if result.promoted else "started, not promoted (run `bluegreen promote`)"
+        what = ("would be live" if dry else "live") if result.promoted else (
+            "would be started, not promoted" if dry
+            else "started, not promoted (run `bluegreen promote`)")
         click.echo(f"{host}: {result.release} on {colour}: {what}")
 
 
@@ -229,7 +232,7 @@ def promote(state: State, json_out: bool, colour: str | None, canary: str | None
                     out=ctx.out, live={h: c.value for h, c in targets.items()})
         return
     for host, c in targets.items():
-        click.echo(f"{host}: live is {c}")
+        click.echo(f"{host}: live {'would be' if state.out.dry_run else 'is'} {c}")
 
 
 @main.command(help="Promote the previously live colour (it must still be running and "
@@ -255,4 +258,5 @@ def rollback(state: State, json_out: bool, to: str | None) -> None:
                     out=ctx.out, live={h: c.value for h, c in targets.items()})
         return
     for host, c in targets.items():
-        click.echo(f"{host}: rolled back; live is {c}")
+        click.echo(f"{host}: would roll back; live would be {c}" if state.out.dry_run
+                   else f"{host}: rolled back; live is {c}")

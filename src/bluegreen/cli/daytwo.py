@@ -63,12 +63,14 @@ def stop(state: State, json_out: bool, colour: str) -> None:
     if json_out:
         emit_result([{"name": h.label} for h in ctx.hosts], out=ctx.out, stopped=colour)
         return
-    click.echo(f"{colour} stopped")
+    click.echo(f"{colour} would be stopped" if state.out.dry_run else f"{colour} stopped")
 
 
 @main.command(help="Deploy, promote, rollback, stop, prune and failure events, newest first. "
-                   "A line torn by a crash in the middle of an append is skipped, with a "
-                   "warning.")
+                   "A switch that moved nothing (the first deploy, a promote of the live "
+                   "colour) is not recorded; a failure names the colour and release it was "
+                   "about. A line torn by a crash in the middle of an append is skipped, "
+                   "with a warning.")
 @click.option("-n", "limit", type=click.IntRange(min=1), help="Show at most N events.")
 @json_data
 @common
@@ -99,7 +101,8 @@ def prune(state: State, json_out: bool, keep: int | None) -> None:
                     removed=removed)
         return
     for host, rids in removed.items():
-        click.echo(f"{host}: removed {len(rids)} release(s)" + (": " + " ".join(rids) if rids else ""))
+        click.echo(f"{host}: {'would remove' if state.out.dry_run else 'removed'} {len(rids)} "
+                   "release(s)" + (": " + " ".join(rids) if rids else ""))
 
 
 @main.command(help="Run run.migrate with a slot's release, env and env_file (default: the idle "
@@ -218,7 +221,8 @@ def remove(state: State, json_out: bool, yes: bool) -> None:
                  if r.kept else [])
         if r.left_for_admin:
             notes.append(f"root's files left for an admin: {' '.join(r.left_for_admin)}")
-        click.echo(f"{host}: removed" + "".join(f"; {n}" for n in notes))
+        click.echo(f"{host}: {'would be removed' if state.out.dry_run else 'removed'}"
+                   + "".join(f"; {n}" for n in notes))
 
 
 @main.command(help="Remove a lock left by a run that died (prints who held it, since when). "

@@ -37,7 +37,8 @@ async def setup(ctx: Context) -> None:
                 live = await p.live_colour()
                 await p.setup(live)
                 await p.verify(live or Colour.BLUE)
-                p.node.say(f"ready; live colour is {live or Colour.BLUE}")
+                p.node.say(f"would be ready; live colour would be {live or Colour.BLUE}"
+                           if p.node.dry else f"ready; live colour is {live or Colour.BLUE}")
 
             await each(topo.proxies, one, ctx.out)
 

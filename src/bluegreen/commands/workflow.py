@@ -32,7 +32,8 @@ from bluegreen.rollout.releases import (deploy_target, kept_release, migrate_on,
                                 upload)
 from bluegreen.config.models import Secret
 from bluegreen.rollout.slots import moment
-from bluegreen.rollout.switch import finish_interrupted, refuse_split, switch_all
+from bluegreen.rollout.switch import (finish_interrupted, refuse_split, switch_all,
+                                      warn_if_maintenance)
 from bluegreen.rollout.topology import AppHost, Topology, build
 
 
@@ -136,8 +137,9 @@ def _refuse_partial_switch(ctx: Context, what: str) -> None:
             "release on some hosts; `promote` then checks every one)")
 
 
-async def _failed(ctx: Context, topo: Topology, err: BlueGreenError) -> None:
-    await records.record_failure([a.node for a in topo.apps], ctx.user, err)
+async def _failed(ctx: Context, topo: Topology, err: BlueGreenError,
+                  about: dict[str, tuple[Colour, tuple[str, str] | None]]) -> None:
+    await records.record_failure([a.node for a in topo.apps], ctx.user, err, about)
 
 
 # ---- deploy ---------------------------------------------------------------------------
@@ -204,7 +206,8 @@ async def deploy(ctx: Context, art: Artifact, *, promote: bool = True,
                     last_steps=lambda a: prune_host(a, keep, ctx.user, kept[a.name],
                                                     if_done=True))
         except BlueGreenError as err:
-            await _failed(ctx, topo, err)
+            await _failed(ctx, topo, err, {n: (c, (art.release_id, art.version))
+                                           for n, c in targets.items()})
             raise
         if not pruned:
             await each(apps, lambda a: prune_host(a, keep, ctx.user), ctx.out)
@@ -279,10 +282,12 @@ async def promote(ctx: Context, colour: Colour | None, *, event: str = "promote"
             if any(live is not targets[apps[0].name] for live in proxy_lives):
                 before = lambda: run_hook(  # noqa: E731
                     ctx.cfg, "pre_promote", ctx.out, **hook_args)
+        states = [await a.slots.state(targets[a.name]) for a in apps]
         try:
             await _switch(ctx, topo, targets, event, plan, before, ends=True)
         except BlueGreenError as err:
-            await _failed(ctx, topo, err)
+            await _failed(ctx, topo, err, {a.name: (targets[a.name], (s.release, s.version)
+                                                    if s else None) for a, s in zip(apps, states)})
             raise
     await run_hook(ctx.cfg, "post_rollback" if event == "rollback" else "post_promote", ctx.out,
                    **hook_args)
@@ -443,11 +448,3 @@ async def prune(ctx: Context, keep: int) -> dict[str, list[str]]:
     async with connected(ctx) as topo, locked(ctx, topo):
         removed = await each(topo.apps, lambda a: prune_host(a, keep, ctx.user), ctx.out)
     return {a.name: r for a, r in zip(topo.apps, removed)}
-
-
-async def warn_if_maintenance(topo: Topology, out: Reporter) -> None:
-    """A deploy or promote during maintenance keeps it on: say so."""
-    if any(await asyncio.gather(*(p.in_maintenance() for p in topo.proxies))):
-        out.warn(None, "maintenance is on: the site keeps answering 503 until `bluegreen "
-                 "maintenance off`")
-

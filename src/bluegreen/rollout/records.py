@@ -161,13 +161,16 @@ async def locked(nodes: list[Node], user: str, command: str, *, wait: float = 0,
 
 
 async def record(node: Node, event: str, colour: Colour | None, state: SlotState | None,
-                 user: str, detail: str = "", *, if_done: bool = False) -> None:
+                 user: str, detail: str = "", *, if_done: bool = False,
+                 release: tuple[str, str] | None = None) -> None:
     """Append one event to the host's history (secrets masked), with the next round trip
     (at the latest the lock's release): a failed append is a warning, as it always was.
-    ``if_done``: after the next round trip's steps, if they all succeed (`Node.if_done`)."""
+    ``if_done``: after the next round trip's steps, if they all succeed (`Node.if_done`).
+    ``release``: (release id, version) when no slot holds it (yet)."""
+    release = (state.release, state.version) if state else release
     entry = history.entry(
         time=now_iso(), event=event, host=node.name, color=colour.value if colour else None,
-        release=state.release if state else None, version=state.version if state else None,
+        release=release[0] if release else None, version=release[1] if release else None,
         user=user, detail=node.out.mask(detail)[:2000],
     )
     if not if_done:
@@ -195,12 +198,18 @@ async def rolled_away(node: Node, colour: Colour, since: str) -> dict[str, Any] 
     return None
 
 
-async def record_failure(nodes: list[Node], user: str, err: BlueGreenError) -> None:
+async def record_failure(nodes: list[Node], user: str, err: BlueGreenError,
+                         about: dict[str, tuple[Colour, tuple[str, str] | None]] | None = None
+                         ) -> None:
     """Append a ``failed`` event on the app host that failed (on every one when the error
-    names none of them, e.g. a load balancer)."""
+    names none of them, e.g. a load balancer); ``about``: per host, the colour and the
+    (release, version) the command was about, when known."""
     targets = [n for n in nodes if err.host == n.name] or nodes
+    what = about or {}
     await asyncio.gather(
-        *(record(n, "failed", None, None, user, err.message.split("\n")[0]) for n in targets),
+        *(record(n, "failed", what[n.name][0] if n.name in what else None, None, user,
+                 err.message.split("\n")[0], release=what[n.name][1] if n.name in what
+                 else None) for n in targets),
         return_exceptions=True,
     )
 

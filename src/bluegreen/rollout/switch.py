@@ -189,9 +189,11 @@ async def switch_all(topo: Topology, targets: dict[str, Colour], event: str, use
     if not failures and ends and len(topo.apps) == 1 and not topo.apps[0].node.dry \
             and all(p.node is topo.apps[0].node for p in proxies):
         a = topo.apps[0]
-        await records.record(a.node, event, targets[a.name],
-                             await a.slots.state(targets[a.name]), user,
-                             f"{lives[a.proxies[0].name]} -> {targets[a.name]}", if_done=True)
+        if _moves(a, lives, targets):
+            await records.record(a.node, event, targets[a.name],
+                                 await a.slots.state(targets[a.name]), user,
+                                 f"{lives[a.proxies[0].name]} -> {targets[a.name]}",
+                                 if_done=True)
         if last_steps is not None:
             await last_steps(a)
         records.release_if_done(a.node)
@@ -230,7 +232,7 @@ async def switch_all(topo: Topology, targets: dict[str, Colour], event: str, use
     for a in topo.apps:
         state = await a.slots.state(targets[a.name])
         before = lives[a.proxies[0].name]
-        if not recorded:
+        if not recorded and _moves(a, lives, targets):
             await records.record(a.node, event, targets[a.name], state, user,
                                  f"{before} -> {targets[a.name]}")
         if a.node.dry:
@@ -239,6 +241,13 @@ async def switch_all(topo: Topology, targets: dict[str, Colour], event: str, use
         a.node.say(f"live is {targets[a.name]} ({state.release if state else '?'}); proxy "
                    f"answers {targets[a.name]}")
     return recorded
+
+
+def _moves(a: AppHost, lives: dict[str, Colour], targets: dict[str, Colour]) -> bool:
+    """Whether the switch moved this host's traffic: a proxy of it was on another colour.
+    One that moved nothing (the first deploy, on the live colour; `promote` of the live
+    colour) is not recorded: history holds what changed."""
+    return any(lives[p.name] is not targets[a.name] for p in a.proxies)
 
 
 async def _require_live(p: Proxy) -> Colour:
@@ -264,3 +273,10 @@ async def _gather_failures(proxies: list[Proxy], fn: Callable[[Proxy], Awaitable
                 raise r
             out.append((p, r))
     return out
+
+
+async def warn_if_maintenance(topo: Topology, out: Reporter) -> None:
+    """A deploy or promote during maintenance keeps it on: say so."""
+    if any(await asyncio.gather(*(p.in_maintenance() for p in topo.proxies))):
+        out.warn(None, "maintenance is on: the site keeps answering 503 until `bluegreen "
+                 "maintenance off`")
