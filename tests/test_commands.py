@@ -438,3 +438,46 @@ def test_nothing_bluegreen_creates_is_open_to_other_users(ssh_project: Project) 
     finally:
         p.cleanup()
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_rollback_list_and_pick(local_project: Project) -> None:
+    """`rollback --list` (and `--json`): the kept releases, newest first, where each runs and
+    the one a plain rollback would choose; `rollback --pick` on a terminal rolls back to the
+    one chosen (as `--to`), and is a usage error off one."""
+    import pexpect
+
+    p = local_project
+    p.bg("setup")
+    for version in ("1.0.0", "2.0.0", "3.0.0"):
+        p.deploy(version)
+    # blue runs 3.0.0 (live), green 2.0.0 (idle), 1.0.0 is on disk only.
+    data = json.loads(p.bg("rollback", "--list", "--json").stdout)
+    assert (data["schema"], data["ok"], [h["name"] for h in data["hosts"]]) == (
+        2, True, ["web1"])
+    rows = data["hosts"][0]["releases"]
+    assert [(r["version"], r["where"], r["rollback_target"]) for r in rows] == [
+        ("3.0.0", "live", False), ("2.0.0", "idle", True), ("1.0.0", "disk", False)]
+    assert all(r["release"].startswith(r["version"] + "-") for r in rows)
+    ages = [r["age_seconds"] for r in rows]
+    assert all(isinstance(a, int) and 0 <= a < 600 for a in ages) and ages == sorted(ages)
+    plain = p.bg("rollback", "--list").stdout
+    marked = [line.split() for line in plain.splitlines() if "<- rollback" in line]
+    assert len(marked) == 1 and rows[1]["release"] in marked[0] and "idle" in marked[0]
+    assert "on disk only" in plain and p.answer().version == "3.0.0"  # nothing changed
+    assert len(p.history()) == 5  # (deploy, promote) x 2 after the first deploy
+
+    p.bg("rollback", "--pick", check=2)  # no terminal to ask on
+    p.bg("rollback", "--list", "--to", "1.0.0", check=2)
+    child = pexpect.spawn(BLUEGREEN[0], [*BLUEGREEN[1:], "rollback", "--pick"], cwd=str(p.dir),
+                          env={**os.environ, "HOME": str(p.home), "TERM": "dumb"},
+                          encoding="utf-8", timeout=60, dimensions=(30, 200))
+    child.expect("Roll back to which release")
+    assert "1.0.0" in child.before and "2.0.0" in child.before
+    child.sendline("2")  # the numbered choices: 2.0.0 (1), 1.0.0 (2); never the live one
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0, child.before
+    assert (p.answer().colour, p.answer().version) == ("green", "1.0.0")
+    rows = json.loads(p.bg("rollback", "--list", "--json").stdout)["hosts"][0]["releases"]
+    assert [(r["version"], r["where"]) for r in rows] == [
+        ("1.0.0", "live"), ("3.0.0", "idle"), ("2.0.0", "disk")]

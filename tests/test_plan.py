@@ -112,6 +112,20 @@ def test_release_builders() -> None:
     assert release.to_prune(["a", "b"], 5, set()) == []
 
 
+def test_list_with_times_gives_the_hosts_clock_then_each_release_dir(tmp_path: Path) -> None:
+    from bluegreen.plan.layout import Layout
+
+    layout = Layout(PurePosixPath(tmp_path))
+    argv = release.list_with_times(layout)
+    assert subprocess.run(argv, capture_output=True, text=True).stdout.split() != []  # clock
+    (tmp_path / "releases" / "1.0.0-aaa").mkdir(parents=True)
+    (tmp_path / "releases" / ".2.0.0-bbb.unpack").mkdir()  # half unpacked: not a release
+    (tmp_path / "releases" / ".1.0.0-aaa.prepared").touch()
+    os.utime(tmp_path / "releases" / "1.0.0-aaa", (1_700_000_000, 1_700_000_000))
+    lines = subprocess.run(argv, capture_output=True, text=True, check=True).stdout.splitlines()
+    assert lines[0].isdigit() and lines[1:] == ["1700000000 1.0.0-aaa"]
+
+
 def _tar(tmp_path: Path, members: list[tarfile.TarInfo]) -> Path:
     path = tmp_path / "a.tar.gz"
     with tarfile.open(path, "w:gz") as tar:

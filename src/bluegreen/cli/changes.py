@@ -16,7 +16,7 @@ from bluegreen.config import presets
 
 if TYPE_CHECKING:
     from bluegreen.cli import views
-    from bluegreen.commands import operations, reports, workflow
+    from bluegreen.commands import operations, releases, reports, workflow
     from bluegreen.commands import setup as setting_up
     from bluegreen.config import reference
     from bluegreen.rollout import artifact
@@ -25,6 +25,7 @@ else:
     operations = Later("bluegreen.commands.operations")
     reference = Later("bluegreen.config.reference")
     reports = Later("bluegreen.commands.reports")
+    releases = Later("bluegreen.commands.releases")
     workflow = Later("bluegreen.commands.workflow")
     setting_up = Later("bluegreen.commands.setup")
     views = Later("bluegreen.cli.views")
@@ -239,15 +240,41 @@ def promote(state: State, json_out: bool, colour: str | None, canary: str | None
                    "healthy, and hold a release started before the live one, so a repeated "
                    "rollback changes nothing); says which release it goes back to. With --to: "
                    "start an older release still kept on the hosts on the idle colour and "
-                   "promote it once healthy.")
+                   "promote it once healthy. --list shows the kept releases (where each runs, "
+                   "its age, the one a plain rollback would choose); --pick, on a terminal, "
+                   "asks which one to go back to.")
 @click.option("--to", "to", metavar="RELEASE", help="A kept release: its id "
-              "(`history`, `status`) or a version (its newest kept build).")
+              "(`history`, `status`, `--list`) or a version (its newest kept build).")
+@click.option("--list", "list_", is_flag=True, help="List the releases kept on each host, "
+              "newest first: version, age (since its start, or its upload), where it runs "
+              "(live, idle, on disk only), and the one a plain rollback would choose. "
+              "Changes nothing.")
+@click.option("--pick", is_flag=True, help="On a terminal: list the kept releases and roll "
+              "back to the one chosen (as --to RELEASE).")
 @lock_wait_option
 @json_events
 @dry_run_option
 @common
-def rollback(state: State, json_out: bool, to: str | None) -> None:
+def rollback(state: State, json_out: bool, to: str | None, list_: bool, pick: bool) -> None:
+    if sum((to is not None, list_, pick)) > 1:
+        raise click.UsageError("--to, --list and --pick: choose one")
+    if pick and (json_out or not sys.stdin.isatty()):
+        raise click.UsageError("--pick asks on a terminal; without one (or with --json), "
+                               "name the release: `rollback --list`, then `rollback --to "
+                               "RELEASE`")
+    if list_ and json_out:
+        state.out.quiet = True  # stdout is the data; no progress to follow
     ctx = load(state)
+    if list_ or pick:
+        kept = run(state, lambda: releases.kept(ctx))
+        data = {host: [k.to_json() for k in rows] for host, rows in kept.items()}
+        if list_:
+            if json_out:
+                emit_result([{"name": h, "releases": r} for h, r in data.items()])
+            else:
+                views.print_releases(data)
+            return
+        to = choose_release(data)
     if to is not None:
         result = run(state, lambda: workflow.rollback_to(ctx, to))
         targets = result.targets
@@ -260,3 +287,20 @@ def rollback(state: State, json_out: bool, to: str | None) -> None:
     for host, c in targets.items():
         click.echo(f"{host}: would roll back; live would be {c}" if state.out.dry_run
                    else f"{host}: rolled back; live is {c}")
+
+
+def choose_release(data: dict[str, list[dict[str, Any]]]) -> str:
+    """`rollback --pick`: the kept releases (those not live on the first host) numbered, and
+    the one the user chooses."""
+    rows = next(iter(data.values()), [])
+    picks = [r["release"] for r in rows if r["where"] != "live"]
+    if not picks:
+        click.echo("error: no kept release to roll back to (only the live one is kept)",
+                   err=True)
+        sys.exit(1)
+    views.print_releases(data, picks)
+    default = next((i + 1 for i, rid in enumerate(picks)
+                    if any(r["release"] == rid and r["rollback_target"] for r in rows)), None)
+    number: int = click.prompt("Roll back to which release", type=click.IntRange(
+        1, len(picks)), default=default)
+    return str(picks[number - 1])

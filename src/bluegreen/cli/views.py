@@ -89,5 +89,32 @@ def print_status(data: dict[str, Any]) -> None:
         out.print(f"[bold red]{escape(problem)}[/]")
 
 
+def print_releases(hosts: dict[str, list[dict[str, Any]]], picks: list[str] | None = None
+                   ) -> None:
+    """`rollback --list`: each host's kept releases, newest first, the plain rollback's
+    target marked; with ``picks``, those releases numbered for `--pick` to choose from."""
+    table = Table("host", "#" if picks is not None else "", "release", "version", "where",
+                  "age", "", box=None, pad_edge=False)
+    where = {"live": "live", "idle": "idle", "disk": "on disk only"}
+    for host, rows in hosts.items():
+        for r in rows:
+            number = (str(picks.index(r["release"]) + 1) if picks is not None
+                      and r["release"] in picks else "")
+            table.add_row(escape(host), number, escape(r["release"]), escape(r["version"]),
+                          where[r["where"]], age(r["age_seconds"]),
+                          "<- rollback" if r["rollback_target"] else "")
+    show(console(), table)
+
+
+def age(seconds: float | None) -> str:
+    """``seconds`` ago, in its largest whole unit: 40s, 5m, 3h, 2d."""
+    if seconds is None:
+        return "?"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit} ago"
+    return f"{max(0, int(seconds))}s ago"
+
+
 def yes(value: bool) -> str:
     return "yes" if value else "no"

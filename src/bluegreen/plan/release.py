@@ -58,6 +58,15 @@ def list_releases(layout: Layout) -> Argv:
     return sh('cd "$1" 2>/dev/null || exit 0; ls -1tr --indicator-style=none', layout.releases)
 
 
+@reading
+def list_with_times(layout: Layout) -> Argv:
+    """The host's clock (seconds since the epoch), then a line per release dir: its unpack
+    time (the dir is touched when unpacked) and its name."""
+    return sh('date +%s; cd "$1" 2>/dev/null || exit 0\n'
+              'for d in *; do [ -d "$d" ] && stat -c "%Y %n" -- "$d"; done; true',
+              layout.releases)
+
+
 def remove(layout: Layout, rids: list[str]) -> Argv:
     """Delete releases (and their `prepare` markers)."""
     return ["rm", "-rf", "--", *[str(layout.release(r)) for r in rids],
