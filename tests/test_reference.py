@@ -117,7 +117,7 @@ def test_guides_are_printed_by_docs_and_shipped_in_the_wheel(tmp_path: Path) -> 
     out = subprocess.run([*BLUEGREEN, "docs", "python"], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.startswith("# Deploying a Python web app")
     out = subprocess.run([*BLUEGREEN, "docs", "no-such"], capture_output=True, text=True)
-    assert out.returncode == 2 and "guides: canary, configuration" in out.stderr
+    assert out.returncode == 2 and "guides: canary, ci, configuration" in out.stderr
     # A section with a guide of its name: the guide, then the section's keys.
     out = subprocess.run([*BLUEGREEN, "docs", "canary"], capture_output=True, text=True)
     assert out.stdout.startswith("# Canary deploys and watches")
