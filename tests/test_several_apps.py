@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
+import subprocess
 from pathlib import Path
 
 from bluegreen.demo.nginx import free_port
-from conftest import SERVER_NAME, Project, make_project, squatter
+from conftest import BLUEGREEN, SERVER_NAME, Project, make_project, squatter
 from loadclient import LoadClient
 
 
@@ -163,5 +165,41 @@ def test_a_setup_that_cannot_bind_takes_its_link_back_and_spares_the_other_app(
             assert "[emerg]" in result["error"] and "bind()" in result["error"], result
             assert one.answer().version == "2.0.0"
             assert one.link_target().endswith("testapp-green")
+    finally:
+        two.cleanup()
+
+
+def test_two_apps_switching_at_once_on_a_shared_map_keep_each_others_colour(
+        local_project_hx: Project, tmp_path: Path) -> None:
+    """Two apps on one shared HAProxy map promote at the same moment, 20 times (each with a
+    pre_promote hook between its reads and its switch, as a canary step would be): every
+    write keeps the other app's current line, so a restarted HAProxy serves each app's own
+    live colour (a lost update put an app back on its previous colour)."""
+    one = local_project_hx
+    (tmp_path / "second").mkdir()
+    two = make_project(tmp_path / "second", one.nginx, None)
+    try:
+        apps = ((one, "testapp", SERVER_NAME, "1"), (two, "shop", "shop.test", "5"))
+        for p, app, name, major in apps:
+            shared(p, app, name)
+            p.bg("setup")
+            p.deploy(f"{major}.0.0")
+            p.deploy(f"{major}.1.0")  # blue runs x.0.0, green x.1.0 (live)
+            p.write_config(app=app, hooks={"pre_promote": "sleep 0.2"})
+        port = one.nginx.port
+        env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
+        for i in range(20):
+            colours = ("blue", "green") if i % 2 else ("green", "blue")
+            runs = [subprocess.Popen([*BLUEGREEN, "promote", colour], cwd=p.dir,
+                                     env={**env, "HOME": str(p.home)},
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                    for (p, *_), colour in zip(apps, colours)]
+            for run in runs:
+                assert run.wait(timeout=60) == 0, run.stderr.read() if run.stderr else ""
+            one.nginx.stop()  # a restarted HAProxy reads the map file
+            one.nginx.start()
+            for (p, app, name, major), colour in zip(apps, colours):
+                minor = 0 if colour == "blue" else 1
+                assert host_get(port, name)[1] == f"{major}.{minor}.0", (i, app)
     finally:
         two.cleanup()

@@ -35,8 +35,8 @@ MAX_CLASS_LINES = 250
 # Not split yet (the structure issue's next step): each may shrink, never grow. Remove an
 # entry once it is under the limit.
 NOT_YET_SPLIT = {
-    "bluegreen.proxies.haproxy": 461,
-    "bluegreen.proxies.haproxy.HAProxyProxy": 415,
+    "bluegreen.proxies.haproxy": 459,
+    "bluegreen.proxies.haproxy.HAProxyProxy": 413,
     "bluegreen.proxies.nginx.NginxProxy": 293,
     "bluegreen.hosts.fleet.Node": 258,  # round-trip batching to move to hosts/batch.py
 }

@@ -173,6 +173,52 @@ def parse_map(cfg: Config, text: str) -> str | None:
     return found.pop() if len(found) == 1 else ", ".join(sorted(str(v) for v in found))
 
 
+# Read-modify-write of a map file other apps write too (``shared_frontend``), on the host
+# under an flock on a file beside the map, reading the file right before writing it: a
+# copy read earlier (phase 1, then minutes of pre_promote or canary steps) would put back
+# another app's previous colour, which a restarted HAProxy then serves. stdin: the app's
+# lines (and the head comment); argv: the map, the app, its keys.
+UPDATE_SHARED_MAP = """import fcntl, os, sys, time
+path, app, keys = sys.argv[1], sys.argv[2], set(sys.argv[3:])
+where, name = os.path.split(path)
+lock = os.path.join(where, '.%s.lock' % name)
+fd, deadline = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644), time.monotonic() + 30
+while True:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        break
+    except BlockingIOError:
+        if time.monotonic() > deadline:
+            sys.exit('%s: held by another run for over 30 s' % lock)
+        time.sleep(0.02)
+try:
+    with open(path) as f:
+        old = f.read().splitlines()
+except FileNotFoundError:
+    old = []
+kept = [line for line in old if not line.split() or line.split()[0] not in keys]
+lines = kept + [line for line in sys.stdin.read().splitlines() if line not in kept]
+tmp = os.path.join(where, '.%s.%s.bluegreen-tmp' % (name, app))
+with open(tmp, 'w') as f:
+    f.write(''.join(line + '\\n' for line in lines))
+os.chmod(tmp, 0o644)
+os.rename(tmp, path)
+"""
+
+
+def write_map(cfg: Config, colour: Colour | None, current: str, use_sudo: bool
+              ) -> tuple[Steps, str]:
+    """The steps that put this app's keys on ``colour`` in the map file (None: remove
+    them), and their stdin. A shared map is re-read and replaced on the host under a lock
+    (`UPDATE_SHARED_MAP`); under sudo (a fixed argv per step) it becomes ``current``, this
+    app's lines changed."""
+    if shared(cfg) and not use_sudo:
+        argv = ["python3", "-c", UPDATE_SHARED_MAP, str(map_file(cfg)), cfg.app, *map_keys(cfg)]
+        return [argv], map_text(cfg, colour) if colour is not None else ""
+    text = map_text(cfg, colour, current) if colour is not None else without_app(cfg, current)
+    return write(cfg, map_file(cfg), use_sudo), text
+
+
 def write(cfg: Config, path: PurePosixPath, use_sudo: bool) -> Steps:
     """Replace the config or map file ``path`` with stdin, atomically."""
     return replace_config(path, use_sudo)

@@ -13,7 +13,7 @@ from bluegreen.errors import ProxyError
 from bluegreen.plan import files
 from bluegreen.plan import haproxy
 from bluegreen.hosts.base import Endpoint, Exchanged, Op, exchange_op
-from bluegreen.plan.files import Query
+from bluegreen.plan.files import Query, Steps
 from bluegreen.plan.nginx import Finding
 from bluegreen.proxies.base import Meter, Proxy
 from bluegreen.traffic import Sample, Traffic
@@ -168,20 +168,19 @@ class HAProxyProxy(Proxy):
 
     async def _write_map(self, colour: Colour | None) -> None:
         """Put this app's keys on ``colour`` in the map file (None: remove them), keeping
-        other apps' lines. Two apps switching within the same instant on one host could
-        each write the other's old line; the running HAProxy is right either way, and
-        `bluegreen setup` of the app rewrites its lines."""
-        path = haproxy.map_file(self.cfg)
-        current = await self.read(path) if haproxy.shared(self.cfg) else ""
-        text = (haproxy.map_text(self.cfg, colour, current) if colour is not None
-                else haproxy.without_app(self.cfg, current))
-        self._write_map_later(text)
+        other apps' lines (a shared map is re-read on the host, under a lock)."""
+        self._write_map_later(await self._map_steps(colour))
 
-    def _write_map_later(self, text: str) -> None:
-        """Replace the map file with ``text`` with the next round trip (a switch's
-        runtime-API command, or the lock's release): a failure raises there."""
-        path = haproxy.map_file(self.cfg)
-        for i, step in enumerate(haproxy.write(self.cfg, path, self.sudo)):
+    async def _map_steps(self, colour: Colour | None) -> tuple[Steps, str]:
+        shared_by_sudo = haproxy.shared(self.cfg) and self.sudo
+        current = await self.read(haproxy.map_file(self.cfg)) if shared_by_sudo else ""
+        return haproxy.write_map(self.cfg, colour, current, self.sudo)
+
+    def _write_map_later(self, steps_and_input: tuple[Steps, str]) -> None:
+        """Run the map file's steps with the next round trip (a switch's runtime-API
+        command, or the lock's release): a failure raises there."""
+        steps, text = steps_and_input
+        for i, step in enumerate(steps):
             self.node.later(step, input=text if i == 0 else None, then=self.node.check)
 
     async def setup(self, live: Colour | None) -> None:
@@ -250,8 +249,7 @@ class HAProxyProxy(Proxy):
         round trip after."""
         if defer and previous is not None and not self.node.dry and not self._keys_missing:
             path = haproxy.map_file(self.cfg)
-            current = await self.read(path) if haproxy.shared(self.cfg) else ""
-            back = haproxy.map_text(self.cfg, previous, current)
+            back = await self._map_steps(previous)
             await self._write_map(target)
             self.handed_over = True
             command = haproxy.set_live(self.cfg, target)
