@@ -487,6 +487,33 @@ def test_lock_wait_on_every_command_that_locks() -> None:
         assert "lock_wait" in {o.name for o in main.commands[name].params}, name
     for name in ("status", "history", "unlock", "check", "logs"):
         assert "lock_wait" not in {o.name for o in main.commands[name].params}, name
+def test_a_deploy_started_during_another_exits_4_before_building(project: Project) -> None:
+    """A second deploy while the first waits in its pre_deploy hook (the lock held): exit 4
+    before its local build runs, which would overwrite the artifact the first run uploads."""
+    p = project
+    setup(p)
+    p.deploy("1.0.0")
+    p.artifact("2.0.0")
+    wait = "touch waiting; for i in $(seq 1200); do [ -e go ] && break; sleep 0.05; done"
+    p.write_config(release={"version": "2.0.0", "artifact": "artifacts/sample-{version}.tar.gz",
+                            "build": "echo built >> builds"}, hooks={"pre_deploy": wait})
+    env = {**os.environ, "HOME": str(p.home)}
+    first = subprocess.Popen([*BLUEGREEN, "deploy", "--json"], cwd=p.dir, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (p.dir / "waiting").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert (p.dir / "builds").read_text() == "built\n"  # the first run's build
+        second = p.bg("deploy", "--json", check=4)
+        assert json.loads(second.stdout)["exit_code"] == 4
+        assert (p.dir / "builds").read_text() == "built\n"  # the second one built nothing
+    finally:
+        (p.dir / "go").touch()
+        out, err = first.communicate(timeout=120)
+    assert first.returncode == 0, err
+    assert json.loads(out)["ok"] is True
+    assert p.answer().version == "2.0.0"
 
 
 def test_stale_lock_names_the_dead_holder(local_project: Project) -> None:

@@ -188,13 +188,20 @@ def deploy(state: State, json_out: bool, artifact_path: str | None, version: str
     if plan is not None and no_promote:
         raise click.UsageError("--canary and --watch switch traffic; --no-promote does not")
 
-    async def go() -> workflow.DeployResult:
+    def prepare() -> artifact.Artifact:
         art = artifact.prepare(ctx.cfg, version=version, artifact=artifact_path,
                                skip_build=skip_build, echo=lambda line: ctx.out.step(None, line),
                                output=lambda line: ctx.out.debug(None, line),
                                warn=lambda line: ctx.out.warn(None, line))
         ctx.out.step(None, f"release {art.release_id} ({art.path.name})")
-        return await workflow.deploy(ctx, art, promote=not no_promote, plan=plan)
+        return art
+
+    async def go() -> workflow.DeployResult:
+        # A build runs once the hosts are connected and no lock is held (a running
+        # deploy may be uploading what it would overwrite); a given artifact is read now.
+        builds = artifact_path is None and not skip_build and bool(ctx.cfg.release.build)
+        return await workflow.deploy(ctx, prepare if builds else prepare(),
+                                     promote=not no_promote, plan=plan)
 
     result = run(state, go)
     if json_out:

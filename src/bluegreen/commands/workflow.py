@@ -152,15 +152,17 @@ class DeployResult:
     promoted: bool
 
 
-async def deploy(ctx: Context, art: Artifact, *, promote: bool = True,
-                 plan: canary.Plan | None = None) -> DeployResult:
-    """Upload, start and health-check the release on each host's idle slot, then switch
-    (with ``plan``: through a canary's steps, and/or watched after)."""
+async def deploy(ctx: Context, source: Artifact | Callable[[], Artifact], *,
+                 promote: bool = True, plan: canary.Plan | None = None) -> DeployResult:
+    """Upload, start and health-check the release (``source``, or what it builds when no
+    host is locked) on each host's idle slot, then switch (with ``plan``: through a
+    canary's steps, and/or watched after)."""
     if promote:
         _refuse_partial_switch(ctx, "deploy")
     secrets = load_secrets(ctx.cfg)
     ctx.out.add_secrets(list(secrets.values()))
-    async with connected(ctx) as topo, locked(ctx, topo, lambda a: [
+    async with connected(ctx) as topo, records.built_while_free(
+            [a.node for a in topo.apps], source) as art, locked(ctx, topo, lambda a: [
             releaseplan.exists(a.node.layout, art.release_id),
             releaseplan.list_releases(a.node.layout)]):
         apps = topo.apps

@@ -16,6 +16,7 @@ from bluegreen.hosts.fleet import Node
 from bluegreen.hosts import Result
 from bluegreen.plan import history, lock
 from bluegreen.plan.slot import SlotState
+from bluegreen.rollout.artifact import Artifact
 from bluegreen.rollout.slots import moment, now_iso
 
 LOCK_POLL = 1.0  # seconds between two tries for a held lock (`--lock-wait`)
@@ -25,15 +26,35 @@ async def acquire(node: Node, info: lock.LockInfo) -> None:
     result = await node.run(lock.acquire(node.layout), input=info.to_json(), check=False)
     if result.exit_status == lock.HELD:
         _, holder = await read_lock(node)
-        remedy = "`bluegreen unlock --force`" if may_still_run(holder) else "`bluegreen unlock`"
-        raise LockHeld(describe_holder(node, holder) + "; wait for it, or if no bluegreen "
-                       f"command is running, {remedy} clears it", host=node.name)
+        raise _held(node, holder)
     if result.exit_status == lock.NOT_SET_UP:
         raise BlueGreenError(f"{node.layout.root} does not exist: run `bluegreen setup` first",
                              host=node.name)
     if not result.ok:
         raise CommandFailed(f"cannot take the lock {node.layout.lock}: {result.stderr.strip()}",
                             host=node.name)
+
+
+def _held(node: Node, holder: lock.LockInfo | None) -> LockHeld:
+    remedy = "`bluegreen unlock --force`" if may_still_run(holder) else "`bluegreen unlock`"
+    return LockHeld(describe_holder(node, holder) + "; wait for it, or if no bluegreen "
+                    f"command is running, {remedy} clears it", host=node.name)
+
+
+@asynccontextmanager
+async def built_while_free(nodes: list[Node], art: Artifact | Callable[[], Artifact]
+                           ) -> AsyncIterator[Artifact]:
+    """``art``, or what it builds (locally) once no host's lock is held, read first: a
+    build while another run holds one would overwrite the build directory and artifact
+    that run is uploading. A held lock is exit 4 with nothing built; the lock is taken
+    after, as always."""
+    if callable(art):
+        held = await asyncio.gather(*(read_lock(n) for n in nodes))
+        for node, (is_held, holder) in zip(nodes, held):
+            if is_held:
+                raise _held(node, holder)
+        art = await asyncio.to_thread(art)  # the connections keep answering meanwhile
+    yield art
 
 
 async def read_lock(node: Node) -> tuple[bool, lock.LockInfo | None]:
