@@ -170,6 +170,44 @@ def test_never_healthy_release_is_not_promoted(project: Project) -> None:
     assert st["slots"]["green"]["running"] is False  # the broken release was stopped
 
 
+def test_ctrl_c_during_the_health_wait_stops_the_new_release_and_says_so(
+        project: Project) -> None:
+    """SIGINT to a deploy while the new release (never healthy) is in its health wait: the
+    idle slot is stopped again (its previous release was stopped already, so nothing else
+    would), history records `interrupted`, the lock is released, live is untouched."""
+    p = project
+    p.extra_run = {"health_timeout": 60}
+    p.write_config()
+    setup(p)
+    p.deploy("1.0.0")
+    p.deploy("2.0.0")  # live: green; blue (1.0.0) is the idle slot the next deploy takes
+    p.artifact("3.0.0", "unhealthy")
+    proc = subprocess.Popen([*BLUEGREEN, "deploy", "--version", "3.0.0", "--json"], cwd=p.dir,
+                            env={**os.environ, "HOME": str(p.home)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while get(p.blue, "/health").status != 500:  # 3.0.0 runs, and answers 500
+            assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    result = json.loads(out)
+    assert (result["ok"], result["exit_code"]) == (False, 130), out
+    st = p.status()
+    assert st["slots"]["blue"]["running"] is False, st  # what the deploy started, stopped
+    assert get(p.blue, "/health").status == 0
+    assert st["lock"] is None, st
+    event = p.history()[0]
+    assert (event["event"], event["color"]) == ("interrupted", "blue"), event
+    a = p.answer()
+    assert (a.colour, a.version) == ("green", "2.0.0")
+
+
 def test_foreign_process_on_idle_port(project: Project) -> None:
     setup(project)
     project.deploy("1.0.0")

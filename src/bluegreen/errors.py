@@ -8,7 +8,8 @@
     ├── ConfigError           2  bad config or arguments; nothing was touched
     ├── ConnectError          3  a host could not be reached, or its host key is unknown/changed
     ├── LockHeld              4  another run holds the host's lock
-    └── Unhealthy             5  the new release never became healthy and was not promoted
+    ├── Unhealthy             5  the new release never became healthy and was not promoted
+    └── Interrupted         130  Ctrl-C (SIGINT) stopped the command; says what was left
 
 The CLI prints ``error: <message>``; every message says what failed, where, and what
 to do next. The reason and the host are kept apart (``reason``, ``host``) and composed
@@ -79,3 +80,10 @@ class CanaryFailed(BlueGreenError):
     to the old colour and the new slot left running."""
 
     exit_code = 5
+
+
+class Interrupted(BlueGreenError):
+    """Ctrl-C stopped a command; the reason says what it left on each host and whether
+    the lock is free (appended once the lock's release was tried)."""
+
+    exit_code = 130

@@ -186,6 +186,7 @@ async def deploy(ctx: Context, source: Artifact | Callable[[], Artifact], *,
         await run_hook(ctx.cfg, "pre_deploy", ctx.out, colour=first_target,
                        version=art.version, hosts=names)
         boot = asyncio.Semaphore(ctx.cfg.deploy.boot_limit or len(apps))
+        switching = False
         try:
             started = dict(zip([a.name for a in todo], await each(
                 todo, lambda a: _deploy_host(a, art, targets[a.name], lives[a.name], secrets,
@@ -198,6 +199,7 @@ async def deploy(ctx: Context, source: Artifact | Callable[[], Artifact], *,
             if ctx.cfg.run.migrate and first in todo:
                 await migrate_on(first, targets[first.name], states[first.name])
             if promote:
+                switching = True
                 # One host: the prune, the history and the lock's release go with the
                 # verify (if it passes); else the release list is read with it.
                 pruned = await _switch(
@@ -211,6 +213,10 @@ async def deploy(ctx: Context, source: Artifact | Callable[[], Artifact], *,
             await _failed(ctx, topo, err, {n: (c, (art.release_id, art.version))
                                            for n, c in targets.items()})
             raise
+        except asyncio.CancelledError:  # Ctrl-C: what it started is stopped (`Boot.start`)
+            raise await records.interrupted({a.node: a.boot.left for a in apps}, targets,
+                                            ctx.user, f"the deploy of {art.release_id}",
+                                            switching) from None
         if not pruned:
             await each(apps, lambda a: prune_host(a, keep, ctx.user), ctx.out)
     if promote:

@@ -9,7 +9,8 @@ from typing import Any
 from bluegreen.plan.files import Argv, append_file, read_file, reading
 from bluegreen.plan.layout import Layout
 
-EVENTS = ("deploy", "promote", "rollback", "stop", "prune", "failed", "maintenance")
+EVENTS = ("deploy", "promote", "rollback", "stop", "prune", "failed", "maintenance",
+          "interrupted")
 
 
 def entry(*, time: str, event: str, host: str, color: str | None, release: str | None,

@@ -43,6 +43,7 @@ class Boot:
         self.node = slots.node
         self.cfg = slots.cfg
         self._stopping: dict[Colour, str] = {}  # colour: the release a stop put off stops
+        self.left: str | None = None  # what an interrupted start left (`_stop_interrupted`)
 
     async def stop(self, colour: Colour, *, then_start: bool = False) -> SlotState | None:
         """Drain the slot, stop its process and wait until it has exited and the port is
@@ -101,21 +102,39 @@ class Boot:
         its health path with 2xx. On failure the new process is stopped (exit 5). A stop
         sent with it that timed out: SIGKILL, wait, and start then."""
         try:
-            return await self._start(slot, secrets)
-        except StopTimedOut as exc:
-            timeout = self.cfg.run.stop_timeout
-            self.node.warn(f"{exc.colour} did not exit {timeout:g}s after SIGTERM; sending "
-                           "SIGKILL")
-            sid = exc.supervisor.session(exc.state)
-            assert sid is not None, "only a known session is stopped with the start"
-            await self.node.run(slotplan.signal_session("KILL", sid))
-            if not await exc.supervisor.wait_stopped(exc.colour, sid,
-                                                     list(exc.probe.listeners), 10):
-                raise CommandFailed(f"{exc.colour} slot's processes did not exit even after "
-                                    "SIGKILL", host=self.node.name) from None
-            await self.slots.write_state(exc.colour, exc.state.replace(status="stopped"))
-            self._say_stopped(exc.colour)
-            return await self._start(slot, secrets)
+            try:
+                return await self._start(slot, secrets)
+            except StopTimedOut as exc:
+                timeout = self.cfg.run.stop_timeout
+                self.node.warn(f"{exc.colour} did not exit {timeout:g}s after SIGTERM; "
+                               "sending SIGKILL")
+                sid = exc.supervisor.session(exc.state)
+                assert sid is not None, "only a known session is stopped with the start"
+                await self.node.run(slotplan.signal_session("KILL", sid))
+                if not await exc.supervisor.wait_stopped(exc.colour, sid,
+                                                         list(exc.probe.listeners), 10):
+                    raise CommandFailed(f"{exc.colour} slot's processes did not exit even "
+                                        "after SIGKILL", host=self.node.name) from None
+                await self.slots.write_state(exc.colour, exc.state.replace(status="stopped"))
+                self._say_stopped(exc.colour)
+                return await self._start(slot, secrets)
+        except asyncio.CancelledError:  # Ctrl-C (asyncio.run cancels the command's task)
+            await self._stop_interrupted(slot)
+            raise
+
+    async def _stop_interrupted(self, slot: Slot) -> None:
+        """Stop what an interrupted start launched, as after a failed health check: the
+        release that was idle there is stopped already, so nothing else would; ``left``
+        says what is left."""
+        colour = slot.colour
+        self.node.warn(f"interrupted: stopping {slot.release_id} on {colour}")
+        try:
+            await self.stop(colour)
+        except BlueGreenError as exc:
+            self.left = (f"{colour} may still run {slot.release_id} ({exc.reason}): "
+                         f"`bluegreen stop {colour}` stops it")
+            return
+        self.left = f"{slot.release_id} was stopped again on {colour}, which now runs nothing"
 
     async def _start(self, slot: Slot, secrets: dict[str, str]) -> SlotState:
         colour, layout = slot.colour, self.node.layout

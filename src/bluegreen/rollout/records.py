@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Callable
 
 from bluegreen.config import Colour
-from bluegreen.errors import BlueGreenError, CommandFailed, LockHeld
+from bluegreen.errors import BlueGreenError, CommandFailed, Interrupted, LockHeld
 from bluegreen.hosts.fleet import Node
 from bluegreen.hosts import Result
 from bluegreen.plan import history, lock
@@ -169,11 +169,15 @@ async def locked(nodes: list[Node], user: str, command: str, *, wait: float = 0,
         await _acquire_all(nodes, info)
     try:
         yield
-    except BaseException:
+    except BaseException as exc:
         released = await asyncio.gather(*(release(n) for n in nodes), return_exceptions=True)
         for node, err in zip(nodes, released):  # the error in flight is the one raised
             if isinstance(err, BlueGreenError):
                 node.warn(f"also: {err.reason}")
+        if isinstance(exc, Interrupted):
+            held = [n.name for n, err in zip(nodes, released) if err is not None]
+            exc.reason += (f"; the lock is still held on {', '.join(held)} (`bluegreen "
+                           "unlock` clears it)" if held else "; the lock is released")
         raise
     released = await asyncio.gather(*(release(n) for n in nodes), return_exceptions=True)
     errors = [e for e in released if isinstance(e, BaseException)]
@@ -217,6 +221,20 @@ async def rolled_away(node: Node, colour: Colour, since: str) -> dict[str, Any] 
                 and start is not None and when is not None and when > start):
             return event
     return None
+
+
+async def interrupted(left: dict[Node, str | None], targets: dict[str, Colour], user: str,
+                      what: str, switching: bool) -> Interrupted:
+    """Record ``interrupted`` on every host (with the lock's release), and the error that
+    says what was left on each."""
+    before = "the switch had begun" if switching else "nothing was started there"
+    for node, done in left.items():
+        await record(node, "interrupted", targets.get(node.name), None, user, done or before)
+    tail = ("interrupted during the switch: `bluegreen status` shows what the proxies answer; "
+            "the next command finishes or undoes it" if switching
+            else "live traffic was not touched")
+    return Interrupted(f"{what} was interrupted: " + "; ".join(
+        [*(f"[{n.name}] {done}" for n, done in left.items() if done), tail]))
 
 
 async def record_failure(nodes: list[Node], user: str, err: BlueGreenError,

@@ -4,6 +4,7 @@ load balancers'), built once per command from the opened fleet."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 from bluegreen import proxies, supervisors
 from bluegreen.rollout.boot import Boot
@@ -28,8 +29,10 @@ class AppHost:
     def name(self) -> str:
         return self.node.name
 
-    @property
+    @cached_property
     def boot(self) -> Boot:
+        """One for the command: what a step learns (a stop sent with the start, what an
+        interrupted start left) is there for the next."""
         return Boot(self.slots)
 
     def first_reads(self) -> list[Query | Op]:
