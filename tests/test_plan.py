@@ -197,6 +197,35 @@ def test_haproxy_shared_map_keeps_other_apps_lines() -> None:
     assert "\nfrontend " not in haproxy.render_config(cfg, [("web1", "127.0.0.1")])
 
 
+def test_haproxy_shared_map_is_rewritten_on_the_host_under_a_lock(tmp_path: Path) -> None:
+    """A shared map's write is one command that re-reads the file under an flock beside it
+    and changes only this app's lines (the temp file named after the app); under sudo,
+    fixed tee/mv steps with the text made from the copy read before."""
+    cfg = HX.model_copy(update={"proxy": HX.proxy.model_copy(update={
+        "shared_frontend": True, "server_name": "shop.example.com",
+        "map_file": str(tmp_path / "sites.map")})})
+    steps, text = haproxy.write_map(cfg, Colour.GREEN, "ignored", False)
+    assert steps == [["python3", "-c", haproxy.UPDATE_SHARED_MAP, str(tmp_path / "sites.map"),
+                      "shop", "shop.example.com"]]
+    assert text == haproxy.map_text(cfg, Colour.GREEN)
+    # What the host finds now (another app switched since this command read the file).
+    (tmp_path / "sites.map").write_text("# head\nblog.example.com blog_green\n"
+                                        "shop.example.com shop_blue\n")
+    subprocess.run(steps[0], input=text, text=True, check=True)
+    assert (tmp_path / "sites.map").read_text() == (
+        "# head\nblog.example.com blog_green\nshop.example.com shop_green\n")
+    assert (tmp_path / ".sites.map.lock").exists()
+    removal, nothing = haproxy.write_map(cfg, None, "", False)
+    subprocess.run(removal[0], input=nothing, text=True, check=True)
+    assert (tmp_path / "sites.map").read_text() == "# head\nblog.example.com blog_green\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".sites.map.lock", "sites.map"]
+    sudo_steps, sudo_text = haproxy.write_map(cfg, Colour.BLUE, "blog.example.com blog_blue\n",
+                                              True)
+    assert sudo_steps == haproxy.write(cfg, PurePosixPath(tmp_path / "sites.map"), True)
+    assert sudo_text.splitlines()[1:] == ["blog.example.com blog_blue",
+                                          "shop.example.com shop_blue"]
+
+
 def test_haproxy_runtime_answers() -> None:
     assert haproxy.set_live(HX, Colour.GREEN) == "set map /etc/haproxy/conf.d/shop.map live green"
     assert haproxy.parse_show_map(HX, "0x55d5c live blue\n\n") == "blue"

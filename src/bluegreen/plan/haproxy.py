@@ -177,7 +177,7 @@ def parse_map(cfg: Config, text: str) -> str | None:
 # under an flock on a file beside the map, reading the file right before writing it: a
 # copy read earlier (phase 1, then minutes of pre_promote or canary steps) would put back
 # another app's previous colour, which a restarted HAProxy then serves. stdin: the app's
-# lines (and the head comment); argv: the map, the app, its keys.
+# lines (and the head comment, for a new file); argv: the map, the app, its keys.
 UPDATE_SHARED_MAP = """import fcntl, os, sys, time
 path, app, keys = sys.argv[1], sys.argv[2], set(sys.argv[3:])
 where, name = os.path.split(path)
@@ -197,7 +197,7 @@ try:
 except FileNotFoundError:
     old = []
 kept = [line for line in old if not line.split() or line.split()[0] not in keys]
-lines = kept + [line for line in sys.stdin.read().splitlines() if line not in kept]
+lines = kept + [line for line in sys.stdin.read().splitlines() if not (kept and line[:1] == '#')]
 tmp = os.path.join(where, '.%s.%s.bluegreen-tmp' % (name, app))
 with open(tmp, 'w') as f:
     f.write(''.join(line + '\\n' for line in lines))
