@@ -525,6 +525,8 @@ def test_lock_wait_on_every_command_that_locks() -> None:
         assert "lock_wait" in {o.name for o in main.commands[name].params}, name
     for name in ("status", "history", "unlock", "check", "logs"):
         assert "lock_wait" not in {o.name for o in main.commands[name].params}, name
+
+
 def test_a_deploy_started_during_another_exits_4_before_building(project: Project) -> None:
     """A second deploy while the first waits in its pre_deploy hook (the lock held): exit 4
     before its local build runs, which would overwrite the artifact the first run uploads."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 import fcntl
 import os
 import subprocess
+import time
 import sys
 import tomllib
 import zipfile
@@ -141,6 +142,9 @@ def test_django_preset_deploys_a_startproject_app_offline(local_project: Project
     wheel = next(wheelhouse.glob("gunicorn-*.whl")).name.split("-")[1]
     if tuple(int(n) for n in wheel.split(".")[:2]) >= (25, 1):
         live_socket = p.deploy_to / "slots" / st["live"] / "gunicorn.ctl"
+        deadline = time.monotonic() + 20  # (gunicorn opens it once its workers run)
+        while not live_socket.is_socket() and time.monotonic() < deadline:
+            time.sleep(0.1)
         assert live_socket.is_socket()
         bg(p, wheelhouse, "stop", "blue" if st["live"] == "green" else "green")
         assert live_socket.is_socket()

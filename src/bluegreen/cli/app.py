@@ -22,7 +22,7 @@ from bluegreen import __version__
 from bluegreen.errors import BlueGreenError
 
 if TYPE_CHECKING:
-    from bluegreen.commands import workflow
+    from bluegreen.commands import context as commands_context
     from bluegreen.config import Colour
     from bluegreen.output import Reporter
 
@@ -40,7 +40,7 @@ class Later(ModuleType):
 
 
 if not TYPE_CHECKING:
-    workflow = Later("bluegreen.commands.workflow")
+    commands_context = Later("bluegreen.commands.context")
 
 
 T = TypeVar("T")
@@ -82,11 +82,11 @@ class State:
         self.json = json_out
         self.lock_wait = 0.0  # `--lock-wait`, in seconds
 
-    def context(self) -> workflow.Context:
+    def context(self) -> commands_context.Context:
         from bluegreen.config import load_config
 
         cfg = load_config(self.config_path, self.destination)
-        ctx = workflow.make_context(cfg, self.out, self.host_names)
+        ctx = commands_context.make_context(cfg, self.out, self.host_names)
         ctx.lock_wait = self.lock_wait
         return ctx
 
@@ -236,7 +236,7 @@ def fail(state: State, exc: BlueGreenError) -> NoReturn:
     sys.exit(exc.exit_code)
 
 
-def load(state: State) -> workflow.Context:
+def load(state: State) -> commands_context.Context:
     """The validated config and the selected hosts (exit 2 on a bad config)."""
     try:
         return state.context()

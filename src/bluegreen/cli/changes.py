@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from bluegreen.cli import views
     from bluegreen.commands import operations, releases, reports, workflow
     from bluegreen.commands import setup as setting_up
+    from bluegreen.commands.context import Context
     from bluegreen.config import reference
     from bluegreen.rollout import artifact
 else:
@@ -154,7 +155,7 @@ def canary_options(fn: F) -> F:
     return fn
 
 
-def canary_plan(ctx: workflow.Context, canary: str | None, step: str | None,
+def canary_plan(ctx: Context, canary: str | None, step: str | None,
                 watch: str | None, no_sticky: bool) -> Any:
     """The canary.Plan the options ask for (None: a plain switch)."""
     from bluegreen.rollout.canary import Plan

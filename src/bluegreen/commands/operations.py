@@ -22,7 +22,7 @@ from bluegreen.plan import files, history, layout, systemd as systemdplan
 from bluegreen.plan.slot import SlotState, slot_command
 from bluegreen.rollout.releases import migrate_on
 from bluegreen.rollout.topology import AppHost, Topology
-from bluegreen.commands.workflow import Context, connected, locked
+from bluegreen.commands.context import Context, connected, locked
 
 
 async def _mask_host_secrets(ctx: Context, a: AppHost) -> None:

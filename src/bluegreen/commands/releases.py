@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from bluegreen.commands.workflow import Context, _forward, connected
+from bluegreen.commands.context import Context, connected
+from bluegreen.commands.workflow import _forward
 from bluegreen.config import Colour
 from bluegreen.hosts.fleet import each
 from bluegreen.plan import release as releaseplan

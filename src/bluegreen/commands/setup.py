@@ -4,7 +4,7 @@ admin installs for a deploy user (`--print-sudoers`, `--print-root-files`)."""
 from __future__ import annotations
 
 from bluegreen import supervisors
-from bluegreen.commands.workflow import Context, connected, locked
+from bluegreen.commands.context import Context, connected, locked
 from bluegreen.config import Colour
 from bluegreen.errors import BlueGreenError, ConfigError
 from bluegreen.hosts.fleet import each, open_fleet

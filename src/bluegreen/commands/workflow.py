@@ -1,6 +1,6 @@
 """The steps of each command that deploys or switches: connect, lock, act, record,
-unlock. `setup` is in ``setup``; day-two commands in ``operations``; read-only reports in
-``reports``."""
+unlock (the context, connecting and locking: ``context``). `setup` is in ``setup``; day-two
+commands in ``operations``; read-only reports in ``reports``."""
 
 from __future__ import annotations
 
@@ -21,6 +21,8 @@ from bluegreen.errors import BlueGreenError, ConfigError, ProxyError
 from bluegreen.hosts import relay
 from bluegreen.hosts.fleet import each, open_fleet
 from bluegreen.hosts.relay import Relay
+from bluegreen.commands.context import (Context, connected, load_secrets, locked,
+                                         record_failed, refuse_partial_switch)
 from bluegreen.commands.hooks import run_hook
 from bluegreen.output import Reporter
 from bluegreen.plan import files, history
@@ -35,111 +37,6 @@ from bluegreen.rollout.slots import moment
 from bluegreen.rollout.switch import (finish_interrupted, refuse_split, switch_all,
                                       warn_if_maintenance)
 from bluegreen.rollout.topology import AppHost, Topology, build
-
-
-@dataclass
-class Context:
-    """Everything a command needs; passed down, never global."""
-
-    cfg: Config
-    out: Reporter
-    hosts: list[HostConfig]
-    command: str = field(default_factory=lambda: " ".join(["bluegreen", *sys.argv[1:]]))
-    user: str = field(default_factory=lambda: _user())
-    # A relay that lends kept SSH connections: the one this command's environment names
-    # (the warm process's pool, for the commands it runs), else none.
-    via: Relay | None = field(default_factory=relay.from_environment)
-    lock_wait: float = 0.0  # seconds to wait for a held lock (`--lock-wait`); 0: exit 4
-
-
-def _user() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return str(os.getuid())
-
-
-def make_context(cfg: Config, out: Reporter, host_names: tuple[str, ...] = ()) -> Context:
-    return Context(cfg, out, cfg.select_hosts(host_names))
-
-
-def load_secrets(cfg: Config) -> dict[str, str]:
-    """The env_file's variables (parsed locally, never by a shell), then `[run.secrets]`
-    (from this process's environment, or a local command's output). Never written here."""
-    values: dict[str, str] = {}
-    if cfg.run.env_file:
-        from dotenv import dotenv_values  # ~15 ms to import: only with an env_file
-
-        path = cfg.local_path(cfg.run.env_file)
-        if not path.is_file():
-            raise ConfigError(f"run.env_file: {path} does not exist")
-        parsed = dotenv_values(path, interpolate=False)
-        bad = [k for k in parsed if not ENV_KEY_RE.match(k)]
-        if bad:
-            raise ConfigError(f"run.env_file: {bad[0]!r} is not a valid variable name")
-        values = {k: v or "" for k, v in parsed.items()}
-    for name, secret in cfg.run.secrets.items():
-        values[name] = _resolve_secret(cfg, name, secret)
-    return values
-
-
-def _resolve_secret(cfg: Config, name: str, secret: Secret) -> str:
-    if secret.env is not None:
-        if secret.env not in os.environ:
-            raise ConfigError(f"run.secrets.{name}: ${secret.env} is not set in bluegreen's "
-                              "environment")
-        return os.environ[secret.env]
-    assert secret.command is not None
-    import subprocess
-
-    proc = subprocess.run(secret.command, shell=True, cwd=cfg.base_dir, capture_output=True,
-                          text=True, timeout=120, stdin=subprocess.DEVNULL)
-    if proc.returncode != 0:  # its stderr only: stdout may hold the secret
-        raise ConfigError(f"run.secrets.{name}: `{secret.command}` failed (exit "
-                          f"{proc.returncode}): {proc.stderr.strip()[-500:]}")
-    return proc.stdout.removesuffix("\n")
-
-
-@asynccontextmanager
-async def connected(ctx: Context) -> AsyncIterator[Topology]:
-    """One connection per selected host and per load balancer for the whole command."""
-    async with open_fleet(ctx.cfg, ctx.hosts, ctx.out, via=ctx.via) as fleet:
-        yield build(fleet)
-
-
-@asynccontextmanager
-async def locked(ctx: Context, topo: Topology,
-                 also: Callable[[AppHost], list[Query]] | None = None) -> AsyncIterator[None]:
-    """Every app host's lock held for the body (exit 4 if one is held, after
-    ``ctx.lock_wait``); what each host reads first (and ``also``) is read in the same
-    round trip as its lock."""
-    def announce() -> None:
-        for a in topo.apps:
-            a.node.ahead(*a.first_reads(), *(also(a) if also else []))
-
-    announce()
-    async with records.locked([a.node for a in topo.apps], ctx.user, ctx.command,
-                              wait=ctx.lock_wait, again=announce):
-        for a in topo.apps:
-            await a.remember_first_reads()
-        yield
-
-
-def _refuse_partial_switch(ctx: Context, what: str) -> None:
-    """With load balancers, a switch moves the traffic of every app host: one limited by
-    --host would send traffic to slots nobody checked (invariant 6). Refused, exit 2."""
-    skipped = [h.label for h in ctx.cfg.hosts if h not in ctx.hosts]
-    if ctx.cfg.load_balancers and skipped:
-        raise ConfigError(
-            f"--host with [[load_balancers]]: {what} switches the load balancers, which send "
-            f"traffic to the slots of every app host, and {', '.join(skipped)} would not be "
-            "checked; run it without --host (`deploy --host NAME --no-promote` stages a "
-            "release on some hosts; `promote` then checks every one)")
-
-
-async def _failed(ctx: Context, topo: Topology, err: BlueGreenError,
-                  about: dict[str, tuple[Colour, tuple[str, str] | None]]) -> None:
-    await records.record_failure([a.node for a in topo.apps], ctx.user, err, about)
 
 
 # ---- deploy ---------------------------------------------------------------------------
@@ -158,7 +55,7 @@ async def deploy(ctx: Context, source: Artifact | Callable[[], Artifact], *,
     host is locked) on each host's idle slot, then switch (with ``plan``: through a
     canary's steps, and/or watched after)."""
     if promote:
-        _refuse_partial_switch(ctx, "deploy")
+        refuse_partial_switch(ctx, "deploy")
     secrets = load_secrets(ctx.cfg)
     ctx.out.add_secrets(list(secrets.values()))
     async with connected(ctx) as topo, records.built_while_free(
@@ -210,7 +107,7 @@ async def deploy(ctx: Context, source: Artifact | Callable[[], Artifact], *,
                     last_steps=lambda a: prune_host(a, keep, ctx.user, kept[a.name],
                                                     if_done=True))
         except BlueGreenError as err:
-            await _failed(ctx, topo, err, {n: (c, (art.release_id, art.version))
+            await record_failed(ctx, topo, err, {n: (c, (art.release_id, art.version))
                                            for n, c in targets.items()})
             raise
         except asyncio.CancelledError:  # Ctrl-C: what it started is stopped (`Boot.start`)
@@ -256,7 +153,7 @@ async def promote(ctx: Context, colour: Colour | None, *, event: str = "promote"
     """Switch every host to ``colour`` (default: the idle one) after checking it is healthy.
     A colour named puts every proxy on it, also load balancers that disagree. A rollback
     while a canary's split is in effect (a run killed mid-canary) only ends the split."""
-    _refuse_partial_switch(ctx, event)
+    refuse_partial_switch(ctx, event)
     forward_only = colour is None and event == "promote"
     # Whether a rollback sent traffic off the idle release: read with the lock.
     reads = (lambda a: [history.read(a.node.layout)]) if forward_only else None
@@ -294,7 +191,7 @@ async def promote(ctx: Context, colour: Colour | None, *, event: str = "promote"
         try:
             await _switch(ctx, topo, targets, event, plan, before, ends=True)
         except BlueGreenError as err:
-            await _failed(ctx, topo, err, {a.name: (targets[a.name], (s.release, s.version)
+            await record_failed(ctx, topo, err, {a.name: (targets[a.name], (s.release, s.version)
                                                     if s else None) for a, s in zip(apps, states)})
             raise
     await run_hook(ctx.cfg, "post_rollback" if event == "rollback" else "post_promote", ctx.out,

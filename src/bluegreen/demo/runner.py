@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bluegreen.commands import workflow
+from bluegreen.commands.context import make_context
 from bluegreen.commands.setup import setup
 
 from bluegreen.rollout import artifact
@@ -67,7 +68,7 @@ async def run_demo(out: Reporter, *, keep: bool = False, duration: float = 2.0,
         stop_hint = nginx.reload_command.replace("reload", "quit")
     nginx.write_config()
     cfg = demo_config(base, nginx, free_port(), free_port())
-    ctx = workflow.make_context(cfg, out)
+    ctx = make_context(cfg, out)
     ctx.command = "bluegreen demo"
     art_dir = base / "artifacts"
     art_dir.mkdir()
