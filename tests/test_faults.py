@@ -89,6 +89,8 @@ def killed_then_rerun(p: Project, step: str) -> None:
         assert out.returncode == 0 and "already live" in out.stderr, out.stderr
     elif step != "switch" or out.returncode != 0:
         assert out.returncode == 4 and "is gone: that run died" in out.stderr, out.stderr
+        # A dead holder is not one to wait for (it said both "died" and "wait for it").
+        assert "wait for it" not in out.stderr and "`bluegreen unlock` clears" in out.stderr
         p.bg("unlock")
         p.bg("deploy", "--version", "3.0.0")
     a = p.answer()

@@ -35,10 +35,19 @@ async def acquire(node: Node, info: lock.LockInfo) -> None:
                             host=node.name)
 
 
+# Between who holds a lock and what to do about it (a waiting command prints the former).
+_WHAT_TO_DO = "; "
+
+
 def _held(node: Node, holder: lock.LockInfo | None) -> LockHeld:
-    remedy = "`bluegreen unlock --force`" if may_still_run(holder) else "`bluegreen unlock`"
-    return LockHeld(describe_holder(node, holder) + "; wait for it, or if no bluegreen "
-                    f"command is running, {remedy} clears it", host=node.name)
+    """The lock is held: by a run that may still be going on (wait for it, or --lock-wait),
+    or by one that is gone (nothing to wait for: unlock)."""
+    if may_still_run(holder):
+        advice = ("wait for it (--lock-wait DURATION waits), or if no bluegreen command is "
+                  "running, `bluegreen unlock --force` clears it")
+    else:
+        advice = "nothing will release it: `bluegreen unlock` clears it"
+    return LockHeld(describe_holder(node, holder) + _WHAT_TO_DO + advice, host=node.name)
 
 
 @asynccontextmanager
@@ -143,7 +152,7 @@ async def _acquire_waiting(nodes: list[Node], info: lock.LockInfo, wait: float,
                 raise LockHeld(f"still locked after waiting {_duration(wait)} (--lock-wait): "
                                f"{held.reason}", host=held.host) from None
             node = next((n for n in nodes if n.name == held.host), nodes[0])
-            holder = held.reason.split("; wait for it")[0]
+            holder = held.reason.split(_WHAT_TO_DO)[0]
             if said.get(node.name) != holder:  # once per holder, not on every poll
                 said[node.name] = holder
                 node.say(f"waiting for the lock (up to {_duration(left)} more): {holder}")
