@@ -175,6 +175,10 @@ def test_live_progress_on_a_terminal(local_project: Project) -> None:
     screen = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", child.before)
     # The per-host table, redrawn in place, ends on the host's last step.
     assert re.search(r"web1\s+[\d.]+s\s+live is blue \(1\.0\.0-", screen), screen
+    # Each finished step stays as a line above it, with its time (the table alone hid
+    # them): in order, ending with the step before the last.
+    assert re.search(r"[\d.]+s \[web1\] uploading sample-1\.0\.0", screen), screen
+    assert re.search(r"[\d.]+s \[web1\] blue is healthy", screen), screen
 
 
 def test_a_lock_without_holder_info_is_explained_and_cleared(local_project: Project) -> None:

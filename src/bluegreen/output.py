@@ -98,16 +98,25 @@ class Reporter:
             self.stream.flush()
             return
         if self._live is not None and host is not None and level == "info":
+            # The host's step before this one is done: it stays, as a line above the
+            # table (which shows each host's current step only).
+            done = self._hosts.get(host)
+            if done is not None and done[0] != "connecting":
+                self._line(done[1], host, done[0])
             self._hosts[host] = (message, elapsed)
             self._live.update(self._table())
             return
         where = f"[bold cyan]\\[{escape(host)}][/] " if host else ""
         if level == "info":
-            self.console.print(f"[dim]{elapsed:6.2f}s[/] {where}{escape(message)}")
+            self._line(elapsed, host, message)
         elif level == "warn":
             self.console.print(f"[yellow]warning:[/] {where}{escape(message)}")
         else:
             self.console.print(f"[bold red]error:[/] {where}{escape(message)}")
+
+    def _line(self, elapsed: float, host: str | None, message: str) -> None:
+        where = f"[bold cyan]\\[{escape(host)}][/] " if host else ""
+        self.console.print(f"[dim]{elapsed:6.2f}s[/] {where}{escape(message)}")
 
     def step(self, host: str | None, message: str) -> None:
         if not self.quiet:
