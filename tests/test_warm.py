@@ -4,6 +4,7 @@ signals, against a real nginx, sshd and app; and it refuses or goes away when it
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -55,9 +56,13 @@ class Warm:
     def __init__(self, sock: Path) -> None:
         self.sock = sock
 
-    def bg(self, *args: str, check: bool | int = True) -> subprocess.CompletedProcess[str]:
+    def bg(self, *args: str, check: bool | int = True, env_age: str = ""
+           ) -> subprocess.CompletedProcess[str]:
+        """`bluegreen ARGS` with this warm process's socket (``env_age``: the maximum age
+        of its kept SSH connections, for a warm process it starts)."""
+        age = {"BLUEGREEN_WARM_MAX_AGE": env_age} if env_age else {}
         return run_cli(Path.cwd(), Path.home(), args, check=check,
-                       env={"BLUEGREEN_WARM_SOCKET": str(self.sock)})
+                       env={"BLUEGREEN_WARM_SOCKET": str(self.sock), **age})
 
     def pid(self) -> int:
         out = self.bg("warm", "--status").stdout
@@ -360,5 +365,109 @@ def test_the_warm_process_keeps_ssh_connections_and_verifies_again_after_any_cha
         warm.bg("warm", "--stop")
         _wait_for(lambda: not _agents_under(sshd.proc.pid), "no agent left on the server")
     finally:
+        p.cleanup()
+        sshd.stop()
+
+
+# A client that says what it likes: the warm process's groups (argv[3]) whatever its own.
+_SNEAK = r'''
+import json, os, socket, sys
+path, kind, groups = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+sock.settimeout(30)
+sock.connect(path)
+try:
+    if kind == "warm":
+        body = json.dumps({"argv": ["--version"], "cwd": "/", "env": dict(os.environ),
+                           "umask": 18, "python": sys.argv[4], "package": sys.argv[5],
+                           "netns": os.readlink("/proc/self/ns/net"), "groups": groups,
+                           "nofile": [1024, 1024]}).encode()
+        socket.send_fds(sock, [len(body).to_bytes(4, "big") + body], [0, 1, 2])
+    else:
+        sock.sendall(json.dumps({"op": "put", "host": {"address": "127.0.0.1", "port": 1},
+                                 "env": {}, "stamp": [], "local": "/nonexistent",
+                                 "remote": "/tmp/x"}).encode() + b"\n")
+    answer = sock.makefile("rb").readline().decode().strip()
+except OSError:
+    answer = ""
+print("answer:", answer or "none (closed)")
+'''
+
+
+def test_a_client_under_another_uid_or_other_groups_is_refused_whatever_it_claims(
+        warm: Warm, socket_dir: Path) -> None:
+    """Both sockets (the warm process's and its SSH pool's) serve only this uid with this
+    process's groups: a client's groups are read from the kernel, not taken from its request;
+    another uid is refused by SO_PEERCRED even where the socket is open to it."""
+    pool = warm.sock.parent / "ssh.sock"
+    own = json.dumps(sorted(os.getgroups()))
+
+    def sneak(path: Path, kind: str, *prefix: str) -> str:
+        proc = subprocess.run([*prefix, sys.executable, "-c", _SNEAK, str(path), kind, own,
+                               sys.executable, str(Path(bluegreen.__file__).parent)],
+                              cwd="/", capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    # This user, these groups: served (the warm process runs it; the pool tries the host).
+    assert '"pid"' in sneak(warm.sock, "warm")
+    assert '"error"' in sneak(pool, "pool")
+    # Other supplementary groups, though the request claims the warm process's: refused.
+    other_groups = ("setpriv", "--groups=4242")
+    assert sneak(warm.sock, "warm", *other_groups) == "answer: none (closed)\n"
+    assert sneak(pool, "pool", *other_groups) == "answer: none (closed)\n"
+    # An honest client with other groups runs its command on its own.
+    honest = subprocess.run(["setpriv", "--groups=4242", *BLUEGREEN, "--version"],
+                            env={**os.environ, "BLUEGREEN_WARM_SOCKET": str(warm.sock)},
+                            capture_output=True, text=True, timeout=60)
+    assert honest.returncode == 0 and "version" in honest.stdout
+    # Another uid, with both sockets made reachable for it: refused by SO_PEERCRED.
+    opened = [socket_dir, warm.sock.parent, warm.sock, pool]
+    modes = [p.stat().st_mode for p in opened]
+    try:
+        for p, mode in zip(opened, (0o711, 0o711, 0o666, 0o666)):
+            p.chmod(mode)
+        nobody = ("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups")
+        assert sneak(warm.sock, "warm", *nobody) == "answer: none (closed)\n"
+        assert sneak(pool, "pool", *nobody) == "answer: none (closed)\n"
+    finally:
+        for p, mode in zip(opened, modes):
+            p.chmod(stat.S_IMODE(mode))
+
+
+def test_kept_connections_close_when_superseded_and_log_in_anew_after_their_maximum_age(
+        socket_dir: Path, tmp_path: Path, nginx: PrivateNginx,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A kept connection whose key changed (here: known_hosts rewritten) is closed, not left
+    open on the server; one older than the maximum age (BLUEGREEN_WARM_MAX_AGE, for tests;
+    MAX_AGE else) is closed and the next command logs in anew (a key revoked on the server
+    stops working within it)."""
+    sock = socket_dir / "aged" / "warm.sock"
+    monkeypatch.setenv("BLUEGREEN_WARM_SOCKET", str(sock))
+    w = Warm(sock)
+    w.bg("warm", "--idle", "120", env_age="8")
+    sshd = start_sshd(tmp_path / "sshd")
+    p = make_project(tmp_path, nginx, sshd)
+    log = sshd.dir / "sshd.log"
+
+    def logins() -> int:
+        return log.read_text(errors="replace").count("Accepted publickey")
+
+    def connections() -> int:  # (sshd forks one process per connection)
+        return len(_children(sshd.proc.pid))
+
+    try:
+        p.bg("setup")
+        assert logins() == 1 and connections() == 1
+        sshd.known_hosts.write_text(sshd.known_hosts.read_text())  # the same keys, rewritten
+        p.bg("status")
+        p.bg("status")
+        assert logins() == 2
+        _wait_for(lambda: connections() == 1, "the superseded connection closed")
+        _wait_for(lambda: connections() == 0, "the connection past its age closed", 30)
+        p.bg("status")
+        assert logins() == 3
+    finally:
+        w.bg("warm", "--stop")
         p.cleanup()
         sshd.stop()

@@ -11,6 +11,8 @@ import json
 import os
 import socket
 import struct
+import time
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -25,6 +27,45 @@ from bluegreen.hosts.ssh import AGENT_COMMAND, dial, lost, sftp_put
 SESSION_TIMEOUT = 10.0
 # How long the pool waits for a command to close its end after its agent ended.
 HANG_UP_TIMEOUT = 30.0
+# The longest a kept connection is used after its login: a key taken out of the server's
+# authorized_keys (or out of the ssh-agent) stops working within it, as the next command
+# after it logs in anew. $BLUEGREEN_WARM_MAX_AGE (seconds) sets another, for tests.
+MAX_AGE = 600.0
+MAX_AGE_ENV = "BLUEGREEN_WARM_MAX_AGE"
+
+
+@dataclass
+class _Kept:
+    """One kept connection (its login, done or under way): when its login began, which
+    host it reaches (a connection to it with another key supersedes it), how many
+    commands use it now, and whether it is retired (closed once none does)."""
+
+    task: asyncio.Task[Any]
+    host: str
+    born: float
+    users: int = 0
+    retired: bool = False
+
+    def close(self) -> None:
+        if self.task.done() and not self.task.cancelled() and self.task.exception() is None:
+            self.task.result().close()
+
+
+def same_user(sock: socket.socket) -> bool:
+    """Whether the process at the other end of ``sock`` is this user with this process's
+    groups: its uid and gid (SO_PEERCRED) and its supplementary groups as the kernel has
+    them (/proc/PID/status: what a client says of itself is not taken)."""
+    pid, uid, gid = struct.unpack("3i", sock.getsockopt(
+        socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+    if uid != os.getuid() or gid != os.getgid():
+        return False
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    groups = next((line.split()[1:] for line in status.splitlines()
+                   if line.startswith("Groups:")), None)
+    return groups is not None and sorted(map(int, groups)) == sorted(os.getgroups())
 
 
 class _Pool:
@@ -32,9 +73,10 @@ class _Pool:
     its login depended on (``_envelope``), one connection, on which each command opens its
     own agent session (relayed over its Unix socket connection) and uploads."""
 
-    def __init__(self) -> None:
-        self.conns: dict[str, asyncio.Task[Any]] = {}
+    def __init__(self, max_age: float = MAX_AGE) -> None:
+        self.conns: dict[str, _Kept] = {}
         self.active = 0
+        self.max_age = max_age
         # Logins read HOME, USER, SSH_AUTH_SOCK from the environment: a login runs with the
         # command's values; logins with other values wait for their turn.
         self._login_env: tuple[str | None, ...] | None = None
@@ -44,24 +86,28 @@ class _Pool:
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.active += 1
         try:
-            creds = writer.get_extra_info("socket").getsockopt(
-                socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-            if struct.unpack("3i", creds)[1] != os.getuid():
+            if not same_user(writer.get_extra_info("socket")):
                 return
             request = json.loads(await reader.readline())
             cfg = HostConfig.model_validate(request["host"])
-            key = json.dumps([[request["host"].get(k) for k in
-                               ("address", "port", "identity_file", "known_hosts")],
-                              request["env"], request["stamp"]])
+            host = json.dumps([request["host"].get(k) for k in
+                               ("address", "port", "identity_file", "known_hosts")])
+            key = json.dumps([host, request["env"], request["stamp"]])
             try:
                 if request["op"] == "agent":
-                    proc = await self._session(key, cfg, request["env"])
-                    writer.write(b'{"ok": true}\n')
-                    await self._relay(reader, writer, proc)
+                    kept, proc = await self._session(key, host, cfg, request["env"])
+                    try:
+                        writer.write(b'{"ok": true}\n')
+                        await self._relay(reader, writer, proc)
+                    finally:
+                        self._release(kept)
                 elif request["op"] == "put":
-                    conn = await self._connection(key, cfg, request["env"])
-                    await sftp_put(conn, cfg, Path(request["local"]),
-                                    PurePosixPath(request["remote"]))
+                    kept = await self._connection(key, host, cfg, request["env"])
+                    try:
+                        await sftp_put(kept.task.result(), cfg, Path(request["local"]),
+                                        PurePosixPath(request["remote"]))
+                    finally:
+                        self._release(kept)
                     writer.write(b'{"ok": true}\n')
             except BlueGreenError as exc:
                 writer.write(json.dumps({"error": exc.reason, "kind": type(exc).__name__})
@@ -73,19 +119,49 @@ class _Pool:
             self.active -= 1
             writer.close()
 
-    async def _connection(self, key: str, cfg: HostConfig, env: dict[str, str | None]) -> Any:
-        task = self.conns.get(key)
-        if task is not None and task.done() and (
-                task.cancelled() or task.exception() is not None or task.result().is_closed()):
-            task = None
-        if task is None:
-            task = self.conns[key] = asyncio.create_task(self._login(cfg, env))
+    def sweep(self, key: str | None = None, host: str | None = None) -> None:
+        """Retire the connections past their maximum age, and those to ``host`` kept under
+        another key than ``key`` (what their login read changed: never used again)."""
+        now = time.monotonic()
+        for other, kept in list(self.conns.items()):
+            if now - kept.born > self.max_age or (kept.host == host and other != key):
+                self._retire(other)
+
+    def _retire(self, key: str) -> None:
+        kept = self.conns.pop(key, None)
+        if kept is not None:
+            kept.retired = True
+            if not kept.users:
+                kept.close()
+
+    def _release(self, kept: _Kept) -> None:
+        kept.users -= 1
+        if kept.retired and not kept.users:
+            kept.close()
+
+    async def _connection(self, key: str, host: str, cfg: HostConfig,
+                          env: dict[str, str | None]) -> _Kept:
+        """The kept connection for ``key`` (logged in anew when there is none), taken into
+        use: ``_release`` it."""
+        self.sweep(key, host)
+        kept = self.conns.get(key)
+        if kept is not None and kept.task.done() and (
+                kept.task.cancelled() or kept.task.exception() is not None
+                or kept.task.result().is_closed()):
+            self._retire(key)
+            kept = None
+        if kept is None:
+            kept = self.conns[key] = _Kept(asyncio.create_task(self._login(cfg, env)), host,
+                                           time.monotonic())
+        kept.users += 1
         try:
-            return await asyncio.shield(task)
+            await asyncio.shield(kept.task)
         except BlueGreenError:
-            if self.conns.get(key) is task:
+            self._release(kept)
+            if self.conns.get(key) is kept:
                 del self.conns[key]
             raise
+        return kept
 
     async def _login(self, cfg: HostConfig, env: dict[str, str | None]) -> Any:
         wanted = tuple(env.get(k) for k in LOGIN_ENV)
@@ -106,20 +182,25 @@ class _Pool:
                 self._logins -= 1
                 self._turn.notify_all()
 
-    async def _session(self, key: str, cfg: HostConfig, env: dict[str, str | None]) -> Any:
-        """An agent session; a kept connection that died meanwhile is replaced once."""
+    async def _session(self, key: str, host: str, cfg: HostConfig,
+                       env: dict[str, str | None]) -> tuple[_Kept, Any]:
+        """An agent session on a kept connection taken into use (``_release`` it); a kept
+        connection that died meanwhile is replaced once."""
         for attempt in (1, 2):
-            conn = await self._connection(key, cfg, env)
+            kept = await self._connection(key, host, cfg, env)
+            conn = kept.task.result()
             try:
                 # (a connection whose peer vanished without a word answers nothing)
-                return await asyncio.wait_for(conn.create_process(AGENT_COMMAND, encoding=None),
-                                              SESSION_TIMEOUT)
+                return kept, await asyncio.wait_for(
+                    conn.create_process(AGENT_COMMAND, encoding=None), SESSION_TIMEOUT)
             except (asyncssh.Error, OSError, asyncio.TimeoutError) as exc:
                 # Not used again: dead, or refusing sessions (sshd's MaxSessions); closed
-                # only when dead (a refusing one still serves other commands' sessions).
-                self.conns.pop(key, None)
+                # at once when dead, else once the other commands' sessions on it ended.
+                if self.conns.get(key) is kept:
+                    self._retire(key)
                 if isinstance(exc, asyncio.TimeoutError):
                     conn.close()
+                self._release(kept)
                 if attempt == 2:
                     raise lost(cfg, exc) from None
         raise AssertionError("unreachable")
@@ -170,7 +251,7 @@ async def serve_pool(path: str, parent: int) -> None:
     """The warm process's SSH pool, listening on ``path`` (0600) until the warm process
     ``parent`` is gone or the socket removed; commands using it then still go on to their
     end, then its connections are closed."""
-    pool = _Pool()
+    pool = _Pool(float(os.environ.get(MAX_AGE_ENV) or MAX_AGE))
     old = os.umask(0o177)
     try:
         server = await asyncio.start_unix_server(pool.handle, path, limit=LINE_LIMIT)
@@ -179,6 +260,7 @@ async def serve_pool(path: str, parent: int) -> None:
     ours = os.stat(path).st_ino
     try:
         while os.getppid() == parent and inode(path) == ours:
+            pool.sweep()
             await asyncio.sleep(1)
     finally:
         server.close()
@@ -187,9 +269,8 @@ async def serve_pool(path: str, parent: int) -> None:
                 os.unlink(path)
         while pool.active:
             await asyncio.sleep(0.1)
-        for task in pool.conns.values():
-            if task.done() and not task.cancelled() and task.exception() is None:
-                task.result().close()
+        for kept in pool.conns.values():
+            kept.close()
 
 
 def inode(path: str) -> int | None:

@@ -15,7 +15,8 @@ entry point). Per command:
             command), answer its exit status.
 
 Safety: the socket is in a directory only this user can enter (0700) and is 0600; both
-ends check the other's uid (SO_PEERCRED). Nothing of a request is logged. A command runs
+ends check the other's uid (SO_PEERCRED), and the warm process (and its pool) also the
+client's gid and supplementary groups, as the kernel has them (``pool.same_user``). Nothing of a request is logged. A command runs
 with the client's environment, never the warm process's. When bluegreen's code (or the
 Python packages beside it) changed on disk after the warm process started, it refuses the
 command (the client runs it itself, and starts a fresh warm process) and exits.
@@ -34,7 +35,6 @@ import select
 import signal
 import socket
 import stat
-import struct
 import subprocess
 import sys
 import sysconfig
@@ -44,7 +44,7 @@ from typing import Any
 
 from bluegreen.errors import BlueGreenError
 from bluegreen.hosts import relay
-from bluegreen.warm.pool import inode, serve_pool
+from bluegreen.warm.pool import inode, same_user, serve_pool
 from bluegreen.warm.client import connect, context, package_dir, socket_path
 
 # A request is small (argv, environment); bigger is not a bluegreen client.
@@ -268,9 +268,7 @@ def serve(path: str, idle: float) -> None:
                 conn, _ = listener.accept()
             except socket.timeout:
                 continue
-            creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
-                                    struct.calcsize("3i"))
-            if struct.unpack("3i", creds)[1] != os.getuid():
+            if not same_user(conn):  # (another uid or group set: the client runs its own)
                 conn.close()
                 continue
             last = time.monotonic()
