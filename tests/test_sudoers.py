@@ -293,3 +293,55 @@ def test_real_sudo_runs_only_the_printed_command_lines(
     finally:
         server.shell(f"rm -rf /srv/{APP} /etc/sudoers.d/bluegreen-{APP} "
                      "/usr/local/bin/reload-proxy; userdel -r deploy", check=False)
+
+
+def _sudo_dirs_row(project: Path, map_file: str, deploy_to: Path) -> dict[str, object]:
+    """`check --json` on this machine (a local host with sudo = true): its row for the
+    directories sudo writes in."""
+    (project / "bluegreen.toml").write_text(
+        'app = "shop"\n[run]\ncommand = "python3 app.py"\n'
+        f'[proxy]\nkind = "haproxy"\nmap_file = "{map_file}"\n'
+        f'[[hosts]]\naddress = "local"\nsudo = true\ndeploy_to = "{deploy_to}"\n')
+    out = run_cli(project, project, ["check", "--json"], check=False)
+    rows = json.loads(out.stdout)["hosts"][0]["items"]
+    row: dict[str, object] = next(r for r in rows if r["item"].startswith("sudo writes"))
+    return row
+
+
+def test_check_fails_when_sudo_writes_in_a_directory_the_deploy_user_may_change(
+        tmp_path: Path) -> None:
+    """`proxy.map_file` under deploy_to (the deploy user's): root's `tee` there would follow
+    a symlink the deploy user planted; `check` says so (FAIL, naming the key and the
+    directory); under root's own directories up to / the row passes."""
+    deploy_to = tmp_path / "srv" / "shop"
+    deploy_to.mkdir(parents=True)
+    shutil.chown(deploy_to, 65534, 65534)  # the deploy user's, as setup leaves it
+    row = _sudo_dirs_row(tmp_path, f"{deploy_to}/shop.map", deploy_to)
+    assert row["ok"] is False, row
+    assert "proxy.map_file" in str(row["detail"]) and f"{deploy_to} (owned by uid 65534" in str(
+        row["detail"]), row
+    row = _sudo_dirs_row(tmp_path, "/var/lib/bluegreen-test-none/shop.map", deploy_to)
+    assert row["ok"] is True, row
+
+
+def test_print_sudoers_refuses_a_map_file_in_a_directory_the_deploy_user_owns(
+        lab: SystemdLab, server: SystemdHost, tmp_path: Path) -> None:
+    """On a real server: `proxy.map_file` under deploy_to (/srv/APP, the deploy user's) is
+    refused (exit 2, naming proxy.map_file and the directory, nothing printed); in root's
+    /etc/haproxy the drop-in is printed."""
+    server.shell(PREPARE_DEPLOY_USER)
+    try:
+        site = Site(lab, server, tmp_path / "project", user="deploy")
+        site.proxy = {"kind": "haproxy", "map_file": f"/srv/{APP}/{APP}.map"}
+        site.write_config()
+        out = site.bg("setup", "--print-sudoers", check=2)
+        assert out.stderr.startswith("error: proxy.map_file: "), out.stderr
+        assert f"/srv/{APP} (owned by uid" in out.stderr, out.stderr
+        assert out.stdout == ""
+        site.proxy = {"kind": "haproxy", "map_file": f"/etc/haproxy/{APP}.map"}
+        site.write_config()
+        printed = site.bg("setup", "--print-sudoers").stdout
+        assert f"/etc/haproxy/.{APP}.map.bluegreen-tmp" in printed, printed
+    finally:
+        server.shell(f"rm -rf /srv/{APP} /usr/local/bin/reload-proxy; userdel -r deploy",
+                     check=False)

@@ -123,6 +123,7 @@ async def _check_host(node: Node, proxy: Proxy | None, *, app: bool) -> list[Che
                              True if supervisor.runs_units else None, why))
     if node.hc.sudo or node.cfg.proxy.sudo:
         out.append(await _sudo_row(node, app))
+        out.append(await _sudo_directories_row(node, app))
     if proxy is not None:
         out.extend(CheckItem(node.name, item, ok, detail)
                    for item, ok, detail in [*await proxy.checks(), await listen_finding(proxy),
@@ -143,6 +144,18 @@ async def _sudo_row(node: Node, app: bool) -> CheckItem:
                      f"`sudo -n` cannot run `{' '.join(commands[-1])}`"
                      + (f" ({why[-1]})" if why else "")
                      + "; install the drop-in `bluegreen setup --print-sudoers` prints")
+
+
+async def _sudo_directories_row(node: Node, app: bool) -> CheckItem:
+    """Whether every directory sudo writes in is root's alone (else a symlink the SSH user
+    plants there has root write elsewhere)."""
+    systemd_slots = app and (await supervisors.choose(node))[0].runs_units
+    dirs = sudoers.directories(node.cfg, systemd_slots)
+    result = await node.run(sudoers.owners(sorted(dirs)))
+    bad = sudoers.unsafe_directories(dirs, result.stdout)
+    return CheckItem(node.name, "sudo writes in root's directories", not bad,
+                     sudoers.refusal(bad) if bad else
+                     "every directory it writes in is root's, closed to others")
 
 
 async def status(cfg: Config, hosts: list[HostConfig], out: Reporter,

@@ -45,7 +45,8 @@ async def setup(ctx: Context) -> None:
 
 async def print_sudoers(ctx: Context) -> str:
     """The sudoers drop-in for the first selected host's SSH user (`sudo = true`), with the
-    full paths found on that host."""
+    full paths found on that host; refused (ConfigError) when a directory sudo writes in
+    there is not root's alone."""
     hc = ctx.hosts[0]
     user = sudoers.user_of(hc)
     if user is None or user == "root":
@@ -58,6 +59,11 @@ async def print_sudoers(ctx: Context) -> str:
         supervisor, _ = await supervisors.choose(node)
         commands = sudoers.privileged(ctx.cfg, supervisor.runs_units)
         found = await node.run(sudoers.resolve(sorted({c[0] for c in commands})))
+        dirs = sudoers.directories(ctx.cfg, supervisor.runs_units)
+        owners = await node.run(sudoers.owners(sorted(dirs)))
+    bad = sudoers.unsafe_directories(dirs, owners.stdout)
+    if bad:
+        raise ConfigError(sudoers.refusal(bad))
     return sudoers.drop_in(ctx.cfg, user, commands, sudoers.parse_resolve(found.stdout))
 
 

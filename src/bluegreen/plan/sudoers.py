@@ -5,6 +5,7 @@ fixed argv, listed here exactly, with full paths and no wildcards."""
 from __future__ import annotations
 
 import re
+from pathlib import PurePosixPath
 
 from bluegreen.config import Colour, Config, HAProxySettings, HostConfig, render
 from bluegreen.errors import ConfigError
@@ -48,6 +49,55 @@ def sourced(cfg: Config, with_systemd: bool) -> list[tuple[tuple[str, ...], Argv
                 systemd.disable(cfg, colour, True))]
     unique = {tuple(s[2:]): (k, s[2:]) for k, s in steps if s[:2] == ["sudo", "-n"]}
     return list(unique.values())
+
+
+def directories(cfg: Config, with_systemd: bool) -> dict[str, tuple[str, ...]]:
+    """Every directory that holds a path a sudo line names (what root writes, or links,
+    there), and each directory above it, with the config keys the paths come from: a user
+    who may change any of them could plant a symlink where root then writes."""
+    found: dict[str, tuple[str, ...]] = {}
+    for keys, argv in sourced(cfg, with_systemd):
+        for word in argv[1:]:
+            if word.startswith("/") and not re.search(r"\s", word):
+                for parent in PurePosixPath(word).parents:
+                    found[str(parent)] = tuple(dict.fromkeys([*found.get(str(parent), ()),
+                                                              *keys]))
+    return found
+
+
+@reading
+def owners(paths: list[str]) -> Argv:
+    """`UID MODE PATH` (octal mode, symlinks followed) for each of ``paths`` that is a
+    directory on the host; nothing for one that is not there."""
+    return sh('for d; do [ -d "$d" ] && stat -L -c "%u %a %n" "$d"; done; exit 0', *paths)
+
+
+def unsafe_directories(found: dict[str, tuple[str, ...]], owners_output: str
+                       ) -> list[tuple[str, tuple[str, ...], str]]:
+    """The directories of ``found`` (``directories``) that are not root's own and closed to
+    group and others (``owners`` output): each with its keys and what is wrong with it."""
+    bad = []
+    for line in owners_output.splitlines():
+        uid, mode, path = (line.split(" ", 2) + ["", ""])[:3]
+        if path not in found or not uid.isdigit():
+            continue
+        why = [f"owned by uid {uid}"] if uid != "0" else []
+        if int(mode, 8) & 0o022:
+            why.append(f"mode {int(mode, 8) & 0o7777:04o}: group or others may write")
+        if why:
+            bad.append((path, found[path], ", ".join(why)))
+    return bad
+
+
+def refusal(bad: list[tuple[str, tuple[str, ...], str]]) -> str:
+    """What to tell about ``unsafe_directories``: the keys, the directories, the fix."""
+    keys = list(dict.fromkeys(k for _, ks, _ in bad for k in ks))
+    where = "; ".join(f"{path} ({why})" for path, _, why in bad)
+    return (f"{' / '.join(keys)}: sudo writes in a directory another user than root may "
+            f"change: {where}. Root would follow a symlink planted there (e.g. over "
+            "`.NAME.bluegreen-tmp`) and write where it points; keep what sudo writes in "
+            "directories root owns and only root may write, up to / (e.g. /etc/haproxy, "
+            "/etc/nginx), never under deploy_to")
 
 
 @reading
