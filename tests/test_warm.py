@@ -445,7 +445,7 @@ def test_kept_connections_close_when_superseded_and_log_in_anew_after_their_maxi
     sock = socket_dir / "aged" / "warm.sock"
     monkeypatch.setenv("BLUEGREEN_WARM_SOCKET", str(sock))
     w = Warm(sock)
-    w.bg("warm", "--idle", "120", env_age="8")
+    w.bg("warm", "--idle", "120", env_age="12")
     sshd = start_sshd(tmp_path / "sshd")
     p = make_project(tmp_path, nginx, sshd)
     log = sshd.dir / "sshd.log"
@@ -464,7 +464,7 @@ def test_kept_connections_close_when_superseded_and_log_in_anew_after_their_maxi
         p.bg("status")
         assert logins() == 2
         _wait_for(lambda: connections() == 1, "the superseded connection closed")
-        _wait_for(lambda: connections() == 0, "the connection past its age closed", 30)
+        _wait_for(lambda: connections() == 0, "the connection past its age closed", 40)
         p.bg("status")
         assert logins() == 3
     finally:
