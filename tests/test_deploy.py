@@ -592,7 +592,8 @@ def test_build_version_command_and_prune(local_project: Project) -> None:
         (p.dir / "VERSION").write_text(version + "\n")
         p.bg("deploy")
         assert p.answer().version == version
-    releases = sorted(d.name for d in (p.deploy_to / "releases").iterdir())
+    releases = sorted(d.name for d in (p.deploy_to / "releases").iterdir()
+                      if not d.name.startswith("."))  # the manifests beside them
     # keep=2: the two newest, which are also the live (5.0.3) and idle (5.0.2) slots' releases.
     assert [r.split("-")[0] for r in releases] == ["5.0.2", "5.0.3"]
     assert any(e["event"] == "prune" for e in p.history())
@@ -749,6 +750,40 @@ def test_rollback_to_an_older_kept_release(project: Project) -> None:
     missing = p.bg("rollback", "--to", "0.9.0", check=1)
     assert "no kept release is '0.9.0'" in missing.stderr and "2.0.0-" in missing.stderr
     assert p.answer().version == "3.0.0"
+
+
+def test_a_kept_release_whose_files_changed_is_never_started(project: Project) -> None:
+    """A kept release dir with a file changed (same size) or deleted since it was unpacked
+    (a half-done prune, a stray `rm`) is not taken as whole: `rollback --to` it exits 1
+    naming it and the file, live untouched; a deploy of its artifact unpacks it anew."""
+    p = project
+    setup(p)
+    p.deploy("1.0.0")
+    artifact = (p.dir / "artifacts" / "sample-1.0.0.tar.gz").read_bytes()
+    p.deploy("2.0.0")
+    releases = p.deploy_to / "releases"
+    rid = next(d.name for d in releases.iterdir() if d.name.startswith("1.0.0-"))
+    before = live_slot(p)
+    (releases / rid / "VERSION").write_text("6.6.6\n")  # same size, other content
+    out = p.bg("rollback", "--to", "1.0.0", check=1)
+    assert f"release {rid} on this host is not as it was unpacked" in out.stderr, out.stderr
+    assert "./VERSION: FAILED" in out.stderr and "deploy --version 1.0.0" in out.stderr
+    assert live_slot(p) == before and (p.answer().colour, p.answer().version) == ("green", "2.0.0")
+    (releases / rid / "app.py").unlink()
+    out = p.bg("rollback", "--to", rid, check=1)
+    assert "./app.py: FAILED" in out.stderr and rid in out.stderr, out.stderr
+    assert live_slot(p) == before and (p.answer().colour, p.answer().version) == ("green", "2.0.0")
+    # With the artifact at hand, a deploy of the same release unpacks it again.
+    (p.dir / "artifacts" / "sample-1.0.0.tar.gz").write_bytes(artifact)  # the same bytes
+    out = p.bg("deploy", "--version", "1.0.0")
+    assert "not as it was unpacked" in out.stderr and "uploading" in out.stderr, out.stderr
+    assert (p.answer().colour, p.answer().version) == ("blue", "1.0.0")
+    assert (releases / rid / "VERSION").read_text() == "1.0.0\n"
+    assert (releases / rid / "app.py").is_file()
+    # Whole again: the next rollback --to it (from 3.0.0) reuses it without an upload.
+    p.deploy("3.0.0")
+    out = p.bg("rollback", "--to", "1.0.0")
+    assert "upload skipped" in out.stderr and p.answer().version == "1.0.0"
 
 
 def test_history_records_no_switch_that_moved_nothing(local_project: Project) -> None:

@@ -130,7 +130,8 @@ async def _deploy_host(a: AppHost, art: Artifact, target: Colour, live: Colour |
         state = await a.slots.state(target)
         a.slots.probe_ahead(target, supervisors.of_state(a.node, state).session(state))
         a.node.ahead(*[q for p in a.proxies if p.node is a.node for q in p.drain_reads()])
-    await upload(a.node, art)
+    live_state = await a.slots.state(live) if live is not None and target is not live else None
+    await upload(a.node, art, live_state.release if live_state is not None else None)
     slot = a.slots.slot(target, art.release_id, art.version)
     await prepare(a, slot, secrets)
     layout = a.node.layout

@@ -17,10 +17,28 @@ def upload_path(layout: Layout, rid: str) -> PurePosixPath:
     return layout.releases / f".{rid}.tar.gz.upload"
 
 
+def manifest(layout: Layout, rid: str) -> PurePosixPath:
+    """The path and sha256 of every file of the release as unpacked (``sha256sum``'s
+    format), written at unpack (a dot name: never taken for a release)."""
+    return layout.releases / f".{rid}.sha256"
+
+
+# `exists`' exit status when the release dir is there but its files are not as unpacked.
+DAMAGED = 66
+
+
 @reading
 def exists(layout: Layout, rid: str) -> Argv:
-    """Exit 0 when the release is fully unpacked on the host."""
-    return ["test", "-d", str(layout.release(rid))]
+    """Exit 0 when the release is fully unpacked on the host and every file is as it was
+    unpacked (its manifest checked); 1 when it is not there; DAMAGED, printing the files
+    missing or changed, when a file was deleted or altered since (a half-done prune or
+    `rm`, an edit). A release unpacked before manifests were written is taken as whole."""
+    # A file added since (a .pyc, what `prepare` makes) is not in the manifest: only
+    # the unpacked files are checked.
+    return sh('[ -d "$1" ] || exit 1; [ -f "$2" ] || exit 0; cd "$1" || exit 1\n'
+              'out="$(LC_ALL=C sha256sum -c --quiet "$2" 2>&1)" && exit 0\n'
+              f'printf "%s\\n" "$out" | head -n 20; exit {DAMAGED}',
+              layout.release(rid), manifest(layout, rid))
 
 
 # `verify`'s exit status when the upload's sha256 is not the artifact's.
@@ -37,7 +55,8 @@ def verify(path: PurePosixPath, sha256: str) -> Argv:
 def unpack(layout: Layout, rid: str) -> Argv:
     """Unpack into a dot-named temp dir (mode 700 until it is whole) and rename it into
     place, so a release dir is always whole; on failure (a full disk, a bad archive)
-    nothing is left behind. No setuid, setgid or world-writable mode survives."""
+    nothing is left behind. No setuid, setgid or world-writable mode survives. The path
+    and sha256 of each file go into the release's `manifest`, for `exists` to check."""
     # GNU tar run by root keeps the archive's modes (--same-permissions) and owners: a
     # setuid file would be root's. The chmod also covers a umask of 0.
     return sh(
@@ -46,9 +65,13 @@ def unpack(layout: Layout, rid: str) -> Argv:
         '  rm -rf "$tmp" "$2"; exit 1\n'
         'fi\n'
         'chmod -R u-s,g-s,go-w "$tmp" && chmod "$(umask -S)" "$tmp" && chmod go-w "$tmp" && '
-        'touch "$tmp" && mv -T "$tmp" "$1" && rm -f "$2"',
+        '(cd "$tmp" && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 -r sha256sum) '
+        '> "$3.tmp" && mv -f "$3.tmp" "$3" && '
+        'touch "$tmp" && mv -T "$tmp" "$1" && rm -f "$2" && exit 0\n'
+        'rm -rf "$tmp" "$3.tmp"; [ -d "$1" ] || rm -f "$3"; exit 1',
         layout.release(rid),
         upload_path(layout, rid),
+        manifest(layout, rid),
     )
 
 
@@ -68,9 +91,10 @@ def list_with_times(layout: Layout) -> Argv:
 
 
 def remove(layout: Layout, rids: list[str]) -> Argv:
-    """Delete releases (and their `prepare` markers)."""
+    """Delete releases (and their `prepare` markers and manifests)."""
     return ["rm", "-rf", "--", *[str(layout.release(r)) for r in rids],
-            *[str(prepared_marker(layout, r)) for r in rids]]
+            *[str(prepared_marker(layout, r)) for r in rids],
+            *[str(manifest(layout, r)) for r in rids]]
 
 
 def prepared_marker(layout: Layout, rid: str) -> PurePosixPath:

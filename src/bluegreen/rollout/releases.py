@@ -38,13 +38,18 @@ async def deploy_target(a: AppHost, art: Artifact,
     return target, None
 
 
-async def upload(node: Node, art: Artifact) -> None:
+async def upload(node: Node, art: Artifact, live_release: str | None = None) -> None:
     """Copy the artifact to the host, check its sha256 and unpack it as the release dir
-    (skipped when the release is already there)."""
+    (skipped when the release is already there, whole). A release dir whose files are not
+    as unpacked is unpacked again, or refused when there is no artifact to unpack
+    (``rollback --to``) or the live slot (``live_release``) runs from it."""
     rid, layout = art.release_id, node.layout
-    if (await node.run(releaseplan.exists(layout, rid), check=False)).ok:
+    found = await node.run(releaseplan.exists(layout, rid), check=False)
+    if found.ok:
         node.say(f"release {rid} already on the host; upload skipped")
         return
+    if found.exit_status == releaseplan.DAMAGED:
+        await _unpack_again(node, art, live_release, found.stdout.strip())
     if art.kept:
         raise ArtifactError(f"release {rid} is no longer kept on this host (pruned); nothing "
                             "was changed", host=node.name)
@@ -75,6 +80,29 @@ async def upload(node: Node, art: Artifact) -> None:
         raise CommandFailed(f"unpacking {rid} failed ({await _free_space(node)}); nothing was "
                             f"started and live traffic was not touched:\n{detail}",
                             host=node.name, detail=detail)
+
+
+async def _unpack_again(node: Node, art: Artifact, live_release: str | None,
+                        damage: str) -> None:
+    """Remove a release dir whose files were deleted or changed since it was unpacked
+    (a half-done prune, a stray `rm`, an edit), so that it is unpacked anew; a broken tree
+    is never started. Refused (exit 1, nothing changed) when there is no artifact to
+    unpack it from or the live slot runs from it."""
+    rid = art.release_id
+    what = (f"release {rid} on this host is not as it was unpacked (files deleted or "
+            f"changed since, {releaseplan.manifest(node.layout, rid)}):\n{damage}\n")
+    if art.kept:
+        raise ArtifactError(what + "It was not started and live traffic was not touched. "
+                            f"Deploy its artifact again (`bluegreen deploy --version "
+                            f"{art.version}`) to unpack it anew", host=node.name)
+    if rid == live_release:
+        raise ArtifactError(what + "The live slot runs from it, so it is left as it is and "
+                            "nothing was changed; deploy another release", host=node.name)
+    node.say(f"release {rid} is on the host but not as it was unpacked ("
+             f"{damage.splitlines()[0] if damage else 'manifest check failed'}); "
+             "unpacking it again")
+    if not node.dry:
+        await node.run(releaseplan.remove(node.layout, [rid]))
 
 
 async def prepare(a: AppHost, slot: Slot, secrets: dict[str, str]) -> None:
