@@ -337,7 +337,10 @@ class LiveSlot:
     env: str  # slots/<colour>/env
     release: str  # sha256 over the live release dir's paths and contents
     link: str  # the nginx link's target (haproxy: the map file's text)
-    proxy_workers: tuple[int, ...]  # nginx's worker pids: a reload replaces them
+    proxy_workers: tuple[int, ...]  # nginx's worker pids (haproxy: its pids): a reload replaces them
+    # haproxy: what its runtime API says serves (the live backend's servers, state and
+    # weights; the map's entries in memory, which `set map` changes without the file)
+    proxy_state: str = ""
 
 
 def live_slot(p: Project) -> LiveSlot:
@@ -348,8 +351,8 @@ def live_slot(p: Project) -> LiveSlot:
         link = os.readlink(p.nginx.sites_enabled / "testapp")
         colour = link.rsplit("-", 1)[1]
     else:
-        link = (p.nginx.prefix / "conf.d" / "testapp.map").read_text()
-        colour = link.split()[1]
+        link = (p.nginx.conf_d / "testapp.map").read_text()
+        colour = next(line.split()[1] for line in link.splitlines() if line.startswith("live "))
     slot = p.deploy_to / "slots" / colour
     state = (slot / "state.json").read_text()
     release = Path(json.loads(state)["cwd"])
@@ -364,11 +367,29 @@ def live_slot(p: Project) -> LiveSlot:
     import re
 
     pids = sorted({int(x) for x in re.findall(r"pid=(\d+)", out)})
-    master = p.nginx.pid()
-    workers = subprocess.run(["pgrep", "-P", str(master)], capture_output=True,
-                             text=True).stdout.split() if master else []
+    proxy_state = ""
+    if isinstance(p.nginx, PrivateNginx):
+        master = p.nginx.pid()
+        workers = subprocess.run(["pgrep", "-P", str(master)], capture_output=True,
+                                 text=True).stdout.split() if master else []
+    else:
+        workers = [str(pid) for pid in p.nginx.pids()]
+        proxy_state = haproxy_state(p.nginx, colour)
     return LiveSlot(colour, pids[0] if pids else None, state, (slot / "env").read_text(),
-                    digest.hexdigest(), link, tuple(sorted(int(w) for w in workers)))
+                    digest.hexdigest(), link, tuple(sorted(int(w) for w in workers)), proxy_state)
+
+
+def haproxy_state(server: PrivateHAProxy, colour: str) -> str:
+    """The live backend's rows of `show servers state` (address, port, operational and
+    admin state, weights, checks; without the seconds since the last change) and the
+    entries of the map in HAProxy's memory (without their addresses)."""
+    backend = f"bluegreen_testapp_{colour}"
+    rows = [line.split() for line in server.api("show servers state").splitlines()]
+    servers = [" ".join(r[:9] + r[10:]) for r in rows if len(r) > 10 and r[1] == backend]
+    assert servers, f"no server of {backend} in `show servers state`"
+    entries = [line.split(None, 1)[1] for line in server.api(
+        f"show map {server.conf_d / 'testapp.map'}").splitlines() if line.strip()]
+    return "\n".join(servers + entries)
 
 
 def app_pids(p: Project) -> set[int]:

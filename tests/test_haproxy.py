@@ -14,7 +14,7 @@ from contextlib import ExitStack
 from websockets.exceptions import ConnectionClosed
 
 from bluegreen.demo.haproxy import PrivateHAProxy
-from conftest import SERVER_NAME, Project, get
+from conftest import SERVER_NAME, Project, get, live_slot
 from test_websockets import ask, ws
 
 
@@ -64,6 +64,60 @@ def test_setup_deploy_promote_rollback_without_reload(hx_project: Project) -> No
     assert hx(p).pids() == pids
     history = p.history()
     assert [e["event"] for e in history[:4]] == ["promote", "deploy", "promote", "rollback"]
+
+
+def test_a_failed_or_staged_deploy_leaves_haproxys_live_side_as_it_was(
+        hx_project: Project) -> None:
+    """Invariants 1 and 2 on HAProxy: a deploy whose release exits at start, and a
+    `deploy --no-promote`, leave the live slot (process, state, env, files) and HAProxy
+    (map file, map in memory, processes, the live backend's servers) exactly as they were."""
+    p = hx_project
+    p.bg("setup")
+    p.deploy("1.0.0")
+    p.deploy("2.0.0")
+    before = live_slot(p)
+    assert before.colour == "green" and before.proxy_workers and before.proxy_state
+    out = p.deploy("3.0.0", mode="exit", check=5)
+    assert "the process exited" in out.stderr and "exiting at start on purpose" in out.stderr
+    assert live_slot(p) == before
+    assert (p.answer().colour, p.answer().version) == ("green", "2.0.0")
+    p.deploy("4.0.0", "--no-promote")
+    assert live_slot(p) == before
+    assert (p.answer().colour, p.answer().version) == ("green", "2.0.0")
+    assert p.status()["slots"]["blue"]["version"] == "4.0.0"
+
+
+def test_the_live_slot_snapshot_sees_a_change_of_haproxys_live_side(
+        local_project_hx: Project) -> None:
+    """`live_slot` on HAProxy is not vacuous: the live server put in maintenance or
+    reweighted, the map changed in memory only, or a reload, each makes it differ."""
+    p = local_project_hx
+    p.bg("setup")
+    p.deploy("1.0.0")
+    p.deploy("2.0.0")
+    before = live_slot(p)
+    time.sleep(1.1)  # the seconds since a server's last change are not part of it
+    assert live_slot(p) == before
+    server = "bluegreen_testapp_green/web1"
+    assert hx(p).api(f"set server {server} state maint").strip() == ""
+    assert live_slot(p) != before
+    hx(p).api(f"set server {server} state ready")  # back, with its check counters reset
+    before = live_slot(p)
+    hx(p).api(f"set weight {server} 50")
+    assert live_slot(p) != before
+    hx(p).api(f"set weight {server} 1")
+    assert live_slot(p) == before
+    map_file = hx(p).conf_d / "testapp.map"
+    hx(p).api(f"set map {map_file} live blue")  # the file still says green
+    changed = live_slot(p)
+    assert changed.link == before.link and changed != before
+    hx(p).api(f"set map {map_file} live green")
+    assert live_slot(p) == before
+    subprocess.run(hx(p).reload_command, shell=True, check=True, timeout=30)
+    deadline = time.monotonic() + 10
+    while hx(p).pids() == list(before.proxy_workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert live_slot(p) != before
 
 
 def test_keep_alive_connection_moves_to_the_new_colour_without_being_closed(

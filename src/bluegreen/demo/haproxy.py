@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -103,6 +104,17 @@ class PrivateHAProxy:
         out = subprocess.run(["pgrep", "-f", "--", f"-f {self.main} "], capture_output=True,
                              text=True).stdout
         return [int(p) for p in out.split() if alive(int(p))]
+
+    def api(self, command: str, timeout: float = 5) -> str:
+        """One command on the runtime API (its socket), and HAProxy's answer."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect(str(self.socket))
+            sock.sendall(command.encode() + b"\n")
+            answer = b""
+            while chunk := sock.recv(65536):  # HAProxy closes the connection once it answered
+                answer += chunk
+        return answer.decode()
 
     def stop(self) -> None:
         for pid in self.pids():
