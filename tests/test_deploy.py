@@ -786,6 +786,30 @@ def test_a_kept_release_whose_files_changed_is_never_started(project: Project) -
     assert "upload skipped" in out.stderr and p.answer().version == "1.0.0"
 
 
+def test_a_changed_release_the_live_slot_runs_from_is_not_unpacked_again(
+        local_project: Project) -> None:
+    """The release dir the live slot runs from is never removed by a deploy, also when its
+    files changed since the unpack and the deploy brings its artifact (the live process is
+    down, so the deploy goes to the idle colour): exit 1, nothing changed."""
+    p = local_project
+    setup(p)
+    p.deploy("1.0.0")  # blue, live
+    artifact = (p.dir / "artifacts" / "sample-1.0.0.tar.gz").read_bytes()
+    p.deploy("2.0.0", "--no-promote")  # green, idle
+    [rid] = [d.name for d in (p.deploy_to / "releases").iterdir() if d.name.startswith("1.0.0-")]
+    tree = p.deploy_to / "releases" / rid
+    (tree / "VERSION").write_text("6.6.6\n")
+    os.killpg(int((p.deploy_to / "slots" / "blue" / "pid").read_text()), signal.SIGKILL)
+    time.sleep(0.2)
+    before = live_slot(p)
+    (p.dir / "artifacts" / "sample-1.0.0.tar.gz").write_bytes(artifact)
+    out = p.bg("deploy", "--version", "1.0.0", check=1)
+    assert f"release {rid} on this host is not as it was unpacked" in out.stderr, out.stderr
+    assert "The live slot runs from it" in out.stderr
+    assert live_slot(p) == before and (tree / "VERSION").read_text() == "6.6.6\n"
+    assert p.link_target().endswith("testapp-blue")
+
+
 def test_history_records_no_switch_that_moved_nothing(local_project: Project) -> None:
     """A switch that moves nothing (the first deploy starts on the live colour; `promote`
     of the live colour) records no `promote`: history holds what changed."""
