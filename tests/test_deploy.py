@@ -810,6 +810,23 @@ def test_a_changed_release_the_live_slot_runs_from_is_not_unpacked_again(
     assert p.link_target().endswith("testapp-blue")
 
 
+def test_a_release_changed_by_its_prepare_is_reused_as_prepared(local_project: Project) -> None:
+    """What `release.prepare` changes in the release dir is part of it: the manifest is
+    written again after it, so `rollback --to` that release reuses it (no refusal)."""
+    p = local_project
+    p.write_config(release={"version": "1.0.0", "artifact": "artifacts/sample-{version}.tar.gz",
+                            "prepare": "echo '# prepared' >> app.py"})
+    setup(p)
+    p.deploy("1.0.0")
+    p.deploy("2.0.0")
+    p.deploy("3.0.0")
+    out = p.bg("rollback", "--to", "1.0.0")
+    assert "upload skipped" in out.stderr and "prepare skipped" in out.stderr, out.stderr
+    assert p.answer().version == "1.0.0"
+    rid = p.status()["slots"]["green"]["release"]
+    assert (p.deploy_to / "releases" / rid / "app.py").read_text().endswith("# prepared\n")
+
+
 def test_history_records_no_switch_that_moved_nothing(local_project: Project) -> None:
     """A switch that moves nothing (the first deploy starts on the live colour; `promote`
     of the live colour) records no `promote`: history holds what changed."""

@@ -18,8 +18,8 @@ def upload_path(layout: Layout, rid: str) -> PurePosixPath:
 
 
 def manifest(layout: Layout, rid: str) -> PurePosixPath:
-    """The path and sha256 of every file of the release as unpacked (``sha256sum``'s
-    format), written at unpack (a dot name: never taken for a release)."""
+    """The path and sha256 of every file of the release (``sha256sum``'s format), written
+    at unpack and again after ``release.prepare`` (a dot name: never taken for a release)."""
     return layout.releases / f".{rid}.sha256"
 
 
@@ -33,8 +33,8 @@ def exists(layout: Layout, rid: str) -> Argv:
     unpacked (its manifest checked); 1 when it is not there; DAMAGED, printing the files
     missing or changed, when a file was deleted or altered since (a half-done prune or
     `rm`, an edit). A release unpacked before manifests were written is taken as whole."""
-    # A file added since (a .pyc, what `prepare` makes) is not in the manifest: only
-    # the unpacked files are checked.
+    # A file added since (a .pyc the app wrote) is not in the manifest: only the files
+    # unpacked and those `prepare` left are checked.
     return sh('[ -d "$1" ] || exit 1; [ -f "$2" ] || exit 0; cd "$1" || exit 1\n'
               'out="$(LC_ALL=C sha256sum -c --quiet "$2" 2>&1)" && exit 0\n'
               f'printf "%s\\n" "$out" | head -n 20; exit {DAMAGED}',
@@ -52,6 +52,10 @@ def verify(path: PurePosixPath, sha256: str) -> Argv:
               f'echo "$sha"; rm -f -- "$1"; exit {CORRUPT}', path, sha256)
 
 
+# The path and sha256 of every file under the current dir, in `sha256sum -c`'s format.
+_HASH_TREE = "find . -type f -print0 | LC_ALL=C sort -z | xargs -0 -r sha256sum"
+
+
 def unpack(layout: Layout, rid: str) -> Argv:
     """Unpack into a dot-named temp dir (mode 700 until it is whole) and rename it into
     place, so a release dir is always whole; on failure (a full disk, a bad archive)
@@ -65,8 +69,7 @@ def unpack(layout: Layout, rid: str) -> Argv:
         '  rm -rf "$tmp" "$2"; exit 1\n'
         'fi\n'
         'chmod -R u-s,g-s,go-w "$tmp" && chmod "$(umask -S)" "$tmp" && chmod go-w "$tmp" && '
-        '(cd "$tmp" && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 -r sha256sum) '
-        '> "$3.tmp" && mv -f "$3.tmp" "$3" && '
+        f'(cd "$tmp" && {_HASH_TREE}) > "$3.tmp" && mv -f "$3.tmp" "$3" && '
         'touch "$tmp" && mv -T "$tmp" "$1" && rm -f "$2" && exit 0\n'
         'rm -rf "$tmp" "$3.tmp"; [ -d "$1" ] || rm -f "$3"; exit 1',
         layout.release(rid),
@@ -105,10 +108,13 @@ def prepared_marker(layout: Layout, rid: str) -> PurePosixPath:
 
 def prepare(layout: Layout, rid: str, env_file: PurePosixPath, command: str) -> Argv:
     """Run ``release.prepare`` in the release dir with the slot's env (read from
-    ``env_file``, removed afterwards: it holds secrets); on success mark it prepared."""
+    ``env_file``, removed afterwards: it holds secrets); on success write the manifest
+    anew (what prepare made or changed is part of the release from then on) and mark it
+    prepared."""
     return sh('cd "$1" || exit 1; . "$2"; rm -f "$2"; sh -c "$3" 2>&1 < /dev/null '
-              '&& touch "$4"', layout.release(rid), env_file, command,
-              prepared_marker(layout, rid))
+              f'&& {_HASH_TREE} > "$5.tmp" && mv -f "$5.tmp" "$5" && touch "$4"',
+              layout.release(rid), env_file, command, prepared_marker(layout, rid),
+              manifest(layout, rid))
 
 
 def to_prune(releases_oldest_first: list[str], keep: int, protected: set[str]) -> list[str]:
