@@ -162,10 +162,11 @@ def test_runtime_api_unreachable_switches_nothing(local_project_hx: Project) -> 
     p.deploy("2.0.0", "--no-promote")
     p.extra_proxy = {"socket": str(hx(p).prefix / "no-such.sock")}
     p.write_config()
+    before = live_slot(p)
     out = p.bg("promote", check=1)
     assert "cannot reach HAProxy's runtime API" in out.stderr
     assert "nothing was switched" in out.stderr
-    assert map_colour(p) == "blue"
+    assert map_colour(p) == "blue" and live_slot(p) == before
     assert p.answer().colour == "blue"
 
 
