@@ -29,6 +29,11 @@ def test_demo_runs_the_cycle_under_load_and_cleans_up(kind: str) -> None:
     assert "2.0.0 (green)" in promote
     rollback = next(v for k, v in rows.items() if k.startswith("rollback"))
     assert "1.0.0 (blue)" in rollback
+    # The `live` column: the colour live after each step (it said blue on every row).
+    live = {k: v.split("│")[3].strip() for k, v in rows.items()}
+    assert [v for k, v in live.items() if k.startswith(("deploy 2.0.0", "promote green",
+                                                         "rollback"))] == \
+        ["blue", "green", "blue"], out
     total = re.search(r"total: (\d+) requests, (\d+) failed", out)
     assert total and int(total.group(1)) > 100
     assert int(total.group(2)) == 0, out

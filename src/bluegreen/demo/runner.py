@@ -87,7 +87,7 @@ async def run_demo(out: Reporter, *, keep: bool = False, duration: float = 2.0,
         await action()
         await asyncio.sleep(duration)  # traffic after the step, on the colour it left live
         seconds = time.monotonic() - started
-        live = await proxy.live_colour()
+        live = await _live_now(cfg, out)
         answer = await _answer(nginx.port)
         steps.append(Step(name, seconds, live.value if live else "-", answer,
                           load.counts.since(before)))
@@ -129,6 +129,17 @@ async def run_demo(out: Reporter, *, keep: bool = False, duration: float = 2.0,
                     out.warn(None, f"could not stop {colour}: {exc}")
             nginx.stop()
             shutil.rmtree(base, ignore_errors=True)
+
+
+async def _live_now(cfg: Config, out: Reporter) -> Colour | None:
+    """The live colour as the link (map file) names it now: read through a node of its
+    own, since a node keeps what it read first and the workflow moves the link through
+    another one (the table said blue on the "promote green" row)."""
+    node = Node(cfg, cfg.hosts[0], LocalHost("this-machine"), out)
+    try:
+        return await for_node(node, [(node.name, node.bind)]).live_colour()
+    finally:
+        await node.host.close()
 
 
 async def _answer(port: int) -> str:
