@@ -231,3 +231,25 @@ def test_each_step_first_proves_the_new_colour_still_healthy(canary_project: Pro
     # `remove` takes every site file it wrote, the canary's included (it was left behind).
     p.bg("remove", "--yes")
     assert not list(p.nginx.sites_available.glob("testapp*"))  # type: ignore[union-attr]
+
+
+def test_a_canary_without_traffic_says_so_once_and_how_to_go_on(
+        canary_project: Project) -> None:
+    """No request at all during the step: exit 5 with every request back on the old colour,
+    and an error that says once that nothing reached the proxy and how to go on (it read
+    "not enough traffic to judge ... (0 of min_requests 40 on green): 0 of the 40 requests
+    a verdict needs: ..."); its advice, a promote with a watch, then works."""
+    p = canary_project
+    out = p.deploy("2.0.0", "--canary", "10,100", "--step", "1s", "--json", check=5,
+                   mode="delay=0.01")
+    result = json.loads(out.stdout)
+    assert (result["ok"], result["exit_code"]) == (False, 5)
+    error = result["error"]
+    assert "no requests reached the proxy during the step" in error, error
+    assert error.count("min_requests") == 1 and error.count("requests") == 2, error
+    assert "`bluegreen promote green --watch 60s`" in error
+    st = p.status()
+    assert st["traffic"] == {"blue": 100, "green": 0} and st["canary"] is None
+    assert p.answer().colour == "blue" and st["slots"]["green"]["running"]
+    p.bg("promote", "green", "--watch", "1s")
+    assert (p.answer().colour, p.answer().version) == ("green", "2.0.0")

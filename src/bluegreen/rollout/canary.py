@@ -127,7 +127,7 @@ async def judge_window(meters: list[Meter], plan: Plan, old: Colour, new: Colour
                        ) -> tuple[Verdict, dict[Colour, Sample]]:
     """Read the meters every POLL seconds for ``length`` seconds and judge: a bad verdict
     ends it at once; without ``min_requests`` by then, it waits up to MAX_WAIT times
-    ``length`` (``need_requests``: then that is a bad verdict too, not enough traffic)."""
+    ``length`` (``need_requests``: then the verdict is None, not enough traffic to say)."""
     started = time.monotonic()
     said = started
     while True:
@@ -142,13 +142,33 @@ async def judge_window(meters: list[Meter], plan: Plan, old: Colour, new: Colour
         if elapsed >= length * MAX_WAIT or (elapsed >= length and not need_requests):
             if not need_requests:
                 return Verdict(True, f"only {seen[new].requests} requests: {verdict.reason}"), seen
-            return Verdict(False, f"not enough traffic to judge in {elapsed:.0f}s "
-                           f"({seen[new].requests} of min_requests {plan.min_requests} on "
-                           f"{new}): {verdict.reason}"), seen
+            return Verdict(None, too_little_traffic(seen, plan, old, new, elapsed)), seen
         if time.monotonic() - said >= max(5.0, length / 4):
             said = time.monotonic()
             out.step(None, f"{label}: {elapsed:.0f}/{length:g}s; {new} "
                      f"{seen[new].describe()}; {old} {seen[old].describe()}")
+
+
+def too_little_traffic(seen: dict[Colour, Sample], plan: Plan, old: Colour, new: Colour,
+                       elapsed: float) -> str:
+    """Why a step could not be judged, said once."""
+    got = seen[new].requests
+    if not got and not seen[old].requests:
+        return (f"no requests reached the proxy during the step ({elapsed:.0f}s), so there "
+                f"was nothing to judge {new} on")
+    return (f"only {got} of the {plan.min_requests} requests a verdict needs "
+            f"(canary.min_requests) reached {new} in {elapsed:.0f}s ({old} got "
+            f"{seen[old].requests})")
+
+
+def _abort_advice(verdict: Verdict, new: Colour) -> str:
+    """What to do next: inspect a bad release; send traffic (or judge after the switch)
+    when there was too little to judge."""
+    if verdict.good is None:
+        return (f"{new} is left running: send traffic to the site while the canary runs, "
+                "lower canary.min_requests, or switch now and judge after the switch "
+                f"(`bluegreen promote {new} --watch 60s`)")
+    return (f"{new} is left running for inspection (`bluegreen logs --color {new}`)")
 
 
 async def run_steps(topo: Topology, targets: dict[str, Colour], plan: Plan, out: Reporter,
@@ -189,8 +209,7 @@ async def run_steps(topo: Topology, targets: dict[str, Colour], plan: Plan, out:
                 back = await back_to(proxies, stable, out)
                 raise CanaryFailed(
                     f"canary aborted at {percent}% (step {index} of {count}): {verdict.reason}."
-                    f" {_sentence(went_back(back, stable))}; {new} is left running for "
-                    f"inspection (`bluegreen logs --color {new}`)")
+                    f" {_sentence(went_back(back, stable))}; {_abort_advice(verdict, new)}")
             out.step(None, f"{label}: good ({verdict.reason})")
             baseline = seen[stable].p99 or baseline
     except (asyncio.CancelledError, KeyboardInterrupt):
