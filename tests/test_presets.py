@@ -6,6 +6,7 @@ from it offline. Only the server-specific keys (slots, proxy, host) are replaced
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import subprocess
 import time
@@ -222,3 +223,39 @@ def test_generic_preset_builds_out_of_the_box(local_project: Project) -> None:
     run_cli(p.dir, p.home, ["setup"])
     run_cli(p.dir, p.home, ["deploy"])
     assert get(p.nginx.port).body.startswith("hello from 0.1.0")
+
+
+def test_a_git_archive_build_names_the_uncommitted_changes_it_leaves_out(
+        local_project: Project) -> None:
+    """A `release.build` with `git archive HEAD` (as the python, django and fastapi
+    presets) ships committed files only: `deploy` warns, naming the changed and untracked
+    files (it said nothing, and the release lacked them), but not the build's own output
+    (an untracked dist/); committed, no warning."""
+    p = local_project
+    (p.dir / "app.py").write_text((ROOT / "src" / "bluegreen" / "demo" / "app.py").read_text())
+    p.write_config(release={
+        "artifact": "dist/testapp-{version}.tar.gz",
+        "build": "mkdir -p dist && git archive --format=tar HEAD | gzip -n > "
+                 "dist/testapp-{version}.tar.gz"})
+    commit(p, "1.0.0")
+    (p.dir / "app.py").write_text((p.dir / "app.py").read_text() + "\n# changed\n")
+    (p.dir / "notes.txt").write_text("not added\n")
+
+    def deploy(version: str) -> list[str]:
+        out = run_cli(p.dir, p.home, ["deploy", "--version", version, "--json"])
+        assert json.loads(out.stdout)["ok"] is True
+        events = [json.loads(line) for line in out.stderr.splitlines()]
+        return [e["message"] for e in events if e["level"] == "warn"]
+
+    run_cli(p.dir, p.home, ["setup"])
+    [warning] = deploy("1.0.0")
+    assert "git archive" in warning and "2 uncommitted" in warning
+    assert "app.py" in warning and "notes.txt" in warning and "dist" not in warning
+    listing = subprocess.run(["tar", "-tzf", str(p.dir / "dist" / "testapp-1.0.0.tar.gz")],
+                             capture_output=True, text=True, check=True).stdout.split()
+    assert "app.py" in listing and "notes.txt" not in listing  # what the warning said
+    assert get(p.nginx.port).status == 200
+    git(p, "add", "app.py", "notes.txt")
+    git(p, "commit", "-q", "-m", "all of it")
+    assert deploy("2.0.0") == []
+    assert (get(p.nginx.port).status, get(p.nginx.port).colour) == (200, "green")

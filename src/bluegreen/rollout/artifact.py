@@ -14,6 +14,7 @@ from typing import Callable
 from bluegreen.config import Config, check_version, render
 from bluegreen.errors import ArtifactError, BlueGreenError, ConfigError
 from bluegreen.plan.release import release_id
+from bluegreen.rollout import source
 
 
 @dataclass(frozen=True)
@@ -183,6 +184,10 @@ def prepare(cfg: Config, *, version: str | None, artifact: str | None,
     ``echo`` and ``output``: see `build`; ``warn`` gets what the check lets through."""
     ver = resolve_version(cfg, version)
     if artifact is None and not skip_build:
+        made = artifact_path(cfg, ver, None) if cfg.release.artifact else None
+        ignored = source.left_out(cfg.release.build, cfg.base_dir, made)
+        if ignored and warn:
+            warn(ignored)
         build(cfg, ver, echo, output)
     path = artifact_path(cfg, ver, artifact)
     if not path.is_file():
