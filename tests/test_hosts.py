@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 
 from bluegreen.demo.nginx import PrivateNginx
-from conftest import Project, free_port, run_cli, squatter
+from conftest import Project, free_port, run_cli, sample_artifact, squatter
 
 
 def test_wrong_host_key_is_refused(ssh_project: Project, tmp_path: Path) -> None:
@@ -56,8 +56,9 @@ def test_unreachable_host_exit_3(ssh_project: Project) -> None:
 
 
 def test_check_reports_what_setup_would_do(project: Project) -> None:
-    # The local side first: no artifact and no release.build to make it.
-    out = project.bg("check", check=1)
+    # The local side first: no artifact and no release.build to make it: a note (deploy
+    # will need --artifact), not a failure.
+    out = project.bg("check")
     assert "does not exist and there is no release.build" in out.stdout
     project.artifact("1.0.0")
     out = project.bg("check")
@@ -94,6 +95,59 @@ def test_check_reports_what_setup_would_do(project: Project) -> None:
     project.write_config(release={"version": "1.0.0", "build": "no-such-builder --all"})
     out = project.bg("check", check=1)
     assert "`no-such-builder` not found" in out.stdout
+
+
+def check_rows(project: Project, code: int) -> dict[str, tuple[bool | None, str]]:
+    """`check --json`'s rows, this machine's and the host's, by item (exit ``code``)."""
+    data = json.loads(project.bg("check", "--json", check=code).stdout)
+    assert data["ok"] is (code == 0)
+    rows = [*data["local"], *(row for host in data["hosts"] for row in host["items"])]
+    return {row["item"]: (row["ok"], row["detail"]) for row in rows}
+
+
+def test_check_fails_what_deploy_would_trip_on_and_not_a_ci_artifact(
+        project: Project, tmp_path: Path) -> None:
+    """A project whose artifact comes from `deploy --artifact` (no release.build, nothing
+    at release.artifact yet) passes `check`, with a note naming --artifact (it FAILed, so
+    a CI could never get a green check), and deploys. `check` FAILs, each with its fix,
+    what `setup` or `deploy` would trip on and it said ready to: a missing
+    run.env_file, nginx not running on the host, a `git archive` build outside a git
+    repository or without a commit."""
+    rows = check_rows(project, 0)
+    ok, detail = rows["release.artifact"]
+    assert ok is None and "--artifact" in detail
+    ci_built = sample_artifact(tmp_path / "ci", "1.0.0")
+    project.bg("setup")
+    project.bg("deploy", "--artifact", str(ci_built))
+    assert (project.answer().status, project.answer().colour) == (200, "blue")
+
+    project.extra_run = {"env_file": ".env.production"}
+    project.write_config()
+    ok, detail = check_rows(project, 1)["run.env_file .env.production"]
+    assert ok is False and "does not exist" in detail and "create it" in detail
+    (project.dir / ".env.production").write_text("A=1\nB=2\n")
+    assert check_rows(project, 0)["run.env_file .env.production"] == (True, "2 variable(s)")
+
+    project.write_config(release={
+        "version": "1.0.0", "artifact": "dist/app-{version}.tar.gz",
+        "build": "mkdir -p dist && git archive --format=tar HEAD | gzip -n > "
+                 "dist/app-{version}.tar.gz"})
+    ok, detail = check_rows(project, 1)["release.build sources"]
+    assert ok is False and "not in a git repository" in detail
+    git = ["git", "-c", "user.email=t@example.com", "-c", "user.name=t"]
+    subprocess.run([*git, "init", "-q"], cwd=project.dir, check=True)
+    ok, detail = check_rows(project, 1)["release.build sources"]
+    assert ok is False and "no commit yet" in detail
+    subprocess.run([*git, "add", "bluegreen.toml"], cwd=project.dir, check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "x"], cwd=project.dir, check=True)
+    ok, detail = check_rows(project, 0)["release.build sources"]
+    assert ok is None and "uncommitted change(s)" in detail  # .env.production, artifacts/
+
+    assert check_rows(project, 0)["nginx running"][0] is True
+    project.nginx.stop()
+    ok, detail = check_rows(project, 1)["nginx running"]
+    assert ok is False and "not running" in detail and "start it" in detail
+    assert project.bg("setup", check=False).returncode != 0  # what check now names
 
 
 def test_secrets_never_printed_and_metacharacters_stay_text(project: Project) -> None:

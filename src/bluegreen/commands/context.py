@@ -11,7 +11,8 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Callable
 
-from bluegreen.config import ENV_KEY_RE, Colour, Config, HostConfig
+from bluegreen.commands.preflight import load_env_file
+from bluegreen.config import Colour, Config, HostConfig
 from bluegreen.config.models import Secret
 from bluegreen.errors import BlueGreenError, ConfigError
 from bluegreen.hosts import relay
@@ -52,18 +53,7 @@ def make_context(cfg: Config, out: Reporter, host_names: tuple[str, ...] = ()) -
 def load_secrets(cfg: Config) -> dict[str, str]:
     """The env_file's variables (parsed locally, never by a shell), then `[run.secrets]`
     (from this process's environment, or a local command's output). Never written here."""
-    values: dict[str, str] = {}
-    if cfg.run.env_file:
-        from dotenv import dotenv_values  # ~15 ms to import: only with an env_file
-
-        path = cfg.local_path(cfg.run.env_file)
-        if not path.is_file():
-            raise ConfigError(f"run.env_file: {path} does not exist")
-        parsed = dotenv_values(path, interpolate=False)
-        bad = [k for k in parsed if not ENV_KEY_RE.match(k)]
-        if bad:
-            raise ConfigError(f"run.env_file: {bad[0]!r} is not a valid variable name")
-        values = {k: v or "" for k, v in parsed.items()}
+    values = load_env_file(cfg)
     for name, secret in cfg.run.secrets.items():
         values[name] = _resolve_secret(cfg, name, secret)
     return values

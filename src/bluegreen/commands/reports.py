@@ -5,13 +5,12 @@ not raised."""
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
 from typing import Any
 
 from bluegreen import supervisors
 
 from bluegreen.rollout import records
-from bluegreen.config import Colour, Config, HostConfig, render
+from bluegreen.config import Colour, Config, HostConfig
 from bluegreen.errors import SplitBrain
 from bluegreen.hosts.fleet import Node, open_fleet
 from bluegreen.hosts.relay import Relay
@@ -23,45 +22,9 @@ from bluegreen.supervisors.base import probe_query
 from bluegreen.rollout.switch import split_brain
 from bluegreen.traffic import whole
 from bluegreen.rollout.topology import AppHost, build
+from bluegreen.commands.preflight import LOCAL, CheckItem, check_local
 
-
-# The host column of `check`'s rows about this machine (the build, the artifact); not a
-# possible host label (`address = "local"` is labelled "local").
-LOCAL = "(this machine)"
-
-
-@dataclass
-class CheckItem:
-    host: str
-    item: str
-    ok: bool | None  # None: a note (advice), which does not fail the check
-    detail: str
-
-
-def check_local(cfg: Config) -> list[CheckItem]:
-    """What a deploy needs on this machine: a build command that exists, or the artifact."""
-    import shlex
-    import shutil
-
-    rel = cfg.release
-    if rel.build:
-        words = shlex.split(render(rel.build, app=cfg.app, version="0"))
-        # The command a shell would run first (after VAR=value assignments).
-        command = next((w for w in words if "=" not in w.split("/")[0]), "")
-        found = bool(command) and (shutil.which(command) is not None or
-                                   cfg.local_path(command).exists())
-        return [CheckItem(LOCAL, "release.build", found, f"`{command}` found" if found else
-                          f"`{command}` not found on this machine (release.build)")]
-    if not rel.artifact:
-        return [CheckItem(LOCAL, "release.artifact", None,
-                          "no release.build nor release.artifact: deploy needs --artifact")]
-    if rel.version is None:
-        return [CheckItem(LOCAL, "release.artifact", None,
-                          "the artifact's name depends on the version: checked at deploy")]
-    path = cfg.local_path(render(rel.artifact, app=cfg.app, version=rel.version))
-    return [CheckItem(LOCAL, "release.artifact", path.is_file(),
-                      f"{path} exists" if path.is_file() else
-                      f"{path} does not exist and there is no release.build to make it")]
+__all__ = ["LOCAL", "CheckItem", "check", "check_local", "status"]
 
 
 async def check(cfg: Config, hosts: list[HostConfig], out: Reporter) -> list[CheckItem]:

@@ -16,7 +16,7 @@ from bluegreen import supervisors
 
 from bluegreen.rollout import canary, records
 from bluegreen.rollout.artifact import Artifact
-from bluegreen.config import ENV_KEY_RE, Colour, Config, HostConfig
+from bluegreen.config import Colour, Config, HostConfig
 from bluegreen.errors import BlueGreenError, ConfigError, ProxyError
 from bluegreen.hosts import relay
 from bluegreen.hosts.fleet import each, open_fleet

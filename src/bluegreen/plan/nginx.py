@@ -323,25 +323,52 @@ KEEPALIVE_MIN_TIMEOUT_SINCE = (1, 27, 4)
 Finding = tuple[str, bool | None, str]
 
 
+# The line of `inspect`'s output that says whether nginx's master runs.
+MASTER = "bluegreen-nginx-master"
+
+
 @reading
 def inspect(cfg: Config) -> Argv:
     """Print nginx's version, then the lines of its full config (``test`` with ``-T``)
-    that set the directives `advice` looks at (as the SSH user: without root, only the
+    that set the directives `advice` looks at, then whether the master named by its pid
+    file runs (`MASTER` running|stopped PIDFILE) (as the SSH user: without root, only the
     version may show)."""
     test = render(cfg.proxy.test, app=cfg.app)
     binary = next((w for w in shlex.split(test) if w.rsplit("/", 1)[-1] == "nginx"), "nginx")
-    return sh('"$1" -v 2>&1; sh -c "$2 -T" 2>/dev/null | grep -E '
-              '"^[[:space:]]*(worker_shutdown_timeout|keepalive_min_timeout)[[:space:]]"',
-              binary, test)
+    return sh(
+        '"$1" -v 2>&1; dump=$(sh -c "$2 -T" 2>/dev/null)\n'
+        'printf "%s\\n" "$dump" | grep -E '
+        '"^[[:space:]]*(worker_shutdown_timeout|keepalive_min_timeout)[[:space:]]"\n'
+        # Without the dump (no root), whether nginx runs is not known: say nothing.
+        '[ -n "$dump" ] || exit 0\n'
+        'f=$(printf "%s\\n" "$dump" | sed -n "s/^[[:space:]]*pid[[:space:]][[:space:]]*'
+        '\\([^;]*\\);.*/\\1/p" | head -n 1)\n'
+        '[ -n "$f" ] || f=$("$1" -V 2>&1 | sed -n "s/.*--pid-path=\\([^ ]*\\).*/\\1/p")\n'
+        'case "$f" in /*) ;; *) exit 0 ;; esac\n'
+        'if [ -e "$f" ] && [ ! -r "$f" ]; then exit 0; fi\n'
+        'pid=$(cat "$f" 2>/dev/null)\n'
+        'if [ -n "$pid" ] && [ -d "/proc/$pid" ]; then echo "$3 running $f"; '
+        'else echo "$3 stopped $f"; fi\n',
+        binary, test, MASTER)
 
 
 def advice(output: str) -> list[Finding]:
     """What the nginx version and config printed by `inspect` mean for zero downtime:
-    rows for `bluegreen check`: ok (True) or a note (None), never a failure."""
+    rows for `bluegreen check`: ok (True) or a note (None); a failure only when nginx does
+    not run (its reload, in `setup` and every switch, would fail)."""
     match = re.search(r"nginx/(\d+)\.(\d+)\.(\d+)", output)
     directives = {line.split()[0]: line.split()[1].rstrip(";") for line in output.splitlines()
                   if len(line.split()) >= 2 and not line.startswith("nginx")}
     rows: list[Finding] = []
+    master = directives.pop(MASTER, None)
+    if master == "stopped":
+        pid_file = next(line.split(maxsplit=2)[2] for line in output.splitlines()
+                        if line.startswith(MASTER))
+        rows.append(("nginx running", False,
+                     f"nginx is not running on this host (no process of its pid file "
+                     f"{pid_file}): start it (e.g. `systemctl start nginx`); setup reloads it"))
+    elif master == "running":
+        rows.append(("nginx running", True, "its master process runs"))
     if match:
         version = tuple(int(x) for x in match.groups())
         text = ".".join(match.groups())
