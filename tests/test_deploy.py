@@ -11,7 +11,11 @@ import threading
 import time
 from pathlib import Path
 
-from conftest import BLUEGREEN, SERVER_NAME, Project, get, live_slot, squatter
+import pytest
+
+from bluegreen.demo.haproxy import PrivateHAProxy
+from bluegreen.demo.nginx import PrivateNginx, free_port
+from conftest import BLUEGREEN, SERVER_NAME, Project, get, live_slot, make_project, squatter
 
 
 def setup(p: Project) -> None:
@@ -23,8 +27,9 @@ def test_setup_links_blue_and_nginx_answers_blue(project: Project) -> None:
     assert "live colour is blue" in out.stderr
     assert project.link_target().endswith("testapp-blue")
     assert get(project.nginx.port, "/deployment_id").body == "blue"
-    # Nothing runs yet: the proxy answers 502 on /, and status says so.
-    assert project.answer().status == 502
+    # Nothing runs yet: the proxy answers 503 on / (no release deployed yet), and status
+    # says so.
+    assert project.answer().status == 503
     st = project.status()
     assert st["live"] == "blue" and st["proxy_answer"] == "blue"
     assert st["slots"]["blue"]["release"] is None and st["slots"]["blue"]["running"] is False
@@ -284,7 +289,7 @@ def test_lock_held_exits_4_and_unlock_clears_it(project: Project) -> None:
     out = project.deploy("1.0.0", check=4)
     assert "alice@laptop pid 4242" in out.stderr
     assert "h ago: probably a run that died" in out.stderr  # another machine: judged by age
-    assert project.answer().status == 502  # nothing was deployed
+    assert project.answer().status == 503  # nothing was deployed
     out = project.bg("unlock")
     assert "removed: locked by alice@laptop" in out.stdout
     assert not lock.exists()
@@ -860,3 +865,46 @@ def test_a_failed_event_names_its_colour_and_release(local_project: Project) -> 
     failed = p.history()[0]
     assert (failed["event"], failed["color"], failed["version"]) == ("failed", "blue", "3.0.0")
     assert p.answer().version == "2.0.0"
+
+
+@pytest.mark.parametrize("kind", ["nginx", "haproxy"])
+
+
+def test_before_the_first_release_the_proxy_says_none_is_deployed(kind: str,
+                                                                   tmp_path: Path) -> None:
+    """After `setup`, before the first deploy, the proxy answers / with a 503 that says no
+    release is deployed yet (nginx answered a bare 502, HAProxy a bare 503), while
+    /deployment_id keeps answering; also after a first release that failed; after the
+    first deploy, 200 from the app, and a release that dies later is the proxy's plain
+    error again (the page is not left)."""
+    proxy: PrivateNginx | PrivateHAProxy
+    if kind == "nginx":
+        proxy = PrivateNginx(tmp_path / "nginx", free_port())
+    else:
+        proxy = PrivateHAProxy(tmp_path / "haproxy", free_port())
+    proxy.write_config()
+    proxy.start()
+    p = make_project(tmp_path, proxy, None)
+    try:
+        p.bg("setup")
+        a = p.answer()
+        assert (a.status, a.colour) == (503, "blue"), a
+        assert a.body.startswith("no release deployed yet"), a.body
+        assert get(proxy.port, "/deployment_id").body.strip() == "blue"
+        p.bg("setup")  # a re-run keeps it
+        assert p.answer().body.startswith("no release deployed yet")
+        p.deploy("0.9.0", mode="exit", check=5)  # a first release that exits at start
+        a = p.answer()
+        assert a.status == 503 and a.body.startswith("no release deployed yet"), a
+        p.deploy("1.0.0")
+        a = p.answer()
+        assert (a.status, a.colour, a.version) == (200, "blue", "1.0.0")
+        os.killpg(int((p.deploy_to / "slots" / "blue" / "pid").read_text()), signal.SIGKILL)
+        time.sleep(0.3)
+        a = p.answer()
+        assert a.status in (502, 503) and "no release deployed yet" not in a.body, a
+        p.bg("setup")  # a release ran on blue: plain files
+        assert "no release deployed yet" not in p.answer().body
+    finally:
+        p.cleanup()
+        proxy.stop()

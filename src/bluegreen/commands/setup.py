@@ -32,15 +32,30 @@ async def setup(ctx: Context) -> None:
             # answers nothing yet (a first setup killed after linking, before reloading)
             # is what this setup's reload and verify are for.
             await finish_interrupted(topo, ctx.out, silent_ok=True)
+            unreleased = await _unreleased(topo.apps)
 
             async def one(p: Proxy) -> None:
                 live = await p.live_colour()
+                # (root's files, under sudo, are installed by an admin: left plain)
+                p.unreleased = frozenset() if p.sudo else unreleased
                 await p.setup(live)
                 await p.verify(live or Colour.BLUE)
                 p.node.say(f"would be ready; live colour would be {live or Colour.BLUE}"
                            if p.node.dry else f"ready; live colour is {live or Colour.BLUE}")
 
             await each(topo.proxies, one, ctx.out)
+
+
+async def _unreleased(apps: list[AppHost]) -> frozenset[Colour]:
+    """The colours whose slot never ran a release that became healthy on any host (as
+    the first deploy sees it): until one does, the proxy answers that no release is
+    deployed yet, not a bare 502."""
+    async def ran(a: AppHost, colour: Colour) -> bool:
+        state = await a.slots.state(colour)
+        return state is not None and state.status not in ("starting", "failed")
+
+    released = {c for c in Colour for a in apps if await ran(a, c)}
+    return frozenset(set(Colour) - released)
 
 
 async def print_sudoers(ctx: Context) -> str:

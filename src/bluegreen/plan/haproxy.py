@@ -17,7 +17,7 @@ from pathlib import PurePosixPath
 from bluegreen.config import Colour, Config, HAProxySettings, render
 from bluegreen.plan.nginx import tls_context
 from bluegreen.plan.files import Argv, Steps, reading, remove_config, replace_config, sh
-from bluegreen.plan.template import render_file, render_proxy_config
+from bluegreen.plan.template import no_release, render_file, render_proxy_config
 from bluegreen.traffic import Traffic
 
 MAP_KEY = "live"
@@ -59,9 +59,12 @@ def bind(listen: str) -> str:
     return listen if ":" in listen else f":{listen}"
 
 
-def render_config(cfg: Config, servers: list[tuple[str, str]]) -> str:
+def render_config(cfg: Config, servers: list[tuple[str, str]],
+                  unreleased: frozenset[Colour] = frozenset()) -> str:
     """The config file: ``servers`` are (host label, address) of the app hosts whose slots
-    the backends list (one: the host itself; several: a load balancer)."""
+    the backends list (one: the host itself; several: a load balancer). The backend of a
+    colour in ``unreleased`` (its slots never ran a release) answers the 503 it makes
+    while nothing answers there with `no_release`."""
     context = {
         "app": cfg.app,
         "app_ident": ident(cfg),
@@ -81,6 +84,7 @@ def render_config(cfg: Config, servers: list[tuple[str, str]]) -> str:
         },
         "canaries": [(c.value, sticky) for c in Colour for sticky in (True, False)],
         "cookie": f"bluegreen_{ident(cfg)}",
+        "no_release": {c.value: no_release(c.value) for c in unreleased},
     }
     return render_proxy_config(cfg, "haproxy.cfg.j2", context)
 

@@ -10,7 +10,7 @@ from pathlib import PurePosixPath
 
 from bluegreen.config import Colour, Config, NginxSettings, parse_listen, render
 from bluegreen.plan.files import Argv, Steps, reading, remove_config, replace_config, sh
-from bluegreen.plan.template import render_proxy_config
+from bluegreen.plan.template import no_release, render_proxy_config
 from bluegreen.plan.workers import MASTERS, WATCH, watched
 from bluegreen.traffic import Sample, Traffic
 
@@ -45,11 +45,13 @@ def upstream_name(cfg: Config, colour: Colour) -> str:
 
 def render_site(cfg: Config, colour: Colour, addresses: list[str] | None = None,
                 maintenance_page: PurePosixPath | None = None,
-                traffic: Traffic | None = None, log: PurePosixPath | None = None) -> str:
+                traffic: Traffic | None = None, log: PurePosixPath | None = None,
+                unreleased: bool = False) -> str:
     """The site file for ``colour``: the built-in template or ``proxy.template``. Its
     upstream lists ``addresses`` (default: 127.0.0.1) at the colour's port; while the file
     ``maintenance_page`` (the proxy host's, `Layout.maintenance_page`) exists, every
-    request but /deployment_id gets it with a 503. With ``traffic`` (``colour`` is its
+    request but /deployment_id gets it with a 503. ``unreleased`` (the colour's slot has
+    never run a release): while nothing answers there, 503 with `no_release`, not 502. With ``traffic`` (``colour`` is its
     stable colour): the canary's file, both colours' upstreams, requests split by
     ``traffic`` and each logged as a JSON line to ``log``."""
     port = cfg.slots.port(colour)
@@ -85,6 +87,7 @@ def render_site(cfg: Config, colour: Colour, addresses: list[str] | None = None,
         "tls": tls_context(cfg),
         "maintenance_page": str(maintenance_page) if maintenance_page and
         supports_maintenance(maintenance_page) else None,
+        "no_release": no_release(colour.value) if unreleased and traffic is None else None,
     }
     return render_proxy_config(cfg, "nginx-site.conf.j2", context)
 

@@ -19,6 +19,12 @@ _BUILTIN = jinja2.Environment(
 )
 
 
+def no_release(colour: str) -> str:
+    """What the proxy answers on / (503) while the live colour's slot has never run a
+    release (after `setup`, before the first deploy), instead of a bare 502 or 503."""
+    return f"no release deployed yet: `bluegreen deploy` starts one on {colour}"
+
+
 def compile_builtin() -> None:
     """Compile the package's templates now (~30 ms each the first time): for the warm
     process, so that no command it forks does it again."""

@@ -59,6 +59,12 @@ class Proxy(abc.ABC):
         # Whether the last change to the running proxy waited until only the new
         # configuration answers (the verify then need not wait for stragglers).
         self.handed_over = False
+        # The colours whose slots never ran a release (`setup` sets it): their files say
+        # so with a 503 while nothing answers there; every later write renders them plain.
+        self.unreleased: frozenset[Colour] = frozenset()
+        # The live colour's file was rewritten and the running proxy has not read it (the
+        # first deploy: the page `setup` wrote); `apply` makes it read it.
+        self.stale = False
 
     @property
     def name(self) -> str:

@@ -137,7 +137,7 @@ class HAProxyProxy(Proxy):
                 await self.node.run_steps(haproxy.write(self.cfg, maintenance, self.sudo),
                                           input=haproxy.maintenance_text(False, ""))
         path = haproxy.config_file(self.cfg)
-        text = haproxy.render_config(self.cfg, self.servers)
+        text = haproxy.render_config(self.cfg, self.servers, self.unreleased)
         current = await self.read(path)
         if current == text:
             return None

@@ -67,8 +67,8 @@ class NginxProxy(Proxy):
 
     async def write_site(self, colour: Colour) -> bool:
         """Write the colour's site file if its content differs; True when it changed."""
-        text = nginx.render_site(self.cfg, colour, self.upstreams,
-                                 self.node.layout.maintenance_page)
+        page, unreleased = self.node.layout.maintenance_page, colour in self.unreleased
+        text = nginx.render_site(self.cfg, colour, self.upstreams, page, unreleased=unreleased)
         current = await self.read(nginx.available(self.cfg, colour))
         if current == text:
             return False
@@ -89,10 +89,9 @@ class NginxProxy(Proxy):
             self.cfg, self.command(self.cfg.proxy.reload)), check=False, timeout=60), None)
 
     async def prepare(self, target: Colour, live: Colour) -> None:
-        """Rewrite the target's site file if it differs, point the link at it, test, and
-        put the link back: with the next round trip (under sudo the site file is only
-        read: root's).
-        nginx reads its config only on reload, so traffic never sees the trial."""
+        """Rewrite the target's site file if it differs, point the link at it, test, and put
+        the link back, with the next round trip (under sudo the site file is only read:
+        root's). nginx reads its config only on reload, so traffic never sees the trial."""
         if self.sudo:  # the site files are root's: read, and refused if out of date
             await self.write_site(target)
         if target is live and self.sudo:
@@ -104,6 +103,7 @@ class NginxProxy(Proxy):
         def tried(result: Result) -> None:
             if nginx.WROTE_SITE in result.stdout.splitlines():
                 self.node.say(f"wrote {nginx.available(self.cfg, target)}")
+                self.stale = target is live  # the running nginx still has the old text
             self._check(result, live, trial=True)
             self._linked(live)
 

@@ -167,6 +167,10 @@ async def switch_all(topo: Topology, targets: dict[str, Colour], event: str, use
     for p in proxies:
         if p not in moving:
             p.node.say(f"{wanted[p.name]} is already live")
+            if p.stale:
+                p.node.say("reloading: the live colour's file was rewritten")
+                await p.apply()
+                p.stale = False
     switched: list[Proxy] = []
 
     carried: list[Proxy] = []  # those whose switch goes with their verify
