@@ -91,7 +91,10 @@ def _sources_rows(cfg: Config) -> list[CheckItem]:
     if state == "no-commit":
         return [CheckItem(LOCAL, item, False, f"release.build runs `git archive HEAD`, but the "
                           f"git repository of {where} has no commit yet: commit your code")]
-    left_out = source.left_out(cfg.release.build, where)
+    rel = cfg.release
+    made = (cfg.local_path(render(rel.artifact, app=cfg.app, version=rel.version))
+            if rel.artifact and rel.version else None)  # the build's output: not counted
+    left_out = source.left_out(rel.build, where, made)
     return [CheckItem(LOCAL, item, None if left_out else True,
                       left_out or "git archive: everything is committed")]
 
