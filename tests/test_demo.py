@@ -45,37 +45,50 @@ def test_demo_runs_the_cycle_under_load_and_cleans_up(kind: str) -> None:
         assert sock.connect_ex(("127.0.0.1", int(match.group(1)))) != 0
 
 
-def test_demo_keep_leaves_it_serving(tmp_path: Path) -> None:
-    """--keep: the proxy and the app stay up, and the printed curl works; then the test
-    cleans up as the printed note says."""
-    import os
+def test_demo_keep_leaves_it_serving_and_drivable(tmp_path: Path) -> None:
+    """--keep: the proxy and the app stay up, the printed curl works, and the kept demo
+    has its bluegreen.toml: the printed commands drive it (status, a deploy, rollback
+    --list), and `remove --yes` plus the printed stop clean it up."""
+    import json
     import shlex
     import shutil
-    import signal
-    import time
+    import urllib.request
 
+    env = {"PATH": f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin",
+           "COLUMNS": "400", "HOME": "/nonexistent"}
     proc = subprocess.run([sys.executable, "-m", "bluegreen", "demo", "--duration", "0.5",
-                           "--keep"], capture_output=True, text=True, timeout=180,
-                          env={"PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin",
-                               "COLUMNS": "400", "HOME": "/nonexistent"})
+                           "--keep"], capture_output=True, text=True, timeout=180, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    curl = re.search(r"curl -H 'Host: (\S+)' http://127\.0\.0\.1:(\d+)/", proc.stdout)
-    files = re.search(r"Files: (\S+)\s+nginx: (.+)", proc.stdout)
-    assert curl and files, proc.stdout
-    base = Path(files.group(1))
-    try:
-        import urllib.request
+    out = " ".join(proc.stdout.split())
+    curl = re.search(r"curl -H 'Host: (\S+)' http://127\.0\.0\.1:(\d+)/", out)
+    config = re.search(r"its config in (\S+)/bluegreen\.toml", out)
+    stop = re.search(r"then (.+?), and remove", out)
+    assert curl and config and stop, proc.stdout
+    base = Path(config.group(1))
 
+    def bg(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run([sys.executable, "-m", "bluegreen", *args], cwd=base, env=env,
+                              capture_output=True, text=True, timeout=180)
+        assert not check or done.returncode == 0, done.stdout + done.stderr
+        return done
+
+    def answer() -> tuple[str, str]:
         req = urllib.request.Request(f"http://127.0.0.1:{curl.group(2)}/",
                                      headers={"Host": curl.group(1)})
         with urllib.request.urlopen(req, timeout=5) as resp:
-            assert resp.status == 200 and resp.headers["X-Deployment-Id"] == "blue"
+            return resp.headers["X-Deployment-Id"], resp.read().decode()
+
+    try:
+        assert answer()[0] == "blue"
+        status = json.loads(bg("status", "--json").stdout)
+        assert status["hosts"][0]["live"] == "blue"
+        bg("deploy", "--version", "2.0.0")  # the command the note prints, without a canary
+        colour, body = answer()
+        assert colour == "green" and "2.0.0" in body
+        listed = json.loads(bg("rollback", "--list", "--json").stdout)
+        assert [r["version"] for r in listed["hosts"][0]["releases"]][:2] == ["2.0.0", "1.0.0"]
+        bg("remove", "--yes")
     finally:
-        for pid_file in base.glob("srv/slots/*/pid"):
-            try:
-                os.killpg(int(pid_file.read_text()), signal.SIGKILL)
-            except (ProcessLookupError, ValueError):
-                pass
-        subprocess.run(shlex.split(files.group(2).strip()), capture_output=True)
-        time.sleep(0.2)
+        bg("remove", "--yes", check=False)
+        subprocess.run(shlex.split(stop.group(1).strip("`")), capture_output=True)
         shutil.rmtree(base, ignore_errors=True)

@@ -292,7 +292,8 @@ def docs(section: str | None) -> None:
                    "rollback), print what happened, and clean up.")
 @click.option("--proxy", "kind", type=click.Choice(["nginx", "haproxy"]), default="nginx",
               show_default=True, help="The proxy kind to switch with.")
-@click.option("--keep", is_flag=True, help="Leave the proxy and the app running; print the URL.")
+@click.option("--keep", is_flag=True, help="Leave the proxy and the app running, write its "
+              "bluegreen.toml, and print the URL and the commands that drive it.")
 @click.option("--duration", type=click.FloatRange(min=0.5), default=2.0, show_default=True,
               help="Seconds of load before and after each switch.")
 @click.option("-v", "--verbose", is_flag=True, help="Show each command run.")

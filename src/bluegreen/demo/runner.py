@@ -4,12 +4,13 @@ under load."""
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Awaitable, Callable
+from typing import Any, Awaitable, Callable
 
 from rich.console import Console
 from rich.table import Table
@@ -42,17 +43,38 @@ class Step:
     counts: Counts
 
 
-def demo_config(base: Path, nginx: PrivateNginx | PrivateHAProxy, blue: int,
-                green: int) -> Config:
-    """The config a user would write for this demo (printed with --keep)."""
-    return parse_config({
+def demo_settings(base: Path, nginx: PrivateNginx | PrivateHAProxy, blue: int,
+                  green: int) -> dict[str, Any]:
+    """The config a user would write for this demo (written to bluegreen.toml with
+    --keep, so the kept demo can be driven with bluegreen's own commands)."""
+    return {
         "app": "demo",
+        "release": {"artifact": "artifacts/sample-{version}.tar.gz"},
         "run": {"command": "exec python3 app.py", "health_timeout": 20, "stop_timeout": 10,
                 "drain_timeout": 5},
         "slots": {"blue": blue, "green": green},
         "proxy": {"server_name": SERVER_NAME, **nginx.proxy_settings()},
         "hosts": [{"address": "local", "name": "this-machine", "deploy_to": str(base / "srv")}],
-    }, base)
+    }
+
+
+def demo_config(base: Path, nginx: PrivateNginx | PrivateHAProxy, blue: int,
+                green: int) -> Config:
+    return parse_config(demo_settings(base, nginx, blue, green), base)
+
+
+def to_toml(data: dict[str, Any]) -> str:
+    """``data`` (tables of strings and numbers, one array of tables) as TOML."""
+    def value(v: Any) -> str:
+        return json.dumps(v) if isinstance(v, str) else str(v).lower() \
+            if isinstance(v, bool) else str(v)
+
+    top = [f"{k} = {value(v)}" for k, v in data.items() if not isinstance(v, (dict, list))]
+    tables = [f"\n[{k}]\n" + "\n".join(f"{kk} = {value(vv)}" for kk, vv in v.items())
+              for k, v in data.items() if isinstance(v, dict)]
+    arrays = [f"\n[[{k}]]\n" + "\n".join(f"{kk} = {value(vv)}" for kk, vv in item.items())
+              for k, v in data.items() if isinstance(v, list) for item in v]
+    return "\n".join([*top, *tables, *arrays]) + "\n"
 
 
 async def run_demo(out: Reporter, *, keep: bool = False, duration: float = 2.0,
@@ -67,7 +89,8 @@ async def run_demo(out: Reporter, *, keep: bool = False, duration: float = 2.0,
         nginx = PrivateNginx(base / "nginx", free_port())
         stop_hint = nginx.reload_command.replace("reload", "quit")
     nginx.write_config()
-    cfg = demo_config(base, nginx, free_port(), free_port())
+    settings = demo_settings(base, nginx, free_port(), free_port())
+    cfg = parse_config(settings, base)
     ctx = make_context(cfg, out)
     ctx.command = "bluegreen demo"
     art_dir = base / "artifacts"
@@ -110,12 +133,17 @@ async def run_demo(out: Reporter, *, keep: bool = False, duration: float = 2.0,
         total = await load.stop()
         _print(steps, total, kind, nginx.port)
         if keep:
+            (base / "bluegreen.toml").write_text(to_toml(settings))
             Console().print(
-                f"\nLeft running (--keep). Try:\n"
+                f"\nLeft running (--keep), with its config in {base}/bluegreen.toml. Try:\n"
                 f"  curl -H 'Host: {SERVER_NAME}' http://127.0.0.1:{nginx.port}/\n"
-                f"Files: {base}   {kind}: {stop_hint}\n"
-                f"To clean up: stop the slots' processes (pids in {base}/srv/slots/*/pid), "
-                f"stop {kind}, remove {base}")
+                f"  cd {base}\n"
+                f"  bluegreen status\n"
+                f"  bluegreen deploy --version 2.0.0 --canary 50 --step 5s   "
+                f"# artifacts/sample-2.0.0.tar.gz\n"
+                f"  bluegreen rollback --list\n"
+                f"To clean up: `bluegreen remove --yes` (slots, site files, releases), "
+                f"then {stop_hint}, and remove {base}", soft_wrap=True)
             cleaned = True
     finally:
         if not load._stop.is_set():
