@@ -11,6 +11,7 @@ import os
 import subprocess
 import time
 import sys
+import tempfile
 import tomllib
 import zipfile
 from pathlib import Path
@@ -105,6 +106,9 @@ def test_django_preset_deploys_a_startproject_app_offline(local_project: Project
     prepared (venv from the wheelhouse, collectstatic) and migrated on the server."""
     p = local_project
     server_python_lacks("django", "gunicorn")
+    # A deploy_to as short as a server's: gunicorn's control socket goes in the slot dir,
+    # and an AF_UNIX path is at most 107 bytes (pytest's tmp paths come close to that).
+    p.host_override = {"deploy_to": tempfile.mkdtemp(prefix="bg-django-") + "/srv"}
     # django-admin from the (pure-Python) wheels, unpacked aside: nothing installed here
     tools = p.dir.parent / "django-admin"
     for name in ("django", "asgiref", "sqlparse"):
