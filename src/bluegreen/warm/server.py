@@ -4,8 +4,8 @@ everything a command needs (click, pydantic and the config models, rich, Jinja2,
 in a fork of itself, so a command starts in milliseconds.
 
 It also forks the SSH pool (``warm.pool.serve_pool``): the SSH connections its commands
-opened, kept for the next ones. The client end is ``bluegreen.launch`` (the `bluegreen`
-entry point). Per command:
+opened, kept for the next ones. The client end is ``warm.client`` (used by the `bluegreen`
+entry point, ``bluegreen.__main__``, when $BLUEGREEN_WARM_SOCKET is set). Per command:
 
     client --(argv, cwd, env, umask + its stdin/stdout/stderr)--> socket
     warm process: fork a *keeper* for the connection (the warm process only accepts)
@@ -16,7 +16,8 @@ entry point). Per command:
 
 Safety: the socket is in a directory only this user can enter (0700) and is 0600; both
 ends check the other's uid (SO_PEERCRED), and the warm process (and its pool) also the
-client's gid and supplementary groups, as the kernel has them (``pool.same_user``). Nothing of a request is logged. A command runs
+client's gid and supplementary groups, as the kernel has them (``pool.same_user``).
+Nothing of a request is logged. A command runs
 with the client's environment, never the warm process's. When bluegreen's code (or the
 Python packages beside it) changed on disk after the warm process started, it refuses the
 command (the client runs it itself, and starts a fresh warm process) and exits.
