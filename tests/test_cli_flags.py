@@ -346,3 +346,15 @@ def test_help_lists_commands_in_workflow_order_with_whole_first_sentences() -> N
     assert names[-1] == "warm" and len(names) == len(set(names))
     assert "console An interactive run.console (e.g. `bin/app remote`) in a pty, in a " \
            "slot's env (default: the live slot) exec" in " ".join(out.split())
+
+
+def test_check_fails_a_build_command_with_unbalanced_quotes(local_project: Project) -> None:
+    """`release.build = "echo 'x"` made `check` end in a traceback: a FAIL row now."""
+    p = local_project
+    p.write_config(release={"version": "1.0.0", "build": "echo 'unbalanced",
+                            "artifact": "artifacts/sample-{version}.tar.gz"})
+    out = p.bg("check", "--json", check=1)
+    assert "Traceback" not in out.stderr
+    rows = [i for h in json.loads(out.stdout)["hosts"] for i in h["items"]] + \
+        json.loads(out.stdout)["local"]
+    assert any(r["item"] == "release.build" and r["ok"] is False for r in rows), out.stdout

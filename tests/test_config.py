@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -297,6 +299,25 @@ def test_config_is_found_from_a_subdirectory(tmp_path: Path) -> None:
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert [h["name"] for h in json.loads(proc.stdout)["hosts"]] == ["web1"]
+    # Another user's file above is never picked up (its build and hooks would run as this
+    # user): the search stops at a directory this user does not own.
+    shared = Path(tempfile.mkdtemp(prefix="bluegreen-shared-"))
+    try:
+        (shared / "bluegreen.toml").write_text((tmp_path / "bluegreen.toml").read_text())
+        os.chown(shared, 65534, 65534)
+        os.chown(shared / "bluegreen.toml", 65534, 65534)
+        work = shared / "work"
+        work.mkdir()
+        assert find_config(work) is None
+        os.chown(shared, os.getuid(), os.getgid())  # this user's dir, another user's file
+        assert find_config(work) is None
+        os.chown(shared / "bluegreen.toml", os.getuid(), os.getgid())
+        shared.chmod(0o777)  # a directory others may write to
+        assert find_config(work) is None
+        shared.chmod(0o755)
+        assert find_config(work) == shared / "bluegreen.toml"
+    finally:
+        shutil.rmtree(shared)
     nowhere = Path(tempfile.mkdtemp(prefix="bluegreen-none-"))
     try:
         proc = subprocess.run([sys.executable, "-m", "bluegreen", "status"], cwd=nowhere,

@@ -12,7 +12,6 @@ import json
 import re
 import sys
 import traceback
-from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Callable, Coroutine, NoReturn, TypeVar
 

@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from bluegreen.cli.app import (COLOURS, checked, DOC_SECTIONS, JSON_SCHEMA, F, Later, State, common,
-                               dry_run_option, emit_json, emit_result, json_data, json_events,
+from bluegreen.cli.app import (COLOURS, checked, F, Later, State, common,
+                               dry_run_option, emit_result, json_data, json_events,
                                load, lock_wait_option, main, run, to_colour)
 from bluegreen.config import presets
 

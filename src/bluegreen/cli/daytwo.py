@@ -4,15 +4,13 @@ exec, logs, maintenance, remove, unlock; completion, docs and the demo."""
 from __future__ import annotations
 
 import sys
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import click
 
-from bluegreen.cli.app import (COLOURS, DOC_SECTIONS, JSON_SCHEMA, F, Later, State, common,
+from bluegreen.cli.app import (COLOURS, DOC_SECTIONS, JSON_SCHEMA, Later, State, common,
                                dry_run_option, emit_json, emit_result, json_data, json_events,
                                load, lock_wait_option, main, run, to_colour)
-from bluegreen.config import presets
 
 if TYPE_CHECKING:
     from bluegreen.cli import views

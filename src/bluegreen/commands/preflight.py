@@ -50,7 +50,10 @@ def check_local(cfg: Config) -> list[CheckItem]:
 def _release_rows(cfg: Config) -> list[CheckItem]:
     rel = cfg.release
     if rel.build:
-        words = shlex.split(render(rel.build, app=cfg.app, version="0"))
+        try:
+            words = shlex.split(render(rel.build, app=cfg.app, version="0"))
+        except ValueError as exc:  # unbalanced quotes: the shell would refuse it too
+            return [CheckItem(LOCAL, "release.build", False, f"not a shell command: {exc}")]
         # The command a shell would run first (after VAR=value assignments).
         command = next((w for w in words if "=" not in w.split("/")[0]), "")
         found = bool(command) and (shutil.which(command) is not None or

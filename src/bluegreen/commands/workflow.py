@@ -5,38 +5,29 @@ commands in ``operations``; read-only reports in ``reports``."""
 from __future__ import annotations
 
 import asyncio
-import getpass
-import os
-import sys
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable
 
 from bluegreen import supervisors
 
 from bluegreen.rollout import canary, records
 from bluegreen.rollout.artifact import Artifact
-from bluegreen.config import Colour, Config, HostConfig
-from bluegreen.errors import BlueGreenError, ConfigError, ProxyError
-from bluegreen.hosts import relay
-from bluegreen.hosts.fleet import each, open_fleet
-from bluegreen.hosts.relay import Relay
+from bluegreen.config import Colour
+from bluegreen.errors import BlueGreenError, ProxyError
+from bluegreen.hosts.fleet import each
 from bluegreen.commands.context import (Context, connected, load_secrets, locked,
                                          record_failed, refuse_partial_switch)
 from bluegreen.commands.hooks import run_hook
-from bluegreen.output import Reporter
 from bluegreen.plan import files, history
 from bluegreen.plan import release as releaseplan
 from bluegreen.plan.files import Query
 from bluegreen.plan.slot import SlotState, env_script
-from bluegreen.proxies import Proxy
 from bluegreen.rollout.releases import (deploy_target, kept_release, migrate_on, prepare, prune_host,
                                 upload)
-from bluegreen.config.models import Secret
 from bluegreen.rollout.slots import moment
 from bluegreen.rollout.switch import (finish_interrupted, refuse_split, switch_all,
                                       warn_if_maintenance)
-from bluegreen.rollout.topology import AppHost, Topology, build
+from bluegreen.rollout.topology import AppHost, Topology
 
 
 # ---- deploy ---------------------------------------------------------------------------

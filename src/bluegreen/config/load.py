@@ -7,6 +7,7 @@ Nothing here touches a host.
 from __future__ import annotations
 
 import difflib
+import os
 import re
 import tomllib
 from pathlib import Path
@@ -144,11 +145,26 @@ def parse_config(data: dict[str, Any], base_dir: Path) -> Config:
 
 def find_config(start: Path | None = None) -> Path | None:
     """``bluegreen.toml`` in ``start`` (the working directory), else in the nearest
-    directory above it, as git finds its repository from a subdirectory; None when none."""
+    directory above it, as git finds its repository from a subdirectory; None when none.
+    A file found above runs its commands as this user (the build, hooks, secret commands),
+    so the search stops at a directory this user does not own, and the file must be this
+    user's in a directory nobody else may write to: another user's /tmp/bluegreen.toml is
+    never picked up from /tmp/work (as git refuses a repository another user owns)."""
     here = (start or Path.cwd()).absolute()
-    for directory in (here, *here.parents):
-        if (directory / DEFAULT_CONFIG).is_file():
-            return directory / DEFAULT_CONFIG
+    if (here / DEFAULT_CONFIG).is_file():
+        return here / DEFAULT_CONFIG
+    uid = os.getuid()
+    for directory in here.parents:
+        try:
+            st = directory.stat()
+            candidate = directory / DEFAULT_CONFIG
+            found = candidate.stat() if candidate.is_file() else None
+        except OSError:
+            return None
+        if st.st_uid != uid or st.st_mode & 0o022:
+            return None
+        if found is not None:
+            return candidate if found.st_uid == uid else None
     return None
 
 

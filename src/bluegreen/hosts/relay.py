@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import stat
 from pathlib import Path, PurePosixPath
 from typing import Any, AsyncIterator
 
@@ -60,7 +61,10 @@ class Relay:
                     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
         """Send ``request``; the stream once the relay said ok, None when it is not there,
         or its error raised."""
-        try:
+        try:  # (this user's socket only: the agent's input carries the slots' secrets)
+            st = os.lstat(self.path)
+            if not stat.S_ISSOCK(st.st_mode) or st.st_uid != os.getuid():
+                return None
             reader, writer = await asyncio.open_unix_connection(self.path, limit=LINE_LIMIT)
         except OSError:
             return None

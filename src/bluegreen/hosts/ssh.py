@@ -18,9 +18,7 @@ import json
 import os
 import shlex
 import shutil
-import socket
 import stat
-import struct
 import sys
 import termios
 import tty
@@ -30,7 +28,7 @@ from typing import Any, AsyncIterator, Iterator, Sequence
 import asyncssh
 
 from bluegreen.config import HostConfig
-from bluegreen.errors import BlueGreenError, CommandFailed, ConnectError
+from bluegreen.errors import CommandFailed, ConnectError
 from bluegreen.hosts import agent as agent_program
 from bluegreen.hosts.base import Op
 from bluegreen.hosts.relay import Relay, RelayedProcess

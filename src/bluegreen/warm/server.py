@@ -209,12 +209,15 @@ def _keep(conn: socket.socket, started: list[Any], restart: list[str], pool: str
         os.setpgid(pid, pid)  # (the child does too: whichever runs first)
     except OSError:
         pass
-    _send(conn, {"pid": pid})
     pidfd = os.pidfd_open(pid)
-    while pidfd not in select.select([pidfd, conn.fileno()], [], [])[0]:
-        if conn.recv(1, socket.MSG_PEEK) == b"":  # the client went away (killed): so
-            os.kill(pid, signal.SIGKILL)         # does its command
-            break
+    try:
+        _send(conn, {"pid": pid})
+        while pidfd not in select.select([pidfd, conn.fileno()], [], [])[0]:
+            if conn.recv(1, socket.MSG_PEEK) == b"":  # the client went away (killed)
+                raise ConnectionResetError
+    except OSError:  # so does its command, with what it started (its process group)
+        with contextlib.suppress(OSError):
+            os.killpg(pid, signal.SIGKILL)
     _, status = os.waitpid(pid, 0)
     try:
         if os.WIFSIGNALED(status):
