@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import socket
+import stat
 import subprocess
 import threading
 import time
@@ -495,6 +496,12 @@ def test_lock_wait_waits_for_a_held_lock_then_runs(local_project: Project) -> No
             time.sleep(0.05)
         short = p.bg("stop", "blue", "--lock-wait", "1s", "--json", check=4)
         assert json.loads(short.stdout)["exit_code"] == 4
+        # setup changes nothing before it holds the lock (it closed deploy_to, which a
+        # running `maintenance on` may have opened, and installed the unit, before it)
+        p.deploy_to.chmod(0o751)
+        p.bg("setup", check=4)
+        assert stat.S_IMODE(p.deploy_to.stat().st_mode) == 0o751
+        p.deploy_to.chmod(0o750)
         p.bg("stop", "blue", "--lock-wait", "soon", check=2)  # one duration syntax
         # A rollback only works after the deploy: green must hold 2.0.0, live.
         second, second_err = start("rollback", "--lock-wait", "60s", "--json", name="second")

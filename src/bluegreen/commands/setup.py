@@ -24,9 +24,11 @@ async def setup(ctx: Context) -> None:
             a.node.say(f"creating {a.node.layout.root}")
         await each(topo.apps, lambda a: a.node.run(files.make_dirs(a.node.layout.directories())),
                    ctx.out)
-        await each(topo.apps, lambda a: a.node.run(layout.close(a.node.layout)), ctx.out)
-        await each(topo.apps, _install_supervisor, ctx.out)
+        # (the lock lives in deploy_to: made first; what follows changes files a running
+        # command uses, such as the maintenance page's opening and the unit: under the lock)
         async with locked(ctx, topo):
+            await each(topo.apps, lambda a: a.node.run(layout.close(a.node.layout)), ctx.out)
+            await each(topo.apps, _install_supervisor, ctx.out)
             # setup reloads the proxy: first make sure that cannot complete a switch that a
             # killed run left half done towards a colour that is not healthy. A proxy that
             # answers nothing yet (a first setup killed after linking, before reloading)
