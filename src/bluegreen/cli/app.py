@@ -7,39 +7,23 @@ No SSH and no nginx here."""
 from __future__ import annotations
 
 import functools
-import importlib
 import json
 import re
 import sys
 import traceback
-from types import ModuleType
 from typing import TYPE_CHECKING, Any, Callable, Coroutine, NoReturn, TypeVar
 
 import click
 
 from bluegreen import __version__
+from bluegreen.cli.lazy import commands_context
 from bluegreen.errors import BlueGreenError
 
 if TYPE_CHECKING:
-    from bluegreen.commands import context as commands_context
     from bluegreen.config import Colour
     from bluegreen.output import Reporter
 
 
-class Later(ModuleType):
-    """A module imported when first used: `bluegreen --help` and commands that need no host
-    skip pydantic, rich, asyncssh and Jinja2 (~0.2 s)."""
-
-    def __init__(self, name: str) -> None:
-        super().__init__(name)
-        self.__dict__["_name"] = name
-
-    def __getattr__(self, attr: str) -> Any:
-        return getattr(importlib.import_module(self.__dict__["_name"]), attr)
-
-
-if not TYPE_CHECKING:
-    commands_context = Later("bluegreen.commands.context")
 
 
 T = TypeVar("T")

@@ -9,28 +9,14 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from bluegreen.cli.app import (COLOURS, checked, F, Later, State, common,
-                               dry_run_option, emit_result, json_data, json_events,
-                               load, lock_wait_option, main, run, to_colour)
+from bluegreen.cli.app import (COLOURS, F, State, checked, common, dry_run_option,
+                               emit_result, json_data, json_events, load, lock_wait_option,
+                               main, run, to_colour)
+from bluegreen.cli.lazy import artifact, releases, reports, setting_up, views, workflow
 from bluegreen.config import presets
 
 if TYPE_CHECKING:
-    from bluegreen.cli import views
-    from bluegreen.commands import operations, releases, reports, workflow
-    from bluegreen.commands import setup as setting_up
     from bluegreen.commands.context import Context
-    from bluegreen.config import reference
-    from bluegreen.rollout import artifact
-else:
-    artifact = Later("bluegreen.rollout.artifact")
-    operations = Later("bluegreen.commands.operations")
-    reference = Later("bluegreen.config.reference")
-    reports = Later("bluegreen.commands.reports")
-    releases = Later("bluegreen.commands.releases")
-    workflow = Later("bluegreen.commands.workflow")
-    setting_up = Later("bluegreen.commands.setup")
-    views = Later("bluegreen.cli.views")
-
 
 
 @main.command(help="Write a commented bluegreen.toml for a kind of app.")

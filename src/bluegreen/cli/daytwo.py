@@ -4,26 +4,14 @@ exec, logs, maintenance, remove, unlock; completion, docs and the demo."""
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING
 
 import click
 
-from bluegreen.cli.app import (COLOURS, DOC_SECTIONS, JSON_SCHEMA, Later, State, common,
+from bluegreen.cli.app import (COLOURS, DOC_SECTIONS, JSON_SCHEMA, State, common,
                                dry_run_option, emit_json, emit_result, json_data, json_events,
                                load, lock_wait_option, main, run, to_colour)
 
-if TYPE_CHECKING:
-    from bluegreen.cli import views
-    from bluegreen.commands import operations, reports, workflow
-    from bluegreen.config import reference
-    from bluegreen.rollout import artifact
-else:
-    artifact = Later("bluegreen.rollout.artifact")
-    operations = Later("bluegreen.commands.operations")
-    reference = Later("bluegreen.config.reference")
-    reports = Later("bluegreen.commands.reports")
-    workflow = Later("bluegreen.commands.workflow")
-    views = Later("bluegreen.cli.views")
+from bluegreen.cli.lazy import operations, reference, reports, views, workflow
 
 
 @main.command(help="Per host: the live colour, what the proxy answers, and each slot's "
